@@ -1,0 +1,442 @@
+"""The one etcd client of l3fabric: aetcd underneath, typed errors and plain values on top.
+
+Owns: one gRPC channel to the etcd cluster (several endpoints through gRPC's own
+round-robin balancer, retried on UNAVAILABLE, optional TLS client certificates) and the
+translation of aetcd's results into frozen values (`KV`, `WatchEvent`) and of its many
+exceptions into four typed ones (`NotFoundError`, `ConflictError`, `UnavailableError`,
+`CompactedError`).
+
+Failure mode: every call has a short deadline (``timeout``, 2 s by default). When no member
+answers in time the call raises `UnavailableError`; callers decide whether to retry. A
+watch whose member dies ends with `UnavailableError` and the caller re-watches from the
+last revision it saw plus one (see `datastore.syncer`); a watch from a compacted revision
+raises `CompactedError`, after which only a full resync is correct.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import aetcd
+import aetcd.exceptions as aexc
+import grpc
+from aetcd import rpc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "http://127.0.0.1:2379"
+
+
+class DatastoreError(Exception):
+    """Base of every datastore failure."""
+
+
+class NotFoundError(DatastoreError):
+    pass
+
+
+class ConflictError(DatastoreError):
+    """A compare-and-swap lost: the key changed (or exists, or vanished) since it was read."""
+
+
+class UnavailableError(DatastoreError):
+    """No etcd member answered within the deadline."""
+
+
+class CompactedError(DatastoreError):
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted (oldest available is {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+@dataclass(frozen=True)
+class KV:
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+    version: int
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change. ``kv.value`` is empty for a delete; ``kv.mod_revision`` is the revision."""
+
+    type: Literal["put", "delete"]
+    kv: KV
+
+    @property
+    def revision(self) -> int:
+        return self.kv.mod_revision
+
+
+# -- transaction vocabulary -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Compare:
+    """``target`` of ``key`` compared with ``value`` (``op`` is one of == != < >).
+
+    ``Compare(k, "create", "==", 0)`` means "k does not exist";
+    ``Compare(k, "mod", "==", rev)`` means "k was not changed since rev".
+    """
+
+    key: str
+    target: Literal["mod", "create", "version", "value"]
+    op: Literal["==", "!=", "<", ">"]
+    value: int | bytes
+
+
+@dataclass(frozen=True)
+class Put:
+    key: str
+    value: bytes
+    lease: int | None = None
+
+
+@dataclass(frozen=True)
+class Delete:
+    key: str
+
+
+@dataclass(frozen=True)
+class Get:
+    key: str
+
+
+Op = Put | Delete | Get
+
+
+@dataclass(frozen=True)
+class TxnResult:
+    succeeded: bool
+    revision: int
+    # One entry per Get in the executed branch: the KV, or None if absent.
+    gets: tuple[KV | None, ...] = field(default_factory=tuple)
+
+
+# -- configuration --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EtcdConfig:
+    endpoints: tuple[str, ...] = (DEFAULT_ENDPOINT,)
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    timeout: float = 2.0
+
+    @classmethod
+    def from_strings(cls, endpoints: str, ca: str | None = None, cert: str | None = None,
+                     key: str | None = None, timeout: float = 2.0) -> EtcdConfig:
+        eps = tuple(e.strip() for e in endpoints.split(",") if e.strip())
+        if not eps:
+            raise ValueError("no etcd endpoint given")
+        return cls(eps, Path(ca) if ca else None, Path(cert) if cert else None,
+                   Path(key) if key else None, timeout)
+
+    @property
+    def tls(self) -> bool:
+        return self.ca is not None or any(e.startswith("https://") for e in self.endpoints)
+
+    def grpc_target(self) -> str:
+        """A gRPC target naming every endpoint: ``ipv4:a:p1,b:p2`` or ``dns:///h:p``.
+
+        gRPC's ``ipv4:`` (and ``ipv6:``) schemes take a comma-separated list of literal
+        addresses and balance over them; a single host name goes through ``dns:``.
+        """
+        hostports: list[tuple[str, int]] = []
+        for ep in self.endpoints:
+            u = urlsplit(ep if "://" in ep else f"http://{ep}")
+            if u.hostname is None:
+                raise ValueError(f"bad etcd endpoint {ep!r}")
+            hostports.append((u.hostname, u.port or 2379))
+        if all(_is_ipv4(h) for h, _ in hostports):
+            return "ipv4:" + ",".join(f"{h}:{p}" for h, p in hostports)
+        if all(":" in h for h, _ in hostports):
+            return "ipv6:" + ",".join(f"[{h}]:{p}" for h, p in hostports)
+        if len(hostports) == 1:
+            return f"dns:///{hostports[0][0]}:{hostports[0][1]}"
+        raise ValueError("several etcd endpoints must all be literal IPv4 or IPv6 addresses")
+
+
+def _is_ipv4(host: str) -> bool:
+    parts = host.split(".")
+    return len(parts) == 4 and all(p.isdigit() and 0 <= int(p) <= 255 for p in parts)
+
+
+def _service_config() -> str:
+    return json.dumps({
+        "loadBalancingConfig": [{"round_robin": {}}],
+        "methodConfig": [{
+            "name": [{"service": "etcdserverpb.KV"}, {"service": "etcdserverpb.Lease"},
+                     {"service": "etcdserverpb.Maintenance"}],
+            "retryPolicy": {
+                "maxAttempts": 5, "initialBackoff": "0.05s", "maxBackoff": "0.5s",
+                "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"],
+            },
+        }],
+    })
+
+
+class _Client(aetcd.Client):  # type: ignore[misc]
+    """aetcd's client with our channel: several endpoints, TLS, retry policy."""
+
+    def __init__(self, config: EtcdConfig) -> None:
+        options = {
+            "grpc.service_config": _service_config(),
+            "grpc.enable_retries": 1,
+            "grpc.keepalive_time_ms": 10_000,
+            "grpc.keepalive_timeout_ms": 5_000,
+            "grpc.initial_reconnect_backoff_ms": 100,
+            "grpc.max_reconnect_backoff_ms": 1_000,
+            "grpc.max_receive_message_length": 64 * 1024 * 1024,
+        }
+        super().__init__(host="unused", port=0, timeout=config.timeout, options=options)
+        self._config = config
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        cfg = self._config
+        target = cfg.grpc_target()
+        opts = list(self._options.items())
+        if cfg.tls:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=cfg.ca.read_bytes() if cfg.ca else None,
+                private_key=cfg.key.read_bytes() if cfg.key else None,
+                certificate_chain=cfg.cert.read_bytes() if cfg.cert else None,
+            )
+            self.channel = rpc.secure_channel(target, creds, options=opts)
+        else:
+            self.channel = rpc.insecure_channel(target, options=opts)
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = aetcd.watcher.Watcher(
+            rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
+        self._connected.set()
+
+
+def _kv(raw: Any) -> KV:
+    return KV(
+        key=raw.key.decode() if isinstance(raw.key, bytes) else str(raw.key),
+        value=bytes(raw.value),
+        create_revision=int(raw.create_revision),
+        mod_revision=int(raw.mod_revision),
+        version=int(raw.version),
+        lease=int(getattr(raw, "lease", 0)),
+    )
+
+
+def _translate(exc: BaseException) -> DatastoreError:
+    if isinstance(exc, DatastoreError):
+        return exc
+    if isinstance(exc, aexc.RevisionCompactedError):
+        return CompactedError(int(exc.compacted_revision))
+    if isinstance(exc, aexc.ConnectionFailedError | aexc.ConnectionTimeoutError
+                  | aexc.WatchTimeoutError | TimeoutError):
+        return UnavailableError(f"etcd unavailable: {exc}")
+    if isinstance(exc, grpc.aio.AioRpcError):
+        if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            return UnavailableError(f"etcd unavailable: {exc.details()}")
+        return DatastoreError(f"etcd error {exc.code().name}: {exc.details()}")
+    if isinstance(exc, aexc.ClientError):
+        text = str(exc)
+        if "deadline" in text.lower() or "unavailable" in text.lower():
+            return UnavailableError(f"etcd unavailable: {text}")
+        return DatastoreError(f"etcd error: {text}")
+    return DatastoreError(f"etcd error: {exc!r}")
+
+
+_EXPECTED = (aexc.ClientError, grpc.aio.AioRpcError, TimeoutError)
+
+
+class Datastore:
+    """Async access to etcd for every part of l3fabric. Keys are ``str``, values ``bytes``."""
+
+    def __init__(self, config: EtcdConfig | None = None) -> None:
+        self.config = config or EtcdConfig()
+        self._client = _Client(self.config)
+
+    async def __aenter__(self) -> Datastore:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        try:
+            await self._client.close()
+        except _EXPECTED as e:  # closing a dead channel is not worth an error
+            log.debug("closing etcd client: %s", e)
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def get(self, key: str) -> KV | None:
+        try:
+            got = await self._client.get(key.encode())
+        except _EXPECTED as e:
+            raise _translate(e) from e
+        return None if got is None else _kv(got)
+
+    async def list(self, prefix: str, keys_only: bool = False) -> tuple[list[KV], int]:
+        """Every key under ``prefix`` and the store revision of that snapshot."""
+        try:
+            got = await self._client.get_prefix(prefix.encode(), keys_only=keys_only)
+        except _EXPECTED as e:
+            raise _translate(e) from e
+        return [_kv(kv) for kv in got], int(got.header.revision)
+
+    async def revision(self) -> int:
+        """The current store revision (a cheap range read of a key that never exists)."""
+        try:
+            got = await self._client.get_prefix(b"/l3fabric/\x00revision-probe", keys_only=True)
+        except _EXPECTED as e:
+            raise _translate(e) from e
+        return int(got.header.revision)
+
+    # -- writes -----------------------------------------------------------------------
+
+    async def put(self, key: str, value: bytes, lease: int | None = None) -> int:
+        res = await self.txn([], [Put(key, value, lease)], [])
+        return res.revision
+
+    async def create(self, key: str, value: bytes, lease: int | None = None) -> int:
+        """Create ``key``; `ConflictError` if it exists."""
+        res = await self.txn([Compare(key, "create", "==", 0)], [Put(key, value, lease)], [])
+        if not res.succeeded:
+            raise ConflictError(f"{key} already exists")
+        return res.revision
+
+    async def update(self, key: str, value: bytes, mod_revision: int,
+                     lease: int | None = None) -> int:
+        """Replace ``key`` if unchanged since ``mod_revision``; `ConflictError` otherwise."""
+        res = await self.txn([Compare(key, "mod", "==", mod_revision)],
+                             [Put(key, value, lease)], [])
+        if not res.succeeded:
+            raise ConflictError(f"{key} changed since revision {mod_revision}")
+        return res.revision
+
+    async def delete(self, key: str, mod_revision: int | None = None) -> bool:
+        """Delete ``key``; with ``mod_revision`` only if unchanged (`ConflictError` if not).
+
+        Returns whether the key existed.
+        """
+        cmp = [] if mod_revision is None else [Compare(key, "mod", "==", mod_revision)]
+        res = await self.txn(cmp, [Get(key), Delete(key)], [])
+        if not res.succeeded:
+            raise ConflictError(f"{key} changed since revision {mod_revision}")
+        return res.gets[0] is not None
+
+    async def delete_prefix(self, prefix: str) -> None:
+        try:
+            await self._client.delete_prefix(prefix.encode())
+        except _EXPECTED as e:
+            raise _translate(e) from e
+
+    async def txn(self, compare: Sequence[Compare], success: Sequence[Op],
+                  failure: Sequence[Op] = ()) -> TxnResult:
+        """One etcd transaction. Gets of the executed branch come back in order."""
+        c = self._client
+        tr = c.transactions
+
+        def cmp(x: Compare) -> Any:
+            target = {"mod": tr.mod, "create": tr.create, "version": tr.version,
+                      "value": tr.value}[x.target](x.key.encode())
+            v = x.value
+            match x.op:
+                case "==":
+                    return target == v
+                case "!=":
+                    return target != v
+                case "<":
+                    return target < v
+                case ">":
+                    return target > v
+
+        def op(x: Op) -> Any:
+            if isinstance(x, Put):
+                return tr.put(x.key.encode(), x.value, lease=x.lease)
+            if isinstance(x, Delete):
+                return tr.delete(x.key.encode())
+            return tr.get(x.key.encode())
+
+        try:
+            await c.connect()
+            request = rpc.TxnRequest(
+                compare=[cmp(x).build_message() for x in compare],
+                success=c._ops_to_requests([op(x) for x in success]),
+                failure=c._ops_to_requests([op(x) for x in failure]),
+            )
+            resp = await c.kvstub.Txn(request, timeout=c._timeout, metadata=c.metadata)
+        except _EXPECTED as e:
+            raise _translate(e) from e
+        gets: list[KV | None] = []
+        for r in resp.responses:
+            if r.WhichOneof("response") == "response_range":
+                kvs = list(r.response_range.kvs)
+                gets.append(_kv(kvs[0]) if kvs else None)
+        return TxnResult(bool(resp.succeeded), int(resp.header.revision), tuple(gets))
+
+    # -- leases -----------------------------------------------------------------------
+
+    async def grant_lease(self, ttl: int) -> int:
+        try:
+            lease = await self._client.lease(ttl)
+        except _EXPECTED as e:
+            raise _translate(e) from e
+        return int(lease.id)
+
+    async def refresh_lease(self, lease_id: int) -> None:
+        try:
+            await self._client.refresh_lease(lease_id)
+        except _EXPECTED as e:
+            raise _translate(e) from e
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        try:
+            await self._client.revoke_lease(lease_id)
+        except _EXPECTED as e:
+            raise _translate(e) from e
+
+    # -- maintenance (tests, fabricctl) --------------------------------------------------
+
+    async def compact(self, revision: int) -> None:
+        try:
+            await self._client.compact(revision, physical=True)
+        except _EXPECTED as e:
+            raise _translate(e) from e
+
+    # -- watch ------------------------------------------------------------------------
+
+    async def watch(self, prefix: str, start_revision: int) -> AsyncIterator[WatchEvent]:
+        """Every change under ``prefix`` from ``start_revision`` (inclusive), in order.
+
+        Ends by raising: `CompactedError` when ``start_revision`` is gone, or
+        `UnavailableError` when the stream breaks. It never ends silently while the
+        client is open.
+        """
+        try:
+            w = await self._client.watch_prefix(prefix.encode(), start_revision=start_revision)
+        except _EXPECTED as e:
+            raise _translate(e) from e
+        try:
+            async for ev in w:
+                kind: Literal["put", "delete"] = (
+                    "delete" if ev.kind == aetcd.rtypes.EventKind.DELETE else "put")
+                yield WatchEvent(kind, _kv(ev.kv))
+        except _EXPECTED as e:
+            raise _translate(e) from e
+        finally:
+            try:
+                await w.cancel()
+            except Exception as e:  # noqa: BLE001 - a dead stream cannot be cancelled
+                log.debug("cancelling watch: %s", e)
+        raise UnavailableError(f"watch on {prefix} ended")
