@@ -1,0 +1,38 @@
+# l3fabric — the two commands in the README (`make demo`, `make test`) and their friends.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+FABRICCTL := $(VENV)/bin/fabricctl
+
+.PHONY: setup test test-unit test-integration lint demo demo-down bench clean
+
+setup:
+	@scripts/setup.sh
+
+## The whole suite: unit tier (no root) and integration tier (root, real etcd, netns).
+test: setup
+	$(PY) -m pytest -q tests
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+test-integration: setup
+	$(PY) -m pytest -q tests/integration
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+## Start the embedded local etcd, apply the examples and show them.
+demo: setup
+	@scripts/demo.sh
+
+demo-down: setup
+	-$(FABRICCTL) etcd stop
+
+bench: setup
+	@for b in bench/*/bench_*.py; do \
+	  m=$${b%.py}; m=$${m//\//.}; echo "== $$m"; $(PY) -m $$m || exit 1; done
+
+clean:
+	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis bench/results

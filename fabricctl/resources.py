@@ -1,0 +1,334 @@
+"""``fabricctl apply|get|delete|label``: resources in etcd, as calicoctl/kubectl handle them.
+
+Every document is validated before anything is written: a file with one bad document
+changes nothing. Reads decode each stored value; a value that fails validation (written
+by hand with etcdctl, say) is listed as invalid with the reason instead of hiding it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import yaml
+from datastore.cas import cas_retry
+
+from datastore import keys, model
+from datastore.client import KV, Datastore
+
+from .common import CliError, run
+from .output import FORMATS, dig, dump, table
+
+# Table columns per kind: header -> dotted path into the framed object.
+COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "IPPool": [("CIDR", "spec.cidr"), ("BLOCKSIZE", "spec.blockSize"),
+               ("DISABLED", "spec.disabled"), ("NODESELECTOR", "spec.nodeSelector")],
+    "IPAMConfig": [("STRICTAFFINITY", "spec.strictAffinity"),
+                   ("MAXBLOCKSPERHOST", "spec.maxBlocksPerHost")],
+    "BGPConfiguration": [("ASN", "spec.asNumber"), ("MESH", "spec.nodeToNodeMesh"),
+                         ("HOLDTIME", "spec.holdTime")],
+    "BGPPeer": [("PEERIP", "spec.peerIP"), ("ASN", "spec.asNumber"), ("NODE", "spec.node"),
+                ("NODESELECTOR", "spec.nodeSelector")],
+    "Node": [("IPV4", "spec.bgp.ipv4Address"), ("ASN", "spec.bgp.asNumber"),
+             ("RRCLUSTERID", "spec.bgp.routeReflectorClusterID"),
+             ("LABELS", "metadata.labels")],
+    "Namespace": [("LABELS", "metadata.labels")],
+    "NetworkPolicy": [("PODSELECTOR", "spec.podSelector"), ("TYPES", "spec.policyTypes")],
+    "GlobalNetworkPolicy": [("ORDER", "spec.order"), ("SELECTOR", "spec.selector"),
+                            ("TYPES", "spec.types")],
+    "WorkloadEndpoint": [("NODE", "spec.node"), ("IPS", "spec.ipNetworks"),
+                         ("INTERFACE", "spec.hostInterface"), ("LABELS", "spec.labels")],
+    "IPReservation": [("CIDRS", "spec.reservedCIDRs")],
+    "NodeStatus": [("UPDATED", "status.updated")],
+}
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    a = sub.add_parser("apply", help="create or update resources from YAML/JSON")
+    a.add_argument("-f", "--filename", required=True, help="file with one or more documents, or -")
+    a.set_defaults(func=cmd_apply)
+
+    g = sub.add_parser("get", help="show resources")
+    g.add_argument("kind", help="ippool, bgpconfig, bgppeer, node, namespace, networkpolicy, "
+                   "globalnetworkpolicy, workloadendpoint, ipreservation, ipamconfig")
+    g.add_argument("name", nargs="?")
+    g.add_argument("-n", "--namespace", default=None)
+    g.add_argument("-A", "--all-namespaces", action="store_true")
+    g.add_argument("-o", "--output", choices=FORMATS, default="table")
+    g.set_defaults(func=cmd_get)
+
+    d = sub.add_parser("delete", help="delete a resource")
+    d.add_argument("kind")
+    d.add_argument("name")
+    d.add_argument("-n", "--namespace", default=None)
+    d.set_defaults(func=cmd_delete)
+
+    lab = sub.add_parser("label", help="set (k=v) or remove (k-) labels")
+    lab.add_argument("target", choices=["workload", "namespace"])
+    lab.add_argument("name", help="NS/POD for a workload, NS for a namespace")
+    lab.add_argument("labels", nargs="+", metavar="key=value|key-")
+    lab.add_argument("-o", "--output", choices=FORMATS, default=None)
+    lab.set_defaults(func=cmd_label)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+def resolve_kind(name: str) -> type[model.Resource]:
+    kind = model.ALIASES.get(name.lower())
+    if kind is None:
+        known = ", ".join(sorted({k.lower() for k in model.KINDS}))
+        raise CliError(f"unknown kind {name!r} (known: {known})", usage=True)
+    return model.KINDS[kind]
+
+
+def load_documents(filename: str) -> list[Any]:
+    try:
+        text = sys.stdin.read() if filename == "-" else Path(filename).read_text()
+    except OSError as e:
+        raise CliError(f"{filename}: {e.strerror}") from e
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise CliError(f"{filename}: not valid YAML/JSON: {str(e).splitlines()[0]}") from e
+    out: list[Any] = []
+    for d in docs:
+        # `kind: List` (kubectl) and plain lists both hold several objects.
+        if isinstance(d, dict) and d.get("kind") == "List" and isinstance(d.get("items"), list):
+            out.extend(d["items"])
+        elif isinstance(d, list):
+            out.extend(d)
+        else:
+            out.append(d)
+    if not out:
+        raise CliError(f"{filename}: no documents")
+    return out
+
+
+def _describe(res: model.Resource) -> str:
+    ns = f"{res.metadata.namespace}/" if res.metadata.namespace else ""
+    return f"{res.kind} {ns}{res.metadata.name}"
+
+
+def _row_obj(kv: KV) -> dict[str, Any]:
+    """The framed object of a stored value, or an ``invalid`` record with the reason."""
+    try:
+        res = model.decode(kv.key, kv.value)
+    except ValueError as e:
+        parsed = keys.parse(kv.key)
+        return {"key": keys.relative(kv.key), "invalid": str(e),
+                "name": parsed.name if parsed else kv.key,
+                "namespace": parsed.namespace if parsed else None,
+                "raw": kv.value.decode("utf-8", "replace")[:200]}
+    return res.to_dict()
+
+
+# -- commands --------------------------------------------------------------------------
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    docs = load_documents(args.filename)
+    resources: list[model.Resource] = []
+    for i, doc in enumerate(docs):
+        try:
+            resources.append(model.parse_document(doc))
+        except ValueError as e:
+            raise CliError(f"{args.filename}: document {i + 1}: {e}") from e
+
+    async def go(ds: Datastore) -> list[str]:
+        lines = []
+        for res in resources:
+            key = model.key_for(res)
+            value = model.encode(res)
+
+            async def write(key: str = key, value: bytes = value) -> str:
+                cur = await ds.get(key)
+                if cur is None:
+                    await ds.create(key, value)
+                    return "created"
+                if cur.value == value:
+                    return "unchanged"
+                await ds.update(key, value, cur.mod_revision)
+                return "configured"
+
+            verb = await cas_retry(write)
+            lines.append(f"{_describe(res)} {verb}")
+        return lines
+
+    for line in run(args, go):
+        print(line)
+    return 0
+
+
+def _list_prefix(cls: type[model.Resource], namespace: str | None) -> str:
+    return model.key_prefix_for_kind(cls.kind, namespace)
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    cls = resolve_kind(args.kind)
+    ns = args.namespace
+    if cls.namespaced and ns is None and not args.all_namespaces and args.name:
+        ns = "default"
+    if cls.namespaced and ns is None and not args.all_namespaces:
+        ns = "default"
+    if args.all_namespaces:
+        ns = None
+
+    async def go(ds: Datastore) -> list[KV]:
+        kvs, _ = await ds.list(_list_prefix(cls, ns))
+        return kvs
+
+    kvs = run(args, go)
+    objs = [_row_obj(kv) for kv in kvs]
+    objs = [o for o in objs if _kind_of(o) in (cls.kind, None)]
+    if args.name:
+        objs = [o for o in objs if _name_of(o) == args.name]
+        if not objs:
+            where = f" in namespace {ns}" if cls.namespaced and ns else ""
+            raise CliError(f"{cls.kind} {args.name!r} not found{where}")
+    if args.output != "table":
+        dump(objs[0] if args.name and len(objs) == 1 else objs, args.output)
+    else:
+        _print_table(cls, objs, show_ns=cls.namespaced)
+    invalid = [o for o in objs if "invalid" in o]
+    if args.name and invalid:
+        print(f"fabricctl: {invalid[0]['invalid']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _kind_of(obj: dict[str, Any]) -> str | None:
+    return None if "invalid" in obj else str(obj.get("kind"))
+
+
+def _name_of(obj: dict[str, Any]) -> str:
+    return str(obj["name"] if "invalid" in obj else dig(obj, "metadata.name"))
+
+
+def _print_table(cls: type[model.Resource], objs: Iterable[dict[str, Any]],
+                 show_ns: bool) -> None:
+    cols = COLUMNS.get(cls.kind, [])
+    headers = (["NAMESPACE"] if show_ns else []) + ["NAME"] + [h for h, _ in cols] + ["STATUS"]
+    rows = []
+    for o in objs:
+        if "invalid" in o:
+            row = ([o.get("namespace") or ""] if show_ns else []) + [o["name"]]
+            row += [""] * len(cols) + [f"INVALID: {o['invalid']}"]
+        else:
+            row = ([dig(o, "metadata.namespace")] if show_ns else []) + [dig(o, "metadata.name")]
+            row += [dig(o, path) for _, path in cols] + ["ok"]
+        rows.append(row)
+    table(headers, rows)
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    cls = resolve_kind(args.kind)
+    ns = (args.namespace or "default") if cls.namespaced else None
+
+    async def go(ds: Datastore) -> bool:
+        if cls.kind == "IPPool":
+            from ipam.pools import delete_pool  # refuses while the pool has allocations
+
+            return bool(await delete_pool(ds, args.name))
+        prefix = _list_prefix(cls, ns)
+        kvs, _ = await ds.list(prefix)
+        for kv in kvs:
+            parsed = keys.parse(kv.key)
+            if parsed and parsed.kind == cls.kind and parsed.name == args.name:
+                return await ds.delete(kv.key, kv.mod_revision)
+        return False
+
+    if not run(args, go):
+        where = f" in namespace {ns}" if ns else ""
+        raise CliError(f"{cls.kind} {args.name!r} not found{where}")
+    print(f"{cls.kind} {(ns + '/') if ns else ''}{args.name} deleted")
+    return 0
+
+
+def parse_label_args(items: list[str]) -> tuple[dict[str, str], list[str]]:
+    sets: dict[str, str] = {}
+    removes: list[str] = []
+    for item in items:
+        if item.endswith("-") and "=" not in item:
+            removes.append(item[:-1])
+        elif "=" in item:
+            k, _, v = item.partition("=")
+            sets[k] = v
+        else:
+            raise CliError(f"bad label {item!r}: use key=value or key-", usage=True)
+    return sets, removes
+
+
+def _relabel(obj: dict[str, Any], path: str, sets: dict[str, str], removes: list[str]) -> None:
+    parent_path, _, leaf = path.rpartition(".")
+    parent = obj
+    for part in parent_path.split("."):
+        parent = parent.setdefault(part, {})
+    labels = dict(parent.get(leaf) or {})
+    labels.update(sets)
+    for k in removes:
+        labels.pop(k, None)
+    parent[leaf] = labels
+
+
+def cmd_label(args: argparse.Namespace) -> int:
+    sets, removes = parse_label_args(args.labels)
+
+    async def go(ds: Datastore) -> dict[str, Any]:
+        if args.target == "namespace":
+            key = keys.namespace(args.name)
+            path = "metadata.labels"
+        else:
+            ns, sep, pod = args.name.partition("/")
+            if not sep or not ns or not pod:
+                raise CliError("workload must be given as NS/POD", usage=True)
+            key = await _find_workload_key(ds, ns, pod)
+            path = "spec.labels"
+
+        async def write() -> dict[str, Any]:
+            cur = await ds.get(key)
+            if cur is None:
+                if args.target != "namespace":
+                    raise CliError(f"workload {args.name} not found")
+                obj: dict[str, Any] = {"apiVersion": "v1", "kind": "Namespace",
+                                       "metadata": {"name": args.name}}
+            else:
+                obj = model.decode(key, cur.value).to_dict()
+            _relabel(obj, path, sets, removes)
+            res = model.parse_document(obj)  # validate label syntax before writing
+            value = model.encode(res)
+            if cur is None:
+                await ds.create(key, value)
+            else:
+                await ds.update(key, value, cur.mod_revision)
+            return res.to_dict()
+
+        return await cas_retry(write)
+
+    obj = run(args, go)
+    if args.output:
+        dump(obj, args.output)
+    else:
+        labels = dig(obj, path="metadata.labels" if args.target == "namespace" else "spec.labels")
+        print(f"{args.target} {args.name} labelled: {json.dumps(labels or {}, sort_keys=True)}")
+    return 0
+
+
+async def _find_workload_key(ds: Datastore, ns: str, pod: str) -> str:
+    kvs, _ = await ds.list(keys.full(keys.WORKLOADS), keys_only=True)
+    found = []
+    for kv in kvs:
+        # workloads/<node>/<ns>.<pod>.<iface>: pod names may hold dots, ns and iface not.
+        leaf = kv.key.rsplit("/", 1)[-1]
+        kns, _, rest = leaf.partition(".")
+        kpod, _, _iface = rest.rpartition(".")
+        if kns == ns and kpod == pod:
+            found.append(kv.key)
+    if not found:
+        raise CliError(f"workload {ns}/{pod} not found")
+    if len(found) > 1:
+        # Several interfaces: the first one (eth0 sorts first in practice) carries labels.
+        found.sort()
+    return found[0]
