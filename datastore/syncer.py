@@ -1,0 +1,331 @@
+"""Snapshot-then-watch of one etcd prefix, as networking-calico does it (STYLE rule 2).
+
+Owns: the decoded view of one prefix (`Syncer.current`: last good value per key), the
+keys whose latest raw value is invalid (`Syncer.errors`), and the revision that view is
+at (`Syncer.revision`). The consumer gets a stream of typed `SyncEvent`s from `events()`.
+
+The algorithm:
+
+1. Snapshot: one ``list(prefix)`` at revision R. Diff it against `current` (by each key's
+   ``mod_revision``, then by decoded value) and emit `Update` for what is new or changed,
+   `Deleted` for keys that vanished, then `InSync(R)`. The first snapshot finds everything
+   new; a later one (after compaction, or the periodic resync) emits only differences.
+2. Watch from R+1; every event moves `revision` forward.
+3. The watch breaks (`UnavailableError`: the member we streamed from died, or etcd went
+   away): emit ``ConnectionState(up=False)``, back off, probe etcd, emit
+   ``ConnectionState(up=True)`` and watch again from `revision` + 1. etcd keeps history
+   until compaction, so nothing is lost and nothing is seen twice.
+4. The watch raises `CompactedError` (we were away longer than the history is kept):
+   back to 1, a full snapshot and diff. Deletes that happened in the gap come out as
+   `Deleted` (with the snapshot's revision, the real one being unknowable).
+5. With ``resync_interval`` set, step 1 also runs periodically (jittered by ±20 %), as a
+   safety net against bugs anywhere on the path.
+
+Invalid values (the decoder raised `ValueError`, typically a value written by hand with
+etcdctl) never replace a good one: the syncer emits `ConfigError`, records it in `errors`,
+and `current` keeps the last good value; no `Update` or `Deleted` is emitted for it. A
+later valid value clears the error with a normal `Update`; a delete clears it with
+`Deleted` (also for a key that never had a good value, so that status reporting can drop
+the error).
+
+Steppable (STYLE rule 9): `resync()` runs step 1 and returns its events, `apply()` turns
+one `WatchEvent` into events; `events()` is only the loop around them. Time (``now``),
+sleeping (``sleep``) and jitter (``rand``) are injected, so a unit test against
+`datastore.fake.FakeDatastore` never sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar, cast
+
+from datastore.cas import Backoff
+from datastore.client import (
+    KV,
+    CompactedError,
+    Datastore,
+    DatastoreError,
+    UnavailableError,
+    WatchEvent,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RECONNECT_BACKOFF = Backoff(initial=0.05, maximum=5.0, multiplier=2.0, jitter=0.3)
+
+
+# -- events ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Update(Generic[T]):
+    """``key`` now has the (valid, decoded) ``value``, as of ``revision``."""
+
+    key: str
+    value: T
+    revision: int
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """``key`` is gone (as of ``revision``; after a resync, the snapshot's revision)."""
+
+    key: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class InSync:
+    """A full snapshot at ``revision`` has been delivered; everything before is complete."""
+
+    revision: int
+
+
+@dataclass(frozen=True)
+class ConfigError:
+    """The value written to ``key`` at ``revision`` is invalid; the last good one stays."""
+
+    key: str
+    error: str
+    revision: int
+
+
+@dataclass(frozen=True)
+class ConnectionState:
+    """The syncer lost (``up=False``) or regained (``up=True``) its link to etcd."""
+
+    up: bool
+    reason: str
+
+
+SyncEvent = Update[T] | Deleted | InSync | ConfigError | ConnectionState
+
+
+class Syncer(Generic[T]):
+    """Keeps a decoded mirror of ``prefix`` and streams its changes. See the module doc.
+
+    One consumer per syncer: `events()` must not be iterated twice at the same time.
+    """
+
+    def __init__(
+        self,
+        ds: Datastore,
+        prefix: str,
+        decode: Callable[[str, bytes], T],
+        *,
+        resync_interval: float | None = None,
+        backoff: Backoff = RECONNECT_BACKOFF,
+        now: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.ds = ds
+        self.prefix = prefix
+        self.decode = decode
+        self.resync_interval = resync_interval
+        self.backoff = backoff
+        self._now = now
+        self._sleep = sleep
+        self._rand = rand
+        self.current: dict[str, T] = {}
+        self.errors: dict[str, str] = {}
+        # mod_revision of the latest raw value seen per key (valid or not): lets a resync
+        # skip decoding keys that did not change.
+        self._mod: dict[str, int] = {}
+        self.revision = 0  # everything up to here has been applied
+        self.in_sync = False  # the first snapshot is complete (monotonic)
+        self.connected: bool | None = None  # None until the first answer from etcd
+        self.resyncs = 0
+        self._watch_start = 0
+        self._next_resync: float | None = None
+
+    # -- steps (pure bookkeeping plus one list()) ------------------------------------------
+
+    async def resync(self) -> list[SyncEvent[T]]:
+        """Step 1: snapshot, diff against `current`, and end with `InSync`."""
+        kvs, rev = await self.ds.list(self.prefix)
+        return self.apply_snapshot(kvs, rev)
+
+    def apply_snapshot(self, kvs: list[KV], rev: int) -> list[SyncEvent[T]]:
+        out: list[SyncEvent[T]] = []
+        seen: set[str] = set()
+        for kv in kvs:
+            seen.add(kv.key)
+            if self._mod.get(kv.key) == kv.mod_revision:
+                continue  # unchanged since we last saw it (valid or not)
+            self._mod[kv.key] = kv.mod_revision
+            old = self.current.get(kv.key, _MISSING)
+            ev = self._decode(kv.key, kv.value, kv.mod_revision)
+            if isinstance(ev, Update) and old is not _MISSING and old == ev.value:
+                continue  # re-written with the same content: not a difference
+            out.append(ev)
+        for key in sorted((self.current.keys() | self.errors.keys()) - seen):
+            out.append(self._forget(key, rev))
+        for key in list(self._mod):
+            if key not in seen:
+                del self._mod[key]
+        self.revision = rev
+        self.in_sync = True
+        self.resyncs += 1
+        out.append(InSync(rev))
+        log.debug("snapshot of %s at %d: %d keys, %d changes", self.prefix, rev, len(kvs),
+                  len(out) - 1)
+        return out
+
+    def apply(self, wev: WatchEvent) -> list[SyncEvent[T]]:
+        """Step 2: one watch event in, zero or one sync events out."""
+        if wev.revision < self._watch_start:
+            # Replayed from before our watch start: already applied (never seen from etcd,
+            # but cheap insurance against a duplicate after a re-watch).
+            return []
+        self.revision = max(self.revision, wev.revision)
+        key = wev.kv.key
+        if wev.type == "delete":
+            self._mod.pop(key, None)
+            if key in self.current or key in self.errors:
+                return [self._forget(key, wev.revision)]
+            return []
+        self._mod[key] = wev.revision
+        return [self._decode(key, wev.kv.value, wev.revision)]
+
+    def _decode(self, key: str, raw: bytes, rev: int) -> Update[T] | ConfigError:
+        try:
+            value = self.decode(key, raw)
+        except ValueError as e:
+            msg = str(e) or type(e).__name__
+        except Exception as e:  # a decoder bug must not kill the agent
+            log.exception("decoder failed on %s", key)
+            msg = f"{type(e).__name__}: {e}"
+        else:
+            self.errors.pop(key, None)
+            self.current[key] = value
+            return Update(key, value, rev)
+        self.errors[key] = msg
+        log.warning("invalid value for %s at revision %d (keeping the last good one): %s",
+                    key, rev, msg)
+        return ConfigError(key, msg, rev)
+
+    def _forget(self, key: str, rev: int) -> Deleted:
+        self.current.pop(key, None)
+        self.errors.pop(key, None)
+        return Deleted(key, rev)
+
+    def _set_connected(self, up: bool, reason: str) -> list[SyncEvent[T]]:
+        if self.connected is up:
+            return []
+        self.connected = up
+        (log.info if up else log.warning)("etcd %s for %s: %s",
+                                          "up" if up else "down", self.prefix, reason)
+        return [ConnectionState(up, reason)]
+
+    def _schedule_resync(self) -> None:
+        if self.resync_interval is None:
+            self._next_resync = None
+        else:
+            jitter = 0.8 + 0.4 * self._rand()
+            self._next_resync = self._now() + self.resync_interval * jitter
+
+    # -- the loop ------------------------------------------------------------------------
+
+    async def events(self) -> AsyncIterator[SyncEvent[T]]:
+        """Snapshot, watch, recover, forever (until the consumer stops iterating)."""
+        need_snapshot = True
+        failures = 0
+        while True:
+            if need_snapshot:
+                try:
+                    batch = await self.resync()
+                except DatastoreError as e:
+                    for ev in self._set_connected(False, f"snapshot failed: {e}"):
+                        yield ev
+                    await self._sleep(self.backoff.delay(failures, self._rand))
+                    failures += 1
+                    continue
+                for ev in self._set_connected(True, f"snapshot at revision {self.revision}"):
+                    yield ev
+                for ev in batch:
+                    yield ev
+                need_snapshot = False
+                failures = 0
+                self._schedule_resync()
+            try:
+                async with contextlib.aclosing(self._watch()) as stream:
+                    async for ev in stream:
+                        yield ev
+                        failures = 0
+                need_snapshot = True  # the periodic resync is due
+                log.debug("periodic resync of %s", self.prefix)
+            except CompactedError as e:
+                # Race: we were disconnected (or slow) while etcd compacted past
+                # revision+1. Only a full snapshot is correct now.
+                log.warning("watch of %s from %d: %s; resyncing", self.prefix,
+                            self.revision + 1, e)
+                need_snapshot = True
+            except DatastoreError as e:
+                # The member we streamed from died or etcd is unreachable. History is
+                # kept until compaction: re-watch from revision+1 once etcd answers.
+                for ev in self._set_connected(False, f"watch broken: {e}"):
+                    yield ev
+                while True:
+                    await self._sleep(self.backoff.delay(failures, self._rand))
+                    failures += 1
+                    try:
+                        await self.ds.revision()
+                    except DatastoreError as probe:
+                        log.debug("etcd still unavailable: %s", probe)
+                        continue
+                    break
+                for ev in self._set_connected(True, f"re-watching from {self.revision + 1}"):
+                    yield ev
+
+    async def _watch(self) -> AsyncGenerator[SyncEvent[T], None]:
+        """Watch from revision+1 until the periodic resync is due (then return) or the
+        stream fails (then raise)."""
+        self._watch_start = self.revision + 1
+        # Datastore.watch is an async generator: close it so its finally cancels the
+        # server-side watch at once instead of at garbage collection.
+        stream = cast(AsyncGenerator[WatchEvent, None],
+                      self.ds.watch(self.prefix, self._watch_start))
+        async with contextlib.aclosing(stream):
+            if self._next_resync is None:
+                async for wev in stream:
+                    for ev in self.apply(wev):
+                        yield ev
+                raise UnavailableError(f"watch on {self.prefix} ended")
+            timer = asyncio.ensure_future(
+                self._sleep(max(0.0, self._next_resync - self._now())))
+            nxt: asyncio.Future[WatchEvent] | None = None
+            try:
+                while True:
+                    nxt = asyncio.ensure_future(anext(stream))
+                    done, _ = await asyncio.wait({nxt, timer},
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    if nxt not in done:
+                        return  # resync due; the finally below drops the pending read
+                    try:
+                        wev = nxt.result()
+                    except StopAsyncIteration:
+                        raise UnavailableError(f"watch on {self.prefix} ended") from None
+                    nxt = None
+                    for ev in self.apply(wev):
+                        yield ev
+            finally:
+                for fut in (timer, nxt):
+                    if fut is not None and not fut.done():
+                        fut.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, DatastoreError):
+                            await fut
+
+
+class _Missing:
+    pass
+
+
+_MISSING = _Missing()
