@@ -1,0 +1,302 @@
+"""The ``l3fabric`` and ``l3fabric-ipam`` CNI executables: thin forwarders to the agent.
+
+Why a shim: the runtime execs a plugin for every ADD/DEL/CHECK, and importing
+pyroute2 or aetcd costs 200-300 ms per exec. So this module imports only ``json``,
+``os``, ``socket`` and ``sys`` (and nothing from our packages) and forwards the call
+to ``fabric-agent``, which owns all validation and dataplane work
+(:mod:`cni.protocol` on the agent side). VERSION is answered here, without the agent.
+
+Which socket: ``l3fabric`` reads the top-level ``agentSocket``; ``l3fabric-ipam``
+reads ``ipam.agentSocket``, then the top-level ``agentSocket``; both default to
+``/run/l3fabric/agent.sock``.
+
+Wire format (the agent's server reuses :func:`encode_message`/:func:`decode_message`):
+
+* One connection per call over a unix stream socket.
+* The client sends ONE UTF-8 JSON object, then half-closes (``shutdown(SHUT_WR)``);
+  the end of the request is EOF, there is no length prefix and no newline rule::
+
+      {"plugin": "l3fabric" | "l3fabric-ipam",
+       "env": {"CNI_COMMAND": ..., <every CNI_* variable>, "CAP_ARGS": ...},
+       "stdin": "<the raw network config, as received>"}
+
+* The server answers with ONE UTF-8 JSON object and closes the connection::
+
+      {"exit": <int>, "stdout": "<string>", "stderr": "<string>"}
+
+  which the shim prints verbatim (stdout, then stderr) before exiting with ``exit``.
+* Either side rejects a message over :data:`MAX_MESSAGE` bytes.
+
+Failure mode: agent unreachable (no socket file, connection refused, timeout, a
+connection closed without an answer) is CNI error 11 "try again later", naming the
+socket path, exit 1; the runtime retries, and a pod never half-exists because the
+agent was restarting. Stdin that is not JSON is error 6 and a non-string
+``agentSocket`` error 7, both decided here because the socket cannot be found.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+# `typing` costs a few ms per exec; annotations are never evaluated here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, TextIO
+
+PLUGIN = "l3fabric"
+IPAM_PLUGIN = "l3fabric-ipam"
+# Must equal cni.protocol.SUPPORTED_VERSIONS (a unit test holds them together).
+SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+CURRENT_VERSION = "1.1.0"
+DEFAULT_SOCKET = "/run/l3fabric/agent.sock"
+CONNECT_TIMEOUT = 5.0
+# ADD may wait on etcd (IPAM CAS retries) and netlink; kubelet allows minutes.
+REPLY_TIMEOUT = 120.0
+MAX_MESSAGE = 16 * 1024 * 1024
+
+ERR_IO = 5
+ERR_DECODE = 6
+ERR_INVALID_CONFIG = 7
+ERR_TRY_AGAIN_LATER = 11
+
+
+class AgentUnreachable(Exception):
+    """The agent could not be asked, or did not answer; CNI code 11."""
+
+
+def encode_message(obj: dict[str, Any]) -> bytes:
+    """One framed message: UTF-8 JSON; the frame ends where the sender half-closes."""
+    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+
+
+def decode_message(data: bytes) -> dict[str, Any]:
+    """Inverse of :func:`encode_message`; ValueError unless it is one JSON object."""
+    if len(data) > MAX_MESSAGE:
+        raise ValueError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    obj = json.loads(data.decode("utf-8"))
+    if not isinstance(obj, dict):
+        raise ValueError("message is not a JSON object")
+    return obj
+
+
+def send_request(
+    path: str,
+    payload: dict[str, Any],
+    timeout: float = REPLY_TIMEOUT,
+    connect_timeout: float = CONNECT_TIMEOUT,
+) -> dict[str, Any]:
+    """Send ``payload`` to the unix socket ``path``, return the decoded answer.
+
+    Raises AgentUnreachable for every transport failure (including an answer that
+    is empty or not JSON: the agent died mid-request).
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(connect_timeout)
+        try:
+            sock.connect(path)
+        except OSError as e:
+            raise AgentUnreachable(_reason(e)) from e
+        sock.settimeout(timeout)
+        chunks = []
+        size = 0
+        try:
+            sock.sendall(encode_message(payload))
+            sock.shutdown(socket.SHUT_WR)
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > MAX_MESSAGE:
+                    raise AgentUnreachable(f"answer exceeds {MAX_MESSAGE} bytes")
+                chunks.append(chunk)
+        except OSError as e:
+            raise AgentUnreachable(_reason(e)) from e
+    finally:
+        sock.close()
+    if not chunks:
+        raise AgentUnreachable("the agent closed the connection without answering")
+    try:
+        return decode_message(b"".join(chunks))
+    except ValueError as e:
+        raise AgentUnreachable(f"the agent's answer is not valid: {e}") from e
+
+
+def _reason(e: OSError) -> str:
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return e.strerror or str(e) or type(e).__name__
+
+
+def _error(code: int, msg: str, version: str, details: str = "") -> str:
+    obj: dict[str, Any] = {"cniVersion": version, "code": code, "msg": msg}
+    if details:
+        obj["details"] = details
+    return json.dumps(obj)
+
+
+def socket_path(plugin: str, config: dict[str, Any]) -> str:
+    """Where the agent listens, per the plugin's rules (module docstring).
+
+    ValueError when an ``agentSocket`` is present but not a non-empty string.
+    """
+    candidates = []
+    if plugin == IPAM_PLUGIN:
+        ipam = config.get("ipam")
+        if isinstance(ipam, dict):
+            candidates.append(("ipam.agentSocket", ipam.get("agentSocket")))
+    candidates.append(("agentSocket", config.get("agentSocket")))
+    for name, value in candidates:
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{name} must be a non-empty string")
+        return value
+    return DEFAULT_SOCKET
+
+
+def run(
+    plugin: str,
+    environ: dict[str, str],
+    stdin: bytes,
+    stdout: TextIO,
+    stderr: TextIO,
+    timeout: float = REPLY_TIMEOUT,
+) -> int:
+    """One plugin invocation with its effects injected; returns the exit status."""
+    command = environ.get("CNI_COMMAND", "")
+    env = {k: v for k, v in environ.items() if k.startswith("CNI_") or k == "CAP_ARGS"}
+    try:
+        text = stdin.decode("utf-8")
+    except UnicodeDecodeError as e:
+        stdout.write(_error(ERR_DECODE, "network config is not UTF-8", CURRENT_VERSION, str(e)))
+        return 1
+    config: Any
+    try:
+        config = json.loads(text) if (text.strip() or command != "VERSION") else {}
+    except (ValueError, RecursionError) as e:
+        config = e
+    version = CURRENT_VERSION
+    if isinstance(config, dict) and config.get("cniVersion") in SUPPORTED_VERSIONS:
+        version = config["cniVersion"]
+
+    if command == "VERSION":
+        # Answered locally: podman asks before every ADD and DEL, agent or not.
+        stdout.write(json.dumps({"cniVersion": version, "supportedVersions": SUPPORTED_VERSIONS}))
+        return 0
+    if not isinstance(config, dict):
+        detail = str(config) if isinstance(config, Exception) else "not a JSON object"
+        stdout.write(_error(ERR_DECODE, "failed to decode the network config", version, detail))
+        return 1
+    try:
+        path = socket_path(plugin, config)
+    except ValueError as e:
+        stdout.write(_error(ERR_INVALID_CONFIG, str(e), version))
+        return 1
+
+    request = {"plugin": plugin, "env": env, "stdin": text}
+    try:
+        answer = send_request(path, request, timeout=timeout)
+        code = answer["exit"]
+        out = answer.get("stdout", "")
+        err = answer.get("stderr", "")
+        if not isinstance(code, int) or not isinstance(out, str) or not isinstance(err, str):
+            raise AgentUnreachable("the agent's answer has the wrong shape")
+    except (AgentUnreachable, KeyError) as e:
+        reason = str(e) if isinstance(e, AgentUnreachable) else "the agent's answer has no exit"
+        stdout.write(
+            _error(
+                ERR_TRY_AGAIN_LATER,
+                f"l3fabric agent unreachable at {path}",
+                version,
+                f"{reason}; is fabric-agent running on this node?",
+            )
+        )
+        return 1
+    stdout.write(out)
+    stderr.write(err)
+    return code
+
+
+def _main(plugin: str) -> int:
+    stdin: BinaryIO = sys.stdin.buffer
+    try:
+        data = stdin.read()
+    except OSError:
+        data = b""
+    code = run(plugin, dict(os.environ), data, sys.stdout, sys.stderr)
+    sys.stdout.flush()
+    return code
+
+
+def main_plugin() -> int:
+    """Entry point of the ``l3fabric`` executable."""
+    return _main(PLUGIN)
+
+
+def main_ipam() -> int:
+    """Entry point of the ``l3fabric-ipam`` executable."""
+    return _main(IPAM_PLUGIN)
+
+
+_SCRIPT = """\
+#!{python} -IS
+# l3fabric CNI plugin shim, written by `fabricctl install-cni`. Stdlib only.
+import sys
+sys.path.insert(0, {location!r})
+from cni.shim import {func}
+sys.exit({func}())
+"""
+
+_SH_SCRIPT = """\
+#!/bin/sh
+# l3fabric CNI plugin shim, written by `fabricctl install-cni`.
+exec {python} -IS -c {code} "$@"
+"""
+
+
+def write_executable(dest: os.PathLike[str] | str, which: str, python: str) -> None:
+    """Write the ``l3fabric`` (``which="plugin"``) or ``l3fabric-ipam``
+    (``which="ipam"``) executable to ``dest``, run by the absolute ``python``.
+
+    The script runs ``python -IS`` (isolated, no site: ~25 ms) with ``sys.path``
+    pointing at the directory this package is installed in. Runtimes pass their own
+    PATH, hence the absolute interpreter. When the path cannot go in a shebang
+    (spaces, or over the kernel's 255 bytes) a ``/bin/sh`` trampoline execs it.
+    The file is replaced atomically (write, chmod 0755, rename).
+    """
+    funcs = {
+        "plugin": "main_plugin",
+        "ipam": "main_ipam",
+        PLUGIN: "main_plugin",
+        IPAM_PLUGIN: "main_ipam",
+    }
+    if which not in funcs:
+        raise ValueError(f"which must be 'plugin' or 'ipam', not {which!r}")
+    if not os.path.isabs(python):
+        raise ValueError(f"the interpreter must be an absolute path, not {python!r}")
+    func = funcs[which]
+    location = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shebang = f"#!{python} -IS"
+    if len(shebang.encode()) < 256 and not any(c.isspace() for c in python):
+        text = _SCRIPT.format(python=python, location=location, func=func)
+    else:
+        code = (
+            f"import sys; sys.path.insert(0, {location!r}); "
+            f"from cni.shim import {func}; sys.exit({func}())"
+        )
+        text = _SH_SCRIPT.format(python=_sh_quote(python), code=_sh_quote(code))
+    target = os.fspath(dest)
+    tmp = f"{target}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, 0o755)
+    os.replace(tmp, target)
+
+
+def _sh_quote(s: str) -> str:
+    return "'" + s.replace("'", "'\"'\"'") + "'"
