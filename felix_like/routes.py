@@ -1,0 +1,416 @@
+"""Kernel routes owned by l3fabric: render them (pure) and converge the kernel to them.
+
+What is owned: every route in the main table (IPv4 and IPv6) whose protocol is
+``PROTO_L3FABRIC`` (80: local pod /32s and block blackholes) or ``PROTO_L3FABRIC_BGP``
+(81: prefixes learned over BGP). Routes of any other protocol (kernel, static, bird,
+dhcp, ...) are never replaced or deleted, even when they sit on a prefix we want; such
+a collision is reported as a failed route and retried.
+
+Invariant of :class:`RouteManager` (STYLE rules 2-4): after ``apply()`` returns with no
+failures, the owned routes in the kernel equal the desired set — except that, until
+``mark_in_sync()`` has been called (the first datastore snapshot is complete), owned
+routes that are not desired are left alone, so that an agent restart with a partial
+view never cuts existing pods off. The kernel is dumped once at start (and on
+``resync()``); after that deltas are computed against our own record. Nothing is ever
+flushed.
+
+Failure mode: a route that cannot be programmed (missing device, unreachable gateway,
+foreign route in the way) is logged, counted in ``ApplyResult.failed`` and retried on
+the next ``apply()``; the others still go in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+log = logging.getLogger(__name__)
+
+#: Local pod routes and block blackholes. Free in iproute2's reserved list (186-192 are
+#: bgp/isis/ospf/rip/eigrp, 12 is bird, 42 babel, 99 openr).
+PROTO_L3FABRIC = 80
+#: Routes learned over BGP and installed by the agent.
+PROTO_L3FABRIC_BGP = 81
+OWNED_PROTOS = frozenset({PROTO_L3FABRIC, PROTO_L3FABRIC_BGP})
+
+RT_TABLE_MAIN = 254
+RTN_UNICAST = 1
+RTN_BLACKHOLE = 6
+RT_SCOPE_UNIVERSE = 0
+RT_SCOPE_LINK = 253
+ESRCH = 3
+EEXIST = 17
+
+RT_PROTOS_CONF = "/etc/iproute2/rt_protos.d/l3fabric.conf"
+
+RouteKind = Literal["local", "blackhole", "bgp"]
+
+
+def _canonical_net(cidr: str) -> str:
+    return str(ipaddress.ip_network(cidr, strict=False))
+
+
+@dataclass(frozen=True)
+class Route:
+    """One route we own. ``dst`` is a canonical CIDR; ``via`` is sorted (ECMP order is
+    irrelevant) and empty for local and blackhole routes; ``dev`` is set only for local."""
+
+    dst: str
+    kind: RouteKind
+    dev: str | None = None
+    via: tuple[str, ...] = ()
+    proto: int = PROTO_L3FABRIC
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dst", _canonical_net(self.dst))
+        object.__setattr__(
+            self, "via", tuple(sorted(str(ipaddress.ip_address(v)) for v in self.via))
+        )
+        if self.kind == "local" and (not self.dev or self.via):
+            raise ValueError(f"local route {self.dst} needs a dev and no nexthops")
+        if self.kind == "blackhole" and (self.dev or self.via):
+            raise ValueError(f"blackhole route {self.dst} takes no dev or nexthops")
+        if self.kind == "bgp" and not self.via:
+            raise ValueError(f"bgp route {self.dst} needs at least one nexthop")
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET6 if ":" in self.dst else socket.AF_INET
+
+
+def render_routes(
+    local_endpoints: Iterable[tuple[str, str]],
+    blocks: Iterable[str],
+    learned: Mapping[str, tuple[str, ...]],
+) -> set[Route]:
+    """The routes a node needs (DESIGN §4), as data.
+
+    - each local endpoint address (``"10.0.0.5"`` or ``"10.0.0.5/26"``: the host part is
+      what counts) → ``<ip>/32 dev <host_if>`` (``/128`` for IPv6);
+    - each block the node owns → ``blackhole <block>``;
+    - each learned prefix → ``<prefix> via <nexthops>`` (ECMP when several).
+
+    On a prefix collision a local route beats a block blackhole, which beats a learned
+    route (the node never imports its own blocks, but a bad peer could send them). Two
+    endpoints claiming one address: the lowest host interface name wins, deterministically.
+    """
+    routes: dict[str, Route] = {}
+    for prefix, nexthops in sorted(learned.items()):
+        if nexthops:
+            r = Route(prefix, "bgp", via=tuple(nexthops), proto=PROTO_L3FABRIC_BGP)
+            routes[r.dst] = r
+    for block in sorted(blocks):
+        r = Route(block, "blackhole", proto=PROTO_L3FABRIC)
+        routes[r.dst] = r
+    for addr, host_if in sorted(local_endpoints, reverse=True):
+        ip = ipaddress.ip_interface(addr).ip
+        r = Route(f"{ip}/{ip.max_prefixlen}", "local", dev=host_if, proto=PROTO_L3FABRIC)
+        routes[r.dst] = r
+    return set(routes.values())
+
+
+def register_rt_protos(path: str = RT_PROTOS_CONF) -> bool:
+    """Name our protocol numbers for ``ip route`` (idempotent). Returns True if written."""
+    content = (
+        "# written by l3fabric: route protocols it owns\n"
+        f"{PROTO_L3FABRIC}\tl3fabric\n"
+        f"{PROTO_L3FABRIC_BGP}\tl3fabric-bgp\n"
+    )
+    try:
+        with open(path) as f:
+            if f.read() == content:
+                return False
+    except FileNotFoundError:
+        pass
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(content)
+    os.replace(tmp, path)
+    return True
+
+
+class NetlinkHandle(Protocol):
+    """The part of pyroute2's ``IPRoute`` the route manager uses (a fake implements it too).
+
+    ``route("dump", family=, table=)`` yields rtmsg-like objects (``msg["dst_len"]``,
+    ``msg.get_attr("RTA_DST")``, ...); ``get_links()`` yields ifinfmsg-like objects.
+    """
+
+    def route(self, command: str, **kwargs: Any) -> Any: ...
+
+    def get_links(self, *argv: Any, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    added: tuple[Route, ...] = ()
+    removed: tuple[Route, ...] = ()
+    replaced: tuple[Route, ...] = ()
+    adopted: tuple[Route, ...] = ()
+    failed: tuple[Route, ...] = ()
+    #: owned routes not desired, kept because we are not in sync yet.
+    kept_stale: int = 0
+
+    @property
+    def changes(self) -> int:
+        return len(self.added) + len(self.removed) + len(self.replaced)
+
+
+def _error_code(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    return exc.errno if isinstance(exc, OSError) else None
+
+
+@dataclass
+class _Pass:
+    added: list[Route] = field(default_factory=list)
+    removed: list[Route] = field(default_factory=list)
+    replaced: list[Route] = field(default_factory=list)
+    adopted: list[Route] = field(default_factory=list)
+    failed: list[Route] = field(default_factory=list)
+    kept_stale: int = 0
+
+
+class RouteManager:
+    """Converges the owned routes of one network namespace to a desired set.
+
+    Owner: the node agent (one per node namespace); it is the only writer of routes of
+    our protocols there. The CNI handler adds a pod's /32 itself before answering ADD
+    (the pod must be routable at once); because the route is identical to what
+    :func:`render_routes` produces, the next ``apply()`` — after a dump — or the agent's
+    own ``set_desired`` adopts it without touching the kernel.
+
+    Not thread-safe; the handle is a sync pyroute2 ``IPRoute`` used from one thread.
+    """
+
+    def __init__(self, ipr: NetlinkHandle, now: Callable[[], float] = time.monotonic) -> None:
+        self._ipr = ipr
+        self._now = now
+        self._desired: dict[str, Route] = {}
+        # What we believe is in the kernel, by dst. None: unknown, dump before diffing.
+        self._programmed: dict[str, Route] | None = None
+        self._in_sync = False
+        self.last_dump_at: float | None = None
+        self.last_apply_at: float | None = None
+
+    # -- commands ------------------------------------------------------------------
+
+    @property
+    def in_sync(self) -> bool:
+        return self._in_sync
+
+    def mark_in_sync(self) -> None:
+        """The desired set is now complete: from the next apply() stale routes go."""
+        self._in_sync = True
+
+    def set_desired(self, routes: Iterable[Route]) -> None:
+        desired: dict[str, Route] = {}
+        for r in routes:
+            if r.proto not in OWNED_PROTOS:
+                raise ValueError(f"route {r.dst} has protocol {r.proto}, not one we own")
+            if r.dst in desired and desired[r.dst] != r:
+                raise ValueError(f"two desired routes for {r.dst}: {desired[r.dst]} and {r}")
+            desired[r.dst] = r
+        self._desired = desired
+
+    def resync(self) -> None:
+        """Forget our record; the next apply() re-reads the kernel (periodic resync)."""
+        self._programmed = None
+
+    @property
+    def programmed(self) -> Mapping[str, Route]:
+        return dict(self._programmed or {})
+
+    def apply(self) -> ApplyResult:
+        """Converge once. Safe to call again at any time; a converged state costs nothing."""
+        links = _LinkIndex(self._ipr)
+        if self._programmed is None:
+            self._programmed = self._dump(links)
+            first = True
+        else:
+            first = False
+        programmed = self._programmed
+        p = _Pass()
+
+        for dst, want in sorted(self._desired.items()):
+            have = programmed.get(dst)
+            if have == want:
+                if first:
+                    p.adopted.append(want)
+                continue
+            try:
+                if have is None:
+                    {"added": p.added, "replaced": p.replaced,
+                     "adopted": p.adopted}[self._add(want, links)].append(want)
+                else:
+                    self._program("replace", want, links)
+                    p.replaced.append(want)
+                programmed[dst] = want
+            except Exception as exc:  # one bad route must not stop the rest
+                log.warning("route %s %s failed: %s", "add" if have is None else "replace",
+                            want, exc)
+                p.failed.append(want)
+
+        for dst, have in sorted(programmed.items()):
+            if dst in self._desired:
+                continue
+            if not self._in_sync:
+                p.kept_stale += 1
+                continue
+            try:
+                self._ipr.route("del", family=have.family, dst=have.dst, proto=have.proto,
+                                table=RT_TABLE_MAIN)
+            except Exception as exc:
+                if _error_code(exc) != ESRCH:  # already gone: fine
+                    log.warning("route del %s failed: %s", have, exc)
+                    p.failed.append(have)
+                    continue
+            del programmed[dst]
+            p.removed.append(have)
+
+        self.last_apply_at = self._now()
+        if p.added or p.removed or p.replaced or p.failed:
+            log.info("routes applied: added=%d removed=%d replaced=%d failed=%d adopted=%d",
+                     len(p.added), len(p.removed), len(p.replaced), len(p.failed),
+                     len(p.adopted))
+        return ApplyResult(tuple(p.added), tuple(p.removed), tuple(p.replaced),
+                           tuple(p.adopted), tuple(p.failed), p.kept_stale)
+
+    def note_programmed(self, routes: Iterable[Route]) -> None:
+        """Record routes someone else in this agent put in the kernel (the CNI handler's
+        pod /32s), so that apply() neither re-adds them nor misses them when stale."""
+        if self._programmed is not None:
+            for r in routes:
+                self._programmed[r.dst] = r
+
+    # -- netlink -------------------------------------------------------------------
+
+    def _add(self, r: Route, links: _LinkIndex) -> str:
+        """Add ``r``; returns "added", or "adopted"/"replaced" when an owned route was there.
+
+        Race: the CNI handler adds a pod's /32 after our dump and before the calculation
+        asks for it, so "add" meets EEXIST although our record says absent. Look at what
+        is there: identical and owned -> adopt; owned but different -> replace; foreign ->
+        fail (never touch other protocols' routes).
+        """
+        try:
+            self._program("add", r, links)
+            return "added"
+        except Exception as exc:
+            if _error_code(exc) != EEXIST:
+                raise
+            there = self._find_kernel_route(r, links)
+            if there is None:
+                raise RuntimeError(
+                    f"{r.dst} is taken by a route of another protocol; not touching it"
+                ) from exc
+            if there != r:
+                self._program("replace", r, links)
+                return "replaced"
+            return "adopted"
+
+    def _find_kernel_route(self, r: Route, links: _LinkIndex) -> Route | None:
+        for msg in self._ipr.route("dump", family=r.family, table=RT_TABLE_MAIN):
+            found = route_from_msg(msg, links.name)
+            if found is not None and found.dst == r.dst:
+                return found
+        return None
+
+    def _program(self, command: str, r: Route, links: _LinkIndex) -> None:
+        kw: dict[str, Any] = {
+            "family": r.family, "dst": r.dst, "proto": r.proto, "table": RT_TABLE_MAIN,
+        }
+        if r.kind == "local":
+            assert r.dev is not None
+            kw.update(oif=links.index(r.dev), scope=RT_SCOPE_LINK, type=RTN_UNICAST)
+        elif r.kind == "blackhole":
+            kw.update(type=RTN_BLACKHOLE)
+        elif len(r.via) == 1:
+            kw.update(gateway=r.via[0], type=RTN_UNICAST)
+        else:
+            kw.update(multipath=[{"gateway": g} for g in r.via], type=RTN_UNICAST)
+        self._ipr.route(command, **kw)
+
+    def _dump(self, links: _LinkIndex) -> dict[str, Route]:
+        found: dict[str, Route] = {}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in self._ipr.route("dump", family=family, table=RT_TABLE_MAIN):
+                r = route_from_msg(msg, links.name)
+                if r is None:
+                    continue
+                if r.dst in found:
+                    # Two owned routes on one prefix (different metrics): keep the first in
+                    # our record; the kernel lookup uses the lowest metric, dumped first.
+                    log.warning("duplicate owned route for %s ignored: %s", r.dst, r)
+                    continue
+                found[r.dst] = r
+        self.last_dump_at = self._now()
+        log.debug("dumped %d owned routes", len(found))
+        return found
+
+
+class _LinkIndex:
+    """ifindex <-> name, read once per apply() and only if needed."""
+
+    def __init__(self, ipr: NetlinkHandle) -> None:
+        self._ipr = ipr
+        self._by_name: dict[str, int] | None = None
+
+    def _load(self) -> dict[str, int]:
+        if self._by_name is None:
+            self._by_name = {}
+            for msg in self._ipr.get_links():
+                self._by_name[msg.get_attr("IFLA_IFNAME")] = msg["index"]
+        return self._by_name
+
+    def index(self, name: str) -> int:
+        idx = self._load().get(name)
+        if idx is None:
+            raise LookupError(f"no interface {name}")
+        return idx
+
+    def name(self, index: int) -> str | None:
+        for n, i in self._load().items():
+            if i == index:
+                return n
+        return None
+
+
+def route_from_msg(msg: Any, ifname: Callable[[int], str | None]) -> Route | None:
+    """An owned route from a kernel rtmsg, or None if it is not ours / not in main."""
+    proto = msg["proto"]
+    if proto not in OWNED_PROTOS:
+        return None
+    table = msg.get_attr("RTA_TABLE") or msg["table"]
+    if table != RT_TABLE_MAIN:
+        return None
+    family = msg["family"]
+    dst_addr = msg.get_attr("RTA_DST") or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    dst = f"{dst_addr}/{msg['dst_len']}"
+    if msg["type"] == RTN_BLACKHOLE:
+        return Route(dst, "blackhole", proto=proto)
+    multipath = msg.get_attr("RTA_MULTIPATH")
+    if multipath:
+        via = tuple(nh.get_attr("RTA_GATEWAY") for nh in multipath
+                    if nh.get_attr("RTA_GATEWAY"))
+        if via:
+            return Route(dst, "bgp", via=via, proto=proto)
+    gateway = msg.get_attr("RTA_GATEWAY")
+    if gateway:
+        return Route(dst, "bgp", via=(gateway,), proto=proto)
+    oif = msg.get_attr("RTA_OIF")
+    dev = ifname(oif) if oif is not None else None
+    if dev is None:
+        # An owned route we cannot express (no dev, no gateway): record it under a
+        # placeholder so that it is replaced if desired and removed if stale.
+        return Route(dst, "local", dev=f"?ifindex={oif}", proto=proto)
+    return Route(dst, "local", dev=dev, proto=proto)
