@@ -111,6 +111,11 @@ def node_status(node_name: str) -> str:
     return full(NODE_STATUS + node_name)
 
 
+def ipam_config() -> str:
+    """The single IPAMConfig key (its resource is always named ``default``)."""
+    return full(IPAM_CONFIG)
+
+
 @dataclass(frozen=True)
 class ParsedKey:
     """What a key names: its kind and the identifying parts (namespace, name, node)."""
@@ -128,6 +133,8 @@ def parse(key: str) -> ParsedKey | None:
     except ValueError:
         return None
     parts = rel.split("/")
+    if rel == IPAM_CONFIG:
+        return ParsedKey("IPAMConfig", name="default")
     table: list[tuple[str, str, int]] = [
         (IPPOOLS, "IPPool", 1),
         (BGP_CONFIGS, "BGPConfiguration", 1),
