@@ -1,0 +1,323 @@
+"""One IPAM block as a value: pure address arithmetic, the allocation state machine and its JSON.
+
+Owns: the in-memory form of ``ipam/blocks/<cidr->`` and every rule about which ordinal may
+be handed out next. Nothing here does I/O; the allocator decodes a block from the bytes it
+read, mutates the working copy and writes the bytes back under a compare-and-swap.
+
+Invariants (checked by `Block.problems`, enforced by every mutator):
+
+* every ordinal ``0 .. size-1`` is either allocated (``allocations[o]`` indexes an entry
+  of ``attributes``) or listed exactly once in ``unallocated``;
+* ``unallocated`` is a FIFO: a released ordinal is appended at the end, so it is reused
+  last; ``releasedAt`` remembers when, for the optional cool-down;
+* ``sequence[o]`` grows by one on every assignment of ``o``. A release that names the
+  sequence it was handed (``release(o, handle, seq)``) cannot free the address after it was
+  released and handed out again - the stale-release race of a slow CNI DEL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import netaddr
+
+AFFINITY_PREFIX = "node:"
+
+
+class BlockFormatError(ValueError):
+    """A block value that is not valid JSON or breaks the block invariants."""
+
+
+@dataclass(frozen=True)
+class AllocationAttrs:
+    """Who holds an address: the handle plus the pod information stored beside it."""
+
+    handle: str
+    namespace: str = ""
+    pod: str = ""
+    node: str = ""
+    time: float = 0.0
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"handle": self.handle, "namespace": self.namespace,
+                             "pod": self.pod, "node": self.node, "time": self.time}
+        if self.extra:
+            d["extra"] = dict(self.extra)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Any) -> AllocationAttrs:
+        if not isinstance(d, dict) or not isinstance(d.get("handle"), str):
+            raise BlockFormatError(f"attribute {d!r} has no handle")
+        extra = d.get("extra") or {}
+        if not isinstance(extra, dict):
+            raise BlockFormatError(f"attribute extra {extra!r} is not an object")
+        return cls(handle=d["handle"], namespace=str(d.get("namespace", "")),
+                   pod=str(d.get("pod", "")), node=str(d.get("node", "")),
+                   time=float(d.get("time", 0.0)),
+                   extra={str(k): str(v) for k, v in extra.items()})
+
+
+def affinity_of(node: str) -> str:
+    return AFFINITY_PREFIX + node
+
+
+def node_of_affinity(affinity: str | None) -> str | None:
+    if affinity and affinity.startswith(AFFINITY_PREFIX):
+        return affinity[len(AFFINITY_PREFIX):]
+    return None
+
+
+def reserved_ordinals(cidr: str, reservations: netaddr.IPSet) -> frozenset[int]:
+    """The ordinals of ``cidr`` covered by a reservation."""
+    net = netaddr.IPNetwork(cidr)
+    overlap = reservations & netaddr.IPSet([net])
+    first = int(net.first)
+    return frozenset(int(ip) - first for ip in overlap)
+
+
+@dataclass
+class Block:
+    """A mutable working copy of one block. Build with `new` or `from_json`."""
+
+    cidr: str
+    affinity: str | None
+    allocations: list[int | None]
+    unallocated: list[int]
+    attributes: list[AllocationAttrs]
+    sequence: list[int]
+    released_at: dict[int, float] = field(default_factory=dict)
+
+    # -- construction and JSON --------------------------------------------------------
+
+    @classmethod
+    def new(cls, cidr: str, affinity: str | None) -> Block:
+        net = netaddr.IPNetwork(cidr)
+        if net.cidr != net:
+            raise ValueError(f"{cidr} is not a network address")
+        size = net.size
+        return cls(cidr=str(net), affinity=affinity, allocations=[None] * size,
+                   unallocated=list(range(size)), attributes=[], sequence=[0] * size)
+
+    def to_json(self) -> bytes:
+        return json.dumps({
+            "cidr": self.cidr,
+            "affinity": self.affinity,
+            "allocations": self.allocations,
+            "unallocated": self.unallocated,
+            "attributes": [a.to_json() for a in self.attributes],
+            "sequence": self.sequence,
+            "releasedAt": {str(k): v for k, v in sorted(self.released_at.items())},
+        }, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Block:
+        try:
+            d = json.loads(raw)
+        except ValueError as e:
+            raise BlockFormatError(f"not JSON: {e}") from e
+        if not isinstance(d, dict):
+            raise BlockFormatError("a block must be a JSON object")
+        try:
+            net = netaddr.IPNetwork(d["cidr"])
+            size = net.size
+            allocations = [None if a is None else int(a) for a in d["allocations"]]
+            unallocated = [int(o) for o in d["unallocated"]]
+            attributes = [AllocationAttrs.from_json(a) for a in d.get("attributes", [])]
+            sequence = [int(s) for s in d.get("sequence") or [0] * size]
+            released = {int(k): float(v) for k, v in (d.get("releasedAt") or {}).items()}
+            affinity = d.get("affinity")
+        except (KeyError, TypeError, ValueError, netaddr.AddrFormatError) as e:
+            if isinstance(e, BlockFormatError):
+                raise
+            raise BlockFormatError(f"bad block field: {e!r}") from e
+        if affinity is not None and not isinstance(affinity, str):
+            raise BlockFormatError(f"affinity {affinity!r} is not a string")
+        b = cls(cidr=str(net), affinity=affinity, allocations=allocations,
+                unallocated=unallocated, attributes=attributes, sequence=sequence,
+                released_at=released)
+        problems = b.problems()
+        if problems:
+            raise BlockFormatError(f"block {b.cidr}: {problems[0]}")
+        return b
+
+    def problems(self) -> list[str]:
+        """Every broken invariant, as sentences (empty when the block is sound)."""
+        out: list[str] = []
+        size = self.size
+        if len(self.allocations) != size:
+            out.append(f"{len(self.allocations)} allocation slots for {size} addresses")
+        if len(self.sequence) != size:
+            out.append(f"{len(self.sequence)} sequence numbers for {size} addresses")
+        seen: set[int] = set()
+        for o in self.unallocated:
+            if not 0 <= o < size:
+                out.append(f"unallocated ordinal {o} outside the block")
+            elif o in seen:
+                out.append(f"ordinal {o} listed twice as unallocated")
+            seen.add(o)
+        for o, a in enumerate(self.allocations):
+            if a is None:
+                if o not in seen:
+                    out.append(f"ordinal {o} is neither allocated nor unallocated")
+            else:
+                if o in seen:
+                    out.append(f"ordinal {o} is both allocated and unallocated")
+                if not 0 <= a < len(self.attributes):
+                    out.append(f"ordinal {o} points at missing attribute {a}")
+        return out
+
+    # -- arithmetic ------------------------------------------------------------------
+
+    @property
+    def network(self) -> netaddr.IPNetwork:
+        return netaddr.IPNetwork(self.cidr)
+
+    @property
+    def size(self) -> int:
+        return int(self.network.size)
+
+    @property
+    def version(self) -> int:
+        return int(self.network.version)
+
+    @property
+    def prefix_len(self) -> int:
+        return int(self.network.prefixlen)
+
+    def address(self, ordinal: int) -> str:
+        net = self.network
+        return str(netaddr.IPAddress(int(net.first) + ordinal, net.version))
+
+    def ordinal(self, address: str) -> int:
+        """The ordinal of ``address``; ValueError if it is not inside this block."""
+        net = self.network
+        ip = netaddr.IPAddress(address)
+        if ip.version != net.version or ip not in net:
+            raise ValueError(f"{address} is not in block {self.cidr}")
+        return int(ip) - int(net.first)
+
+    # -- queries ---------------------------------------------------------------------
+
+    @property
+    def node(self) -> str | None:
+        return node_of_affinity(self.affinity)
+
+    def attrs(self, ordinal: int) -> AllocationAttrs | None:
+        a = self.allocations[ordinal]
+        return None if a is None else self.attributes[a]
+
+    def in_use(self) -> int:
+        return sum(1 for a in self.allocations if a is not None)
+
+    def is_empty(self) -> bool:
+        return not self.attributes and all(a is None for a in self.allocations)
+
+    def allocated(self) -> Iterable[tuple[int, AllocationAttrs]]:
+        for o, a in enumerate(self.allocations):
+            if a is not None:
+                yield o, self.attributes[a]
+
+    def ordinals_of(self, handle: str) -> list[int]:
+        return [o for o, at in self.allocated() if at.handle == handle]
+
+    def free_ordinals(self, *, now: float = 0.0, cooldown: float = 0.0,
+                      reserved: frozenset[int] = frozenset()) -> list[int]:
+        """Ordinals that may be handed out now, in the order they would be (FIFO)."""
+        return [o for o in self.unallocated
+                if o not in reserved and not self._cooling(o, now, cooldown)]
+
+    def _cooling(self, ordinal: int, now: float, cooldown: float) -> bool:
+        if cooldown <= 0:
+            return False
+        t = self.released_at.get(ordinal)
+        return t is not None and now - t < cooldown
+
+    # -- mutators --------------------------------------------------------------------
+
+    def assign(self, count: int, attrs: AllocationAttrs, *, now: float = 0.0,
+               cooldown: float = 0.0, reserved: frozenset[int] = frozenset()) -> list[int]:
+        """Hand out up to ``count`` ordinals (fewer if the block runs out), oldest-free first."""
+        chosen = self.free_ordinals(now=now, cooldown=cooldown, reserved=reserved)[:count]
+        for o in chosen:
+            self._take(o, attrs)
+        return chosen
+
+    def assign_ordinal(self, ordinal: int, attrs: AllocationAttrs) -> None:
+        """Hand out one named ordinal; ValueError if it is in use.
+
+        Requested addresses ignore the cool-down: the caller asked for exactly this one.
+        """
+        if not 0 <= ordinal < self.size:
+            raise ValueError(f"ordinal {ordinal} outside block {self.cidr}")
+        if self.allocations[ordinal] is not None:
+            raise ValueError(f"{self.address(ordinal)} is in use")
+        self._take(ordinal, attrs)
+
+    def _take(self, ordinal: int, attrs: AllocationAttrs) -> None:
+        self.unallocated.remove(ordinal)
+        self.attributes.append(attrs)
+        self.allocations[ordinal] = len(self.attributes) - 1
+        self.sequence[ordinal] += 1
+        self.released_at.pop(ordinal, None)
+
+    def release(self, ordinal: int, *, handle: str | None = None, seq: int | None = None,
+                now: float = 0.0) -> bool:
+        """Free ``ordinal``; with ``handle``/``seq`` only if they still match. True if freed."""
+        at = self.attrs(ordinal)
+        if at is None:
+            return False
+        if handle is not None and at.handle != handle:
+            return False
+        if seq is not None and self.sequence[ordinal] != seq:
+            return False
+        self.allocations[ordinal] = None
+        self.unallocated.append(ordinal)
+        self.released_at[ordinal] = now
+        self._compact_attributes()
+        return True
+
+    def _compact_attributes(self) -> None:
+        used = sorted({a for a in self.allocations if a is not None})
+        if len(used) == len(self.attributes):
+            return
+        remap = {old: new for new, old in enumerate(used)}
+        self.attributes = [self.attributes[old] for old in used]
+        self.allocations = [None if a is None else remap[a] for a in self.allocations]
+
+    def expire_cooldowns(self, now: float, cooldown: float) -> None:
+        """Forget release times older than the cool-down (keeps the JSON small)."""
+        self.released_at = {o: t for o, t in self.released_at.items()
+                            if cooldown > 0 and now - t < cooldown}
+
+    def copy(self) -> Block:
+        return Block(self.cidr, self.affinity, list(self.allocations), list(self.unallocated),
+                     list(self.attributes), list(self.sequence), dict(self.released_at))
+
+
+def block_cidr_for(address: str, pool_cidr: str, block_size: int) -> str:
+    """The block of a pool with ``block_size`` that contains ``address``."""
+    ip = netaddr.IPAddress(address)
+    pool = netaddr.IPNetwork(pool_cidr)
+    if ip.version != pool.version or ip not in pool:
+        raise ValueError(f"{address} is not in {pool_cidr}")
+    return str(netaddr.IPNetwork(f"{ip}/{block_size}").cidr)
+
+
+def iter_block_cidrs(pool_cidr: str, block_size: int,
+                     skip: Callable[[str], bool] | None = None) -> Iterable[str]:
+    """The pool's block CIDRs in address order, lazily (IPv6 pools have very many)."""
+    pool = netaddr.IPNetwork(pool_cidr)
+    step = 1 << ((32 if pool.version == 4 else 128) - block_size)
+    first, last = int(pool.first), int(pool.last)
+    v = pool.version
+    cur = first
+    while cur <= last:
+        c = f"{netaddr.IPAddress(cur, v)}/{block_size}"
+        if skip is None or not skip(c):
+            yield c
+        cur += step

@@ -1,0 +1,184 @@
+"""IPAM's own values: what the allocator needs from configuration, what it hands back, its errors.
+
+Owns: plain frozen values independent of the resource model in ``datastore.model`` (the
+adapter ``ipam.sources`` builds them from etcd), the JSON of a handle record
+(``ipam/handles/<handle>``) and the typed errors callers branch on.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import netaddr
+
+NodeSelector = Callable[[Mapping[str, str]], bool]
+
+
+def select_all(labels: Mapping[str, str]) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    name: str
+    cidr: str
+    block_size: int
+    node_selector: NodeSelector = select_all
+    disabled: bool = False
+    selector_text: str = ""
+
+    @property
+    def network(self) -> netaddr.IPNetwork:
+        return netaddr.IPNetwork(self.cidr)
+
+    @property
+    def version(self) -> int:
+        return int(self.network.version)
+
+    def contains(self, address_or_cidr: str) -> bool:
+        net = netaddr.IPNetwork(address_or_cidr)
+        pool = self.network
+        return bool(net.version == pool.version and net.first >= pool.first
+                    and net.last <= pool.last)
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.cidr})"
+
+
+@dataclass(frozen=True)
+class IpamConfig:
+    strict_affinity: bool = False
+    max_blocks_per_host: int = 0  # 0 = unlimited
+    release_cooldown: float = 0.0  # seconds a released address rests before reuse
+
+
+@dataclass(frozen=True)
+class IpamInputs:
+    """Everything configured that an allocation decision depends on."""
+
+    pools: tuple[PoolSpec, ...] = ()
+    config: IpamConfig = IpamConfig()
+    reservations: tuple[str, ...] = ()  # CIDRs never handed out
+    node_labels: Mapping[str, str] = field(default_factory=dict)
+
+    def reserved_set(self) -> netaddr.IPSet:
+        return netaddr.IPSet(self.reservations)
+
+    def is_reserved(self, address: str) -> bool:
+        ip = netaddr.IPAddress(address)
+        return any(ip in netaddr.IPNetwork(r) for r in self.reservations)
+
+    def pool_of(self, cidr: str) -> PoolSpec | None:
+        """The pool that contains ``cidr`` (an address or a block)."""
+        for p in self.pools:
+            if p.contains(cidr):
+                return p
+        return None
+
+    def usable_pools(self, version: int) -> list[PoolSpec]:
+        """Enabled pools of one IP version whose nodeSelector selects this node, by name."""
+        return sorted((p for p in self.pools if p.version == version and not p.disabled
+                       and p.node_selector(self.node_labels)), key=lambda p: p.name)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    address: str
+    prefix_len: int  # of the block the address came from
+    block: str
+    borrowed: bool
+    seq: int
+    handle: str = ""
+
+    @property
+    def version(self) -> int:
+        return int(netaddr.IPAddress(self.address).version)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"address": self.address, "prefixLen": self.prefix_len, "block": self.block,
+                "borrowed": self.borrowed, "seq": self.seq, "handle": self.handle}
+
+
+# -- handle records -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HandleEntry:
+    block: str
+    ordinal: int
+    seq: int
+    address: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"block": self.block, "ordinal": self.ordinal, "seq": self.seq,
+                "address": self.address}
+
+
+@dataclass(frozen=True)
+class HandleRecord:
+    """``ipam/handles/<handle>``: exactly which (block, ordinal, seq) hold the handle's IPs."""
+
+    handle: str
+    entries: tuple[HandleEntry, ...]
+
+    def to_json(self) -> bytes:
+        return json.dumps({"handle": self.handle,
+                           "allocations": [e.to_json() for e in self.entries]},
+                          separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> HandleRecord:
+        try:
+            d = json.loads(raw)
+            entries = tuple(HandleEntry(str(e["block"]), int(e["ordinal"]), int(e["seq"]),
+                                        str(e["address"])) for e in d["allocations"])
+            return cls(str(d["handle"]), entries)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"bad handle record: {e!r}") from e
+
+    def blocks(self) -> list[str]:
+        return sorted({e.block for e in self.entries})
+
+    def without(self, block: str, ordinal: int) -> HandleRecord:
+        return HandleRecord(self.handle, tuple(e for e in self.entries
+                                               if (e.block, e.ordinal) != (block, ordinal)))
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+class IpamError(Exception):
+    """Base of every IPAM failure a caller may see."""
+
+
+class PoolExhaustedError(IpamError):
+    pass
+
+
+class AddressInUseError(IpamError):
+    pass
+
+
+class AddressNotInPoolError(IpamError):
+    pass
+
+
+class AddressReservedError(IpamError):
+    pass
+
+
+class PoolInUseError(IpamError):
+    """Deleting a pool that still has allocated addresses."""
+
+
+class IpamUnavailableError(IpamError):
+    """etcd did not answer within the allocator's retry budget."""
+
+
+class IpamConflictError(IpamError):
+    """Too many concurrent writers changed the same block; the retry budget ran out."""
+
+
+def pools_text(pools: Sequence[PoolSpec]) -> str:
+    return ", ".join(p.describe() for p in pools) or "none"
