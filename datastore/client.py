@@ -246,9 +246,13 @@ def _translate(exc: BaseException) -> DatastoreError:
     if isinstance(exc, grpc.aio.AioRpcError):
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             return UnavailableError(f"etcd unavailable: {exc.details()}")
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return NotFoundError(f"etcd: {exc.details()}")
         return DatastoreError(f"etcd error {exc.code().name}: {exc.details()}")
     if isinstance(exc, aexc.ClientError):
         text = str(exc)
+        if "not found" in text.lower():  # aetcd maps NOT_FOUND to a bare ClientError
+            return NotFoundError(f"etcd: {text}")
         if "deadline" in text.lower() or "unavailable" in text.lower():
             return UnavailableError(f"etcd unavailable: {text}")
         return DatastoreError(f"etcd error: {text}")
@@ -395,10 +399,16 @@ class Datastore:
         return int(lease.id)
 
     async def refresh_lease(self, lease_id: int) -> None:
+        """Keep ``lease_id`` alive for another TTL; `NotFoundError` if it already expired.
+
+        (etcd answers a keep-alive of an expired lease with TTL 0, not with an error.)
+        """
         try:
-            await self._client.refresh_lease(lease_id)
+            reply = await self._client.refresh_lease(lease_id)
         except _EXPECTED as e:
             raise _translate(e) from e
+        if reply is None or int(reply.TTL) <= 0:
+            raise NotFoundError(f"lease {lease_id:x} not found (expired or revoked)")
 
     async def revoke_lease(self, lease_id: int) -> None:
         try:
@@ -437,6 +447,6 @@ class Datastore:
         finally:
             try:
                 await w.cancel()
-            except Exception as e:  # noqa: BLE001 - a dead stream cannot be cancelled
+            except Exception as e:
                 log.debug("cancelling watch: %s", e)
         raise UnavailableError(f"watch on {prefix} ended")
