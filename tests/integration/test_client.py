@@ -1,0 +1,161 @@
+"""Datastore against a real etcd: reads, CAS writes, txns, leases, typed failures."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from datastore.cas import create_if_absent, delete_if_revision, update_if_revision
+from datastore.client import (
+    CompactedError,
+    Compare,
+    ConflictError,
+    Datastore,
+    Delete,
+    EtcdConfig,
+    Get,
+    NotFoundError,
+    Put,
+    UnavailableError,
+)
+from datastore.embedded import EmbeddedEtcd, free_port
+
+P = "/l3fabric/v1/test/"
+
+
+def connect(etcd: EmbeddedEtcd, timeout: float = 2.0) -> Datastore:
+    return Datastore(EtcdConfig.from_strings(etcd.endpoint, timeout=timeout))
+
+
+async def test_get_put_create_update_delete(etcd: EmbeddedEtcd) -> None:
+    async with connect(etcd) as ds:
+        assert await ds.get(P + "a") is None
+        r1 = await ds.put(P + "a", b"1")
+        kv = await ds.get(P + "a")
+        assert kv is not None and kv.value == b"1" and kv.mod_revision == r1
+        assert kv.create_revision == r1 and kv.version == 1
+
+        with pytest.raises(ConflictError):
+            await ds.create(P + "a", b"2")
+        assert await create_if_absent(ds, P + "a", b"2") is False
+        assert await create_if_absent(ds, P + "b", b"2") is True
+
+        r2 = await ds.update(P + "a", b"3", r1)
+        with pytest.raises(ConflictError):
+            await ds.update(P + "a", b"4", r1)
+        with pytest.raises(ConflictError):
+            await update_if_revision(ds, P + "a", b"4", r1)
+        r3 = await update_if_revision(ds, P + "a", b"5", r2)
+
+        with pytest.raises(ConflictError):
+            await ds.delete(P + "a", mod_revision=r2)
+        with pytest.raises(ConflictError):
+            await delete_if_revision(ds, P + "a", r2)
+        await delete_if_revision(ds, P + "a", r3)
+        assert await ds.get(P + "a") is None
+        assert await ds.delete(P + "a") is False
+        assert await ds.delete(P + "b") is True
+
+
+async def test_txn_with_gets_and_list_revision(etcd: EmbeddedEtcd) -> None:
+    async with connect(etcd) as ds:
+        await ds.put(P + "x", b"x")
+        res = await ds.txn([Compare(P + "x", "value", "==", b"x")],
+                           [Get(P + "x"), Put(P + "y", b"y"), Get(P + "y"), Get(P + "none")],
+                           [Get(P + "x")])
+        assert res.succeeded
+        assert [g.value if g else None for g in res.gets] == [b"x", b"y", None]
+        res = await ds.txn([Compare(P + "x", "version", ">", 5)], [Delete(P + "x")],
+                           [Get(P + "x"), Get(P + "y")])
+        assert not res.succeeded and [g.key for g in res.gets if g] == [P + "x", P + "y"]
+
+        kvs, rev = await ds.list(P)
+        assert [kv.key for kv in kvs] == [P + "x", P + "y"]
+        assert rev == await ds.revision() == res.revision
+        keys, _ = await ds.list(P, keys_only=True)
+        assert [kv.value for kv in keys] == [b"", b""]
+        await ds.delete_prefix(P)
+        assert (await ds.list(P))[0] == []
+
+
+async def test_watch_and_compaction(etcd: EmbeddedEtcd) -> None:
+    async with connect(etcd) as ds:
+        r0 = await ds.revision()
+        for i in range(3):
+            await ds.put(P + str(i), b"v")
+        await ds.delete(P + "0")
+        got = []
+        async for ev in ds.watch(P, r0 + 1):
+            got.append((ev.type, ev.kv.key, ev.revision))
+            if len(got) == 4:
+                break
+        assert got == [("put", P + "0", r0 + 1), ("put", P + "1", r0 + 2),
+                       ("put", P + "2", r0 + 3), ("delete", P + "0", r0 + 4)]
+        await ds.compact(r0 + 3)
+        t0 = time.monotonic()
+        with pytest.raises(CompactedError) as ei:
+            async for _ in ds.watch(P, r0 + 1):
+                pass
+        assert ei.value.compact_revision == r0 + 3
+        assert time.monotonic() - t0 < 1.0  # typed at once, not after a timeout
+
+
+async def test_lease_expires_and_refresh_of_dead_lease(etcd: EmbeddedEtcd) -> None:
+    async with connect(etcd) as ds:
+        lease = await ds.grant_lease(1)
+        await ds.put(P + "status", b"up", lease=lease)
+        kv = await ds.get(P + "status")
+        assert kv is not None and kv.lease == lease
+        await ds.refresh_lease(lease)
+        deadline = time.monotonic() + 6
+        while await ds.get(P + "status") is not None:
+            assert time.monotonic() < deadline, "leased key never expired"
+            await asyncio.sleep(0.2)
+        with pytest.raises(NotFoundError):
+            await ds.refresh_lease(lease)
+        lease2 = await ds.grant_lease(30)
+        await ds.put(P + "s2", b"up", lease=lease2)
+        await ds.revoke_lease(lease2)
+        assert await ds.get(P + "s2") is None
+        with pytest.raises(NotFoundError):
+            await ds.revoke_lease(lease2)
+        with pytest.raises(NotFoundError):
+            await ds.put(P + "s3", b"up", lease=lease2)
+
+
+async def test_unavailable_quickly_against_a_dead_endpoint() -> None:
+    port = free_port()  # nothing listens there
+    async with Datastore(EtcdConfig.from_strings(f"127.0.0.1:{port}", timeout=1.0)) as ds:
+        for call in (ds.get(P + "a"), ds.put(P + "a", b"1"), ds.list(P)):
+            t0 = time.monotonic()
+            with pytest.raises(UnavailableError):
+                await call
+            assert time.monotonic() - t0 < 2.0
+        t0 = time.monotonic()
+        with pytest.raises(UnavailableError):
+            async for _ in ds.watch(P, 1):
+                pass
+        assert time.monotonic() - t0 < 2.0
+
+
+async def test_endpoint_forms(etcd: EmbeddedEtcd) -> None:
+    port = etcd.client_port
+    dead = free_port()
+    for eps in (f"http://127.0.0.1:{port}", f"127.0.0.1:{port}",
+                f"127.0.0.1:{dead}, http://127.0.0.1:{port}",
+                f"http://127.0.0.1:{port},127.0.0.1:{dead}"):
+        async with Datastore(EtcdConfig.from_strings(eps)) as ds:
+            for i in range(4):  # round robin reaches the dead one too: retried
+                await ds.put(P + "ep", str(i).encode())
+    cfg = EtcdConfig.from_strings(f" http://127.0.0.1:{port} ,127.0.0.2:1 ,")
+    assert cfg.grpc_target() == f"ipv4:127.0.0.1:{port},127.0.0.2:1"
+    assert EtcdConfig.from_strings("[::1]:2379").grpc_target() == "ipv6:[::1]:2379"
+    assert EtcdConfig.from_strings("etcd.example:2379").grpc_target() == (
+        "dns:///etcd.example:2379")
+    assert EtcdConfig.from_strings("http://etcd").grpc_target() == "dns:///etcd:2379"
+    with pytest.raises(ValueError):
+        EtcdConfig.from_strings(" , ")
+    with pytest.raises(ValueError):
+        EtcdConfig.from_strings("a.example:1,b.example:2").grpc_target()
