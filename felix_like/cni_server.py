@@ -1,0 +1,107 @@
+"""The agent's end of the CNI shim: a unix socket that serves one CNI call per connection.
+
+Owns: the socket file (mode 0600, created atomically: bound under a temporary name and
+renamed into place, so a shim never sees a half-made socket) and the connections on it.
+Framing is :mod:`cni.shim`'s: one JSON object, ended by the client's half-close; one JSON
+answer ``{"exit", "stdout", "stderr"}``, ended by our close.
+
+Failure mode: a handler that raises is answered with CNI error 11 naming the exception,
+never with a dropped connection (the shim would say the agent is unreachable, which is
+not true) — except when the agent is stopping, when closing is the honest answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from cni import shim
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[str, dict[str, str], str], Awaitable[tuple[int, str, str]]]
+
+
+class CniServer:
+    def __init__(self, path: str, handler: Handler) -> None:
+        self.path = path
+        self.handler = handler
+        self._server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        p = Path(self.path)
+        p.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        tmp = p.with_name(f".{p.name}.{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(tmp),
+                                                           limit=shim.MAX_MESSAGE)
+        finally:
+            os.umask(old)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, p)
+        log.info("serving CNI requests on %s", self.path)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            Path(self.path).unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        answer: dict[str, Any]
+        try:
+            data = await asyncio.wait_for(_read_to_eof(reader), 30)
+            try:
+                req = shim.decode_message(data)
+                plugin = str(req.get("plugin", shim.PLUGIN))
+                env = {str(k): str(v) for k, v in dict(req.get("env") or {}).items()}
+                stdin = str(req.get("stdin", ""))
+            except (ValueError, TypeError, AttributeError) as e:
+                answer = {"exit": 1, "stderr": "",
+                          "stdout": _error(shim.ERR_DECODE, f"bad request from shim: {e}")}
+            else:
+                code, out, err = await self.handler(plugin, env, stdin)
+                answer = {"exit": code, "stdout": out, "stderr": err}
+            writer.write(shim.encode_message(answer))
+            await writer.drain()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.exception("CNI request failed")
+            with contextlib.suppress(Exception):
+                writer.write(shim.encode_message({
+                    "exit": 1, "stderr": "",
+                    "stdout": _error(shim.ERR_TRY_AGAIN_LATER, f"agent error: {e}")}))
+                await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+async def _read_to_eof(reader: asyncio.StreamReader) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await reader.read(65536):
+        size += len(chunk)
+        if size > shim.MAX_MESSAGE:
+            break  # decode_message rejects it with a clear reason
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _error(code: int, msg: str) -> str:
+
+    return json.dumps({"cniVersion": shim.CURRENT_VERSION, "code": code, "msg": msg})
