@@ -1,0 +1,385 @@
+"""Pod wiring, Calico's model (DESIGN §4): a veth per pod, routed, no bridge.
+
+Node side: veth ``fab<11 hex>`` with MAC ``ee:ee:ee:ee:ee:ee``, no address, proxy-ARP
+(``proxy_delay=0``) and forwarding on, and a ``<podIP>/32 dev <veth> scope link proto
+l3fabric`` route. Pod side: ``CNI_IFNAME`` with ``<podIP>/32`` (``/128``), ``lo`` up, a
+default route via ``169.254.1.1`` onlink (IPv6: via ``fe80::ecee:eeff:feee:eeee``, the
+link-local address the kernel derives from the host side's MAC) and a permanent
+neighbour entry mapping that gateway to ``ee:ee:ee:ee:ee:ee``, so the pod never has to
+ARP for it (proxy-ARP only answers when the node has a route to 169.254.1.1).
+
+Ownership: the agent's CNI handler calls these; it owns the ``fab*`` interfaces and the
+routes of protocol ``PROTO_L3FABRIC``. ``wire_pod`` installs the pod's /32 itself so the
+pod is routable when CNI ADD returns; the route equals what ``render_routes`` produces,
+so the route manager adopts it instead of re-adding it.
+
+Failure semantics: ``wire_pod`` is all or nothing. Whatever step fails, the veth it made
+is deleted (deleting one end removes the peer, and the kernel drops the routes through
+it) and ``PlumbingError`` names the step. ``unwire_pod`` is idempotent and tolerates
+every piece being gone already.
+
+Namespaces: ``node_ns`` is a name, a path, or ``None`` for the caller's own namespace
+(the agent runs inside its node namespace); the pod's namespace is a path as CNI gives
+it (``/var/run/netns/X``, ``/proc/PID/ns/net``). Nothing here runs a subprocess.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from felix_like.netlink import netns_path, open_iproute, write_sysctls
+from felix_like.routes import PROTO_L3FABRIC, RT_SCOPE_LINK, RT_TABLE_MAIN, Route
+
+log = logging.getLogger(__name__)
+
+HOST_MAC = "ee:ee:ee:ee:ee:ee"
+GATEWAY_V4 = "169.254.1.1"
+#: EUI-64 link-local of ee:ee:ee:ee:ee:ee: the host veth has it without configuration.
+GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
+HOST_IF_PREFIX = "fab"
+DEFAULT_MTU = 1500
+
+NUD_PERMANENT = 0x80
+RTNH_F_ONLINK = 0x4
+IFA_F_NODAD = 0x02
+IFF_UP = 0x1
+#: lo is registered first in every network namespace.
+LOOPBACK_IFINDEX = 1
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+
+class PlumbingError(Exception):
+    """Wiring a pod failed; nothing of the attempt is left behind."""
+
+
+@dataclass(frozen=True)
+class WiredPod:
+    host_if: str
+    host_ifindex: int
+    container_if: str
+    container_ifindex: int
+    container_mac: str
+    mtu: int
+    #: the pod's addresses as host prefixes (/32, /128)
+    addresses: tuple[IPInterface, ...]
+    #: the node-side routes installed, for RouteManager.note_programmed()
+    routes: tuple[Route, ...]
+
+
+def host_veth_name(network: str, container_id: str, ifname: str) -> str:
+    """``fab`` + 11 hex chars of sha1("network.containerID.ifname"): 14 chars, under IFNAMSIZ."""
+    digest = hashlib.sha1(f"{network}.{container_id}.{ifname}".encode()).hexdigest()
+    return HOST_IF_PREFIX + digest[:11]
+
+
+def _host_prefixes(addresses: Sequence[IPInterface]) -> tuple[IPInterface, ...]:
+    out: list[IPInterface] = []
+    for a in addresses:
+        iface = ipaddress.ip_interface(a) if isinstance(a, str) else a
+        out.append(ipaddress.ip_interface(f"{iface.ip}/{iface.ip.max_prefixlen}"))
+    return tuple(out)
+
+
+def _host_route(addr: IPInterface, host_if: str) -> Route:
+    return Route(str(addr.network), "local", dev=host_if, proto=PROTO_L3FABRIC)
+
+
+def _family(addr: IPInterface) -> int:
+    return socket.AF_INET6 if addr.version == 6 else socket.AF_INET
+
+
+def _code(exc: BaseException) -> int | None:
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    return exc.errno if isinstance(exc, OSError) else None
+
+
+def _host_sysctls(host_if: str, v4: bool, v6: bool) -> dict[str, str]:
+    values: dict[str, str] = {}
+    if v4:
+        values[f"net.ipv4.conf.{host_if}.proxy_arp"] = "1"
+        values[f"net.ipv4.neigh.{host_if}.proxy_delay"] = "0"
+        values[f"net.ipv4.conf.{host_if}.forwarding"] = "1"
+    if v6:
+        # Set while the link is down: its link-local (the pods' gateway) is then usable
+        # at once instead of after ~1 s of duplicate address detection.
+        values[f"net.ipv6.conf.{host_if}.accept_dad"] = "0"
+        values[f"net.ipv6.conf.{host_if}.proxy_ndp"] = "1"
+        values[f"net.ipv6.conf.{host_if}.forwarding"] = "1"
+    return values
+
+
+def _lookup(ipr: Any, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def wire_pod(
+    node_ns: str | None,
+    pod_netns_path: str,
+    ifname: str,
+    host_if: str,
+    addresses: Sequence[IPInterface],
+    mtu: int,
+    *,
+    node_ipr: Any | None = None,
+) -> WiredPod:
+    """Create and configure the pod's veth pair and its host routes; all or nothing.
+
+    ``mtu`` <= 0 takes :func:`detect_uplink_mtu`. ``node_ipr`` lets the agent reuse its
+    node-namespace IPRoute (it must be bound to ``node_ns``); otherwise one is opened.
+    A leftover veth of the same name (an earlier attempt for the same container and
+    interface: the name is derived from them) is replaced.
+    Raises :class:`PlumbingError`; on error no veth and no route of this call remain.
+    """
+    prefixes = _host_prefixes(addresses)
+    if not prefixes:
+        raise PlumbingError("no addresses to wire")
+    v4 = any(a.version == 4 for a in prefixes)
+    v6 = any(a.version == 6 for a in prefixes)
+    node = node_ipr if node_ipr is not None else open_iproute(node_ns)
+    pod: Any = None
+    pod_fd = -1
+    created = False
+    step = "opening the pod namespace"
+    try:
+        if mtu <= 0:
+            step = "detecting the uplink MTU"
+            mtu = _detect_uplink_mtu(node)
+        pod_fd = os.open(netns_path(pod_netns_path), os.O_RDONLY | os.O_CLOEXEC)
+        pod = open_iproute(pod_netns_path)
+
+        step = f"creating veth {host_if} <-> {ifname}"
+        # IPv4 only: up at creation (one request less). With IPv6, accept_dad=0 must be
+        # set while the link is still down.
+        veth: dict[str, Any] = {
+            "ifname": host_if, "kind": "veth", "address": HOST_MAC, "mtu": mtu,
+            "peer": {"ifname": ifname, "net_ns_fd": pod_fd, "mtu": mtu},
+        }
+        if not v6:
+            veth["state"] = "up"
+        try:
+            node.link("add", **veth)
+        except Exception as exc:
+            if _code(exc) != errno.EEXIST:
+                raise
+            # Either our own leftover (an earlier attempt for the same container and
+            # interface: the name derives from them), which we replace, or the name is
+            # taken in the pod.
+            old = _lookup(node, host_if)
+            if old is None:
+                raise RuntimeError(f"{ifname} already exists in the pod") from exc
+            log.info("replacing leftover host veth %s", host_if)
+            node.link("del", index=old)
+            node.link("add", **veth)
+        created = True
+        host_idx = _lookup(node, host_if)
+        if host_idx is None:
+            raise RuntimeError(f"{host_if} vanished right after creation")
+
+        step = f"setting sysctls on {host_if}"
+        write_sysctls(node_ns, _host_sysctls(host_if, v4, v6))
+        if v6:
+            step = f"bringing {host_if} up"
+            node.link("set", index=host_idx, state="up")
+
+        step = f"configuring {ifname} in the pod"
+        pod.link("set", index=LOOPBACK_IFINDEX, state="up")
+        found = pod.link("get", ifname=ifname)
+        if not found:
+            raise RuntimeError(f"{ifname} not found in the pod after creation")
+        pod_idx = int(found[0]["index"])
+        container_mac = str(found[0].get_attr("IFLA_ADDRESS"))
+        for a in prefixes:
+            step = f"adding {a} to {ifname} in the pod"
+            extra = {"flags": IFA_F_NODAD} if a.version == 6 else {}
+            pod.addr("add", index=pod_idx, address=str(a.ip), prefixlen=a.network.prefixlen,
+                     **extra)
+        step = f"bringing {ifname} up in the pod"
+        pod.link("set", index=pod_idx, state="up")
+        if v4:
+            step = "adding the pod's IPv4 gateway neighbour and default route"
+            pod.neigh("add", dst=GATEWAY_V4, lladdr=HOST_MAC, ifindex=pod_idx,
+                      state=NUD_PERMANENT)
+            pod.route("add", dst="0.0.0.0/0", gateway=GATEWAY_V4, oif=pod_idx,
+                      flags=RTNH_F_ONLINK)
+        if v6:
+            step = "adding the pod's IPv6 gateway neighbour and default route"
+            pod.neigh("add", family=socket.AF_INET6, dst=GATEWAY_V6, lladdr=HOST_MAC,
+                      ifindex=pod_idx, state=NUD_PERMANENT)
+            pod.route("add", family=socket.AF_INET6, dst="::/0", gateway=GATEWAY_V6,
+                      oif=pod_idx)
+
+        routes: list[Route] = []
+        for a in prefixes:
+            step = f"adding the host route {a.network} dev {host_if}"
+            try:
+                node.route("add", family=_family(a), dst=str(a.network), oif=host_idx,
+                           scope=RT_SCOPE_LINK, proto=PROTO_L3FABRIC, table=RT_TABLE_MAIN)
+            except Exception as exc:
+                if _code(exc) == errno.EEXIST:
+                    raise RuntimeError(f"{a.ip} is already routed on this node") from exc
+                raise
+            routes.append(_host_route(a, host_if))
+
+        return WiredPod(host_if=host_if, host_ifindex=host_idx, container_if=ifname,
+                        container_ifindex=pod_idx, container_mac=container_mac, mtu=mtu,
+                        addresses=prefixes, routes=tuple(routes))
+    except Exception as exc:
+        if created:
+            _delete_link(node, host_if)
+        raise PlumbingError(f"wiring {host_if}: {step}: {exc}") from exc
+    finally:
+        if pod_fd >= 0:
+            os.close(pod_fd)
+        if pod is not None:
+            pod.close()
+        if node_ipr is None:
+            node.close()
+
+
+def _delete_link(ipr: Any, name: str) -> bool:
+    """Delete interface ``name`` if present (a veth takes its peer and routes with it)."""
+    idx = _lookup(ipr, name)
+    if idx is None:
+        return False
+    try:
+        ipr.link("del", index=idx)
+    except Exception as exc:
+        if _code(exc) != errno.ENODEV:
+            log.warning("deleting %s failed: %s", name, exc)
+            return False
+    return True
+
+
+def unwire_pod(
+    node_ns: str | None,
+    host_if: str,
+    addresses: Sequence[IPInterface],
+    *,
+    node_ipr: Any | None = None,
+) -> bool:
+    """Remove a pod's host veth and our host routes through it. Idempotent: missing
+    pieces are fine. Returns True if the veth was there.
+
+    Only routes whose device is ``host_if`` are deleted. Race: pod A is deleted, its
+    address is reused by pod B on this node, and a late or repeated DEL for A arrives.
+    A route for the address via B's veth is B's and must stay; routes via A's veth went
+    with A's veth.
+    """
+    node = node_ipr if node_ipr is not None else open_iproute(node_ns)
+    try:
+        idx = _lookup(node, host_if)
+        if idx is None:
+            return False
+        for a in _host_prefixes(addresses):
+            try:
+                node.route("del", family=_family(a), dst=str(a.network), oif=idx,
+                           proto=PROTO_L3FABRIC, table=RT_TABLE_MAIN)
+            except Exception as exc:
+                if _code(exc) not in (errno.ESRCH, errno.ENODEV):
+                    log.warning("deleting route %s dev %s failed: %s", a.network, host_if, exc)
+        return _delete_link(node, host_if)
+    finally:
+        if node_ipr is None:
+            node.close()
+
+
+def check_pod(
+    node_ns: str | None,
+    pod_netns_path: str,
+    ifname: str,
+    host_if: str,
+    addresses: Sequence[IPInterface],
+) -> list[str]:
+    """What is missing or wrong in a wired pod (CNI CHECK); empty when all is in place."""
+    problems: list[str] = []
+    prefixes = _host_prefixes(addresses)
+    node = open_iproute(node_ns)
+    try:
+        host_idx = _lookup(node, host_if)
+        if host_idx is None:
+            problems.append(f"host interface {host_if} missing")
+        else:
+            link = node.get_links(host_idx)[0]
+            if link.get_attr("IFLA_ADDRESS") != HOST_MAC:
+                problems.append(f"host interface {host_if} has MAC "
+                                f"{link.get_attr('IFLA_ADDRESS')}, not {HOST_MAC}")
+        for a in prefixes:
+            ok = False
+            for r in node.route("dump", family=_family(a), table=RT_TABLE_MAIN):
+                dst = r.get_attr("RTA_DST")
+                if dst == str(a.ip) and r["dst_len"] == a.network.prefixlen:
+                    ok = host_idx is not None and r.get_attr("RTA_OIF") == host_idx
+                    break
+            if not ok:
+                problems.append(f"host route {a.network} dev {host_if} missing")
+    finally:
+        node.close()
+
+    if not os.path.exists(netns_path(pod_netns_path)):
+        return [*problems, f"pod namespace {pod_netns_path} missing"]
+    pod = open_iproute(pod_netns_path)
+    try:
+        pod_idx = _lookup(pod, ifname)
+        if pod_idx is None:
+            return [*problems, f"interface {ifname} missing in the pod"]
+        have = {(m.get_attr("IFA_ADDRESS"), m["prefixlen"])
+                for m in pod.get_addr(index=pod_idx)}
+        for a in prefixes:
+            if (str(a.ip), a.network.prefixlen) not in have:
+                problems.append(f"address {a} missing on {ifname}")
+        for version, gw in ((4, GATEWAY_V4), (6, GATEWAY_V6)):
+            if not any(a.version == version for a in prefixes):
+                continue
+            family = socket.AF_INET if version == 4 else socket.AF_INET6
+            default = [r for r in pod.route("dump", family=family, table=RT_TABLE_MAIN)
+                       if r["dst_len"] == 0 and r.get_attr("RTA_GATEWAY") == gw]
+            if not default:
+                problems.append(f"IPv{version} default route via {gw} missing in the pod")
+            neigh = [n for n in pod.get_neighbours(family=family, ifindex=pod_idx)
+                     if n.get_attr("NDA_DST") == gw and n["state"] & NUD_PERMANENT
+                     and n.get_attr("NDA_LLADDR") == HOST_MAC]
+            if not neigh:
+                problems.append(f"permanent neighbour {gw} -> {HOST_MAC} missing in the pod")
+    finally:
+        pod.close()
+    return problems
+
+
+def _detect_uplink_mtu(ipr: Any) -> int:
+    links = {int(m["index"]): m for m in ipr.get_links()}
+    for family in (socket.AF_INET, socket.AF_INET6):
+        for r in ipr.route("dump", family=family, table=RT_TABLE_MAIN):
+            if r["dst_len"] != 0 or r["type"] != 1:
+                continue
+            oif = r.get_attr("RTA_OIF")
+            if oif is None:
+                hops = r.get_attr("RTA_MULTIPATH") or []
+                oif = hops[0]["oif"] if hops else None
+            if oif in links:
+                return int(links[oif].get_attr("IFLA_MTU"))
+    mtus = [int(m.get_attr("IFLA_MTU")) for m in links.values()
+            if m["flags"] & IFF_UP and m.get_attr("IFLA_IFNAME") != "lo"
+            and not str(m.get_attr("IFLA_IFNAME")).startswith(HOST_IF_PREFIX)]
+    return max(mtus) if mtus else DEFAULT_MTU
+
+
+def detect_uplink_mtu(node_ns: str | None) -> int:
+    """MTU of the interface carrying the default route; else the highest MTU of the up,
+    non-lo, non-``fab*`` interfaces; else 1500."""
+    ipr = open_iproute(node_ns)
+    try:
+        return _detect_uplink_mtu(ipr)
+    finally:
+        ipr.close()
