@@ -1,0 +1,69 @@
+"""``ipam show``: pool and block utilisation as plain data (pure; printing is fabricctl's).
+
+A block's ``borrowed`` count is the number of its addresses held by a node other than its
+owner (those addresses are advertised by the borrowing node as host routes).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import netaddr
+
+from ipam.block import reserved_ordinals
+from ipam.snapshot import Snapshot
+
+
+def _pct(used: int, total: int) -> float:
+    return round(100.0 * used / total, 1) if total else 0.0
+
+
+def block_rows(s: Snapshot) -> list[dict[str, Any]]:
+    reserved = netaddr.IPSet(s.reservations)
+    rows: list[dict[str, Any]] = []
+    for cidr in sorted(s.blocks, key=lambda c: (netaddr.IPNetwork(c).version,
+                                                int(netaddr.IPNetwork(c).first))):
+        blk = s.parsed.get(cidr)
+        pool = s.pool_of(cidr)
+        if blk is None:
+            rows.append({"block": cidr, "pool": pool.name if pool else None, "node": None,
+                         "state": "corrupt", "size": 0, "allocated": 0, "free": 0,
+                         "reserved": 0, "borrowed": 0, "utilisation": 0.0})
+            continue
+        node = blk.node
+        state = None
+        if node is not None:
+            aff = s.affinities.get((node, cidr))
+            state = aff[1].state if aff else "missing"
+        allocated = blk.in_use()
+        res = len(reserved_ordinals(cidr, reserved)) if s.reservations else 0
+        borrowed = sum(1 for _, at in blk.allocated() if at.node != node)
+        rows.append({"block": cidr, "pool": pool.name if pool else None, "node": node,
+                     "state": state, "size": blk.size, "allocated": allocated,
+                     "free": max(blk.size - allocated - res, 0), "reserved": res,
+                     "borrowed": borrowed, "utilisation": _pct(allocated, blk.size)})
+    return rows
+
+
+def pool_rows(s: Snapshot, blocks: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    blocks = block_rows(s) if blocks is None else blocks
+    rows: list[dict[str, Any]] = []
+    for p in s.pools:
+        mine = [b for b in blocks if b["pool"] == p.name]
+        size = int(p.network.size)
+        allocated = sum(int(b["allocated"]) for b in mine)
+        total_blocks = 1 << (p.block_size - p.network.prefixlen)
+        rows.append({"pool": p.name, "cidr": p.cidr, "blockSize": p.block_size,
+                     "disabled": p.disabled, "blocks": len(mine), "blocksTotal": total_blocks,
+                     "size": size, "allocated": allocated,
+                     "borrowed": sum(int(b["borrowed"]) for b in mine),
+                     "utilisation": _pct(allocated, size)})
+    return rows
+
+
+def utilisation(s: Snapshot, with_blocks: bool = False) -> dict[str, Any]:
+    blocks = block_rows(s)
+    out: dict[str, Any] = {"revision": s.revision, "pools": pool_rows(s, blocks)}
+    if with_blocks:
+        out["blocks"] = blocks
+    return out
