@@ -1,0 +1,207 @@
+"""The allocator against the in-memory etcd (`FakeDatastore`): one round trip, borrowing,
+strict affinity, requested addresses, reservations, pools, release, node removal, crashes."""
+
+from __future__ import annotations
+
+import pytest
+
+from datastore import keys
+from datastore.client import Datastore
+from datastore.fake import FakeDatastore
+from ipam import hooks
+from ipam.allocator import IpamClient, delete_pool, release_node
+from ipam.check import check
+from ipam.model import (
+    AddressInUseError,
+    AddressNotInPoolError,
+    AddressReservedError,
+    PoolExhaustedError,
+    PoolInUseError,
+)
+from ipam.testing import put_ipam_config, put_nodes, put_pool, put_reservation
+
+
+async def setup(ds: Datastore, cidr: str = "10.0.0.0/28", size: int = 30,
+                nodes: int = 2) -> list[IpamClient]:
+    await put_pool(ds, "p", cidr, size)
+    names = [f"n{i}" for i in range(1, nodes + 1)]
+    await put_nodes(ds, names)
+    return [IpamClient(ds, n) for n in names]
+
+
+async def test_common_case_is_one_round_trip() -> None:
+    ds = FakeDatastore()
+    (a, _) = await setup(ds, size=28)
+    await a.auto_assign("h0", namespace="ns", pod="p0")
+    before = a.stats.round_trips
+    for i in range(1, 10):
+        (got,) = await a.auto_assign(f"h{i}", namespace="ns", pod=f"p{i}")
+        assert not got.borrowed and got.prefix_len == 28
+    assert a.stats.round_trips - before == 9
+    before = a.stats.round_trips
+    assert await a.release_by_handle("h3") == 1
+    assert a.stats.round_trips - before == 1
+
+
+async def test_conflict_refreshes_in_the_same_round_trip() -> None:
+    ds = FakeDatastore()
+    await setup(ds, size=28, nodes=1)
+    a, b = IpamClient(ds, "n1"), IpamClient(ds, "n1")  # two processes of one node
+    x = await a.auto_assign("ha", namespace="ns", pod="a")
+    y = await b.auto_assign("hb", namespace="ns", pod="b")
+    before = a.stats.round_trips
+    z = await a.auto_assign("hc", namespace="ns", pod="c")  # a's cached block is stale
+    assert a.stats.round_trips - before == 2 and a.stats.conflicts == 1
+    assert len({x[0].address, y[0].address, z[0].address}) == 3
+
+
+async def test_auto_assign_is_idempotent_per_handle() -> None:
+    ds = FakeDatastore()
+    (a, _) = await setup(ds)
+    first = await a.auto_assign("h", namespace="ns", pod="p")
+    again = await IpamClient(ds, "n1").auto_assign("h", namespace="ns", pod="p")
+    assert first == again
+    both = await a.auto_assign("h", namespace="ns", pod="p", num_v4=2)
+    assert len(both) == 2 and both[0] == first[0]
+
+
+async def test_borrowing_and_strict_affinity() -> None:
+    ds = FakeDatastore()
+    clients = await setup(ds, cidr="10.0.0.0/28", size=30, nodes=6)  # 4 blocks of 4
+    for c in clients[:4]:
+        await c.auto_assign(f"{c.node}.h", namespace="ns", pod="p")
+    (got,) = await clients[4].auto_assign("n5.h", namespace="ns", pod="p")
+    assert got.borrowed
+    assert await clients[4].borrowed_addresses() == [got.address]
+    assert await clients[4].affine_blocks() == []
+    await put_ipam_config(ds, strict_affinity=True)
+    strict = IpamClient(ds, "n6")
+    with pytest.raises(PoolExhaustedError, match="strictAffinity"):
+        await strict.auto_assign("n6.h", namespace="ns", pod="p")
+
+
+async def test_max_blocks_per_host_then_borrow() -> None:
+    ds = FakeDatastore()
+    (a, b) = await setup(ds, size=30)
+    await put_ipam_config(ds, max_blocks_per_host=1)
+    await b.auto_assign("b0", namespace="ns", pod="p")
+    for i in range(4):
+        await a.auto_assign(f"a{i}", namespace="ns", pod="p")
+    (got,) = await a.auto_assign("a4", namespace="ns", pod="p")
+    assert got.borrowed and got.block == "10.0.0.0/30"  # b's block
+
+
+async def test_requested_addresses() -> None:
+    ds = FakeDatastore()
+    (a, b) = await setup(ds)
+    await put_reservation(ds, "r", ["10.0.0.9/32"])
+    got = await a.assign_ip("10.0.0.6", "h1", namespace="ns", pod="p")
+    assert got.address == "10.0.0.6" and got.block == "10.0.0.4/30" and not got.borrowed
+    assert await a.assign_ip("10.0.0.6", "h1", namespace="ns", pod="p") == got
+    with pytest.raises(AddressInUseError, match=r"10\.0\.0\.6 is in use .*h1"):
+        await b.assign_ip("10.0.0.6", "h2", namespace="ns", pod="q")
+    with pytest.raises(AddressReservedError, match=r"10\.0\.0\.9 is reserved"):
+        await b.assign_ip("10.0.0.9", "h2", namespace="ns", pod="q")
+    with pytest.raises(AddressNotInPoolError, match=r"10\.9\.0\.1 is outside every enabled"):
+        await b.assign_ip("10.9.0.1", "h2", namespace="ns", pod="q")
+    borrowed = await b.assign_ip("10.0.0.7", "h3", namespace="ns", pod="q")
+    assert borrowed.borrowed
+
+
+async def test_reservations_are_skipped_by_auto_assign() -> None:
+    ds = FakeDatastore()
+    (a, _) = await setup(ds)
+    await put_reservation(ds, "r", ["10.0.0.0/31", "10.0.0.4/30"])
+    got = [(await a.auto_assign(f"h{i}", namespace="ns", pod="p"))[0].address
+           for i in range(3)]
+    assert got == ["10.0.0.2", "10.0.0.3", "10.0.0.8"]  # fully reserved block never claimed
+
+
+async def test_disabled_pool_and_delete_pool() -> None:
+    ds = FakeDatastore()
+    (a, _) = await setup(ds)
+    await a.auto_assign("h", namespace="ns", pod="p")
+    with pytest.raises(PoolInUseError, match="ippool p still has 1 allocated"):
+        await delete_pool(ds, "p")
+    await put_pool(ds, "p", "10.0.0.0/28", 30, disabled=True)
+    fresh = IpamClient(ds, "n2")
+    with pytest.raises(PoolExhaustedError, match="no enabled IPv4 pool"):
+        await fresh.auto_assign("h2", namespace="ns", pod="p")
+    assert await a.release_by_handle("h") == 1
+    await delete_pool(ds, "p")
+    assert ds.snapshot().keys() == {keys.node("n1"), keys.node("n2")}
+
+
+async def test_release_is_idempotent_and_release_ips_updates_handle() -> None:
+    ds = FakeDatastore()
+    (a, _) = await setup(ds)
+    got = await a.auto_assign("h", namespace="ns", pod="p", num_v4=2)
+    assert await a.release_by_handle("unknown") == 0
+    assert await a.release_ips([got[0].address]) == [got[0].address]
+    assert await a.release_ips([got[0].address]) == []
+    assert await a.release_by_handle("h") == 1
+    assert await a.release_by_handle("h") == 0
+    assert [r for r in await check(ds, leak_grace=0)] == []
+
+
+async def test_stale_release_by_address_and_seq() -> None:
+    ds = FakeDatastore()
+    (a,) = await setup(ds, size=31, cidr="10.0.0.0/31", nodes=1)
+    (x,) = await a.assign_ip("10.0.0.0", "h1", namespace="ns", pod="p")
+    await a.release_by_handle("h1")
+    (y,) = await a.assign_ip("10.0.0.0", "h2", namespace="ns", pod="q")
+    assert y.seq == x.seq + 1
+    assert await a.release_ips(["10.0.0.0"], seqs={"10.0.0.0": x.seq}) == []
+
+
+async def test_release_node_deletes_empty_blocks_and_orphans_others() -> None:
+    ds = FakeDatastore()
+    (a, b) = await setup(ds, size=30)
+    for i in range(5):
+        await a.auto_assign(f"a{i}", namespace="ns", pod="p")
+    await a.release_by_handle("a4")
+    out = await release_node(ds, "n1")
+    assert out.deleted_blocks == ("10.0.0.4/30",)
+    assert out.orphaned_blocks == ("10.0.0.0/30",) and len(out.still_allocated) == 4
+    assert await a.affine_blocks() == []
+    # b adopts the orphaned block only after its own claim fails; here it simply claims.
+    (got,) = await b.auto_assign("b0", namespace="ns", pod="p")
+    assert not got.borrowed
+
+
+@pytest.mark.parametrize("point", hooks.CLAIM_POINTS + hooks.ALLOC_POINTS)
+async def test_crash_at_each_step_then_recover_and_fix(point: str) -> None:
+    ds = FakeDatastore()
+    (a, b) = await setup(ds, size=30)
+    hooks.arm(point)
+    try:
+        with pytest.raises(hooks.SimulatedCrash):
+            await a.auto_assign("crashed", namespace="ns", pod="p")
+    finally:
+        hooks.disarm()
+    problems = await check(ds, leak_grace=0, claim_grace=0)
+    if point in ("after_pending_affinity", "after_block_create", "before_confirm"):
+        assert {r.problem.kind for r in problems} == {"pending-affinity"}
+    elif point == "after_alloc_txn":
+        assert {r.problem.kind for r in problems} == {"leaked-address"}
+    fixed = await check(ds, fix=True, leak_grace=0, claim_grace=0)
+    assert all(r.fixed for r in fixed)
+    assert await check(ds, leak_grace=0, claim_grace=0) == []
+    # The restarted allocator and the other node keep going without duplicates.
+    a2 = IpamClient(ds, "n1")
+    got = [x.address for i in range(6) for x in
+           await (a2 if i % 2 else b).auto_assign(f"h{i}", namespace="ns", pod="p")]
+    assert len(set(got)) == 6
+
+
+async def test_pending_claim_recovered_by_next_allocation() -> None:
+    ds = FakeDatastore()
+    (a, _) = await setup(ds, size=30)
+    hooks.arm("before_confirm")
+    with pytest.raises(hooks.SimulatedCrash):
+        await a.auto_assign("x", namespace="ns", pod="p")
+    a2 = IpamClient(ds, "n1")
+    (got,) = await a2.auto_assign("y", namespace="ns", pod="p")
+    assert got.block == "10.0.0.0/30" and not got.borrowed
+    assert [r.problem.kind for r in await check(ds, claim_grace=0)] == []
+    assert await a2.affine_blocks() == ["10.0.0.0/30"]

@@ -1,0 +1,122 @@
+"""Pure block logic: FIFO reuse, sequence numbers, cool-down, reservations, JSON round trip."""
+
+from __future__ import annotations
+
+import netaddr
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ipam.block import (
+    AllocationAttrs,
+    Block,
+    BlockFormatError,
+    block_cidr_for,
+    iter_block_cidrs,
+    reserved_ordinals,
+)
+
+A = AllocationAttrs("net.c1.eth0", "ns", "pod", "n1", 1.0)
+B = AllocationAttrs("net.c2.eth0", "ns", "pod2", "n1", 2.0)
+
+
+def test_new_block_hands_out_in_address_order() -> None:
+    b = Block.new("10.0.0.0/30", "node:n1")
+    assert [b.address(o) for o in b.assign(3, A)] == ["10.0.0.0", "10.0.0.1", "10.0.0.2"]
+    assert b.in_use() == 3 and b.free_ordinals() == [3]
+
+
+def test_released_address_is_reused_last() -> None:
+    b = Block.new("10.0.0.0/29", None)
+    b.assign(3, A)
+    assert b.release(0)
+    got = b.assign(6, B)
+    assert got == [3, 4, 5, 6, 7, 0]  # the freed ordinal comes after every never-used one
+
+
+def test_sequence_grows_on_every_assignment_and_guards_release() -> None:
+    b = Block.new("10.0.0.0/30", None)
+    (o,) = b.assign(1, A)
+    assert b.sequence[o] == 1
+    stale_seq = b.sequence[o]
+    assert b.release(o, handle=A.handle, seq=stale_seq)
+    b.assign_ordinal(o, B)
+    assert b.sequence[o] == 2
+    # A slow DEL of the first holder must not free the re-assigned address.
+    assert not b.release(o, handle=A.handle, seq=stale_seq)
+    assert not b.release(o, handle=B.handle, seq=stale_seq)
+    assert b.attrs(o) == B
+    assert b.release(o, handle=B.handle, seq=2)
+
+
+def test_cooldown_keeps_released_address_resting() -> None:
+    b = Block.new("10.0.0.0/31", None)
+    b.assign(2, A)
+    b.release(0, now=100.0)
+    assert b.assign(1, B, now=105.0, cooldown=10.0) == []
+    assert b.assign(1, B, now=111.0, cooldown=10.0) == [0]
+    assert 0 not in b.released_at
+
+
+def test_reserved_ordinals_are_never_handed_out() -> None:
+    reserved = reserved_ordinals("10.0.0.0/29", netaddr.IPSet(["10.0.0.0/31", "10.0.0.7/32",
+                                                               "192.168.0.0/16"]))
+    assert reserved == frozenset({0, 1, 7})
+    b = Block.new("10.0.0.0/29", None)
+    assert b.assign(8, A, reserved=reserved) == [2, 3, 4, 5, 6]
+
+
+def test_json_round_trip_and_attribute_compaction() -> None:
+    b = Block.new("fd00::/126", "node:n1")
+    b.assign(2, A)
+    b.assign(1, B)
+    b.release(0, now=5.0)
+    assert len(b.attributes) == 2
+    c = Block.from_json(b.to_json())
+    assert c == b
+    assert c.attrs(2) == B and c.address(3) == "fd00::3" and c.version == 6
+
+
+def test_corrupt_block_is_rejected() -> None:
+    b = Block.new("10.0.0.0/30", None)
+    b.unallocated.append(0)
+    with pytest.raises(BlockFormatError, match="listed twice"):
+        Block.from_json(b.to_json())
+    with pytest.raises(BlockFormatError):
+        Block.from_json(b"{nope")
+
+
+def test_block_cidr_helpers() -> None:
+    assert block_cidr_for("10.1.2.77", "10.0.0.0/8", 26) == "10.1.2.64/26"
+    assert block_cidr_for("fd00::1:5", "fd00::/48", 122) == "fd00::1:0/122"
+    assert list(iter_block_cidrs("10.0.0.0/24", 26, skip=lambda c: c == "10.0.0.64/26")) == [
+        "10.0.0.0/26", "10.0.0.128/26", "10.0.0.192/26"]
+    with pytest.raises(ValueError):
+        block_cidr_for("11.0.0.1", "10.0.0.0/8", 26)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 15)), max_size=80))
+def test_random_assign_release_keeps_invariants(ops: list[tuple[bool, int]]) -> None:
+    """Model check: the block agrees with a dict of held ordinals; free order is FIFO."""
+    b = Block.new("10.0.0.0/28", "node:n1")
+    held: dict[int, int] = {}  # ordinal -> seq
+    fifo = list(range(16))
+    for i, (assign, o) in enumerate(ops):
+        if assign:
+            got = b.assign(1, AllocationAttrs(f"h{i}"))
+            if fifo:
+                assert got == [fifo.pop(0)]
+                held[got[0]] = b.sequence[got[0]]
+            else:
+                assert got == []
+        else:
+            freed = b.release(o, seq=held.get(o, -1))
+            assert freed == (o in held)
+            if freed:
+                del held[o]
+                fifo.append(o)
+        assert b.problems() == []
+        assert b.unallocated == fifo
+        assert {o for o, _ in b.allocated()} == set(held)
+    assert Block.from_json(b.to_json()) == b
