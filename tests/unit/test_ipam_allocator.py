@@ -147,9 +147,9 @@ async def test_release_is_idempotent_and_release_ips_updates_handle() -> None:
 async def test_stale_release_by_address_and_seq() -> None:
     ds = FakeDatastore()
     (a,) = await setup(ds, size=31, cidr="10.0.0.0/31", nodes=1)
-    (x,) = await a.assign_ip("10.0.0.0", "h1", namespace="ns", pod="p")
+    x = await a.assign_ip("10.0.0.0", "h1", namespace="ns", pod="p")
     await a.release_by_handle("h1")
-    (y,) = await a.assign_ip("10.0.0.0", "h2", namespace="ns", pod="q")
+    y = await a.assign_ip("10.0.0.0", "h2", namespace="ns", pod="q")
     assert y.seq == x.seq + 1
     assert await a.release_ips(["10.0.0.0"], seqs={"10.0.0.0": x.seq}) == []
 
