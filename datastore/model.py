@@ -1746,7 +1746,8 @@ def decode(key: str, value: bytes, revision: int | None = None) -> Resource:
             rel, "", f"value is {len(value)} bytes, more than the {MAX_VALUE_BYTES} byte limit"
         )
     try:
-        obj = json.loads(value)
+        # Decode explicitly: json.loads(bytes) would guess UTF-16/32 from the first bytes.
+        obj = json.loads(value.decode("utf-8"))
     except UnicodeDecodeError:
         raise ValidationError(rel, "", "value is not UTF-8") from None
     except json.JSONDecodeError as e:
