@@ -1,0 +1,312 @@
+"""The node agent's composition root: datastore syncer -> calculation -> dataplane managers.
+
+Owns, for one node: the syncer's mirror of ``/l3fabric/v1/``, the RouteManager of the
+node's namespace, the IPAM client, the CNI socket, the health/metrics endpoint and the
+node's NodeStatus (kept under a lease, so a dead agent's status expires).
+
+Event flow (level-triggered, STYLE rules 2 and 3): every datastore event marks the
+dataplane dirty; one applier task recomputes the desired routes from the whole mirror and
+converges the kernel to them, coalescing bursts. Stale routes are removed only once the
+first snapshot is complete (``in sync``), so an agent restart never drops a running pod's
+route. The CNI handler tells the agent about a pod it just wired *before* answering ADD,
+through `endpoint_added`, so a pod's dataplane state never waits for the etcd round trip.
+
+Failure modes: etcd unreachable — the syncer retries with backoff, the dataplane keeps its
+last state, CNI ADD fails with code 11 from the handler; a bad value in etcd — counted in
+``l3fabric_config_errors_total``, logged once, listed in NodeStatus, last good value kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from datastore import keys, model
+from datastore.client import (
+    ConflictError,
+    Datastore,
+    DatastoreError,
+    EtcdConfig,
+    NotFoundError,
+)
+from datastore.syncer import ConfigError, ConnectionState, Deleted, InSync, Syncer, Update
+from felix_like import calc
+from felix_like.metrics import HealthServer, Metrics
+from felix_like.netlink import open_iproute
+from felix_like.routes import RouteManager, register_rt_protos
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SOCKET = "/run/l3fabric/agent.sock"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node: str
+    etcd: EtcdConfig = field(default_factory=EtcdConfig)
+    socket: str = DEFAULT_SOCKET
+    metrics_addr: str = "127.0.0.1:9091"
+    policy_backend: str = "nftables"
+    node_ip: str | None = None  # CIDR form (10.77.1.1/30) for registering the Node
+    netns: str | None = None  # dataplane namespace; None: the agent's own
+    resync_interval: float = 60.0
+    status_interval: float = 10.0
+    status_ttl: int = 30
+
+
+def _split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def detect_node_ip(ipr: Any) -> str | None:
+    """The address (CIDR form) of the interface carrying the default route, else the first
+    global IPv4 address of an interface that is up."""
+    oif: int | None = None
+    for r in ipr.get_default_routes(family=socket.AF_INET):
+        oif = r.get_attr("RTA_OIF")
+        break
+    addrs = ipr.get_addr(family=socket.AF_INET)
+    candidates = []
+    for a in addrs:
+        if a.get("scope", 0) != 0:  # 0 = universe
+            continue
+        cidr = f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
+        if oif is not None and a["index"] == oif:
+            return cidr
+        if not str(a.get_attr("IFA_ADDRESS")).startswith("127."):
+            candidates.append(cidr)
+    return candidates[0] if candidates else None
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, ds: Datastore | None = None,
+                 now: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.node = cfg.node
+        self.ds = ds or Datastore(cfg.etcd)
+        self.now = now
+        self.metrics = Metrics()
+        host, port = _split_addr(cfg.metrics_addr)
+        self.health = HealthServer(self.metrics, host, port)
+        self.ipr = open_iproute(cfg.netns)
+        self.routes = RouteManager(self.ipr)
+        self.syncer: Syncer[Any] = Syncer(self.ds, keys.PREFIX, calc.decode_value,
+                                          resync_interval=cfg.resync_interval)
+        # Endpoints the CNI handler told us about before etcd's watch did (None: removed).
+        self._overlay: dict[str, model.WorkloadEndpoint | None] = {}
+        self._dirty = asyncio.Event()
+        self._applied_once = False
+        self._apply_lock = asyncio.Lock()
+        self.learned: dict[str, tuple[str, ...]] = {}  # BGP-learned prefixes -> nexthops
+        self.config_errors: dict[str, str] = {}
+        self.cni_server: Any = None
+        self.handler: Any = None
+
+    # -- the view the calculation sees -------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        st = dict(self.syncer.current)
+        for k, v in self._overlay.items():
+            if v is None:
+                st.pop(k, None)
+            else:
+                st[k] = v
+        return st
+
+    # -- EndpointSink (called by the CNI handler) ----------------------------------------
+
+    async def endpoint_added(self, key: str, wep: model.WorkloadEndpoint) -> None:
+        self._overlay[key] = wep
+        await self.apply()
+
+    async def endpoint_removed(self, key: str) -> None:
+        self._overlay[key] = None
+        await self.apply()
+
+    # -- dataplane -----------------------------------------------------------------------
+
+    async def apply(self) -> None:
+        """Recompute desired state from the mirror and converge the kernel once."""
+        async with self._apply_lock:
+            t0 = time.monotonic()
+            desired = calc.desired_routes(self.node, self.state(), self.learned)
+            self.routes.set_desired(desired)
+            res = self.routes.apply()
+            self.metrics.apply_latency.labels("routes").observe(time.monotonic() - t0)
+            if res.failed:
+                self.metrics.route_errors.inc(len(res.failed))
+                self._dirty.set()  # retry on the next pass
+            kinds: dict[str, int] = {"local": 0, "blackhole": 0, "bgp": 0}
+            for r in self.routes.programmed.values():
+                kinds[r.kind] = kinds.get(r.kind, 0) + 1
+            for kind, n in kinds.items():
+                self.metrics.routes_programmed.labels(kind).set(n)
+            st = self.state()
+            self.metrics.blocks_owned.set(len(calc.confirmed_blocks(self.node, st)))
+            self.metrics.addresses_in_use.set(
+                len(calc.endpoint_addresses(calc.local_endpoints(self.node, st))))
+            if self.syncer.in_sync and not res.failed and not self._applied_once:
+                self._applied_once = True
+                self.health.ready = True
+                log.info("agent ready: in sync and dataplane programmed")
+
+    async def _applier(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await asyncio.sleep(0.005)  # coalesce a burst of events into one apply
+            try:
+                await self.apply()
+            except Exception:
+                log.exception("dataplane apply failed; retrying")
+                await asyncio.sleep(1)
+                self._dirty.set()
+
+    async def _periodic_resync(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.resync_interval * (0.9 + 0.2 * random.random()))
+            self.routes.resync()
+            self._dirty.set()
+
+    # -- datastore -------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        async for ev in self.syncer.events():
+            if isinstance(ev, Update | Deleted):
+                self.metrics.datastore_events.labels(
+                    "update" if isinstance(ev, Update) else "delete").inc()
+                self._overlay.pop(ev.key, None)
+                self.config_errors.pop(ev.key, None)
+                self._dirty.set()
+            elif isinstance(ev, InSync):
+                self.metrics.datastore_events.labels("in_sync").inc()
+                self.metrics.in_sync.set(1)
+                if not self.routes.in_sync:
+                    self.routes.mark_in_sync()
+                    log.info("datastore in sync at revision %d", ev.revision)
+                self._dirty.set()
+            elif isinstance(ev, ConfigError):
+                self.metrics.config_errors.inc()
+                self.config_errors[ev.key] = ev.error
+                log.error("config error: %s (last good value kept)", ev.error)
+            elif isinstance(ev, ConnectionState):
+                self.metrics.datastore_events.labels("up" if ev.up else "down").inc()
+                if not ev.up:
+                    log.warning("etcd connection lost: %s", ev.reason)
+                    self.health.not_ready_reason = f"etcd: {ev.reason}"
+
+    async def register_node(self) -> None:
+        """Create ``nodes/<node>`` if absent; an existing Node is left as the operator wrote it."""
+        key = keys.node(self.node)
+        if await self.ds.get(key) is not None:
+            return
+        ip = self.cfg.node_ip or detect_node_ip(self.ipr)
+        if ip is None:
+            raise RuntimeError(
+                f"node {self.node} is not registered and no address was found: pass --node-ip")
+        node = model.parse_document({
+            "apiVersion": model.API_VERSION, "kind": "Node",
+            "metadata": {"name": self.node},
+            "spec": {"bgp": {"ipv4Address": ip}},
+        })
+        with contextlib.suppress(ConflictError):  # someone registered it meanwhile
+            await self.ds.create(key, model.encode(node))
+            log.info("registered node %s with address %s", self.node, ip)
+
+    def status_object(self) -> dict[str, Any]:
+        st = self.state()
+        kinds: dict[str, int] = {}
+        for r in self.routes.programmed.values():
+            kinds[r.kind] = kinds.get(r.kind, 0) + 1
+        return {
+            "apiVersion": model.API_VERSION, "kind": "NodeStatus",
+            "metadata": {"name": self.node},
+            "status": {
+                "updated": datetime.fromtimestamp(self.now(), UTC).isoformat(),
+                "inSync": self.syncer.in_sync,
+                "blocks": calc.confirmed_blocks(self.node, st),
+                "programmed": {"routes": sum(kinds.values()), **kinds},
+                "errors": sorted(self.config_errors.values()),
+                "bgp": {"peers": self.bgp_peer_status()},
+            },
+        }
+
+    def bgp_peer_status(self) -> list[dict[str, Any]]:
+        return []
+
+    async def _status_loop(self) -> None:
+        lease: int | None = None
+        key = keys.node_status(self.node)
+        while True:
+            try:
+                if lease is not None:
+                    try:
+                        await self.ds.refresh_lease(lease)
+                    except NotFoundError:
+                        lease = None
+                if lease is None:
+                    lease = await self.ds.grant_lease(self.cfg.status_ttl)
+                value = json.dumps(self.status_object(), separators=(",", ":")).encode()
+                await self.ds.put(key, value, lease=lease)
+            except DatastoreError as e:
+                log.warning("node status not written: %s", e)
+            await asyncio.sleep(self.cfg.status_interval)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def _start_cni(self) -> None:
+        from felix_like.cni_handler import CniHandler
+        from felix_like.cni_server import CniServer
+        from ipam.allocator import IpamClient
+
+        ipam = IpamClient(self.ds, self.node)
+        self.handler = CniHandler(self.node, self.ds, ipam, node_netns=self.cfg.netns,
+                                  dataplane=self, metrics=self.metrics)
+        self.cni_server = CniServer(self.cfg.socket, self.handler.handle)
+        await self.cni_server.start()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        register_rt_protos()
+        await self.health.start()
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            while not stop.is_set():
+                try:
+                    await self.register_node()
+                    break
+                except DatastoreError as e:
+                    log.warning("waiting for etcd to register the node: %s", e)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 2)
+            await self._start_cni()
+            tasks = [asyncio.create_task(c, name=n) for n, c in [
+                ("consume", self._consume()), ("applier", self._applier()),
+                ("status", self._status_loop()), ("resync", self._periodic_resync())]]
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t is not stopper and t.exception() is not None:
+                    raise t.exception()  # type: ignore[misc]
+            stopper.cancel()
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+            if self.cni_server is not None:
+                await self.cni_server.stop()
+            await self.health.stop()
+            # NodeStatus is left to expire with its lease: a restart within the TTL keeps it.
+            await self.ds.close()
+            self.ipr.close()

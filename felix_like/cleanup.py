@@ -1,0 +1,75 @@
+"""``fabric-agent --cleanup``: remove everything the agent ever installed on this node.
+
+Owned, hence removed: routes of our two protocols (``proto l3fabric``, ``l3fabric-bgp``),
+veths whose name starts with ``fab`` (their per-interface sysctls go with them), the
+nftables table ``inet l3fabric`` and our iptables chains/ipsets (``fab-`` prefixed), the
+CNI socket. Nothing else is touched: not other protocols' routes, not other tables.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from felix_like.netlink import open_iproute, run_in_netns
+from felix_like.routes import OWNED_PROTOS, RT_TABLE_MAIN
+
+log = logging.getLogger(__name__)
+
+VETH_PREFIX = "fab"
+
+
+@dataclass
+class CleanupReport:
+    routes: int = 0
+    veths: int = 0
+    nft_table: bool = False
+
+    def __str__(self) -> str:
+        return (f"removed {self.routes} routes, {self.veths} veths"
+                f"{', nft table inet l3fabric' if self.nft_table else ''}")
+
+
+def cleanup(netns: str | None = None, socket_path: str | None = None) -> CleanupReport:
+    rep = CleanupReport()
+    ipr = open_iproute(netns)
+    try:
+        for family in (2, 10):
+            for msg in ipr.get_routes(family=family, table=RT_TABLE_MAIN):
+                if msg["proto"] not in OWNED_PROTOS:
+                    continue
+                with contextlib.suppress(Exception):
+                    ipr.route("del", family=family, dst=_dst(msg), proto=msg["proto"],
+                              table=RT_TABLE_MAIN)
+                    rep.routes += 1
+        for link in ipr.get_links():
+            name = link.get_attr("IFLA_IFNAME") or ""
+            kind = None
+            info = link.get_attr("IFLA_LINKINFO")
+            if info is not None:
+                kind = info.get_attr("IFLA_INFO_KIND")
+            if name.startswith(VETH_PREFIX) and kind == "veth":
+                with contextlib.suppress(Exception):
+                    ipr.link("del", index=link["index"])
+                    rep.veths += 1
+    finally:
+        ipr.close()
+    if shutil.which("nft"):
+        r = run_in_netns(netns, lambda: subprocess.run(
+            ["nft", "delete", "table", "inet", "l3fabric"], capture_output=True))
+        rep.nft_table = r.returncode == 0
+    if socket_path:
+        with contextlib.suppress(FileNotFoundError):
+            Path(socket_path).unlink()
+    log.info("cleanup: %s", rep)
+    return rep
+
+
+def _dst(msg: object) -> str:
+    dst = msg.get_attr("RTA_DST")  # type: ignore[attr-defined]
+    plen = msg["dst_len"]  # type: ignore[index]
+    return f"{dst}/{plen}"
