@@ -53,3 +53,52 @@ async def put_ipam_config(ds: Datastore, *, strict_affinity: bool = False,
 async def put_reservation(ds: Datastore, name: str, cidrs: Iterable[str]) -> None:
     await ds.put(keys.ipam_reservation(name),
                  framed("IPReservation", name, {"reservedCIDRs": list(cidrs)}))
+
+
+def churn_worker(endpoints: str, node: str, worker: int, count: int, release_every: int = 0,
+                 seed: int = 0) -> dict[str, Any]:
+    """One allocator process (tests, benchmark): ``count`` auto-assigns on ``node``, and
+    after every ``release_every``-th a release of a random earlier handle of this worker.
+
+    Runs its own event loop and Datastore. Returns what it was handed (address, seq,
+    handle, block), the handles it released, failures, timing and round trips.
+    """
+    import asyncio
+    import random
+    import time
+
+    from datastore.client import EtcdConfig
+    from ipam.allocator import IpamClient
+    from ipam.model import IpamError
+
+    async def run() -> dict[str, Any]:
+        rng = random.Random(seed * 1000 + worker)
+        assigned: list[tuple[str, int, str, str]] = []
+        released: list[str] = []
+        failures: list[str] = []
+        live: list[str] = []
+        async with Datastore(EtcdConfig.from_strings(endpoints)) as ds:
+            client = IpamClient(ds, node, inputs=None)
+            t0 = time.perf_counter()
+            for i in range(count):
+                handle = f"l3fabric.w{worker}-{i}.eth0"
+                try:
+                    got = await client.auto_assign(handle, namespace="bench", pod=f"p{i}")
+                except IpamError as e:
+                    failures.append(f"{handle}: {e}")
+                    continue
+                assigned.extend((a.address, a.seq, handle, a.block) for a in got)
+                live.append(handle)
+                if release_every and (i + 1) % release_every == 0 and live:
+                    victim = live.pop(rng.randrange(len(live)))
+                    await client.release_by_handle(victim)
+                    released.append(victim)
+            elapsed = time.perf_counter() - t0
+            return {"node": node, "worker": worker, "assigned": assigned,
+                    "released": released, "failures": failures, "elapsed": elapsed,
+                    "round_trips": client.stats.round_trips,
+                    "config_requests": client.config_requests,
+                    "allocations": client.stats.allocations,
+                    "conflicts": client.stats.conflicts, "releases": client.stats.releases}
+
+    return asyncio.run(run())
