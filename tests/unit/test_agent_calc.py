@@ -1,0 +1,59 @@
+"""The agent's calculation: decoded datastore state in, this node's routes out."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from datastore import keys, model
+from felix_like import calc
+from felix_like.routes import PROTO_L3FABRIC, Route
+
+
+def wep(node: str, ns: str, pod: str, ip: str, host_if: str) -> tuple[str, Any]:
+    key = keys.workload(node, ns, pod, "eth0")
+    obj = {"apiVersion": model.API_VERSION, "kind": "WorkloadEndpoint",
+           "metadata": {"name": f"{pod}.eth0", "namespace": ns},
+           "spec": {"node": node, "pod": pod, "endpoint": "eth0", "containerID": "c" + pod,
+                    "ipNetworks": [ip], "hostInterface": host_if}}
+    return key, model.decode(key, json.dumps(obj).encode())
+
+
+def aff(node: str, cidr: str, state: str) -> tuple[str, Any]:
+    key = keys.ipam_affinity(node, cidr)
+    return key, calc.decode_value(key, json.dumps({"state": state, "time": 1.0}).encode())
+
+
+def test_routes_for_local_pods_and_confirmed_blocks_only() -> None:
+    state = dict([
+        wep("n1", "default", "a", "10.244.0.5/32", "fab00000000001"),
+        wep("n2", "default", "b", "10.244.0.70/32", "fab00000000002"),  # another node
+        aff("n1", "10.244.0.0/26", "confirmed"),
+        aff("n1", "10.244.1.0/26", "pending"),  # never advertised nor blackholed
+        aff("n2", "10.244.0.64/26", "confirmed"),
+    ])
+    assert calc.desired_routes("n1", state) == {
+        Route("10.244.0.5/32", "local", dev="fab00000000001", proto=PROTO_L3FABRIC),
+        Route("10.244.0.0/26", "blackhole", proto=PROTO_L3FABRIC),
+    }
+
+
+def test_learned_routes_join_and_never_override_local() -> None:
+    state = dict([wep("n1", "default", "a", "10.244.0.5/32", "fabx"),
+                  aff("n1", "10.244.0.0/26", "confirmed")])
+    routes = calc.desired_routes("n1", state, {"10.244.0.64/26": ("10.99.1.2",),
+                                               "10.244.0.0/26": ("10.99.1.2",)})
+    by_dst = {r.dst: r for r in routes}
+    assert by_dst["10.244.0.64/26"].kind == "bgp"
+    assert by_dst["10.244.0.0/26"].kind == "blackhole"
+
+
+def test_decode_value_validates_models_and_ignores_internals() -> None:
+    assert calc.decode_value(keys.ipam_handle("net.c1.eth0"), b"{}") is None
+    assert calc.decode_value(keys.node_status("n1"), b"garbage") is None
+    with pytest.raises(ValueError, match="config/ippools/p"):
+        calc.decode_value(keys.ippool("p"), b'{"kind": "IPPool"')
+    a = calc.decode_value(keys.ipam_affinity("n1", "fd00::/122"), b'{"state":"confirmed"}')
+    assert a == calc.Affinity("n1", "fd00::/122", "confirmed")
