@@ -417,9 +417,16 @@ class Metadata:
 
     name: str
     namespace: str | None = None
-    labels: FrozenMap[str] = field(default_factory=FrozenMap)
-    annotations: FrozenMap[str] = field(default_factory=FrozenMap)
+    labels: Mapping[str, str] = field(default_factory=FrozenMap)
+    annotations: Mapping[str, str] = field(default_factory=FrozenMap)
     revision: int | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        # Code that builds metadata by hand may pass dicts; keep the object hashable.
+        for name in ("labels", "annotations"):
+            value = getattr(self, name)
+            if not isinstance(value, FrozenMap):
+                object.__setattr__(self, name, FrozenMap(value))
 
     @classmethod
     def from_dict(cls, obj: Any, path: str, *, namespaced: bool) -> Metadata:
@@ -498,6 +505,11 @@ class Resource:
 
     def _body(self) -> dict[str, Any] | None:
         raise NotImplementedError
+
+    def validated(self) -> Self:
+        """This resource run through the same checks as ``from_dict``; for objects built in
+        code (the CNI handler's WorkloadEndpoint, the agent's NodeStatus) before writing."""
+        return self.from_dict(self.to_dict())
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -1414,8 +1426,12 @@ class WorkloadEndpointSpec:
     ip_networks: tuple[IPNetwork, ...] = ()
     mac: str | None = None
     host_interface: str | None = None
-    labels: FrozenMap[str] = field(default_factory=FrozenMap)
+    labels: Mapping[str, str] = field(default_factory=FrozenMap)
     ports: tuple[EndpointPort, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.labels, FrozenMap):
+            object.__setattr__(self, "labels", FrozenMap(self.labels))
 
     FIELDS: ClassVar[tuple[str, ...]] = (
         "node",

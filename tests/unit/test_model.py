@@ -23,6 +23,7 @@ from datastore.model import (
     IPAMConfig,
     IPPool,
     IPReservation,
+    Metadata,
     Namespace,
     NetworkPolicy,
     Node,
@@ -31,6 +32,7 @@ from datastore.model import (
     Resource,
     ValidationError,
     WorkloadEndpoint,
+    WorkloadEndpointSpec,
     decode,
     encode,
     key_for,
@@ -635,3 +637,16 @@ def test_examples_all_parse() -> None:
     pool = next(r for r in seen if isinstance(r, IPPool))
     assert str(pool.spec.cidr) == "10.244.0.0/16" and pool.spec.block_size == 26
     assert sum(isinstance(r, Node) for r in seen) == 2
+
+
+def test_resources_built_in_code_can_be_validated() -> None:
+    wep = WorkloadEndpoint(
+        Metadata(name="web-1.eth0", namespace="prod", labels={"app": "web"}),
+        WorkloadEndpointSpec(node="node1", pod="web-1", endpoint="eth0", container_id="c1",
+                             ip_networks=(ipaddress.ip_network("10.244.1.5/32"),),
+                             labels={"app": "web"}),
+    )
+    assert hash(wep) == hash(wep.validated()) and wep.validated() == wep
+    bad = WorkloadEndpoint(Metadata(name="wrong", namespace="prod"), wep.spec)
+    with pytest.raises(ValidationError, match=r"metadata\.name"):
+        bad.validated()
