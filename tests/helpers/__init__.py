@@ -1,0 +1,1 @@
+"""Test helpers shared by the integration tier (processes they start are always reaped)."""
