@@ -36,7 +36,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from felix_like.netlink import netns_path, open_iproute, write_sysctls
-from felix_like.routes import PROTO_L3FABRIC, RT_SCOPE_LINK, RT_TABLE_MAIN, Route
+from felix_like.routes import (
+    PROTO_L3FABRIC,
+    RT_SCOPE_LINK,
+    RT_SCOPE_NOWHERE,
+    RT_TABLE_MAIN,
+    Route,
+)
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +291,7 @@ def unwire_pod(
         for a in _host_prefixes(addresses):
             try:
                 node.route("del", family=_family(a), dst=str(a.network), oif=idx,
-                           proto=PROTO_L3FABRIC, table=RT_TABLE_MAIN)
+                           proto=PROTO_L3FABRIC, table=RT_TABLE_MAIN, scope=RT_SCOPE_NOWHERE)
             except Exception as exc:
                 if _code(exc) not in (errno.ESRCH, errno.ENODEV):
                     log.warning("deleting route %s dev %s failed: %s", a.network, host_if, exc)

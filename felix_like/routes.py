@@ -44,6 +44,7 @@ RTN_UNICAST = 1
 RTN_BLACKHOLE = 6
 RT_SCOPE_UNIVERSE = 0
 RT_SCOPE_LINK = 253
+RT_SCOPE_NOWHERE = 255
 ESRCH = 3
 EEXIST = 17
 
@@ -267,8 +268,10 @@ class RouteManager:
                 p.kept_stale += 1
                 continue
             try:
+                # scope NOWHERE = "any scope", as iproute2 sends: with pyroute2's
+                # default (universe) the kernel would not match a scope-link route.
                 self._ipr.route("del", family=have.family, dst=have.dst, proto=have.proto,
-                                table=RT_TABLE_MAIN)
+                                table=RT_TABLE_MAIN, scope=RT_SCOPE_NOWHERE)
             except Exception as exc:
                 if _error_code(exc) != ESRCH:  # already gone: fine
                     log.warning("route del %s failed: %s", have, exc)

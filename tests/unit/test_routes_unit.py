@@ -42,6 +42,7 @@ class KRoute:
     type: int
     oif: int | None = None
     gateways: tuple[str, ...] = ()
+    scope: int = 0
 
 
 @dataclass
@@ -66,7 +67,9 @@ class FakeKernel:
         dst = kw["dst"]
         if command == "del":
             have = self.table.get(dst)
-            if have is None or ("proto" in kw and kw["proto"] != have.proto):
+            # like fib_table_delete: proto must match if given; scope unless NOWHERE (255)
+            if (have is None or ("proto" in kw and kw["proto"] != have.proto)
+                    or kw.get("scope", 0) not in (255, have.scope)):
                 raise NetlinkError(3, "No such process")
             del self.table[dst]
             self.changes += 1
@@ -95,7 +98,7 @@ class FakeKernel:
         if oif is not None and oif not in self.links.values():
             raise NetlinkError(19, "No such device")
         return KRoute(kw["family"], kw["dst"], kw.get("proto", PROTO_STATIC),
-                      kw.get("type", 1), oif, gws)
+                      kw.get("type", 1), oif, gws, kw.get("scope", 0))
 
     def _msg(self, r: KRoute) -> Msg:
         addr, plen = r.dst.split("/")
@@ -112,7 +115,8 @@ class FakeKernel:
     def put(self, dst: str, proto: int, *, oif: int | None = None,
             gateways: tuple[str, ...] = (), rtype: int = 1) -> None:
         family = socket.AF_INET6 if ":" in dst else socket.AF_INET
-        self.table[dst] = KRoute(family, dst, proto, rtype, oif, gateways)
+        scope = 253 if oif is not None and not gateways else 0
+        self.table[dst] = KRoute(family, dst, proto, rtype, oif, gateways, scope)
 
     def forwards(self, ip: str) -> str:
         """Where a packet to ``ip`` goes: longest match, as text (the user-visible answer)."""
@@ -233,17 +237,19 @@ def test_differing_owned_route_is_replaced() -> None:
 
 
 def test_stale_routes_stay_until_in_sync_then_go() -> None:
-    k = FakeKernel()
+    k = FakeKernel(links={"lo": 1, "fabold": 5})
+    k.put("10.244.1.9/32", PROTO_L3FABRIC, oif=5)  # scope link: a del must match any scope
     k.put("10.244.9.0/26", PROTO_L3FABRIC, rtype=RTN_BLACKHOLE)
     k.put("10.244.8.0/26", PROTO_L3FABRIC_BGP, gateways=("10.99.0.2",))
     m = manager(k)
     m.set_desired(set())
     res = m.apply()
-    assert res.kept_stale == 2 and not res.removed
+    assert res.kept_stale == 3 and not res.removed
     assert k.forwards("10.244.8.1") == "via 10.99.0.2"  # traffic kept across a restart
     m.mark_in_sync()
     res = m.apply()
-    assert {r.dst for r in res.removed} == {"10.244.9.0/26", "10.244.8.0/26"}
+    assert {r.dst for r in res.removed} == {"10.244.9.0/26", "10.244.8.0/26",
+                                            "10.244.1.9/32"}
     assert k.table == {}
 
 
