@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from datastore.cas import cas_retry
 
 from datastore import keys, model
+from datastore.cas import cas_retry
 from datastore.client import KV, Datastore
 
 from .common import CliError, run
@@ -169,8 +169,6 @@ def _list_prefix(cls: type[model.Resource], namespace: str | None) -> str:
 def cmd_get(args: argparse.Namespace) -> int:
     cls = resolve_kind(args.kind)
     ns = args.namespace
-    if cls.namespaced and ns is None and not args.all_namespaces and args.name:
-        ns = "default"
     if cls.namespaced and ns is None and not args.all_namespaces:
         ns = "default"
     if args.all_namespaces:
@@ -183,6 +181,9 @@ def cmd_get(args: argparse.Namespace) -> int:
     kvs = run(args, go)
     objs = [_row_obj(kv) for kv in kvs]
     objs = [o for o in objs if _kind_of(o) in (cls.kind, None)]
+    if cls.namespaced and ns is not None:  # workload keys group by node, not namespace
+        objs = [o for o in objs
+                if (o.get("namespace") if "invalid" in o else dig(o, "metadata.namespace")) == ns]
     if args.name:
         objs = [o for o in objs if _name_of(o) == args.name]
         if not objs:
