@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -55,6 +56,10 @@ class EmbeddedEtcd:
     proc: subprocess.Popen[bytes] | None = None
     owns_data_dir: bool = False
     extra_args: tuple[str, ...] = ()
+    # "https" for a TLS client port; the server's --cert-file etc. go in extra_args, and
+    # ssl_context (CA + client cert when etcd asks for one) is what the health probe uses.
+    scheme: str = "http"
+    ssl_context: ssl.SSLContext | None = None
 
     @classmethod
     def temporary(cls, host: str = "127.0.0.1") -> EmbeddedEtcd:
@@ -65,7 +70,7 @@ class EmbeddedEtcd:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.client_port}"
+        return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
     def log_path(self) -> Path:
@@ -111,7 +116,8 @@ class EmbeddedEtcd:
 
     def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(self.endpoint + "/health", timeout=1) as r:
+            with urllib.request.urlopen(self.endpoint + "/health", timeout=1,
+                                        context=self.ssl_context) as r:
                 return bool(json.loads(r.read()).get("health") == "true")
         except (OSError, urllib.error.URLError, ValueError):
             return False

@@ -20,7 +20,8 @@ POOL = {"apiVersion": "l3fabric.io/v1", "kind": "IPPool", "metadata": {"name": "
         "spec": {"cidr": "10.244.0.0/16", "blockSize": 26}}
 
 
-def fab(etcd: EmbeddedEtcd, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def fab(etcd: EmbeddedEtcd, *args: str,
+        stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, L3FABRIC_ETCD_ENDPOINTS=etcd.endpoint)
     return subprocess.run([FABRICCTL, *args], input=stdin, capture_output=True, text=True,
                           env=env, timeout=60)
