@@ -130,6 +130,12 @@ class EtcdConfig:
     cert: Path | None = None
     key: Path | None = None
     timeout: float = 2.0
+    # The name every member's certificate is checked against. gRPC checks one name per
+    # channel, and for a multi-address target its default (the whole address list) matches
+    # no certificate; so by default it is the first endpoint's host. With several TLS
+    # members every member certificate must be valid for this name (a shared DNS name, or
+    # all member IPs as SANs).
+    server_name: str | None = None
 
     @classmethod
     def from_strings(cls, endpoints: str, ca: str | None = None, cert: str | None = None,
@@ -143,6 +149,15 @@ class EtcdConfig:
     @property
     def tls(self) -> bool:
         return self.ca is not None or any(e.startswith("https://") for e in self.endpoints)
+
+    def tls_server_name(self) -> str:
+        if self.server_name:
+            return self.server_name
+        first = self.endpoints[0]
+        u = urlsplit(first if "://" in first else f"http://{first}")
+        if u.hostname is None:
+            raise ValueError(f"bad etcd endpoint {first!r}")
+        return u.hostname
 
     def grpc_target(self) -> str:
         """A gRPC target naming every endpoint: ``ipv4:a:p1,b:p2`` or ``dns:///h:p``.
@@ -207,6 +222,7 @@ class _Client(aetcd.Client):  # type: ignore[misc]
         target = cfg.grpc_target()
         opts = list(self._options.items())
         if cfg.tls:
+            opts.append(("grpc.ssl_target_name_override", cfg.tls_server_name()))
             creds = grpc.ssl_channel_credentials(
                 root_certificates=cfg.ca.read_bytes() if cfg.ca else None,
                 private_key=cfg.key.read_bytes() if cfg.key else None,
