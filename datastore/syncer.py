@@ -14,7 +14,9 @@ The algorithm:
 3. The watch breaks (`UnavailableError`: the member we streamed from died, or etcd went
    away): emit ``ConnectionState(up=False)``, back off, probe etcd, emit
    ``ConnectionState(up=True)`` and watch again from `revision` + 1. etcd keeps history
-   until compaction, so nothing is lost and nothing is seen twice.
+   until compaction, so nothing is lost and nothing is seen twice. A member that dies or
+   restarts breaks the stream at once; a member that hangs (SIGSTOP, partition) is only
+   noticed by the channel's gRPC keepalive (10 s + 5 s, see `datastore.client`).
 4. The watch raises `CompactedError` (we were away longer than the history is kept):
    back to 1, a full snapshot and diff. Deletes that happened in the gap come out as
    `Deleted` (with the snapshot's revision, the real one being unknowable).
