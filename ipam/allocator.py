@@ -136,6 +136,9 @@ class IpamClient:
         self._others: dict[str, KV] = {}  # blocks of other nodes (or none) seen lately
         self._handles: dict[str, KV] = {}
         self._reserved_cache: dict[tuple[str, tuple[str, ...]], frozenset[int]] = {}
+        # Decoded blocks by cidr, tagged with the mod_revision they were decoded at: in the
+        # steady state a block is decoded never (we cache what we wrote) or once per change.
+        self._decoded: dict[str, tuple[int, Block]] = {}
 
     @property
     def affinity(self) -> str:
@@ -192,19 +195,27 @@ class IpamClient:
 
     # -- caches ------------------------------------------------------------------------
 
-    def _remember(self, kv: KV | None, cidr: str) -> None:
-        """Put a block just read or written into the right cache (or drop it if gone)."""
-        affine = self._affine if self._affine is not None else {}
-        if kv is None:
-            affine.pop(cidr, None)
-            self._others.pop(cidr, None)
-            return
+    def _block(self, cidr: str, kv: KV) -> Block | None:
+        """The decoded block of ``kv`` (shared: copy before changing), None if corrupt."""
+        got = self._decoded.get(cidr)
+        if got is not None and got[0] == kv.mod_revision:
+            return got[1]
         try:
             blk = Block.from_json(kv.value)
         except BlockFormatError as e:
             log.warning("ipam: block %s is corrupt, not using it: %s", cidr, e)
+            return None
+        self._decoded[cidr] = (kv.mod_revision, blk)
+        return blk
+
+    def _remember(self, kv: KV | None, cidr: str) -> None:
+        """Put a block just read or written into the right cache (or drop it if gone)."""
+        affine = self._affine if self._affine is not None else {}
+        blk = None if kv is None else self._block(cidr, kv)
+        if kv is None or blk is None:
             affine.pop(cidr, None)
             self._others.pop(cidr, None)
+            self._decoded.pop(cidr, None)
             return
         if blk.affinity == self.affinity and cidr in affine:
             affine[cidr] = kv
@@ -244,19 +255,21 @@ class IpamClient:
                 confirmed.append(cidr)
             elif state == PENDING:
                 pending.append((cidr, kv))
-        got = await asyncio.gather(*(self._get(keys.ipam_block(c)) for c in confirmed))
+        # Blocks already cached stay as they are: if they changed, the next write's compare
+        # fails and its failure branch refreshes them; only new ones are read.
+        cached = self._affine or {}
+        fetch = [c for c in confirmed if c not in cached]
+        got = await asyncio.gather(*(self._get(keys.ipam_block(c)) for c in fetch))
+        fetched = dict(zip(fetch, got, strict=True))
         affine: dict[str, KV] = {}
-        for cidr, bkv in zip(confirmed, got, strict=True):
+        for cidr in confirmed:
+            bkv = cached.get(cidr) or fetched.get(cidr)
             if bkv is None:
                 log.warning("ipam: confirmed affinity %s of %s has no block (ipam check)",
                             cidr, self.node)
                 continue
-            try:
-                blk = Block.from_json(bkv.value)
-            except BlockFormatError as e:
-                log.warning("ipam: block %s is corrupt, not using it: %s", cidr, e)
-                continue
-            if blk.affinity == self.affinity:
+            blk = self._block(cidr, bkv)
+            if blk is not None and blk.affinity == self.affinity:
                 affine[cidr] = bkv
                 self._others.pop(cidr, None)
         self._affine = affine
@@ -393,7 +406,8 @@ class IpamClient:
                 if await self._claim(cidr):
                     return True
             for cidr, kv in sorted(existing.items()):
-                if pool.contains(cidr) and Block.from_json(kv.value).affinity is None \
+                if pool.contains(cidr) and (b := self._block(cidr, kv)) is not None \
+                        and b.affinity is None \
                         and await self._claim(cidr, adopt=kv):
                     return True
         why.append(f"every block of pools [{pools_text(pools)}] is claimed")
@@ -403,14 +417,8 @@ class IpamClient:
                    plan: _Plan) -> bool:
         now, cooldown = self._now(), inputs.config.release_cooldown
         for cidr, kv in self._eligible(blocks, inputs, version):
-            if cidr in plan.blocks:
-                blk = plan.blocks[cidr][1]
-            else:
-                try:
-                    blk = Block.from_json(kv.value)
-                except BlockFormatError:
-                    continue
-            if blk.free_ordinals(now=now, cooldown=cooldown,
+            blk = plan.blocks[cidr][1] if cidr in plan.blocks else self._block(cidr, kv)
+            if blk is not None and blk.free_ordinals(now=now, cooldown=cooldown,
                                  reserved=self._reserved(cidr, inputs)):
                 return True
         return False
@@ -425,8 +433,11 @@ class IpamClient:
             pool = inputs.pool_of(cidr)
             if pool is not None and pool.name in usable:
                 out.append((cidr, kv))
-        return sorted(out, key=lambda x: (inputs.pool_of(x[0]).name,  # type: ignore[union-attr]
-                                          int(netaddr.IPNetwork(x[0]).first)))
+        def order(x: tuple[str, KV]) -> tuple[str, int]:
+            blk = self._block(x[0], x[1])
+            pool = inputs.pool_of(x[0])
+            return (pool.name if pool else "", blk.first if blk else 0)
+        return sorted(out, key=order)
 
     def _take(self, plan: _Plan, candidates: Iterable[tuple[str, KV]], n: int,
               attrs: AllocationAttrs, inputs: IpamInputs) -> int:
@@ -439,10 +450,10 @@ class IpamClient:
             if cidr in plan.blocks:
                 blk = plan.blocks[cidr][1]
             else:
-                try:
-                    blk = Block.from_json(kv.value)
-                except BlockFormatError:
+                shared = self._block(cidr, kv)
+                if shared is None or not shared.unallocated:
                     continue
+                blk = shared.copy()
             ords = blk.assign(n - taken, attrs, now=now, cooldown=cooldown,
                               reserved=self._reserved(cidr, inputs))
             if not ords:
@@ -488,10 +499,11 @@ class IpamClient:
         fail.append(Get(hkey))
         res = await self._txn(cmps, succ, fail)
         if res.succeeded:
-            for cidr, (kv, _) in plan.blocks.items():
+            for cidr, (kv, blk) in plan.blocks.items():
                 bkey = keys.ipam_block(cidr)
                 new = KV(bkey, values[cidr], kv.create_revision if kv else res.revision,
                          res.revision, (kv.version if kv else 0) + 1)
+                self._decoded[cidr] = (res.revision, blk)  # what we wrote is the block now
                 self._remember(new, cidr)
             new_h = None if hvalue is None else KV(
                 hkey, hvalue, handle_kv.create_revision if handle_kv else res.revision,
@@ -557,7 +569,8 @@ class IpamClient:
                     # Never a block of ours that is not confirmed (a pending claim).
                     cands = [(c, kv) for c, kv in self._eligible(others, inputs, version)
                              if c not in (self._affine or {})
-                             and Block.from_json(kv.value).affinity != self.affinity]
+                             and (b := self._block(c, kv)) is not None
+                             and b.affinity != self.affinity]
                     got = self._take(plan, cands, n, attrs, inputs)
                     borrowed += got
                     n -= got
@@ -623,7 +636,10 @@ class IpamClient:
                     await self._claim(cidr)
                     continue
                 self._remember(kv, cidr)
-            blk = Block.from_json(kv.value)
+            shared = self._block(cidr, kv)
+            if shared is None:
+                raise IpamError(f"{address}: block {cidr} is corrupt (run ipam check)")
+            blk = shared.copy()
             o = blk.ordinal(address)
             held = blk.attrs(o)
             if held is not None:
@@ -689,7 +705,10 @@ class IpamClient:
                 if kv is None:
                     continue
                 if e.block not in plan.blocks:
-                    plan.blocks[e.block] = (kv, Block.from_json(kv.value))
+                    shared = self._block(e.block, kv)
+                    if shared is None:
+                        continue
+                    plan.blocks[e.block] = (kv, shared.copy())
                 if plan.blocks[e.block][1].release(e.ordinal, handle=handle, seq=e.seq,
                                                    now=self._now()):
                     freed += 1
@@ -739,9 +758,10 @@ class IpamClient:
             return False
         for _attempt in range(self._max_attempts):
             kv = (await self._block_kvs([cidr]))[cidr]
-            if kv is None:
+            shared = None if kv is None else self._block(cidr, kv)
+            if kv is None or shared is None:
                 return False
-            blk = Block.from_json(kv.value)
+            blk = shared.copy()
             o = blk.ordinal(address)
             held = blk.attrs(o)
             if held is None:
@@ -774,10 +794,9 @@ class IpamClient:
         """Addresses this node holds inside blocks it does not own (advertised as /32, /128)."""
         async def run() -> list[str]:
             out: list[netaddr.IPAddress] = []
-            for kv in (await self._all_blocks()).values():
-                try:
-                    blk = Block.from_json(kv.value)
-                except BlockFormatError:
+            for cidr, kv in (await self._all_blocks()).items():
+                blk = self._block(cidr, kv)
+                if blk is None:
                     continue
                 if blk.affinity == self.affinity:
                     continue

@@ -91,6 +91,16 @@ class Block:
     attributes: list[AllocationAttrs]
     sequence: list[int]
     released_at: dict[int, float] = field(default_factory=dict)
+    # Derived from cidr once (netaddr objects are slow to build on the hot path).
+    _first: int = field(init=False, repr=False, compare=False, default=0)
+    _size: int = field(init=False, repr=False, compare=False, default=0)
+    _version: int = field(init=False, repr=False, compare=False, default=4)
+    _prefix: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        net = netaddr.IPNetwork(self.cidr)
+        self._first, self._size = int(net.first), int(net.size)
+        self._version, self._prefix = int(net.version), int(net.prefixlen)
 
     # -- construction and JSON --------------------------------------------------------
 
@@ -179,19 +189,23 @@ class Block:
 
     @property
     def size(self) -> int:
-        return int(self.network.size)
+        return self._size
 
     @property
     def version(self) -> int:
-        return int(self.network.version)
+        return self._version
 
     @property
     def prefix_len(self) -> int:
-        return int(self.network.prefixlen)
+        return self._prefix
+
+    @property
+    def first(self) -> int:
+        """The block's first address as an integer (sort key)."""
+        return self._first
 
     def address(self, ordinal: int) -> str:
-        net = self.network
-        return str(netaddr.IPAddress(int(net.first) + ordinal, net.version))
+        return str(netaddr.IPAddress(self._first + ordinal, self._version))
 
     def ordinal(self, address: str) -> int:
         """The ordinal of ``address``; ValueError if it is not inside this block."""
@@ -295,8 +309,13 @@ class Block:
                             if cooldown > 0 and now - t < cooldown}
 
     def copy(self) -> Block:
-        return Block(self.cidr, self.affinity, list(self.allocations), list(self.unallocated),
-                     list(self.attributes), list(self.sequence), dict(self.released_at))
+        """A working copy that shares nothing mutable with this block."""
+        b = object.__new__(Block)
+        b.__dict__.update(self.__dict__)
+        b.allocations, b.unallocated = list(self.allocations), list(self.unallocated)
+        b.attributes, b.sequence = list(self.attributes), list(self.sequence)
+        b.released_at = dict(self.released_at)
+        return b
 
 
 def block_cidr_for(address: str, pool_cidr: str, block_size: int) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import netaddr
@@ -38,11 +39,15 @@ class PoolSpec:
     def version(self) -> int:
         return int(self.network.version)
 
+    @cached_property
+    def _range(self) -> tuple[int, int, int]:
+        net = self.network
+        return int(net.version), int(net.first), int(net.last)
+
     def contains(self, address_or_cidr: str) -> bool:
         net = netaddr.IPNetwork(address_or_cidr)
-        pool = self.network
-        return bool(net.version == pool.version and net.first >= pool.first
-                    and net.last <= pool.last)
+        version, first, last = self._range
+        return bool(net.version == version and net.first >= first and net.last <= last)
 
     def describe(self) -> str:
         return f"{self.name} ({self.cidr})"
@@ -63,6 +68,8 @@ class IpamInputs:
     config: IpamConfig = IpamConfig()
     reservations: tuple[str, ...] = ()  # CIDRs never handed out
     node_labels: Mapping[str, str] = field(default_factory=dict)
+    _pool_cache: dict[str, PoolSpec | None] = field(default_factory=dict, compare=False,
+                                                    repr=False, hash=False)
 
     def reserved_set(self) -> netaddr.IPSet:
         return netaddr.IPSet(self.reservations)
@@ -73,10 +80,13 @@ class IpamInputs:
 
     def pool_of(self, cidr: str) -> PoolSpec | None:
         """The pool that contains ``cidr`` (an address or a block)."""
-        for p in self.pools:
-            if p.contains(cidr):
-                return p
-        return None
+        if cidr in self._pool_cache:
+            return self._pool_cache[cidr]
+        found = next((p for p in self.pools if p.contains(cidr)), None)
+        if len(self._pool_cache) > 65536:
+            self._pool_cache.clear()
+        self._pool_cache[cidr] = found
+        return found
 
     def usable_pools(self, version: int) -> list[PoolSpec]:
         """Enabled pools of one IP version whose nodeSelector selects this node, by name."""
