@@ -1,0 +1,797 @@
+"""The agent's CNI handler: every CNI call the shims forward, for one node.
+
+Owns, for this node and per attachment (handle ``<network>.<containerID>.<ifname>``):
+the IPAM handle's addresses, the pod's veth pair and host routes (through
+:mod:`cni.plumbing`), and the WorkloadEndpoint at ``workloads/<node>/<ns>.<pod>.<iface>``.
+
+Two plugins are served:
+
+* ``l3fabric``: the full plugin. ADD = IPAM (ours when ``ipam.type`` is ``l3fabric-ipam``
+  or absent, else the named IPAM plugin exec'd from ``CNI_PATH`` with the same env and
+  stdin, as the spec says) -> wire the pod -> write the WorkloadEndpoint -> tell the
+  dataplane (routes, policy) -> answer in the config's ``cniVersion``.
+* ``l3fabric-ipam``: IPAM only, for other plugins (``ptp``, ``bridge``). The result gives
+  the address with the prefix of its IP pool and gateway ``169.254.1.1`` (``ipam.gateway``
+  overrides it): ``ptp`` then routes the whole pool through the host, where our /32s are.
+  (A /32 cannot be used: ``ptp`` deletes the prefix route the kernel adds for the address,
+  and there is none for a /32.)
+
+Failure semantics:
+
+* ADD is all or nothing: whatever step fails, the steps before it are undone in reverse
+  (dataplane told, WorkloadEndpoint deleted, veth removed, addresses released) and the
+  answer is a CNI error. etcd unavailable is code 11 (try again later).
+* DEL is idempotent and best effort: no netns, an empty ``CNI_NETNS``, a container never
+  added and a repeated DEL all succeed. It fails (11) only when the address could not be
+  freed in etcd, so the runtime retries instead of leaking it.
+* Race, a late DEL after a re-ADD under the same pod name: pod P is re-created with a new
+  container; its ADD overwrites ``workloads/<node>/<ns>.P.eth0``; the old container's DEL
+  then arrives. The WorkloadEndpoint is deleted only while its ``containerID`` is the DEL's
+  (compared on the revision read), and the veth name and IPAM handle are per container,
+  so the new pod keeps everything.
+* Calls for one attachment are serialised (one asyncio lock per handle); different pods
+  proceed in parallel. Netlink work runs in worker threads, so the event loop never
+  blocks on it.
+
+Our error codes (CNI reserves 100+ for plugins): see the ``ERR_*`` constants below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from cni import plumbing
+from cni import protocol as proto
+from cni.protocol import CniError, CniRequest
+from datastore import keys
+from datastore import model as m
+from datastore.client import ConflictError, Datastore, DatastoreError, UnavailableError
+from felix_like.metrics import Metrics
+from ipam.allocator import IpamClient
+from ipam.block import Block, BlockFormatError
+from ipam.model import (
+    AddressInUseError,
+    AddressNotInPoolError,
+    AddressReservedError,
+    HandleRecord,
+    IpamError,
+    IpamUnavailableError,
+    PoolExhaustedError,
+    PoolSpec,
+)
+from ipam.sources import load_inputs, load_pools
+
+log = logging.getLogger(__name__)
+
+PLUGIN: Final = "l3fabric"
+IPAM_PLUGIN: Final = "l3fabric-ipam"
+
+#: No free address in the pools this node may use.
+ERR_POOL_EXHAUSTED: Final = 100
+#: A requested address is in use, outside every enabled pool, or reserved.
+ERR_ADDRESS_UNAVAILABLE: Final = 101
+#: Creating the veth pair, addresses or routes failed (ifname taken, netns gone, ...).
+ERR_WIRING: Final = 102
+#: The dataplane (routes, policy) refused the new endpoint.
+ERR_DATAPLANE: Final = 103
+#: CHECK found the attachment not as it should be.
+ERR_CHECK_FAILED: Final = 104
+#: Any other IPAM failure (a delegated IPAM plugin that could not be run, say).
+ERR_IPAM: Final = 105
+
+GATEWAY_V4: Final = plumbing.GATEWAY_V4
+GATEWAY_V6: Final = plumbing.GATEWAY_V6
+_POOL_CACHE_TTL: Final = 5.0
+_DELEGATE_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class EndpointSink(Protocol):
+    """Who programs routes and policy for endpoints; told before ADD returns."""
+
+    async def endpoint_added(self, key: str, wep: m.WorkloadEndpoint) -> None: ...
+
+    async def endpoint_removed(self, key: str) -> None: ...
+
+
+def handle_for(network: str, container_id: str, ifname: str) -> str:
+    """The IPAM handle of one attachment (DESIGN §3)."""
+    return f"{network}.{container_id}.{ifname}"
+
+
+_NOT_DNS = re.compile(r"[^a-z0-9.-]+")
+
+
+def pod_name_for(req: CniRequest) -> str:
+    """The pod name of the WorkloadEndpoint: ``K8S_POD_NAME``, else the container ID.
+
+    Made a DNS-1123 subdomain the same way for ADD and DEL (podman's generated names
+    carry ``_``): lower case, other characters become ``-``.
+    """
+    raw = req.pod_name or req.container_id
+    name = _NOT_DNS.sub("-", raw.lower()).strip(".-")
+    return name[:200].strip(".-") or "pod"
+
+
+@dataclass(frozen=True)
+class _Ipam:
+    """The addresses an ADD got, and how to give them back."""
+
+    addresses: tuple[IPInterface, ...]  # as the IPAM answered (prefix of pool or subnet)
+    delegated: bool
+
+
+class CniHandler:
+    """Serves ``l3fabric`` and ``l3fabric-ipam`` calls for node ``node``.
+
+    ``node_netns`` is the node's namespace (name or path) when the agent does not run
+    inside it (tests); None means the agent's own namespace.
+    """
+
+    def __init__(
+        self,
+        node: str,
+        ds: Datastore,
+        ipam: IpamClient,
+        *,
+        node_netns: str | None = None,
+        dataplane: EndpointSink | None = None,
+        metrics: Metrics | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.node = node
+        self.ds = ds
+        self.ipam = ipam
+        self.node_netns = node_netns
+        self.dataplane = dataplane
+        self.metrics = metrics
+        self._now = now
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._pools: list[PoolSpec] = []
+        self._pools_at = -1e18
+
+    # ------------------------------------------------------------------ entry point
+
+    async def handle(self, plugin: str, env: dict[str, str], stdin: str) -> tuple[int, str, str]:
+        """One CNI call: (exit status, stdout, stderr), as the shim prints them."""
+        start = time.monotonic()
+        verb = env.get("CNI_COMMAND", "") or "NONE"
+        if verb not in proto.COMMANDS:
+            verb = "INVALID"
+        version: str | None = None
+        try:
+            req = proto.parse_request(env, stdin)
+            version = req.cni_version
+            out = await self._dispatch(plugin, req)
+            result = "ok"
+            code, stdout = 0, out
+        except CniError as e:
+            result = "error"
+            code, stdout = 1, proto.error_json(e, version)
+            log.info("CNI %s %s failed: %s", plugin, verb, e)
+        except Exception as e:  # a bug: still answer in CNI terms
+            log.exception("CNI %s %s crashed", plugin, verb)
+            result = "error"
+            code = 1
+            stdout = proto.error_json(
+                CniError(proto.ERR_TRY_AGAIN_LATER, f"agent error: {type(e).__name__}: {e}"),
+                version)
+        if self.metrics is not None:
+            self.metrics.cni_requests.labels(verb, result).inc()
+            self.metrics.cni_latency.labels(verb).observe(time.monotonic() - start)
+        return code, stdout, ""
+
+    async def _dispatch(self, plugin: str, req: CniRequest) -> str:
+        if plugin not in (PLUGIN, IPAM_PLUGIN):
+            raise CniError(proto.ERR_INVALID_CONFIG, f"unknown plugin {plugin!r}")
+        if req.command == "VERSION":
+            return json.dumps(proto.version_response(req.cni_version))
+        if req.command == "STATUS":
+            await self._status(req, ipam_only=plugin == IPAM_PLUGIN)
+            return ""
+        if req.command == "GC":
+            await self._gc(req, ipam_only=plugin == IPAM_PLUGIN)
+            return ""
+        handle = handle_for(req.network_name, req.container_id, req.ifname)
+        async with self._lock(handle):
+            if plugin == IPAM_PLUGIN:
+                if req.command == "ADD":
+                    return json.dumps(await self._ipam_add(req, handle))
+                if req.command == "DEL":
+                    await self._release(handle)
+                    return ""
+                await self._ipam_check(req, handle)
+                return ""
+            if req.command == "ADD":
+                return json.dumps(await self._add(req, handle))
+            if req.command == "DEL":
+                await self._del(req, handle)
+                return ""
+            await self._check(req, handle)
+            return ""
+
+    @contextlib.asynccontextmanager
+    async def _lock(self, handle: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(handle, (asyncio.Lock(), 0))
+        self._locks[handle] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[handle]
+            if users <= 1:
+                del self._locks[handle]
+            else:
+                self._locks[handle] = (lock, users - 1)
+
+    def busy_handles(self) -> frozenset[str]:
+        """Attachments with a call in progress (GC leaves them alone)."""
+        return frozenset(self._locks)
+
+    # ------------------------------------------------------------------ ADD
+
+    async def _add(self, req: CniRequest, handle: str) -> dict[str, Any]:
+        namespace, pod = req.pod_namespace, pod_name_for(req)
+        key = keys.workload(self.node, namespace, pod, req.ifname)
+        host_if = plumbing.host_veth_name(req.network_name, req.container_id, req.ifname)
+        wep = self._workload(req, namespace, pod, host_if, (), "")  # validate names early
+
+        got = await self._assign(req, handle, namespace, pod)
+        undo: list[tuple[str, Callable[[], Any]]] = [
+            ("releasing the addresses", lambda: self._unassign(req, handle, got))]
+        try:
+            hosts = tuple(_host_prefix(a) for a in got.addresses)
+            try:
+                wired = await asyncio.to_thread(
+                    plumbing.wire_pod, self.node_netns, req.netns, req.ifname, host_if,
+                    hosts, req.mtu or 0)
+            except plumbing.PlumbingError as e:
+                raise CniError(ERR_WIRING, f"wiring the pod failed: {e}") from e
+            undo.append(("removing the veth", lambda: asyncio.to_thread(
+                plumbing.unwire_pod, self.node_netns, host_if, hosts)))
+
+            wep = self._workload(req, namespace, pod, host_if, hosts, wired.container_mac)
+            try:
+                await self.ds.put(key, m.encode(wep))
+            except DatastoreError as e:
+                raise _datastore_error("writing the workload endpoint", e) from e
+            undo.append(("deleting the workload endpoint", lambda: self._delete_wep(
+                key, req.container_id)))
+
+            if self.dataplane is not None:
+                try:
+                    await self.dataplane.endpoint_added(key, wep)
+                except Exception as e:
+                    raise CniError(ERR_DATAPLANE, f"programming the dataplane failed: {e}") from e
+        except BaseException:
+            for what, step in reversed(undo):
+                try:
+                    res = step()
+                    if asyncio.iscoroutine(res) or isinstance(res, asyncio.Future):
+                        await res
+                except Exception:
+                    log.exception("failed ADD of %s: %s failed too", handle, what)
+            raise
+
+        log.info("ADD %s: %s on %s (%s)", handle, ",".join(map(str, hosts)), host_if, key)
+        ours = proto.Result(
+            interfaces=(
+                proto.Interface(name=host_if, mac=plumbing.HOST_MAC, mtu=wired.mtu),
+                proto.Interface(name=req.ifname, mac=wired.container_mac, sandbox=req.netns,
+                                mtu=wired.mtu),
+            ),
+            ips=tuple(proto.IPConfig(address=a, interface=1) for a in hosts),
+            routes=tuple(_default_routes(hosts)),
+        )
+        return proto.format_result(_chain(req.prev_result, ours), req.cni_version)
+
+    def _workload(self, req: CniRequest, namespace: str, pod: str, host_if: str,
+                  hosts: Sequence[IPInterface], mac: str) -> m.WorkloadEndpoint:
+        body: dict[str, Any] = {
+            "node": self.node,
+            "namespace": namespace,
+            "pod": pod,
+            "endpoint": req.ifname,
+            "containerID": req.container_id,
+            "ipNetworks": [str(a.network) for a in hosts],
+            "hostInterface": host_if,
+        }
+        if mac:
+            body["mac"] = mac
+        if req.labels:
+            body["labels"] = dict(req.labels)
+        if req.ports:
+            body["ports"] = [{"name": p.name, "port": p.port, "protocol": p.protocol}
+                             for p in req.ports]
+        obj = {"apiVersion": m.API_VERSION, "kind": "WorkloadEndpoint",
+               "metadata": {"name": m.WorkloadEndpoint.make_name(pod, req.ifname),
+                            "namespace": namespace},
+               "spec": body}
+        try:
+            return m.WorkloadEndpoint.from_dict(obj)
+        except m.ValidationError as e:
+            raise CniError(proto.ERR_INVALID_ENV,
+                           "pod namespace, name or interface cannot name a workload endpoint",
+                           f"K8S_POD_NAMESPACE/K8S_POD_NAME/CNI_IFNAME: {e}") from e
+
+    # ------------------------------------------------------------------ IPAM
+
+    async def _assign(self, req: CniRequest, handle: str, namespace: str, pod: str) -> _Ipam:
+        if _delegated(req):
+            res = await self._exec_ipam(req, "ADD")
+            parsed = proto.parse_result(res)
+            if not parsed.ips:
+                await self._exec_ipam_quiet(req, "DEL")
+                raise CniError(ERR_IPAM, f"IPAM plugin {req.ipam_type} returned no address")
+            return _Ipam(tuple(ip.address for ip in parsed.ips), delegated=True)
+        try:
+            if req.requested_ips:
+                assigned = [await self.ipam.assign_ip(str(ip), handle, namespace=namespace,
+                                                      pod=pod) for ip in req.requested_ips]
+            else:
+                v4, v6 = _families(req.config)
+                assigned = await self.ipam.auto_assign(handle, namespace=namespace, pod=pod,
+                                                       num_v4=v4, num_v6=v6)
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                await self.ipam.release_by_handle(handle)
+            if isinstance(e, Exception):
+                raise _ipam_error(e) from e
+            raise
+        addrs = tuple(dict.fromkeys(_host_prefix(ipaddress.ip_interface(a.address))
+                                    for a in assigned))
+        if not addrs:
+            raise CniError(ERR_IPAM, f"IPAM handle {handle} holds no address after assignment")
+        return _Ipam(addrs, delegated=False)
+
+    async def _unassign(self, req: CniRequest, handle: str, got: _Ipam) -> None:
+        if got.delegated:
+            await self._exec_ipam_quiet(req, "DEL")
+        else:
+            await self.ipam.release_by_handle(handle)
+
+    async def _release(self, handle: str) -> int:
+        try:
+            return await self.ipam.release_by_handle(handle)
+        except (IpamError, DatastoreError) as e:
+            raise _ipam_error(e) from e
+
+    async def _handle_record(self, handle: str) -> HandleRecord | None:
+        kv = await self.ds.get(keys.ipam_handle(handle))
+        if kv is None:
+            return None
+        try:
+            return HandleRecord.from_json(kv.value)
+        except ValueError:
+            return None
+
+    async def _ipam_add(self, req: CniRequest, handle: str) -> dict[str, Any]:
+        """``l3fabric-ipam`` ADD: addresses with their pool's prefix and a gateway."""
+        namespace, pod = req.pod_namespace, pod_name_for(req)
+        got = await self._assign(req, handle, namespace, pod)
+        try:
+            ipam_cfg = req.config.get("ipam") or {}
+            gw_cfg = ipam_cfg.get("gateway") if isinstance(ipam_cfg, Mapping) else None
+            ips = []
+            for a in got.addresses:
+                pool = await self._pool_of(a.ip)
+                prefix = pool.network.prefixlen if pool is not None else a.network.prefixlen
+                gw = gw_cfg if isinstance(gw_cfg, str) and a.version == 4 else (
+                    GATEWAY_V4 if a.version == 4 else GATEWAY_V6)
+                ips.append(proto.IPConfig(address=ipaddress.ip_interface(f"{a.ip}/{prefix}"),
+                                          gateway=ipaddress.ip_address(gw)))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.ipam.release_by_handle(handle)
+            raise
+        log.info("IPAM ADD %s: %s", handle, ",".join(str(i.address) for i in ips))
+        return proto.format_result(proto.IpamResult(ips=tuple(ips)), req.cni_version)
+
+    async def _pool_of(self, ip: IPAddress) -> PoolSpec | None:
+        for attempt in range(2):
+            if attempt or self._now() - self._pools_at > _POOL_CACHE_TTL:
+                self._pools = await load_pools(self.ds)
+                self._pools_at = self._now()
+            for p in self._pools:
+                if p.contains(str(ip)):
+                    return p
+        return None
+
+    async def _ipam_check(self, req: CniRequest, handle: str) -> None:
+        prev = req.prev_result
+        assert prev is not None  # parse_request demands it for CHECK
+        try:
+            record = await self._handle_record(handle)
+        except DatastoreError as e:
+            raise _datastore_error("reading the IPAM handle", e) from e
+        held = {ipaddress.ip_address(e.address) for e in (record.entries if record else ())}
+        missing = [str(ip.address.ip) for ip in prev.ips if ip.address.ip not in held]
+        if missing:
+            raise CniError(ERR_CHECK_FAILED, f"IPAM handle {handle} does not hold "
+                           f"{', '.join(missing)}")
+
+    # ------------------------------------------------------------------ delegated IPAM
+
+    async def _exec_ipam(self, req: CniRequest, command: str) -> dict[str, Any]:
+        """Run the IPAM plugin named by ``ipam.type`` from CNI_PATH (spec: same env and
+        stdin, CNI_COMMAND as for us). Its error is passed on as is."""
+        path = _find_plugin(req.ipam_type, req.cni_path)
+        if path is None:
+            raise CniError(ERR_IPAM, f"IPAM plugin {req.ipam_type!r} not found in CNI_PATH",
+                           ":".join(req.cni_path) or "CNI_PATH is empty")
+        env = self._delegate_env(req, command)
+        proc = await asyncio.create_subprocess_exec(
+            path, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env)
+        out, err = await proc.communicate(json.dumps(req.config).encode())
+        text = out.decode(errors="replace").strip()
+        if proc.returncode != 0:
+            try:
+                obj = json.loads(text)
+                code = int(obj.get("code", ERR_IPAM))
+                msg = str(obj.get("msg", "failed"))
+                details = str(obj.get("details", ""))
+            except (ValueError, AttributeError, TypeError):
+                code, msg, details = ERR_IPAM, "failed", (text or err.decode(errors="replace"))
+            raise CniError(code, f"IPAM plugin {req.ipam_type}: {msg}", details[:1024])
+        if command != "ADD":
+            return {}
+        try:
+            res = json.loads(text)
+        except ValueError as e:
+            raise CniError(ERR_IPAM, f"IPAM plugin {req.ipam_type} printed no JSON result",
+                           text[:256]) from e
+        if not isinstance(res, dict):
+            raise CniError(ERR_IPAM, f"IPAM plugin {req.ipam_type} printed no JSON object")
+        return res
+
+    async def _exec_ipam_quiet(self, req: CniRequest, command: str) -> bool:
+        try:
+            await self._exec_ipam(req, command)
+            return True
+        except CniError as e:
+            log.warning("IPAM plugin %s %s: %s", req.ipam_type, command, e)
+            return False
+
+    def _delegate_env(self, req: CniRequest, command: str) -> dict[str, str]:
+        env = {
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": req.container_id,
+            "CNI_NETNS": req.netns,
+            "CNI_IFNAME": req.ifname,
+            "CNI_PATH": ":".join(req.cni_path),
+            "PATH": _DELEGATE_PATH,
+        }
+        args = ";".join(f"{k}={v}" for k, v in req.cni_args.items())
+        if args:
+            env["CNI_ARGS"] = args
+        return env
+
+    # ------------------------------------------------------------------ DEL
+
+    async def _del(self, req: CniRequest, handle: str) -> None:
+        host_if = plumbing.host_veth_name(req.network_name, req.container_id, req.ifname)
+        problems: list[str] = []
+        key, wep = await self._find_wep(req, host_if, problems)
+        hosts: tuple[IPInterface, ...] = ()
+        if wep is not None:
+            hosts = tuple(ipaddress.ip_interface(str(n)) for n in wep.spec.ip_networks)
+            if self.dataplane is not None:
+                try:
+                    await self.dataplane.endpoint_removed(key)
+                except Exception as e:
+                    log.warning("DEL %s: dataplane: %s", handle, e)
+        try:
+            await asyncio.to_thread(plumbing.unwire_pod, self.node_netns, host_if, hosts)
+        except Exception as e:
+            problems.append(f"removing {host_if}: {e}")
+        if wep is not None:
+            try:
+                await self._delete_wep(key, req.container_id)
+            except DatastoreError as e:
+                problems.append(f"deleting {keys.relative(key)}: {e}")
+        if _delegated(req):
+            await self._exec_ipam(req, "DEL")
+        else:
+            freed = await self._release(handle)
+            log.info("DEL %s: %d address(es) freed", handle, freed)
+        if problems:
+            # The address is free; what is left is ours to clean at GC/restart. Report it
+            # without failing the DEL (kubelet would retry forever on a gone netns).
+            log.warning("DEL %s: %s", handle, "; ".join(problems))
+
+    async def _find_wep(self, req: CniRequest, host_if: str,
+                        problems: list[str]) -> tuple[str, m.WorkloadEndpoint | None]:
+        """The WorkloadEndpoint of this attachment: at the key ADD derived from CNI_ARGS,
+        else (a DEL with other CNI_ARGS than its ADD) found by containerID and endpoint."""
+        key = keys.workload(self.node, req.pod_namespace, pod_name_for(req), req.ifname)
+        try:
+            wep = await self._read_wep(key)
+            if wep is not None and wep.spec.container_id == req.container_id:
+                return key, wep
+            kvs, _ = await self.ds.list(keys.workloads_of(self.node))
+        except DatastoreError as e:
+            problems.append(f"reading workload endpoints: {e}")
+            return key, None
+        for kv in kvs:
+            w = _decode_wep(kv.key, kv.value)
+            if (w is not None and w.spec.container_id == req.container_id
+                    and w.spec.endpoint == req.ifname and w.spec.host_interface == host_if):
+                return kv.key, w
+        return key, None
+
+    async def _read_wep(self, key: str) -> m.WorkloadEndpoint | None:
+        kv = await self.ds.get(key)
+        return None if kv is None else _decode_wep(kv.key, kv.value)
+
+    async def _delete_wep(self, key: str, container_id: str) -> bool:
+        """Delete the endpoint at ``key`` if it still belongs to ``container_id``."""
+        for _ in range(5):
+            kv = await self.ds.get(key)
+            if kv is None:
+                return False
+            w = _decode_wep(kv.key, kv.value)
+            if w is not None and w.spec.container_id != container_id:
+                return False  # a newer container of the same pod owns it now
+            try:
+                return await self.ds.delete(key, mod_revision=kv.mod_revision)
+            except ConflictError:
+                continue  # changed under us: re-read and decide again
+        return False
+
+    # ------------------------------------------------------------------ CHECK
+
+    async def _check(self, req: CniRequest, handle: str) -> None:
+        prev = req.prev_result
+        assert prev is not None
+        host_if = plumbing.host_veth_name(req.network_name, req.container_id, req.ifname)
+        ours = [i for i, itf in enumerate(prev.interfaces)
+                if itf.name == req.ifname and itf.sandbox == req.netns]
+        if not ours:
+            raise CniError(ERR_CHECK_FAILED, f"prevResult has no interface {req.ifname} in "
+                           f"sandbox {req.netns}")
+        addrs = [ip.address for ip in prev.ips if ip.interface in (None, *ours)]
+        hosts = tuple(_host_prefix(a) for a in addrs)
+        problems = await asyncio.to_thread(
+            plumbing.check_pod, self.node_netns, req.netns, req.ifname, host_if, hosts)
+        try:
+            key = keys.workload(self.node, req.pod_namespace, pod_name_for(req), req.ifname)
+            wep = await self._read_wep(key)
+            if wep is None or wep.spec.container_id != req.container_id:
+                _, wep = await self._find_wep(req, host_if, problems)
+            if wep is None:
+                problems.append(f"workload endpoint {keys.relative(key)} missing")
+            else:
+                have = {ipaddress.ip_interface(str(n)).ip for n in wep.spec.ip_networks}
+                problems += [f"workload endpoint lacks {a.ip}" for a in hosts
+                             if a.ip not in have]
+            if _delegated(req):
+                try:
+                    await self._exec_ipam(req, "CHECK")
+                except CniError as e:
+                    problems.append(e.msg)
+            else:
+                record = await self._handle_record(handle)
+                held = {ipaddress.ip_address(e.address) for e in
+                        (record.entries if record else ())}
+                problems += [f"IPAM handle {handle} does not hold {a.ip}" for a in hosts
+                             if a.ip not in held]
+        except DatastoreError as e:
+            raise _datastore_error("checking the attachment", e) from e
+        if problems:
+            raise CniError(ERR_CHECK_FAILED, f"{handle}: " + "; ".join(problems))
+
+    # ------------------------------------------------------------------ GC
+
+    async def _gc(self, req: CniRequest, ipam_only: bool) -> None:
+        """Free every attachment of this network on this node that the runtime no longer
+        lists. No list: delete nothing (spec 1.1.0)."""
+        if req.valid_attachments is None:
+            return
+        net = req.network_name
+        valid = {handle_for(net, a.container_id, a.ifname)
+                 for a in req.valid_attachments}
+        busy = self.busy_handles()
+        stale: set[str] = set()
+        try:
+            if not ipam_only:
+                kvs, _ = await self.ds.list(keys.workloads_of(self.node))
+                for kv in kvs:
+                    w = _decode_wep(kv.key, kv.value)
+                    if w is None:
+                        continue
+                    s = w.spec
+                    if s.host_interface != plumbing.host_veth_name(net, s.container_id,
+                                                                   s.endpoint):
+                        continue  # another network's endpoint
+                    h = handle_for(net, s.container_id, s.endpoint)
+                    if h in valid or h in busy:
+                        continue
+                    stale.add(h)
+                    if self.dataplane is not None:
+                        with contextlib.suppress(Exception):
+                            await self.dataplane.endpoint_removed(kv.key)
+                    await asyncio.to_thread(
+                        plumbing.unwire_pod, self.node_netns, s.host_interface,
+                        [ipaddress.ip_interface(str(n)) for n in s.ip_networks])
+                    await self._delete_wep(kv.key, s.container_id)
+            for h in await self._node_handles(net):
+                if h not in valid and h not in busy:
+                    stale.add(h)
+            for h in sorted(stale):
+                async with self._lock(h):
+                    await self._release(h)
+        except DatastoreError as e:
+            raise _datastore_error("garbage-collecting attachments", e) from e
+        if stale:
+            log.info("GC %s: freed %d stale attachment(s)", net, len(stale))
+        if _delegated(req):
+            await self._exec_ipam_quiet(req, "GC")
+
+    async def _node_handles(self, network: str) -> list[str]:
+        """Handles ``<network>.*`` whose addresses are held for this node."""
+        kvs, _ = await self.ds.list(keys.ipam_handle(f"{network}."))
+        blocks: dict[str, Block | None] = {}
+        out = []
+        for kv in kvs:
+            try:
+                record = HandleRecord.from_json(kv.value)
+            except ValueError:
+                continue
+            for e in record.entries:
+                if e.block not in blocks:
+                    bkv = await self.ds.get(keys.ipam_block(e.block))
+                    try:
+                        blocks[e.block] = Block.from_json(bkv.value) if bkv else None
+                    except (BlockFormatError, ValueError):
+                        blocks[e.block] = None
+                blk = blocks[e.block]
+                attrs = blk.attrs(e.ordinal) if blk is not None else None
+                if attrs is not None and attrs.handle == record.handle \
+                        and attrs.node == self.node:
+                    out.append(record.handle)
+                    break
+        return out
+
+    # ------------------------------------------------------------------ STATUS
+
+    async def _status(self, req: CniRequest, ipam_only: bool) -> None:
+        """Code 50 unless an ADD could succeed now: etcd answers and (with our IPAM) an
+        enabled pool for this node has a free address."""
+        try:
+            if _delegated(req) and not ipam_only:
+                await self.ds.revision()
+                return
+            inputs = await load_inputs(self.ds, self.node)
+            v4, v6 = _families(req.config)
+            for version, wanted in ((4, v4), (6, v6)):
+                if not wanted:
+                    continue
+                pools = inputs.usable_pools(version)
+                if not pools:
+                    raise CniError(proto.ERR_PLUGIN_NOT_AVAILABLE,
+                                   f"no enabled IPv{version} pool for node {self.node}")
+                if not await self._has_room(pools):
+                    raise CniError(proto.ERR_PLUGIN_NOT_AVAILABLE,
+                                   f"IPv{version} pools exhausted: "
+                                   + ", ".join(p.describe() for p in pools))
+        except DatastoreError as e:
+            raise CniError(proto.ERR_PLUGIN_NOT_AVAILABLE, "etcd cannot serve requests",
+                           str(e)) from e
+
+    async def _has_room(self, pools: Iterable[PoolSpec]) -> bool:
+        kvs, _ = await self.ds.list(keys.full(keys.IPAM_BLOCKS))
+        blocks = []
+        for kv in kvs:
+            with contextlib.suppress(BlockFormatError, ValueError):
+                blocks.append(Block.from_json(kv.value))
+        for p in pools:
+            mine = [b for b in blocks if p.contains(b.cidr)]
+            if len(mine) < 2 ** (p.block_size - p.network.prefixlen):
+                return True
+            if any(b.unallocated for b in mine):
+                return True
+        return False
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _delegated(req: CniRequest) -> bool:
+    return bool(req.ipam_type) and req.ipam_type != IPAM_PLUGIN
+
+
+def _families(config: Mapping[str, Any]) -> tuple[int, int]:
+    """How many IPv4/IPv6 addresses our IPAM assigns: ``ipam.assign_ipv4`` (default
+    true) and ``ipam.assign_ipv6`` (default false), booleans or "true"/"false"."""
+    ipam = config.get("ipam")
+    ipam = ipam if isinstance(ipam, Mapping) else {}
+
+    def flag(name: str, default: bool) -> bool:
+        v = ipam.get(name, default)
+        return v if isinstance(v, bool) else str(v).lower() == "true"
+
+    v4, v6 = int(flag("assign_ipv4", True)), int(flag("assign_ipv6", False))
+    if not v4 and not v6:
+        raise CniError(proto.ERR_INVALID_CONFIG, "ipam assigns neither IPv4 nor IPv6")
+    return v4, v6
+
+
+def _host_prefix(a: IPInterface) -> IPInterface:
+    return ipaddress.ip_interface(f"{a.ip}/{a.ip.max_prefixlen}")
+
+
+def _default_routes(hosts: Sequence[IPInterface]) -> list[proto.Route]:
+    out = []
+    if any(a.version == 4 for a in hosts):
+        out.append(proto.Route(dst=ipaddress.ip_network("0.0.0.0/0"),
+                               gw=ipaddress.ip_address(GATEWAY_V4)))
+    if any(a.version == 6 for a in hosts):
+        out.append(proto.Route(dst=ipaddress.ip_network("::/0"),
+                               gw=ipaddress.ip_address(GATEWAY_V6)))
+    return out
+
+
+def _chain(prev: proto.Result | None, ours: proto.Result) -> proto.Result:
+    """Spec: an interface-creating plugin in a chain adds to the prevResult it got."""
+    if prev is None:
+        return ours
+    offset = len(prev.interfaces)
+    ips = tuple(proto.IPConfig(ip.address, ip.gateway,
+                               None if ip.interface is None else ip.interface + offset)
+                for ip in ours.ips)
+    return proto.Result(interfaces=prev.interfaces + ours.interfaces, ips=prev.ips + ips,
+                        routes=prev.routes + ours.routes, dns=prev.dns)
+
+
+def _find_plugin(name: str, paths: Sequence[str]) -> str | None:
+    if not name or "/" in name:
+        return None
+    for d in paths:
+        p = os.path.join(d, name)
+        if os.path.isfile(p) and os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def _decode_wep(key: str, value: bytes) -> m.WorkloadEndpoint | None:
+    try:
+        res = m.decode(key, value)
+    except m.ValidationError as e:
+        log.warning("ignoring invalid workload endpoint: %s", e)
+        return None
+    return res if isinstance(res, m.WorkloadEndpoint) else None
+
+
+def _datastore_error(what: str, e: Exception) -> CniError:
+    if isinstance(e, UnavailableError | IpamUnavailableError):
+        return CniError(proto.ERR_TRY_AGAIN_LATER, f"{what}: etcd unavailable", str(e))
+    return CniError(proto.ERR_IO, f"{what}: {e}")
+
+
+def _ipam_error(e: Exception) -> CniError:
+    if isinstance(e, CniError):
+        return e
+    if isinstance(e, PoolExhaustedError):
+        return CniError(ERR_POOL_EXHAUSTED, "no free address", str(e))
+    if isinstance(e, AddressInUseError | AddressNotInPoolError | AddressReservedError):
+        return CniError(ERR_ADDRESS_UNAVAILABLE, "requested address unavailable", str(e))
+    if isinstance(e, IpamUnavailableError | UnavailableError):
+        return CniError(proto.ERR_TRY_AGAIN_LATER, "IPAM: etcd unavailable", str(e))
+    if isinstance(e, DatastoreError):
+        return CniError(proto.ERR_IO, f"IPAM: {e}")
+    if isinstance(e, IpamError):
+        return CniError(ERR_IPAM, f"IPAM failed: {e}")
+    raise e
