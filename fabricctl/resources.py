@@ -230,9 +230,16 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
     async def go(ds: Datastore) -> bool:
         if cls.kind == "IPPool":
-            from ipam.pools import delete_pool  # refuses while the pool has allocations
+            from ipam.allocator import delete_pool  # refuses while the pool has allocations
+            from ipam.model import IpamError
 
-            return bool(await delete_pool(ds, args.name))
+            if await ds.get(keys.ippool(args.name)) is None:
+                return False
+            try:
+                await delete_pool(ds, args.name)
+            except IpamError as e:
+                raise CliError(str(e)) from e
+            return True
         prefix = _list_prefix(cls, ns)
         kvs, _ = await ds.list(prefix)
         for kv in kvs:

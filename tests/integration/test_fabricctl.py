@@ -159,3 +159,26 @@ def test_embedded_etcd_start_stop_is_idempotent(tmp_path: Path) -> None:
     assert stop.returncode == 0
     st = subprocess.run([FABRICCTL, "etcd", "status"], capture_output=True, text=True, env=env)
     assert st.returncode == 1
+
+
+def test_delete_pool_with_allocations_is_refused(etcd: EmbeddedEtcd) -> None:
+    import asyncio
+
+    from datastore.client import Datastore, EtcdConfig
+    from ipam.allocator import IpamClient
+
+    assert fab(etcd, "apply", "-f", "-", stdin=json.dumps(POOL)).returncode == 0
+
+    async def allocate() -> str:
+        async with Datastore(EtcdConfig.from_strings(etcd.endpoint)) as ds:
+            got = await IpamClient(ds, "n1").auto_assign("net.c1.eth0", namespace="default",
+                                                         pod="a")
+            return got[0].address
+
+    addr = asyncio.run(allocate())
+    r = fab(etcd, "delete", "ippool", "p1")
+    assert r.returncode == 1 and "still has 1 allocated" in r.stderr
+    assert fab(etcd, "get", "ippool", "p1").returncode == 0
+    assert fab(etcd, "ipam", "release", addr).returncode == 0
+    assert fab(etcd, "delete", "ippool", "p1").returncode == 0
+    assert fab(etcd, "get", "ippool", "p1").returncode == 1
