@@ -1,0 +1,456 @@
+"""``fabricctl tor-config``: the top-of-rack router's BGP configuration, from etcd.
+
+What it prints is the other half of the sessions the nodes' ExaBGP opens (DESIGN §5):
+a BGPPeer's ``peerIP`` is the ToR's address and its ``node``/``nodeSelector`` say which
+nodes peer with it (neither: every node). So for one *peer group* this renders one
+neighbour per (BGPPeer, selected Node): the node's ``bgp.ipv4Address`` as the neighbour,
+the BGPPeer's ``peerIP`` as the ToR's source address, and as remote AS the AS the node
+speaks on that session (the BGPPeer's ``localASNumber``, else the node's ``bgp.asNumber``,
+else the BGPConfiguration ``asNumber``).
+
+A **peer group** named NAME is the set of BGPPeers whose ``metadata.name`` starts with
+NAME, or which carry the label ``l3fabric.io/peer-group: NAME``. The prefix rule is for
+the common naming ``rack1-n1``, ``rack1-n2``; note that ``rack1`` also matches
+``rack10-…`` — label the peers when names could collide.
+
+Policy encoded in the output:
+
+* import: only prefixes inside an enabled IPPool, from the pool's prefix length up to
+  /32 (/128) — a node can announce its blocks and borrowed /32s and nothing else;
+* export: what the ToR learned over BGP (the other nodes' blocks, and whatever the
+  spine sends), with next hop self;
+* MD5 ``password``, ``ttlSecurity`` (GTSM) and ``multihop`` when the node's address and
+  the ToR's are not on one subnet; graceful restart and hold time from the
+  BGPConfiguration ``default``; the ToR is a route reflector for its nodes when they share
+  its AS (iBGP does not re-advertise otherwise).
+
+Layers (STYLE 6): `load_inputs` reads etcd, `plan` is pure (resources in, `TorPlan` out,
+`TorConfigError` for contradictions), `render_bird`/`render_frr` are pure text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from datastore import keys, model
+from datastore.client import Datastore
+from fabricctl.common import CliError, run
+
+PEER_GROUP_LABEL = "l3fabric.io/peer-group"
+FORMATS = ("bird", "frr")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TorConfigError(Exception):
+    """The resources in etcd do not describe one consistent router."""
+
+
+@dataclass(frozen=True)
+class TorInputs:
+    """What the plan reads, already decoded and validated."""
+
+    peers: tuple[model.BGPPeer, ...]
+    nodes: tuple[model.Node, ...]
+    bgp: model.BGPConfiguration
+    pools: tuple[model.IPPool, ...]
+    revision: int = 0
+    problems: tuple[str, ...] = ()  # keys skipped because their values are invalid
+
+
+@dataclass(frozen=True)
+class TorNeighbor:
+    symbol: str  # a BIRD protocol name; unique in the plan
+    node: str
+    peers: tuple[str, ...]  # the BGPPeers that made this session
+    address: str  # the node's address: the neighbour
+    remote_as: int
+    local_address: str  # the BGPPeer's peerIP: the ToR's source address
+    version: int
+    password: str | None = None
+    ttl_security: int = 0
+    multihop: bool = False
+    rr_client: bool = False
+
+
+@dataclass(frozen=True)
+class TorPlan:
+    group: str
+    local_as: int
+    router_id: str
+    neighbors: tuple[TorNeighbor, ...]
+    pools_v4: tuple[ipaddress.IPv4Network, ...]
+    pools_v6: tuple[ipaddress.IPv6Network, ...]
+    hold_time: int
+    graceful_restart: bool
+    restart_time: int
+    revision: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+# -- selection ------------------------------------------------------------------------------
+
+def in_group(peer: model.BGPPeer, group: str) -> bool:
+    return (peer.metadata.name.startswith(group)
+            or peer.metadata.labels.get(PEER_GROUP_LABEL) == group)
+
+
+def selected_nodes(peer: model.BGPPeer, nodes: Iterable[model.Node]) -> list[model.Node]:
+    spec = peer.spec
+    if spec.node is not None:
+        return [n for n in nodes if n.metadata.name == spec.node]
+    if spec.node_selector is not None:
+        sel = spec.node_selector
+        return [n for n in nodes if sel.matches(n.metadata.labels)]
+    return list(nodes)
+
+
+def _remote_as(peer: model.BGPPeer, node: model.Node, bgp: model.BGPConfiguration) -> int:
+    """The AS the node speaks towards this peer: the BGPPeer's ``localASNumber`` (the
+    node's local AS for this session), else the node's own, else the cluster default."""
+    if peer.spec.local_as_number is not None:
+        return peer.spec.local_as_number
+    if node.spec.bgp is not None and node.spec.bgp.as_number is not None:
+        return node.spec.bgp.as_number
+    return bgp.spec.as_number
+
+
+_SYMBOL_BAD = re.compile(r"[^A-Za-z0-9_]")
+
+
+def _symbol(node: str, taken: set[str]) -> str:
+    base = "l3f_" + _SYMBOL_BAD.sub("_", node)
+    name, i = base, 2
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    taken.add(name)
+    return name
+
+
+def plan(inputs: TorInputs, group: str, router_id: str | None = None,
+         asn: int | None = None) -> TorPlan:
+    """The ToR's sessions and filters for peer group ``group`` (pure)."""
+    peers = sorted((p for p in inputs.peers if in_group(p, group)),
+                   key=lambda p: p.metadata.name)
+    if not peers:
+        known = ", ".join(sorted(p.metadata.name for p in inputs.peers)) or "none"
+        raise TorConfigError(
+            f"no BGPPeer is in peer group {group!r} (name starting with it, or label "
+            f"{PEER_GROUP_LABEL}={group}); BGPPeers in etcd: {known}")
+    ases = {p.spec.as_number for p in peers}
+    local_as = asn if asn is not None else (ases.pop() if len(ases) == 1 else 0)
+    if local_as == 0:
+        raise TorConfigError(
+            f"the BGPPeers of group {group!r} disagree on the ToR's AS ({sorted(ases)}); "
+            f"one router has one AS: fix them or pick one with --asn")
+    wrong = [p.metadata.name for p in peers if p.spec.as_number != local_as]
+    if wrong:
+        raise TorConfigError(
+            f"--asn {local_as} differs from the asNumber of BGPPeer(s) {', '.join(wrong)}: "
+            f"their nodes expect that AS and would refuse the session")
+
+    notes: list[str] = []
+    by_session: dict[str, TorNeighbor] = {}
+    taken: set[str] = set()
+    nodes = sorted(inputs.nodes, key=lambda n: n.metadata.name)
+    for peer in peers:
+        chosen = selected_nodes(peer, nodes)
+        if not chosen:
+            notes.append(f"BGPPeer {peer.metadata.name} selects no node")
+        for node in chosen:
+            name = node.metadata.name
+            nb = node.spec.bgp
+            local = peer.spec.peer_ip
+            if nb is None:
+                notes.append(f"node {name} has no bgp address: skipped")
+                continue
+            iface: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = (
+                nb.ipv4_address if local.version == 4 else nb.ipv6_address)
+            if iface is None:
+                notes.append(f"node {name} has no IPv{local.version} bgp address for "
+                             f"BGPPeer {peer.metadata.name} ({local}): skipped")
+                continue
+            remote_as = _remote_as(peer, node, inputs.bgp)
+            session = (str(iface.ip), str(local))
+            nbr = TorNeighbor(
+                symbol="", node=name, peers=(peer.metadata.name,), address=str(iface.ip),
+                remote_as=remote_as, local_address=str(local), version=local.version,
+                password=peer.spec.password, ttl_security=peer.spec.ttl_security,
+                multihop=local not in iface.network, rr_client=remote_as == local_as)
+            # One router has one session per neighbour address (FRR keys neighbours by
+            # it): two BGPPeers selecting the same node must describe the same session.
+            prev = by_session.get(session[0])
+            if prev is not None:
+                if prev.local_address != nbr.local_address:
+                    raise TorConfigError(
+                        f"node {name} ({session[0]}) would be peered twice, from "
+                        f"{prev.local_address} (BGPPeer {prev.peers[0]}) and from "
+                        f"{nbr.local_address} (BGPPeer {peer.metadata.name}); a ToR has "
+                        f"one session per node: put those BGPPeers in different groups")
+                if (prev.remote_as, prev.password, prev.ttl_security) != (
+                        nbr.remote_as, nbr.password, nbr.ttl_security):
+                    raise TorConfigError(
+                        f"BGPPeers {prev.peers[0]} and {peer.metadata.name} both make the "
+                        f"session {session[1]} <-> node {name} ({session[0]}) but disagree "
+                        f"on its AS, password or ttlSecurity")
+                by_session[session[0]] = _with_peers(prev, (*prev.peers, peer.metadata.name))
+                continue
+            by_session[session[0]] = nbr
+    neighbors = []
+    for nbr in sorted(by_session.values(), key=lambda n: (n.node, n.local_address)):
+        neighbors.append(_with_symbol(nbr, _symbol(nbr.node, taken)))
+
+    if router_id is None:
+        v4 = sorted({p.spec.peer_ip for p in peers if p.spec.peer_ip.version == 4},
+                    key=int)
+        if not v4:
+            raise TorConfigError("no IPv4 peerIP in the group to use as router ID: "
+                                 "give --router-id")
+        router_id = str(v4[0])
+    else:
+        try:
+            router_id = str(ipaddress.IPv4Address(router_id))
+        except ValueError:
+            raise TorConfigError(f"--router-id {router_id!r} is not an IPv4 address") from None
+
+    enabled = [p for p in inputs.pools if not p.spec.disabled]
+    v4_pools = tuple(sorted((p.spec.cidr for p in enabled
+                             if isinstance(p.spec.cidr, ipaddress.IPv4Network)), key=str))
+    v6_pools = tuple(sorted((p.spec.cidr for p in enabled
+                             if isinstance(p.spec.cidr, ipaddress.IPv6Network)), key=str))
+    if not enabled:
+        notes.append("no enabled IPPool: the import filters accept nothing")
+    gr = inputs.bgp.spec.graceful_restart
+    return TorPlan(group=group, local_as=local_as, router_id=router_id,
+                   neighbors=tuple(neighbors), pools_v4=v4_pools, pools_v6=v6_pools,
+                   hold_time=inputs.bgp.spec.hold_time, graceful_restart=gr.enabled,
+                   restart_time=gr.restart_time, revision=inputs.revision,
+                   notes=(*inputs.problems, *notes))
+
+
+def _with_peers(n: TorNeighbor, peers: tuple[str, ...]) -> TorNeighbor:
+    return TorNeighbor(**{**n.__dict__, "peers": peers})
+
+
+def _with_symbol(n: TorNeighbor, symbol: str) -> TorNeighbor:
+    return TorNeighbor(**{**n.__dict__, "symbol": symbol})
+
+
+# -- rendering ----------------------------------------------------------------------------
+
+def _header(p: TorPlan, fmt: str, comment: str) -> list[str]:
+    lines = [
+        f"{comment} l3fabric top-of-rack configuration ({fmt}) for peer group {p.group!r}",
+        f"{comment} generated by `fabricctl tor-config --peer-group {p.group} --format {fmt}`"
+        + (f" at etcd revision {p.revision}" if p.revision else ""),
+        f"{comment} import: prefixes inside the enabled IPPools only; export: BGP-learned "
+        f"routes, next hop self",
+    ]
+    lines += [f"{comment} note: {n}" for n in p.notes]
+    return lines
+
+
+def _bird_string(s: str) -> str:
+    if any(c in s for c in "\n\r\0"):
+        raise TorConfigError("a BGP password may not contain a newline or NUL")
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _bird_prefix_set(pools: Sequence[IPNetwork]) -> str:
+    return ", ".join(f"{p}{{{p.prefixlen},{p.max_prefixlen}}}" for p in pools)
+
+
+def render_bird(p: TorPlan) -> str:
+    """BIRD 2 configuration: filters, kernel export, a template, one protocol per node."""
+    out = _header(p, "bird", "#")
+    out += ["", f"router id {p.router_id};", ""]
+    for ver, pools in ((4, p.pools_v4), (6, p.pools_v6)):
+        out.append(f"filter l3fabric_import_v{ver} {{")
+        if pools:
+            out.append(f"  if net ~ [ {_bird_prefix_set(pools)} ] then accept;")
+        out += ["  reject;", "}", ""]
+    out += [
+        "filter l3fabric_export {",
+        "  if source = RTS_BGP then accept;",
+        "  reject;",
+        "}",
+        "",
+        "protocol device { scan time 10; }",
+        "protocol kernel l3fabric_kernel4 {",
+        "  ipv4 { import none; export filter l3fabric_export; };",
+        "  merge paths on;",
+        "}",
+    ]
+    if p.pools_v6 or any(n.version == 6 for n in p.neighbors):
+        out += ["protocol kernel l3fabric_kernel6 {",
+                "  ipv6 { import none; export filter l3fabric_export; };",
+                "  merge paths on;", "}"]
+    out += ["", "template bgp l3fabric_node {", f"  local as {p.local_as};"]
+    if p.hold_time:
+        out.append(f"  hold time {p.hold_time}; keepalive time {max(1, p.hold_time // 3)};")
+    out.append("  connect retry time 5;")
+    if p.graceful_restart:
+        out.append(f"  graceful restart on; graceful restart time {p.restart_time};")
+    else:
+        out.append("  graceful restart aware;")
+    out += ["}", ""]
+    for n in p.neighbors:
+        out.append(f"protocol bgp {n.symbol} from l3fabric_node {{")
+        out.append(f"  description {_bird_string(_describe(n))};")
+        out.append(f"  neighbor {n.address} as {n.remote_as};")
+        out.append(f"  source address {n.local_address};")
+        if n.ttl_security:
+            out.append("  ttl security on;")
+            if n.ttl_security > 1:
+                out.append(f"  multihop {n.ttl_security};")
+        elif n.multihop:
+            out.append("  multihop;")
+        if n.password is not None:
+            out.append(f"  password {_bird_string(n.password)};")
+        if n.rr_client:
+            out.append("  rr client;")
+        out.append(f"  ipv{n.version} {{ import filter l3fabric_import_v{n.version}; "
+                   f"export filter l3fabric_export; next hop self; }};")
+        out += ["}", ""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _describe(n: TorNeighbor) -> str:
+    return f"l3fabric node {n.node} (BGPPeer {', '.join(n.peers)})"
+
+
+def render_frr(p: TorPlan) -> str:
+    """FRR (8.x) configuration for ``vtysh -f`` / ``frr.conf``: prefix lists, route maps,
+    ``router bgp``."""
+    out = _header(p, "frr", "!")
+    out += ["!", "frr defaults traditional", "!"]
+    for ver, pools, kw in ((4, p.pools_v4, "ip"), (6, p.pools_v6, "ipv6")):
+        name = f"L3FABRIC-POOLS-V{ver}"
+        seq = 5
+        for pool in pools:
+            le = "" if pool.prefixlen == pool.max_prefixlen else f" le {pool.max_prefixlen}"
+            out.append(f"{kw} prefix-list {name} seq {seq} permit {pool}{le}")
+            seq += 5
+        any_ = "0.0.0.0/0" if ver == 4 else "::/0"
+        out.append(f"{kw} prefix-list {name} seq {seq} deny {any_} le {32 if ver == 4 else 128}")
+        out.append("!")
+        out += [f"route-map L3FABRIC-IMPORT-V{ver} permit 10",
+                f" match {kw} address prefix-list {name}",
+                "exit",
+                f"route-map L3FABRIC-IMPORT-V{ver} deny 100",
+                "exit", "!"]
+    # The BGP table holds only what was learned (nothing is redistributed or declared
+    # with `network`), so "export everything in it" is "export what was learned".
+    out += ["route-map L3FABRIC-EXPORT permit 10", "exit", "!"]
+    out += [f"router bgp {p.local_as}", f" bgp router-id {p.router_id}",
+            " no bgp default ipv4-unicast", " bgp bestpath as-path multipath-relax"]
+    if p.graceful_restart:
+        out += [" bgp graceful-restart", f" bgp graceful-restart restart-time {p.restart_time}"]
+    if p.hold_time:
+        out.append(f" timers bgp {max(1, p.hold_time // 3)} {p.hold_time}")
+    for n in p.neighbors:
+        a = n.address
+        out.append(f" neighbor {a} remote-as {n.remote_as}")
+        out.append(f" neighbor {a} description {_describe(n)}")
+        out.append(f" neighbor {a} update-source {n.local_address}")
+        out.append(f" neighbor {a} timers connect 5")
+        if n.password is not None:
+            if any(c in n.password for c in "\n\r\0") or n.password != n.password.strip():
+                raise TorConfigError("an FRR password may not contain a newline or NUL, nor "
+                                     "start or end with a space")
+            out.append(f" neighbor {a} password {n.password}")
+        if n.ttl_security:
+            out.append(f" neighbor {a} ttl-security hops {n.ttl_security}")
+        elif n.multihop and n.remote_as != p.local_as:
+            out.append(f" neighbor {a} ebgp-multihop 255")
+    for ver in (4, 6):
+        nbrs = [n for n in p.neighbors if n.version == ver]
+        if not nbrs:
+            continue
+        out += [" !", f" address-family ipv{ver} unicast", "  maximum-paths 16",
+                "  maximum-paths ibgp 16"]
+        for n in nbrs:
+            a = n.address
+            out += [f"  neighbor {a} activate",
+                    f"  neighbor {a} route-map L3FABRIC-IMPORT-V{ver} in",
+                    f"  neighbor {a} route-map L3FABRIC-EXPORT out"]
+            if n.rr_client:
+                out += [f"  neighbor {a} route-reflector-client",
+                        f"  neighbor {a} next-hop-self force"]
+            else:
+                out.append(f"  neighbor {a} next-hop-self")
+        out.append(" exit-address-family")
+    out += ["exit", "!"]
+    return "\n".join(out) + "\n"
+
+
+RENDERERS = {"bird": render_bird, "frr": render_frr}
+
+
+# -- etcd -----------------------------------------------------------------------------------
+
+async def load_inputs(ds: Datastore) -> TorInputs:
+    """Every BGPPeer, Node, IPPool and the BGPConfiguration ``default``; invalid values are
+    skipped and named in ``problems`` (they show up as notes in the output)."""
+    kvs, revision = await ds.list(keys.PREFIX + "config/")
+    node_kvs, _ = await ds.list(keys.full(keys.NODES))
+    peers: list[model.BGPPeer] = []
+    nodes: list[model.Node] = []
+    pools: list[model.IPPool] = []
+    bgp = model.BGPConfiguration(model.Metadata(name="default"))
+    problems: list[str] = []
+    for kv in [*kvs, *node_kvs]:
+        where = keys.parse(kv.key)
+        if where is None or where.kind not in ("BGPPeer", "Node", "IPPool", "BGPConfiguration"):
+            continue
+        try:
+            res = model.decode(kv.key, kv.value, kv.mod_revision)
+        except model.ValidationError as e:
+            problems.append(f"invalid value skipped: {e}")
+            continue
+        if isinstance(res, model.BGPPeer):
+            peers.append(res)
+        elif isinstance(res, model.Node):
+            nodes.append(res)
+        elif isinstance(res, model.IPPool):
+            pools.append(res)
+        elif isinstance(res, model.BGPConfiguration) and res.metadata.name == "default":
+            bgp = res
+    return TorInputs(tuple(peers), tuple(nodes), bgp, tuple(pools), revision, tuple(problems))
+
+
+# -- command line -----------------------------------------------------------------------------
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "tor-config", help="print the top-of-rack router's BGP configuration (BIRD or FRR)",
+        description="Print the BGP configuration of the top-of-rack router that the "
+                    "BGPPeers of one peer group describe: BGPPeers whose name starts with "
+                    f"NAME or that carry the label {PEER_GROUP_LABEL}=NAME.")
+    p.add_argument("--peer-group", required=True, metavar="NAME")
+    p.add_argument("--format", choices=FORMATS, default="bird")
+    p.add_argument("--router-id", default=None,
+                   help="the ToR's router ID (default: the group's lowest IPv4 peerIP)")
+    p.add_argument("--asn", type=int, default=None,
+                   help="the ToR's AS (default: the group's BGPPeers' asNumber)")
+    p.set_defaults(func=cmd_tor_config)
+
+
+def cmd_tor_config(args: argparse.Namespace) -> int:
+    async def go(ds: Datastore) -> TorInputs:
+        return await load_inputs(ds)
+
+    inputs = run(args, go)
+    try:
+        text = RENDERERS[args.format](plan(inputs, args.peer_group, args.router_id, args.asn))
+    except TorConfigError as e:
+        raise CliError(str(e)) from e
+    sys.stdout.write(text)
+    for problem in inputs.problems:
+        print(f"fabricctl: warning: {problem}", file=sys.stderr)
+    return 0
