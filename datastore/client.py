@@ -165,6 +165,13 @@ class EtcdConfig:
         gRPC's ``ipv4:`` (and ``ipv6:``) schemes take a comma-separated list of literal
         addresses and balance over them; a single host name goes through ``dns:``.
         """
+        unix = [ep for ep in self.endpoints if ep.startswith("unix://")]
+        if unix:
+            # A unix socket reaches etcd from any network namespace: how agents inside
+            # node namespaces talk to a test's etcd without a network path to it.
+            if len(unix) != 1 or len(self.endpoints) != 1:
+                raise ValueError("a unix:// etcd endpoint must be the only endpoint")
+            return "unix:" + unix[0][len("unix://"):]
         hostports: list[tuple[str, int]] = []
         for ep in self.endpoints:
             u = urlsplit(ep if "://" in ep else f"http://{ep}")

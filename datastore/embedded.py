@@ -73,8 +73,18 @@ class EmbeddedEtcd:
         return f"{self.scheme}://{self.host}:{self.client_port}"
 
     @property
+    def unix_endpoint(self) -> str:
+        """The same member over its unix socket (``unix:///…/localhost:PORT``)."""
+        return f"unix://{self.data_dir.resolve()}/localhost:{self.client_port}"
+
+    @property
     def log_path(self) -> Path:
         return self.data_dir.with_name(self.data_dir.name + ".log")
+
+    def _client_urls(self) -> str:
+        if self.scheme != "http":  # a plain unix socket would bypass TLS client auth
+            return self.endpoint
+        return f"{self.endpoint},unix://localhost:{self.client_port}"
 
     def command(self) -> list[str]:
         peer = f"http://{self.host}:{self.peer_port}"
@@ -82,7 +92,9 @@ class EmbeddedEtcd:
             shutil.which("etcd") or "/usr/bin/etcd",
             "--name", self.name,
             "--data-dir", str(self.data_dir / "member-data"),
-            "--listen-client-urls", self.endpoint,
+            # Also on a unix socket (etcd makes it in its working directory, the data dir):
+            # agents inside network namespaces reach it without any network path.
+            "--listen-client-urls", self._client_urls(),
             "--advertise-client-urls", self.endpoint,
             "--listen-peer-urls", peer,
             "--initial-advertise-peer-urls", peer,
@@ -99,7 +111,7 @@ class EmbeddedEtcd:
         try:
             self.proc = subprocess.Popen(
                 self.command(), stdout=logf, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.data_dir,
             )
         finally:
             logf.close()
