@@ -26,9 +26,10 @@ import random
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from datastore import keys, model
 from datastore.client import (
@@ -45,6 +46,18 @@ from felix_like.netlink import open_iproute
 from felix_like.routes import RouteManager, register_rt_protos
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class _Unopened:
+    """Stands in for the netlink handle until run() opens it in the netlink thread."""
+
+    def route(self, command: str, **kwargs: Any) -> Any:
+        raise RuntimeError("netlink handle not opened yet")
+
+    def get_links(self, *argv: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("netlink handle not opened yet")
 
 DEFAULT_SOCKET = "/run/l3fabric/agent.sock"
 
@@ -98,13 +111,18 @@ class Agent:
         self.metrics = Metrics()
         host, port = _split_addr(cfg.metrics_addr)
         self.health = HealthServer(self.metrics, host, port)
-        self.ipr = open_iproute(cfg.netns)
-        self.routes = RouteManager(self.ipr)
+        # pyroute2's sync handles run their own event loop, so they cannot be created or
+        # used on ours: every netlink call of the agent goes through this one thread.
+        self._netlink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
+        self.ipr: Any = None
+        self.routes: RouteManager = RouteManager(_Unopened())
         self.syncer: Syncer[Any] = Syncer(self.ds, keys.PREFIX, calc.decode_value,
                                           resync_interval=cfg.resync_interval)
         # Endpoints the CNI handler told us about before etcd's watch did (None: removed).
         self._overlay: dict[str, model.WorkloadEndpoint | None] = {}
         self._dirty = asyncio.Event()
+        self._status_dirty = asyncio.Event()
+        self._last_status: tuple[Any, ...] = ()
         self._applied_once = False
         self._apply_lock = asyncio.Lock()
         self.learned: dict[str, tuple[str, ...]] = {}  # BGP-learned prefixes -> nexthops
@@ -141,7 +159,7 @@ class Agent:
             t0 = time.monotonic()
             desired = calc.desired_routes(self.node, self.state(), self.learned)
             self.routes.set_desired(desired)
-            res = self.routes.apply()
+            res = await self._in_netlink(self.routes.apply)
             self.metrics.apply_latency.labels("routes").observe(time.monotonic() - t0)
             if res.failed:
                 self.metrics.route_errors.inc(len(res.failed))
@@ -152,7 +170,13 @@ class Agent:
             for kind, n in kinds.items():
                 self.metrics.routes_programmed.labels(kind).set(n)
             st = self.state()
-            self.metrics.blocks_owned.set(len(calc.confirmed_blocks(self.node, st)))
+            blocks = calc.confirmed_blocks(self.node, st)
+            summary = (tuple(blocks), tuple(sorted(kinds.items())), self.syncer.in_sync,
+                       tuple(sorted(self.config_errors)))
+            if summary != self._last_status:  # report changes now, not at the next tick
+                self._last_status = summary
+                self._status_dirty.set()
+            self.metrics.blocks_owned.set(len(blocks))
             self.metrics.addresses_in_use.set(
                 len(calc.endpoint_addresses(calc.local_endpoints(self.node, st))))
             if self.syncer.in_sync and not res.failed and not self._applied_once:
@@ -205,12 +229,15 @@ class Agent:
                     log.warning("etcd connection lost: %s", ev.reason)
                     self.health.not_ready_reason = f"etcd: {ev.reason}"
 
+    async def _in_netlink(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._netlink, fn)
+
     async def register_node(self) -> None:
         """Create ``nodes/<node>`` if absent; an existing Node is left as the operator wrote it."""
         key = keys.node(self.node)
         if await self.ds.get(key) is not None:
             return
-        ip = self.cfg.node_ip or detect_node_ip(self.ipr)
+        ip = self.cfg.node_ip or await self._in_netlink(lambda: detect_node_ip(self.ipr))
         if ip is None:
             raise RuntimeError(
                 f"node {self.node} is not registered and no address was found: pass --node-ip")
@@ -260,7 +287,10 @@ class Agent:
                 await self.ds.put(key, value, lease=lease)
             except DatastoreError as e:
                 log.warning("node status not written: %s", e)
-            await asyncio.sleep(self.cfg.status_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._status_dirty.wait(), self.cfg.status_interval)
+            self._status_dirty.clear()
+            await asyncio.sleep(0.2)  # at most five writes a second
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -277,6 +307,8 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         register_rt_protos()
+        self.ipr = await self._in_netlink(lambda: open_iproute(self.cfg.netns))
+        self.routes = RouteManager(self.ipr)
         await self.health.start()
         tasks: list[asyncio.Task[Any]] = []
         try:
@@ -309,4 +341,6 @@ class Agent:
             await self.health.stop()
             # NodeStatus is left to expire with its lease: a restart within the TTL keeps it.
             await self.ds.close()
-            self.ipr.close()
+            if self.ipr is not None:
+                await self._in_netlink(self.ipr.close)
+            self._netlink.shutdown(wait=False)

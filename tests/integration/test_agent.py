@@ -1,0 +1,201 @@
+"""The real ``fabric-agent`` in a node namespace, driven through the real CNI shim.
+
+The agent runs inside the node namespace (``ip netns exec``) and reaches the test's etcd
+over its unix socket, so no network path leads from the lab to the host. Pods are
+namespaces the test made; every process and namespace goes at teardown.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from datastore.embedded import EmbeddedEtcd
+from felix_like.netlink import run_in_netns
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / ".venv" / "bin"
+POOL = {"apiVersion": "l3fabric.io/v1", "kind": "IPPool", "metadata": {"name": "p1"},
+        "spec": {"cidr": "10.244.0.0/16", "blockSize": 26}}
+METRICS_PORT = 9091
+
+
+def sh(*cmd: str, check: bool = True) -> str:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=60).stdout
+
+
+def etcdctl(etcd: EmbeddedEtcd, *args: str) -> str:
+    return sh("etcdctl", "--endpoints", etcd.endpoint, *args)
+
+
+@dataclass
+class AgentProc:
+    node: str
+    ns: str
+    socket: str
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, etcd: EmbeddedEtcd) -> None:
+        logf = open(self.log, "ab")  # noqa: SIM115 - the child keeps it
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, str(BIN / "fabric-agent"), "--node", self.node,
+             "--etcd-endpoints", etcd.unix_endpoint, "--socket", self.socket,
+             "--metrics-addr", f"127.0.0.1:{METRICS_PORT}", "--node-ip", "10.99.1.1/30"],
+            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+        logf.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"agent exited: {self.log.read_text()[-2000:]}")
+            if self.http("/readyz")[0] == 200:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"agent not ready: {self.log.read_text()[-2000:]}")
+
+    def http(self, path: str) -> tuple[int, str]:
+        def get() -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}{path}",
+                                            timeout=2) as r:
+                    return int(r.status), r.read().decode()
+            except urllib.error.HTTPError as e:
+                return int(e.code), e.read().decode()
+            except OSError:
+                return 0, ""
+        return run_in_netns(self.ns, get)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+@pytest.fixture
+def node(netns: Callable[[str], str], etcd: EmbeddedEtcd,
+         tmp_path: Path) -> Iterator[AgentProc]:
+    etcdctl(etcd, "put", "/l3fabric/v1/config/ippools/p1", json.dumps(POOL))
+    ns = netns("node")
+    sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    agent = AgentProc("n1", ns, str(tmp_path / "agent.sock"), tmp_path / "agent.log")
+    agent.start(etcd)
+    try:
+        yield agent
+    finally:
+        agent.kill(signal.SIGTERM)
+
+
+def cni(agent: AgentProc, command: str, container: str, pod_ns: str,
+        pod: str) -> dict[str, Any]:
+    conf = {"cniVersion": "1.0.0", "name": "l3net", "type": "l3fabric",
+            "agentSocket": agent.socket, "ipam": {"type": "l3fabric-ipam"}}
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container,
+           "CNI_NETNS": f"/var/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
+           "CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}",
+           "CNI_PATH": str(BIN), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([str(BIN / "l3fabric")], input=json.dumps(conf), env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return json.loads(r.stdout) if r.stdout.strip() else {}
+
+
+def routes(ns: str) -> list[str]:
+    return sorted(sh("ip", "-n", ns, "route", "show", "proto", "80").splitlines())
+
+
+def test_pod_add_routes_endpoint_metrics_and_del(node: AgentProc, netns: Callable[[str], str],
+                                                 etcd: EmbeddedEtcd) -> None:
+    pod = netns("pod")
+    res = cni(node, "ADD", "c1", pod, "web")
+    ip = res["ips"][0]["address"].split("/")[0]
+    assert ip.startswith("10.244.")
+    # The pod's /32 and its block's blackhole are in the node's kernel.
+    rs = routes(node.ns)
+    assert any(r.startswith(f"{ip} dev fab") for r in rs), rs
+    assert any(r.startswith("blackhole 10.244.") for r in rs), rs
+    # Its WorkloadEndpoint is in etcd, with the address.
+    wep = json.loads(etcdctl(etcd, "get", "--print-value-only",
+                             "/l3fabric/v1/workloads/n1/default.web.eth0"))
+    assert wep["spec"]["ipNetworks"] == [f"{ip}/32"]
+    code, metrics = node.http("/metrics")
+    assert code == 200
+    assert 'l3fabric_cni_requests_total{result="ok",verb="ADD"} 1.0' in metrics
+    assert "l3fabric_ipam_blocks_owned 1.0" in metrics
+    # NodeStatus under a lease names the block.
+    deadline = time.monotonic() + 5
+    while True:
+        status = json.loads(etcdctl(etcd, "get", "--print-value-only",
+                                    "/l3fabric/v1/status/nodes/n1"))
+        if status["status"]["blocks"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert status["status"]["blocks"] and status["status"]["inSync"] is True
+
+    cni(node, "DEL", "c1", pod, "web")
+    assert not any(r.startswith(f"{ip} ") for r in routes(node.ns))
+    assert etcdctl(etcd, "get", "--prefix", "/l3fabric/v1/workloads/") == ""
+    assert "fab" not in sh("ip", "-n", node.ns, "-br", "link")
+
+
+def test_restart_changes_no_route_and_drops_no_ping(node: AgentProc,
+                                                    netns: Callable[[str], str],
+                                                    etcd: EmbeddedEtcd) -> None:
+    a, b = netns("pa"), netns("pb")
+    cni(node, "ADD", "ca", a, "a")
+    ip_b = cni(node, "ADD", "cb", b, "b")["ips"][0]["address"].split("/")[0]
+    before = routes(node.ns)
+    monitor = subprocess.Popen(["ip", "-n", node.ns, "monitor", "route"],
+                               stdout=subprocess.PIPE, text=True)
+    ping = subprocess.Popen(["ip", "netns", "exec", a, "ping", "-q", "-i", "0.01", "-w", "6",
+                             ip_b], stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        node.kill(signal.SIGKILL)
+        time.sleep(0.5)
+        node.start(etcd)
+        time.sleep(1)
+        out, _ = ping.communicate(timeout=30)
+    finally:
+        ping.kill()
+        monitor.terminate()
+    out_mon, _ = monitor.communicate(timeout=10)
+    # The kernel's own link-local routes of the new veths may show up late; ours must not.
+    changes = [ln for ln in out_mon.splitlines() if ln.strip() and "proto kernel" not in ln]
+    assert routes(node.ns) == before
+    assert changes == [], f"routes changed during the restart: {changes}"
+    assert " 0% packet loss" in out, out
+
+
+def test_stale_route_removed_only_after_sync_and_cleanup(node: AgentProc,
+                                                         netns: Callable[[str], str],
+                                                         etcd: EmbeddedEtcd) -> None:
+    pod = netns("pod")
+    ip = cni(node, "ADD", "c1", pod, "web")["ips"][0]["address"].split("/")[0]
+    node.kill(signal.SIGKILL)
+    # The pod goes away while the agent is down (its WEP removed behind its back).
+    etcdctl(etcd, "del", "/l3fabric/v1/workloads/n1/default.web.eth0")
+    assert any(r.startswith(f"{ip} ") for r in routes(node.ns))
+    node.start(etcd)
+    deadline = time.monotonic() + 10
+    while any(r.startswith(f"{ip} ") for r in routes(node.ns)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(r.startswith(f"{ip} ") for r in routes(node.ns))
+
+    node.kill(signal.SIGTERM)
+    sh("ip", "netns", "exec", node.ns, str(BIN / "fabric-agent"), "--cleanup",
+       "--socket", node.socket)
+    assert routes(node.ns) == []
+    assert "fab" not in sh("ip", "-n", node.ns, "-br", "link")
