@@ -19,6 +19,7 @@ import yaml
 from datastore import keys, model
 from datastore.cas import cas_retry
 from datastore.client import KV, Datastore
+from datastore.schema import SchemaError, ensure_schema
 
 from .common import CliError, run
 from .output import FORMATS, dig, dump, table
@@ -138,6 +139,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
             raise CliError(f"{args.filename}: document {i + 1}: {e}") from e
 
     async def go(ds: Datastore) -> list[str]:
+        try:
+            await ensure_schema(ds)
+        except SchemaError as e:
+            raise CliError(str(e)) from e
         lines = []
         for res in resources:
             key = model.key_for(res)

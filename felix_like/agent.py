@@ -39,6 +39,7 @@ from datastore.client import (
     EtcdConfig,
     NotFoundError,
 )
+from datastore.schema import ensure_schema
 from datastore.syncer import ConfigError, ConnectionState, Deleted, InSync, Syncer, Update
 from felix_like import calc
 from felix_like.metrics import HealthServer, Metrics
@@ -314,6 +315,9 @@ class Agent:
         try:
             while not stop.is_set():
                 try:
+                    # A datastore written by a newer l3fabric is refused (SchemaTooNewError
+                    # ends run() with its message) rather than misread.
+                    await ensure_schema(self.ds)
                     await self.register_node()
                     break
                 except DatastoreError as e:

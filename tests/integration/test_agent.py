@@ -199,3 +199,17 @@ def test_stale_route_removed_only_after_sync_and_cleanup(node: AgentProc,
        "--socket", node.socket)
     assert routes(node.ns) == []
     assert "fab" not in sh("ip", "-n", node.ns, "-br", "link")
+
+
+def test_agent_refuses_a_newer_datastore(netns: Callable[[str], str], etcd: EmbeddedEtcd,
+                                         tmp_path: Path) -> None:
+    etcdctl(etcd, "put", "/l3fabric/v1/schema/version", '{"version": 99}')
+    ns = netns("node")
+    r = subprocess.run(["ip", "netns", "exec", ns, str(BIN / "fabric-agent"), "--node", "n1",
+                        "--etcd-endpoints", etcd.unix_endpoint,
+                        "--socket", str(tmp_path / "a.sock"), "--node-ip", "10.99.1.1/30"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "schema version 99" in r.stderr and "upgrade" in r.stderr
+    # It changed nothing: no Node registered.
+    assert etcdctl(etcd, "get", "/l3fabric/v1/nodes/n1") == ""
