@@ -1,0 +1,71 @@
+"""BIRD 2 configuration for a lab router, rendered from the topology (pure).
+
+One ``protocol bgp`` per link to another BGP speaker: eBGP when the AS numbers differ,
+iBGP otherwise (the router is then a route reflector when it carries
+``l3fabric.rr-cluster-id``). Every session imports and exports only the lab's prefixes:
+the IPPool and the fabric range (RFC 8212 needs explicit filters on eBGP anyway), so a
+router never carries or installs anything else. ``next hop self`` everywhere, because
+every session runs over its own point-to-point link and no two nodes share a segment;
+``merge paths on`` in the kernel protocol gives ECMP (two spines).
+"""
+
+from __future__ import annotations
+
+from .topology import Topology, TopologyError
+
+HOLD_TIME = 9
+KEEPALIVE = 3
+
+
+def protocol_name(peer: str) -> str:
+    """BIRD protocol names are symbols: letters, digits and underscores."""
+    return "p_" + peer.replace("-", "_").replace(".", "_")
+
+
+def render_bird(topo: Topology, router: str) -> str:
+    r = topo.nodes.get(router)
+    if r is None or r.role != "router":
+        raise TopologyError(f"{topo.name}: {router} is not a router")
+    assert r.asn is not None
+    lines = [
+        f"# BIRD 2 config for {router} in lab {topo.name}; rendered by `fabricctl lab`.",
+        "# Do not edit: change the topology and re-render (fabricctl lab render).",
+        f"router id {topo.router_id(router)};",
+        "log stderr all;",
+        "",
+        "# Only the lab's pod pool and fabric links, never anything else.",
+        f"define LAB_NETS = [ {topo.pool_cidr}+, {topo.fabric_cidr}+ ];",
+        "filter lab_only { if net ~ LAB_NETS then accept; reject; }",
+        "# Links are already in the kernel: only learned routes go there.",
+        "filter to_kernel { if source = RTS_DEVICE then reject; if net ~ LAB_NETS then accept;"
+        " reject; }",
+        "",
+        "protocol device { scan time 10; }",
+        "protocol direct { ipv4 { import filter lab_only; }; interface \"eth*\"; }",
+        "protocol kernel {",
+        "  ipv4 { import none; export filter to_kernel; };",
+        "  merge paths on;",
+        "}",
+        "",
+        "template bgp fabric {",
+        f"  local as {r.asn};",
+        f"  hold time {HOLD_TIME}; keepalive time {KEEPALIVE}; connect retry time 2;",
+        "  direct; check link on;",
+        "  ipv4 { import filter lab_only; export filter lab_only; next hop self; "
+        "gateway direct; };",
+        "}",
+    ]
+    if r.rr_cluster_id:
+        lines.append(f"# Route reflector: iBGP neighbours are clients (cluster {r.rr_cluster_id}).")
+    for s, is_a in topo.sessions_of(router):
+        mine, peer, peer_ip, peer_asn = ((s.a_ip, s.b, s.b_ip, s.b_asn) if is_a
+                                         else (s.b_ip, s.a, s.a_ip, s.a_asn))
+        kind = topo.nodes[peer].role
+        extra = ""
+        if s.ibgp and r.rr_cluster_id:
+            extra = f" rr client; rr cluster id {r.rr_cluster_id};"
+        lines.append(
+            f"protocol bgp {protocol_name(peer)} from fabric {{ "
+            f"description \"{kind} {peer}\"; neighbor {peer_ip.ip} as {peer_asn}; "
+            f"source address {mine.ip};{extra} }}")
+    return "\n".join(lines) + "\n"
