@@ -25,6 +25,8 @@ _MODULES = [
     ("fabricctl.cni_cmd", "add_parser"),
     ("fabricctl.policy_cmd", "add_parser"),
     ("fabricctl.lab_cmd", "add_parser"),
+    ("fabricctl.install_cmd", "add_parsers"),
+    ("fabricctl.tor_cmd", "add_parser"),
 ]
 
 
