@@ -1,0 +1,542 @@
+"""Supervision of one node's ExaBGP and the agent side of its process API.
+
+`BgpSpeaker` owns, for one node: the ExaBGP process (started in its own session inside the
+node's namespace, with its own ``EXABGP_ROOT``, pid file and log under ``workdir``), the
+agent's BGP unix socket that `bgp.relay` connects to, the import table (`bgp.rib`) and the
+record of what is announced. It never touches the kernel: the owner gets the import table
+through ``on_learned`` and installs it.
+
+Lifecycle and failure modes:
+
+- ``start()`` adopts a running ExaBGP of this workdir (its pid file names a live process
+  whose command line is ``exabgp ... <our config>``), else starts one once a config is set.
+  Sessions thus survive an agent restart; the relay re-attaches within ``--retry``.
+- On every attach the relay's hello says what ExaBGP announces; we diff it against the
+  desired exports (announce the missing, withdraw the extra: nothing we still want
+  flaps) and send a route refresh, whose Begin/End-of-RIB markers (enhanced route
+  refresh) let the import table sweep what was withdrawn while we were away.
+- A crashed ExaBGP is restarted (backoff 1 s → 10 s); peers' routes are then held for the
+  graceful-restart time (or dropped when GR is off) until the new sessions send End-of-RIB.
+- ``set_config`` writes the file and signals SIGUSR1 (ExaBGP's reload) only when the text
+  changed; ExaBGP re-establishes only neighbours whose definition changed.
+- ``stop(drain=False)`` is an agent restart: ExaBGP keeps running. ``stop(drain=True)``
+  withdraws everything, waits for it to go out, then stops ExaBGP (GR would otherwise keep
+  our routes at the peers for the restart time).
+
+Route reflection: ExaBGP keeps no RIB and reflects nothing. When a neighbour is marked
+``rr_client`` (we are its reflector) we re-announce, per neighbour, the best path of every
+accepted prefix learned over iBGP, with its original next hop, ``originator-id`` and our
+cluster ID prepended to ``cluster-list`` (RFC 4456 rules: client routes go to everyone,
+non-client routes only to clients; never back to the sender).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path as FsPath
+from typing import Any
+
+from bgp.config import NeighborSpec, render_config
+from bgp.rib import ImportTable, Path
+
+log = logging.getLogger(__name__)
+
+Learned = dict[str, tuple[str, ...]]
+
+STATE_NAMES = {"up": "Established", "connected": "Connect", "down": "Idle"}
+
+
+def relay_command(socket_path: str, python: str = sys.executable) -> list[str]:
+    return [python, "-m", "bgp.relay", "--socket", socket_path]
+
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
+
+
+class _PeerState:
+    def __init__(self, now: float) -> None:
+        self.state = "Idle"
+        self.since = now
+        self.refresh_pending = False
+
+
+class BgpSpeaker:
+    def __init__(self, node: str, *, netns: str | None, socket_path: str, workdir: FsPath,
+                 exabgp_bin: str, python: str = sys.executable,
+                 on_learned: Callable[[Learned], None] | None = None,
+                 now: Callable[[], float] = time.time,
+                 sync_timeout: float = 3.0) -> None:
+        self.node = node
+        self.netns = netns
+        self.socket_path = socket_path
+        self.workdir = FsPath(workdir)
+        self.exabgp_bin = exabgp_bin
+        self.python = python
+        self.on_learned = on_learned
+        self.now = now
+        self.sync_timeout = sync_timeout
+        self.conf_path = self.workdir / "exabgp.conf"
+        self.pid_path = self.workdir / "exabgp.pid"
+        self.log_path = self.workdir / "exabgp.log"
+        self.rib = ImportTable()
+        self.neighbors: dict[str, NeighborSpec] = {}
+        self.peers: dict[str, _PeerState] = {}
+        self.exports: set[str] = set()
+        self.communities: tuple[str, ...] = ()
+        self.announced: dict[str, str] = {}  # prefix -> the announce line ExaBGP has
+        self.reflected: dict[tuple[str, str], str] = {}  # (neighbor, prefix) -> line
+        self.learned: Learned = {}
+        self._pools: list[str] = []
+        self._own_blocks: list[str] = []
+        self.attached = asyncio.Event()
+        self.in_sync = False  # import table complete after the last attach
+        self.pid: int | None = None
+        self.restarts = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._emit_scheduled = False
+        self._stopping = False
+        self._attach_time = 0.0
+        self._text: str | None = None
+
+    # -- process supervision -------------------------------------------------------------
+
+    def _alive(self, pid: int) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return False
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().split(b"\0")
+        except (OSError, IndexError):
+            return False
+        return any(b"exabgp" in c for c in cmd) and str(self.conf_path).encode() in cmd
+
+    def _adopt(self) -> bool:
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return False
+        if not self._alive(pid):
+            return False
+        self.pid = pid
+        log.info("adopted running exabgp pid %d for node %s", pid, self.node)
+        return True
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        root = self.workdir / "root"
+        (root / "etc" / "exabgp").mkdir(parents=True, exist_ok=True)
+        env.update({
+            "EXABGP_ROOT": str(root),
+            "exabgp.daemon.user": "root",
+            "exabgp.daemon.drop": "false",
+            "exabgp.daemon.daemonize": "false",
+            "exabgp.log.destination": "stdout",
+            "exabgp.api.pipename": f"l3fabric-{self.node}-{os.getpid()}",
+        })
+        return env
+
+    def _launch(self) -> None:
+        cmd = [self.exabgp_bin, "server", str(self.conf_path)]
+        if self.netns is not None:
+            cmd = ["nsenter", f"--net=/var/run/netns/{self.netns}", *cmd]
+        with open(self.log_path, "ab") as logf:
+            self._proc = subprocess.Popen(cmd, env=self._env(), stdin=subprocess.DEVNULL,
+                                          stdout=logf, stderr=subprocess.STDOUT,
+                                          start_new_session=True, cwd=self.workdir)
+        self.pid = self._proc.pid
+        self.pid_path.write_text(f"{self.pid}\n")
+        log.info("started exabgp pid %d for node %s", self.pid, self.node)
+
+    def running(self) -> bool:
+        if self._proc is not None:
+            return self._proc.poll() is None
+        return self.pid is not None and self._alive(self.pid)
+
+    async def _supervise(self) -> None:
+        backoff = 1.0
+        while not self._stopping:
+            await asyncio.sleep(0.25)
+            now = self.now()
+            if self.rib.expire(now):
+                self._schedule_emit()
+            if (not self.in_sync and self.attached.is_set()
+                    and now - self._attach_time > self.sync_timeout):
+                self._mark_in_sync("timeout")
+            if self._text is None or self.running():
+                continue
+            if self.pid is not None:
+                log.error("exabgp pid %d of node %s died; restarting in %.0f s",
+                          self.pid, self.node, backoff)
+                self._exabgp_gone()
+                self.pid = None
+                self._proc = None
+                await asyncio.sleep(backoff)
+                backoff = min(10.0, backoff * 2)
+                self.restarts += 1
+            if not self._stopping:
+                self._launch()
+
+    def _exabgp_gone(self) -> None:
+        """All sessions are down: hold peers' routes for their GR time (or drop them)."""
+        now = self.now()
+        for ip, st in self.peers.items():
+            n = self.neighbors.get(ip)
+            self.rib.peer_down(ip, restart_time=n.graceful_restart if n else 0, now=now)
+            st.state, st.since = "Idle", now
+        self.announced.clear()
+        self.reflected.clear()
+        self._schedule_emit()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.socket_path)
+        FsPath(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
+        self._server = await asyncio.start_unix_server(self._on_relay, self.socket_path,
+                                                       limit=1 << 24)
+        if self._adopt():
+            with contextlib.suppress(OSError):
+                self._text = self.conf_path.read_text()
+        self._tasks.append(asyncio.create_task(self._supervise(), name="bgp-supervise"))
+
+    async def stop(self, drain: bool = False) -> None:
+        if drain and self._writer is not None:
+            await self.set_exports(set())
+            self._send([f"neighbor {ip} withdraw route {p}" for ip, p in self.reflected])
+            self.reflected.clear()
+            await asyncio.sleep(0.5)  # let ExaBGP send the withdrawals before it stops
+        self._stopping = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self._writer is not None:
+            self._writer.close()
+        if self._server is not None:
+            self._server.close()
+        if drain:
+            await self._terminate()
+
+    async def _terminate(self) -> None:
+        pid = self.pid
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        for _ in range(30):
+            if not self.running():
+                break
+            await asyncio.sleep(0.1)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(2)
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_path.unlink()
+        self.pid = None
+
+    # -- configuration -------------------------------------------------------------------
+
+    async def set_neighbors(self, neighbors: Mapping[str, NeighborSpec]) -> bool:
+        self.neighbors = dict(neighbors)
+        now = self.now()
+        for ip in self.neighbors:
+            self.peers.setdefault(ip, _PeerState(now))
+        for ip in list(self.peers):
+            if ip not in self.neighbors:
+                del self.peers[ip]
+                self.rib.forget(ip)
+                self._schedule_emit()
+        return await self.set_config(render_config(
+            self.neighbors, relay_command(self.socket_path, self.python)))
+
+    async def set_config(self, text: str) -> bool:
+        """Write the config and reload ExaBGP if it changed. True if something was done."""
+        if text == self._text and self.conf_path.exists():
+            return False
+        tmp = self.conf_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.conf_path)
+        self._text = text
+        if self.running() and self.pid is not None:
+            log.info("exabgp config changed: reloading (SIGUSR1)")
+            os.kill(self.pid, signal.SIGUSR1)
+        elif not self._stopping and self._server is not None:
+            self._launch()
+        return True
+
+    def set_filter(self, pools: Iterable[str], own_blocks: Iterable[str]) -> None:
+        """Import only inside ``pools``; never ``own_blocks`` (nor our exports)."""
+        self._pools, self._own_blocks = list(pools), list(own_blocks)
+        self.rib.set_filter(self._pools, self._own_blocks, self.exports)
+        self._schedule_emit()
+
+    # -- exports -------------------------------------------------------------------------
+
+    def _announce_line(self, prefix: str) -> str:
+        line = f"announce route {prefix} next-hop self"
+        if self.communities:
+            line += f" community [ {' '.join(self.communities)} ]"
+        return line
+
+    async def set_exports(self, prefixes: set[str],
+                          communities: Iterable[str] | None = None) -> None:
+        """Desired announcements; only the difference to what ExaBGP has goes out."""
+        if communities is not None:
+            self.communities = tuple(communities)
+        self.exports = set(prefixes)
+        self.rib.set_filter(self._pools, self._own_blocks, self.exports)
+        self._schedule_emit()
+        await self._sync_exports()
+
+    async def _sync_exports(self) -> None:
+        if self._writer is None:
+            return
+        lines = []
+        for p in sorted(self.announced.keys() - self.exports):
+            lines.append(f"withdraw route {p} next-hop self")
+            del self.announced[p]
+        for p in sorted(self.exports):
+            line = self._announce_line(p)
+            if self.announced.get(p) != line:
+                lines.append(line)
+                self.announced[p] = line
+        self._send(lines)
+        if self._writer is not None:
+            with contextlib.suppress(ConnectionError):
+                await self._writer.drain()
+
+    def _send(self, lines: list[str]) -> None:
+        if not lines or self._writer is None:
+            return
+        try:
+            self._writer.write("".join(line + "\n" for line in lines).encode())
+        except (ConnectionError, RuntimeError):
+            self._writer = None
+
+    # -- the relay connection ------------------------------------------------------------
+
+    async def _on_relay(self, reader: asyncio.StreamReader,
+                        writer: asyncio.StreamWriter) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        try:
+            hello = json.loads(await reader.readline())
+            assert hello.get("type") == "relay-hello"
+        except (ValueError, AssertionError, ConnectionError):
+            writer.close()
+            return
+        self._writer = writer
+        self._on_hello(hello)
+        await self._sync_exports()
+        self.attached.set()
+        try:
+            while True:
+                raw = await reader.readline()
+                if not raw:
+                    break
+                self._on_line(raw)
+        except (ConnectionError, ValueError) as e:
+            log.warning("relay connection: %s", e)
+        finally:
+            if self._writer is writer:
+                self._writer = None
+                self.attached.clear()
+            writer.close()
+
+    def _on_hello(self, hello: Mapping[str, Any]) -> None:
+        from bgp.relay import route_key
+
+        self.announced.clear()
+        self.reflected.clear()
+        for line in hello.get("announced", []):
+            key = route_key(line)
+            if key is None:
+                continue
+            sel, _, prefix = key
+            if sel:
+                self.reflected[(sel, prefix)] = line
+            else:
+                self.announced[prefix] = line
+        log.info("relay pid %s attached: exabgp announces %d prefixes, %d updates were lost",
+                 hello.get("pid"), len(self.announced), hello.get("dropped", 0))
+        self.in_sync = False
+        self._attach_time = self.now()
+        for st in self.peers.values():
+            st.refresh_pending = st.state == "Established"
+        # Peers without enhanced route refresh would send no End-of-RIB: the sync timeout
+        # covers them.
+        self._send(["announce route-refresh ipv4 unicast"])
+
+    def _mark_in_sync(self, why: str) -> None:
+        if not self.in_sync:
+            self.in_sync = True
+            log.info("bgp import table in sync (%s)", why)
+            self._schedule_emit()
+
+    def _check_sync(self) -> None:
+        if not self.in_sync and not any(st.refresh_pending for st in self.peers.values()) \
+                and any(st.state == "Established" for st in self.peers.values()):
+            self._mark_in_sync("every established peer sent End-of-RIB")
+
+    def _on_line(self, raw: bytes) -> None:
+        if not raw.startswith(b"{"):
+            if raw.strip() == b"error":
+                log.warning("exabgp rejected a command")
+            return
+        msg = json.loads(raw)
+        kind = msg.get("type")
+        nb = msg.get("neighbor") or {}
+        peer = str((nb.get("address") or {}).get("peer", ""))
+        if peer not in self.peers:
+            return
+        st = self.peers[peer]
+        now = self.now()
+        if kind == "state":
+            state = STATE_NAMES.get(nb.get("state", ""), str(nb.get("state")))
+            if state != st.state:
+                st.state, st.since = state, now
+            if nb.get("state") == "down":
+                n = self.neighbors.get(peer)
+                self.rib.peer_down(peer, restart_time=n.graceful_restart if n else 0, now=now)
+                st.refresh_pending = False
+                self._check_sync()
+                self._schedule_emit()
+            elif nb.get("state") == "up":
+                # A fresh session sends its table and End-of-RIB (no refresh needed).
+                st.refresh_pending = not self.in_sync
+                self._schedule_reflect()
+        elif kind == "update":
+            message = nb.get("message") or {}
+            if "eor" in message:
+                self.rib.sweep(peer)
+                st.refresh_pending = False
+                self._check_sync()
+            else:
+                self._on_update(peer, message.get("update") or {})
+            self._schedule_emit()
+        elif kind == "refresh":
+            sub = (nb.get("route-refresh") or {}).get("subtype")
+            if sub == "begin":
+                self.rib.mark_stale(peer)
+            elif sub == "end":
+                self.rib.sweep(peer)
+                st.refresh_pending = False
+                self._check_sync()
+                self._schedule_emit()
+
+    def _on_update(self, peer: str, update: Mapping[str, Any]) -> None:
+        attrs = update.get("attribute") or {}
+        as_path: list[int] = []
+        for seg in (attrs.get("as-path") or {}).values():
+            as_path.extend(int(a) for a in seg.get("value", []))
+        origin = attrs.get("originator-id")
+        clusters = tuple(str(c) for c in attrs.get("cluster-list") or ())
+        for family, by_nh in (update.get("announce") or {}).items():
+            if not family.startswith(("ipv4", "ipv6")) or "unicast" not in family:
+                continue
+            for nexthop, nlris in by_nh.items():
+                for n in nlris:
+                    self.rib.announce(peer, n["nlri"], Path(
+                        nexthop=nexthop, as_path=tuple(as_path),
+                        originator_id=None if origin is None else str(origin),
+                        cluster_list=clusters))
+        for family, nlris in (update.get("withdraw") or {}).items():
+            if "unicast" not in family:
+                continue
+            for n in nlris:
+                self.rib.withdraw(peer, n["nlri"])
+
+    # -- output to the owner -------------------------------------------------------------
+
+    def _schedule_emit(self) -> None:
+        if not self._emit_scheduled:
+            self._emit_scheduled = True
+            with contextlib.suppress(RuntimeError):  # no running loop: emitted on next event
+                asyncio.get_running_loop().call_soon(self._emit)
+
+    _schedule_reflect = _schedule_emit
+
+    def _emit(self) -> None:
+        self._emit_scheduled = False
+        table = self.rib.table()
+        self._reflect()
+        if table != self.learned:
+            self.learned = table
+            if self.on_learned is not None:
+                self.on_learned(dict(table))
+
+    def _reflect(self) -> None:
+        """Re-announce learned routes to our route-reflector clients (and from clients)."""
+        if self._writer is None or not any(n.rr_client for n in self.neighbors.values()):
+            return
+        want: dict[tuple[str, str], str] = {}
+        up = [ip for ip, st in self.peers.items() if st.state == "Established"
+              and ip in self.neighbors and self.neighbors[ip].ibgp]
+        for prefix, cands in self.rib.best().items():
+            if prefix in self.exports:
+                continue
+            src, path = cands[0]
+            sn = self.neighbors.get(src)
+            if sn is None or not sn.ibgp:
+                continue
+            cluster = next((n.cluster_id for n in self.neighbors.values() if n.cluster_id),
+                           None)
+            if cluster is None or cluster in path.cluster_list:
+                continue
+            origin = path.originator_id or src
+            clusters = " ".join((cluster, *path.cluster_list))
+            aspath = " ".join(str(a) for a in path.as_path)
+            for dst in up:
+                if dst in (src, origin):
+                    continue
+                if not (sn.rr_client or self.neighbors[dst].rr_client):
+                    continue
+                want[(dst, prefix)] = (
+                    f"neighbor {dst} announce route {prefix} next-hop {path.nexthop} "
+                    f"originator-id {origin} cluster-list [ {clusters} ] as-path [ {aspath} ]")
+        lines = [f"neighbor {d} withdraw route {p}" for (d, p) in self.reflected.keys()
+                 - want.keys()]
+        lines += [line for k, line in sorted(want.items()) if self.reflected.get(k) != line]
+        self.reflected = want
+        self._send(lines)
+
+    def peer_status(self) -> list[dict[str, Any]]:
+        """One dict per configured neighbour, NodeStatus ``status.bgp.peers[]`` shape."""
+        out = []
+        for ip in sorted(self.neighbors):
+            n = self.neighbors[ip]
+            st = self.peers.get(ip)
+            up = st is not None and st.state == "Established"
+            row: dict[str, Any] = {
+                "peerIP": ip, "type": n.type, "asNumber": n.peer_as,
+                "state": st.state if st else "Idle",
+                "since": _iso(st.since if st else None),
+                "prefixesIn": self.rib.accepted(ip),
+                "prefixesOut": (len(self.announced)
+                                + sum(1 for d, _ in self.reflected if d == ip)) if up else 0,
+            }
+            if self._writer is None:
+                row["info"] = "exabgp not attached"
+            out.append(row)
+        return out
