@@ -116,7 +116,7 @@ def test_diff_names_only_the_sessions_a_change_touches() -> None:
     nodes["n5"] = node("n5", "10.0.0.5/24")
     d = diff_neighbors(old, desired_neighbors("n1", nodes))
     assert (d.added, d.removed, d.changed) == (
-        {"10.0.0.5"}, {"10.0.0.4"}, {"10.0.0.3"})
+        frozenset({"10.0.0.5"}), frozenset({"10.0.0.4"}), frozenset({"10.0.0.3"}))
     assert diff_neighbors(old, desired_neighbors("n1", NODES)).unchanged
 
 
