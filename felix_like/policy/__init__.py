@@ -1,0 +1,1 @@
+"""The policy engine: calculation (pure), interpreter, nftables/iptables backends, manager."""

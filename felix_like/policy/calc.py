@@ -1,0 +1,641 @@
+"""Policy calculation: datastore resources in, a backend-neutral ruleset out (pure).
+
+Owned here: the meaning of NetworkPolicy and GlobalNetworkPolicy on this node, expressed as
+a small packet-filter program (:class:`Ruleset`) that the nftables and iptables backends
+render and :mod:`felix_like.policy.interp` evaluates. Nothing here does I/O.
+
+Shape of the program (both backends render exactly this)::
+
+    forward/input hook:  ct state established,related accept       (replies always allowed)
+                         iif fab*  -> from-pods: iif -> goto fo-<if>, else drop  (fail closed)
+                         oif fab*  -> to-pods:   oif -> goto fi-<if>, else drop  (forward only)
+    fo-<if> (egress of the pod):   anti-spoofing (source must be one of the pod's addresses)
+                                   per GNP selecting it, ascending order:
+                                       jump p-<gnp>; allowed -> return; passed -> goto fon-<if>
+                                   goto fon-<if>
+    fon-<if>:  isolated: jump p-<np> ...; allowed -> return; drop   | not isolated: return
+    fi-<if> / fin-<if>: the same for ingress, after "source is one of the node's addresses
+                        -> return" (traffic from the pod's own node is always allowed).
+
+Policy chains (``p…``) are shared by every endpoint a policy selects; "allowed" and "passed"
+are marks (``MARK_ALLOW``/``MARK_PASS``) set by the policy chain before it returns, because a
+verdict in the egress chain must not end evaluation before the ingress chain has run.
+
+Invariants:
+
+* Selectors become named address sets whose name is a hash of the selector's canonical form:
+  equal selectors share one set, and the set of a selector exists (in both families) for as
+  long as a rendered policy uses it. Adding or removing a pod therefore changes set elements,
+  the dispatch maps and the pod's own chains, never another chain's rules.
+* Named ports are a set of ``(address, protocol, port)`` per port name, cluster-wide: a rule
+  matches ``daddr . l4proto . dport`` against it, which resolves the name per destination pod
+  in both directions while policy chains stay shared.
+* Only policies that select a local endpoint are rendered (and only their sets).
+
+Semantics chosen where the brief leaves room (``explain`` reports them the same way):
+
+* A GNP whose rules do not match falls through to the next GNP and then to the namespaced
+  policies: GNPs add no implicit deny. ``Pass`` skips the remaining GNPs.
+* Isolation (default deny for a direction) comes from NetworkPolicies only, per Kubernetes.
+* GNP selectors see the pod's labels plus ``projectcalico.org/namespace: <ns>``.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from datastore import keys, model
+from datastore.labelselector import LabelSelector
+from datastore.selector import Selector
+
+log = logging.getLogger(__name__)
+
+MARK_ALLOW = 0x10000
+MARK_PASS = 0x20000
+MARK_MASK = MARK_ALLOW | MARK_PASS
+
+PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1, "ICMPv6": 58}
+PROTOCOL_NAMES = {v: k.lower() for k, v in PROTOCOLS.items()}
+NAMESPACE_LABEL = "projectcalico.org/namespace"
+IFACE_PREFIX = "fab"
+
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# --- the IR ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Family:
+    version: int  # 4 or 6
+
+
+@dataclass(frozen=True)
+class Proto:
+    number: int
+
+
+@dataclass(frozen=True)
+class Addr:
+    """``side`` address in named set ``set_name`` (family from the set) or in inline ``nets``."""
+
+    side: str  # "src" | "dst"
+    version: int
+    set_name: str | None = None
+    nets: tuple[str, ...] = ()
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class Ports:
+    side: str
+    ranges: tuple[tuple[int, int], ...]
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class NamedPort:
+    """``<side> address . l4proto . <side> port`` in a named-port set."""
+
+    side: str
+    version: int
+    set_name: str
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class Icmp:
+    version: int
+    type: int
+    code: int | None = None
+
+
+@dataclass(frozen=True)
+class Marked:
+    bit: int
+
+
+Match = Family | Proto | Addr | Ports | NamedPort | Icmp | Marked
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """``allow``/``pass``: set the mark and return; ``log``: log and continue;
+    ``jump``/``goto``: to ``target``; ``drop``, ``return``."""
+
+    kind: str
+    target: str = ""
+
+
+DROP = Verdict("drop")
+RETURN = Verdict("return")
+ALLOW = Verdict("allow")
+PASS = Verdict("pass")
+
+
+@dataclass(frozen=True)
+class Rule:
+    matches: tuple[Match, ...]
+    verdict: Verdict
+    comment: str = ""  # the policy rule this came from, for explain and the backends
+
+
+@dataclass(frozen=True)
+class SetSpec:
+    name: str
+    version: int
+    kind: str  # "net": addresses/prefixes; "port": (address, protocol, port)
+    what: str  # the canonical selector text it was derived from (a comment)
+
+
+@dataclass(frozen=True)
+class LocalEndpoint:
+    key: str
+    iface: str
+    namespace: str
+    pod: str
+    addresses: tuple[str, ...]  # CIDRs as stored
+    ingress_policies: tuple[str, ...]  # chain order, for explain: "gnp/NAME", "np/NS/NAME"
+    egress_policies: tuple[str, ...]
+
+
+@dataclass
+class Ruleset:
+    """The desired policy state of one node. ``chains`` holds every regular chain (name ->
+    rules); the base chains and dispatch chains are fixed and rendered by the backends."""
+
+    chains: dict[str, tuple[Rule, ...]] = field(default_factory=dict)
+    sets: dict[str, SetSpec] = field(default_factory=dict)
+    elements: dict[str, frozenset[Any]] = field(default_factory=dict)
+    from_pod: dict[str, str] = field(default_factory=dict)  # iface -> fo-<iface>
+    to_pod: dict[str, str] = field(default_factory=dict)  # iface -> fi-<iface>
+    endpoints: dict[str, LocalEndpoint] = field(default_factory=dict)  # by iface
+    host_addresses: tuple[str, ...] = ()
+
+
+HOST_SETS = {4: "host4", 6: "host6"}
+
+
+# --- inputs ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyInputs:
+    node: str
+    policies: tuple[model.NetworkPolicy, ...] = ()
+    global_policies: tuple[model.GlobalNetworkPolicy, ...] = ()
+    namespaces: Mapping[str, model.Namespace] = field(default_factory=dict)
+    endpoints: tuple[model.WorkloadEndpoint, ...] = ()  # every node's
+    host_addresses: tuple[str, ...] = ()  # this node's addresses, bare IPs
+
+
+def inputs_from_state(
+    state: Mapping[str, Any], node: str, host_addresses: Iterable[str] = ()
+) -> PolicyInputs:
+    """Pick what the policy calculation needs out of the agent's decoded mirror."""
+    policies: list[model.NetworkPolicy] = []
+    gnps: list[model.GlobalNetworkPolicy] = []
+    namespaces: dict[str, model.Namespace] = {}
+    endpoints: list[model.WorkloadEndpoint] = []
+    hosts = {ipaddress.ip_address(a.split("/")[0]) for a in host_addresses}
+    for key, value in state.items():
+        if isinstance(value, model.NetworkPolicy):
+            policies.append(value)
+        elif isinstance(value, model.GlobalNetworkPolicy):
+            gnps.append(value)
+        elif isinstance(value, model.Namespace):
+            namespaces[value.metadata.name] = value
+        elif isinstance(value, model.WorkloadEndpoint):
+            endpoints.append(value)
+        elif isinstance(value, model.Node) and key == keys.node(node) and value.spec.bgp:
+            hosts.add(value.spec.bgp.ipv4_address.ip)
+            if value.spec.bgp.ipv6_address is not None:
+                hosts.add(value.spec.bgp.ipv6_address.ip)
+    endpoints.sort(key=lambda w: model.key_for(w))
+    return PolicyInputs(
+        node=node,
+        policies=tuple(sorted(policies,
+                              key=lambda p: (p.metadata.namespace or "", p.metadata.name))),
+        global_policies=tuple(gnps),
+        namespaces=namespaces,
+        endpoints=tuple(endpoints),
+        host_addresses=tuple(sorted(str(a) for a in hosts)),
+    )
+
+
+# --- matching helpers (memoised: the same labels recur across pods) ---------------------------
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _k8s_matches(sel: LabelSelector, labels: Mapping[str, str]) -> bool:
+    return sel.matches(labels)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _calico_matches(sel: Selector, labels: Mapping[str, str]) -> bool:
+    return sel.matches(labels)
+
+
+def namespace_labels(inputs: PolicyInputs, ns: str) -> Mapping[str, str]:
+    obj = inputs.namespaces.get(ns)
+    if obj is None:
+        return model.FrozenMap({model.Namespace.NAME_LABEL: ns})
+    return obj.effective_labels
+
+
+def ep_namespace(wep: model.WorkloadEndpoint) -> str:
+    return wep.metadata.namespace or "default"
+
+
+def calico_labels(wep: model.WorkloadEndpoint) -> Mapping[str, str]:
+    return model.FrozenMap({**wep.spec.labels, NAMESPACE_LABEL: ep_namespace(wep)})
+
+
+def gnp_order_key(g: model.GlobalNetworkPolicy) -> tuple[int, float, str]:
+    order = g.spec.order
+    return (1, 0.0, g.metadata.name) if order is None else (0, order, g.metadata.name)
+
+
+def gnp_selects(inputs: PolicyInputs, g: model.GlobalNetworkPolicy,
+                wep: model.WorkloadEndpoint) -> bool:
+    if not _calico_matches(g.spec.selector, calico_labels(wep)):
+        return False
+    nsel = g.spec.namespace_selector
+    return nsel is None or _calico_matches(nsel, namespace_labels(inputs, ep_namespace(wep)))
+
+
+def np_selects(p: model.NetworkPolicy, wep: model.WorkloadEndpoint) -> bool:
+    return (p.metadata.namespace or "default") == ep_namespace(wep) and _k8s_matches(
+        p.spec.pod_selector, wep.spec.labels
+    )
+
+
+def k8s_peer_matches(inputs: PolicyInputs, policy_ns: str, peer: model.NetworkPolicyPeer,
+                     wep: model.WorkloadEndpoint) -> bool:
+    """Pod/namespace selector peer (not ipBlock) against an endpoint."""
+    ns = ep_namespace(wep)
+    if peer.namespace_selector is None:
+        if ns != policy_ns:
+            return False
+    elif not _k8s_matches(peer.namespace_selector, namespace_labels(inputs, ns)):
+        return False
+    return peer.pod_selector is None or _k8s_matches(peer.pod_selector, wep.spec.labels)
+
+
+def entity_selector_matches(inputs: PolicyInputs, sel: Selector | None, nsel: Selector | None,
+                            wep: model.WorkloadEndpoint) -> bool:
+    if sel is not None and not _calico_matches(sel, calico_labels(wep)):
+        return False
+    return nsel is None or _calico_matches(nsel, namespace_labels(inputs, ep_namespace(wep)))
+
+
+def ipblock_nets(block: model.IPBlock) -> tuple[Net, ...]:
+    """``cidr`` minus ``except`` as disjoint prefixes (none shorter than /1, so ipset's
+    hash:net, which cannot hold /0, stores the same elements as nftables)."""
+    nets: list[Net] = [block.network]
+    for exc in block.except_networks:
+        out: list[Net] = []
+        for n in nets:
+            if exc.version == n.version and exc.subnet_of(n):  # type: ignore[arg-type]
+                out.extend(n.address_exclude(exc))  # type: ignore[arg-type]
+            elif exc.version == n.version and n.subnet_of(exc):  # type: ignore[arg-type]
+                continue
+            else:
+                out.append(n)
+        nets = out
+    return normalize_nets(nets)
+
+
+def normalize_nets(nets: Iterable[Net]) -> tuple[Net, ...]:
+    out: list[Net] = []
+    for version in (4, 6):
+        fam = [n for n in nets if n.version == version]
+        for n in ipaddress.collapse_addresses(fam):  # type: ignore[type-var]
+            if n.prefixlen == 0:
+                out.extend(n.subnets(1))
+            else:
+                out.append(n)
+    return tuple(out)
+
+
+def _hash(*parts: str) -> str:
+    return hashlib.sha1("\0".join(parts).encode()).hexdigest()[:12]
+
+
+def _canon_k8s(sel: LabelSelector | None) -> str:
+    return "-" if sel is None else json.dumps(sel.to_dict(), sort_keys=True)
+
+
+# --- the calculation -------------------------------------------------------------------------
+
+
+class _Builder:
+    def __init__(self, inputs: PolicyInputs) -> None:
+        self.inputs = inputs
+        self.rs = Ruleset()
+        # set name -> the endpoint predicate or fixed elements that fill it
+        self.fillers: dict[str, Any] = {}
+
+    # sets -------------------------------------------------------------------------------
+
+    def _set(self, prefix: str, version: int, kind: str, what: str, filler: Any) -> str:
+        name = f"{prefix}{version}-{_hash(what)}"
+        if name not in self.rs.sets:
+            self.rs.sets[name] = SetSpec(name, version, kind, what)
+            self.fillers[name] = filler
+        return name
+
+    def k8s_peer_set(self, policy_ns: str, peer: model.NetworkPolicyPeer, version: int) -> str:
+        if peer.namespace_selector is None:
+            what = f"k8s ns={policy_ns} pods={_canon_k8s(peer.pod_selector)}"
+        else:
+            what = (f"k8s nsSelector={_canon_k8s(peer.namespace_selector)} "
+                    f"pods={_canon_k8s(peer.pod_selector)}")
+        return self._set("s", version, "net", what, ("k8s", policy_ns, peer))
+
+    def calico_set(self, sel: Selector | None, nsel: Selector | None, version: int) -> str:
+        what = f"selector={sel if sel is not None else '-'} nsSelector={nsel or '-'}"
+        return self._set("s", version, "net", what, ("calico", sel, nsel))
+
+    def nets_set(self, nets: tuple[Net, ...], version: int) -> str:
+        fam = tuple(n for n in nets if n.version == version)
+        what = "nets " + ",".join(str(n) for n in fam)
+        return self._set("b", version, "net", what, ("nets", fam))
+
+    def port_set(self, name: str, version: int) -> str:
+        return self._set("n", version, "port", f"port {name}", ("port", name))
+
+    def fill_sets(self) -> None:
+        eps = self.inputs.endpoints
+        for name, spec in self.rs.sets.items():
+            filler = self.fillers[name]
+            kind = filler[0]
+            elems: set[Any] = set()
+            if kind == "nets":
+                elems = {str(n) for n in filler[1]}
+            elif kind == "port":
+                for wep in eps:
+                    for p in wep.spec.ports:
+                        if p.name != filler[1]:
+                            continue
+                        for a in _ep_ips(wep, spec.version):
+                            elems.add((a, PROTOCOLS[p.protocol], p.port))
+            else:
+                for wep in eps:
+                    if kind == "k8s":
+                        hit = k8s_peer_matches(self.inputs, filler[1], filler[2], wep)
+                    else:
+                        hit = entity_selector_matches(self.inputs, filler[1], filler[2], wep)
+                    if hit:
+                        elems.update(f"{a}/{32 if spec.version == 4 else 128}"
+                                     for a in _ep_ips(wep, spec.version))
+            self.rs.elements[name] = frozenset(elems)
+
+    # NetworkPolicy ----------------------------------------------------------------------
+
+    def np_chain(self, p: model.NetworkPolicy, direction: str) -> str:
+        ns = p.metadata.namespace or "default"
+        name = f"p{direction[0]}-{_hash('np', ns, p.metadata.name)}"
+        if name in self.rs.chains:
+            return name
+        rules: list[Rule] = []
+        src_or_dst = "src" if direction == "in" else "dst"
+        k8s_rules = p.spec.ingress if direction == "in" else p.spec.egress
+        for i, r in enumerate(k8s_rules):
+            comment = f"np/{ns}/{p.metadata.name} {direction}gress[{i}]"
+            peers: list[tuple[Match, ...] | None] = []
+            if not r.peers:
+                peers = [None]
+            for peer in r.peers:
+                if peer.ip_block is not None:
+                    nets = ipblock_nets(peer.ip_block)
+                    v = peer.ip_block.network.version
+                    peers.append((Addr(src_or_dst, v, self.nets_set(nets, v)),))
+                else:
+                    for v in (4, 6):
+                        peers.append((Addr(src_or_dst, v, self.k8s_peer_set(ns, peer, v)),))
+            ports: list[tuple[Match, ...] | None] = [None] if not r.ports else []
+            for port in r.ports:
+                proto = Proto(PROTOCOLS[port.protocol])
+                if port.port is None:
+                    ports.append((proto,))
+                elif isinstance(port.port, str):
+                    for v in (4, 6):
+                        ports.append((Family(v), proto,
+                                      NamedPort("dst", v, self.port_set(port.port, v))))
+                else:
+                    hi = port.end_port if port.end_port is not None else port.port
+                    ports.append((proto, Ports("dst", ((port.port, hi),))))
+            for pm in peers:
+                for tm in ports:
+                    matches = (*(pm or ()), *(tm or ()))
+                    if not _consistent(matches):
+                        continue
+                    rules.append(Rule(_with_family(matches), ALLOW, comment))
+        self.rs.chains[name] = tuple(rules)
+        return name
+
+    # GlobalNetworkPolicy ----------------------------------------------------------------
+
+    def gnp_chain(self, g: model.GlobalNetworkPolicy, direction: str) -> str:
+        name = f"g{direction[0]}-{_hash('gnp', g.metadata.name)}"
+        if name in self.rs.chains:
+            return name
+        rules: list[Rule] = []
+        gnp_rules = g.spec.ingress if direction == "in" else g.spec.egress
+        for i, r in enumerate(gnp_rules):
+            comment = f"gnp/{g.metadata.name} {direction}gress[{i}] {r.action}"
+            verdict = {"Allow": ALLOW, "Deny": DROP, "Pass": PASS}.get(
+                r.action, Verdict("log", f"l3fabric {g.metadata.name[:20]}: "))
+            for matches in self._calico_rule(r):
+                rules.append(Rule(matches, verdict, comment))
+        self.rs.chains[name] = tuple(rules)
+        return name
+
+    def _calico_rule(self, r: model.Rule) -> list[tuple[Match, ...]]:
+        """A Calico rule as alternative match tuples (their OR)."""
+        base: list[Match] = []
+        versions: tuple[int, ...] = (4, 6)
+        if r.protocol is not None:
+            number = PROTOCOLS[r.protocol] if isinstance(r.protocol, str) else r.protocol
+            base.append(Proto(number))
+            if number == 1:
+                versions = (4,)
+            elif number == 58:
+                versions = (6,)
+            if r.icmp is not None and r.icmp.type is not None:
+                base.append(Icmp(4 if number == 1 else 6, r.icmp.type, r.icmp.code))
+        out: list[tuple[Match, ...]] = []
+        for v in versions:
+            alts: list[tuple[Match, ...]] = [tuple(base)]
+            for side, ent in (("src", r.source), ("dst", r.destination)):
+                alts = [a + b for a in alts for b in self._entity(side, ent, v)]
+            for a in alts:
+                # A family-neutral alternative (no addresses) is the same in both families.
+                if _consistent(a) and _with_family(a) not in out:
+                    out.append(_with_family(a))
+        return out
+
+    def _entity(self, side: str, ent: model.EntityRule, v: int) -> list[tuple[Match, ...]]:
+        must: list[Match] = []
+        if ent.selector is not None or ent.namespace_selector is not None:
+            must.append(Addr(side, v, self.calico_set(ent.selector, ent.namespace_selector, v)))
+        if ent.not_selector is not None:
+            must.append(Addr(side, v, self.calico_set(ent.not_selector, None, v), negate=True))
+        if ent.nets:
+            if not any(n.version == v for n in ent.nets):
+                return []
+            must.append(Addr(side, v, self.nets_set(normalize_nets(ent.nets), v)))
+        if ent.not_nets and any(n.version == v for n in ent.not_nets):
+            must.append(Addr(side, v, self.nets_set(normalize_nets(ent.not_nets), v),
+                             negate=True))
+        for p in ent.not_ports:
+            if p.name is not None:
+                must.append(NamedPort(side, v, self.port_set(p.name, v), negate=True))
+        numeric_not = tuple((p.first, p.last) for p in ent.not_ports if p.name is None)
+        if numeric_not:
+            must.append(Ports(side, numeric_not, negate=True))
+        if not ent.ports:
+            return [tuple(must)]
+        alts: list[tuple[Match, ...]] = []
+        numeric = tuple((p.first, p.last) for p in ent.ports if p.name is None)
+        if numeric:
+            alts.append((*must, Ports(side, numeric)))
+        for p in ent.ports:
+            if p.name is not None:
+                alts.append((*must, NamedPort(side, v, self.port_set(p.name, v))))
+        return alts
+
+    # endpoints --------------------------------------------------------------------------
+
+    def endpoint(self, key: str, wep: model.WorkloadEndpoint) -> None:
+        iface = wep.spec.host_interface
+        assert iface is not None
+        inputs = self.inputs
+        gnps = sorted((g for g in inputs.global_policies if gnp_selects(inputs, g, wep)),
+                      key=gnp_order_key)
+        nps = [p for p in inputs.policies if np_selects(p, wep)]
+        names: dict[str, tuple[str, ...]] = {}
+        for direction, typ in (("in", "Ingress"), ("out", "Egress")):
+            head = f"f{direction[0]}-{iface}"
+            tail = f"f{direction[0]}n-{iface}"
+            rules: list[Rule] = []
+            if direction == "out":
+                rules.extend(_anti_spoof(wep))
+            else:
+                for v in (4, 6):
+                    rules.append(Rule((Addr("src", v, HOST_SETS[v]),), RETURN,
+                                      "traffic from this node"))
+            used: list[str] = []
+            for g in gnps:
+                if typ not in g.spec.effective_types:
+                    continue
+                chain = self.gnp_chain(g, direction)
+                used.append(f"gnp/{g.metadata.name}")
+                rules.append(Rule((), Verdict("jump", chain), f"gnp/{g.metadata.name}"))
+                rules.append(Rule((Marked(MARK_ALLOW),), RETURN))
+                rules.append(Rule((Marked(MARK_PASS),), Verdict("goto", tail)))
+            rules.append(Rule((), Verdict("goto", tail)))
+            self.rs.chains[head] = tuple(rules)
+            trules: list[Rule] = []
+            isolating = [p for p in nps if typ in p.effective_policy_types]
+            for p in isolating:
+                ns = p.metadata.namespace or "default"
+                chain = self.np_chain(p, direction)
+                used.append(f"np/{ns}/{p.metadata.name}")
+                trules.append(Rule((), Verdict("jump", chain), f"np/{ns}/{p.metadata.name}"))
+                trules.append(Rule((Marked(MARK_ALLOW),), RETURN))
+            if isolating:
+                trules.append(Rule((), DROP, f"{typ.lower()} isolated: no policy allowed it"))
+            self.rs.chains[tail] = tuple(trules)
+            names[direction] = tuple(used)
+        self.rs.from_pod[iface] = f"fo-{iface}"
+        self.rs.to_pod[iface] = f"fi-{iface}"
+        self.rs.endpoints[iface] = LocalEndpoint(
+            key=key, iface=iface, namespace=ep_namespace(wep), pod=wep.spec.pod,
+            addresses=tuple(str(n) for n in wep.spec.ip_networks),
+            ingress_policies=names["in"], egress_policies=names["out"])
+
+
+def _ep_ips(wep: model.WorkloadEndpoint, version: int) -> list[str]:
+    out: list[str] = []
+    for n in wep.spec.ip_networks:
+        if n.version == version:
+            # A pod normally has /32s; a wider network counts as all its addresses.
+            out.append(str(n.network_address) if n.num_addresses == 1 else str(n))
+    return out
+
+
+def _anti_spoof(wep: model.WorkloadEndpoint) -> list[Rule]:
+    rules: list[Rule] = []
+    for v in (4, 6):
+        nets = tuple(str(n) for n in wep.spec.ip_networks if n.version == v)
+        if v == 6:
+            # Neighbour discovery to the host from the link-local address.
+            for t in (133, 135, 136):
+                rules.append(Rule((Proto(58), Icmp(6, t), Addr("src", 6, nets=("fe80::/10",))),
+                                  RETURN, "neighbour discovery"))
+        if nets:
+            rules.append(Rule((Addr("src", v, nets=nets, negate=True),), DROP,
+                              "anti-spoofing: not the pod's address"))
+        else:
+            rules.append(Rule((Family(v),), DROP, f"anti-spoofing: no IPv{v} address"))
+    return rules
+
+
+def _has_family(matches: tuple[Match, ...]) -> bool:
+    return any(isinstance(m, Family | Addr | NamedPort | Icmp) for m in matches)
+
+
+def _versions(matches: tuple[Match, ...]) -> set[int]:
+    return {m.version for m in matches if isinstance(m, Family | Addr | NamedPort | Icmp)}
+
+
+def _consistent(matches: tuple[Match, ...]) -> bool:
+    """False when the matches name two IP families (such a rule matches nothing)."""
+    return len(_versions(matches)) <= 1
+
+
+def _with_family(matches: tuple[Match, ...]) -> tuple[Match, ...]:
+    """Deduplicate Family matches, keeping one (first) when a family is implied."""
+    out: list[Match] = []
+    fam_seen = False
+    for m in matches:
+        if isinstance(m, Family):
+            if fam_seen:
+                continue
+            fam_seen = True
+        if m not in out:
+            out.append(m)
+    return tuple(out)
+
+
+def calculate(inputs: PolicyInputs) -> Ruleset:
+    """The desired ruleset of ``inputs.node``: one pair of chains per local endpoint with a
+    host interface, the policy chains they use and the sets those reference."""
+    b = _Builder(inputs)
+    b.rs.host_addresses = inputs.host_addresses
+    for v in (4, 6):
+        b.rs.sets[HOST_SETS[v]] = SetSpec(HOST_SETS[v], v, "net", "this node's addresses")
+        b.fillers[HOST_SETS[v]] = ("nets", ())
+    for wep in inputs.endpoints:
+        if wep.spec.node != inputs.node or not wep.spec.host_interface:
+            continue
+        if not wep.spec.host_interface.startswith(IFACE_PREFIX):
+            log.warning("endpoint %s: host interface %s is not ours (%s*): not policed",
+                        model.key_for(wep), wep.spec.host_interface, IFACE_PREFIX)
+            continue
+        b.endpoint(model.key_for(wep), wep)
+    b.fill_sets()
+    for v in (4, 6):
+        b.rs.elements[HOST_SETS[v]] = frozenset(
+            f"{a}/{32 if v == 4 else 128}" for a in inputs.host_addresses
+            if ipaddress.ip_address(a).version == v)
+    return b.rs
