@@ -50,6 +50,7 @@ def render_bird(topo: Topology, router: str) -> str:
         "template bgp fabric {",
         f"  local as {r.asn};",
         f"  hold time {HOLD_TIME}; keepalive time {KEEPALIVE}; connect retry time 2;",
+        "  connect delay time 1;",
         "  direct; check link on;",
         "  ipv4 { import filter lab_only; export filter lab_only; next hop self; "
         "gateway direct; };",

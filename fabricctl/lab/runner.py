@@ -548,9 +548,10 @@ def bird_protocols(sock: str) -> list[dict[str, str]]:
     for line in p.stdout.splitlines():
         parts = line.split(None, 6)
         if len(parts) >= 5 and parts[1] == "BGP":
-            rows.append({"name": parts[0], "state": parts[3], "since": parts[4],
-                         "info": parts[6].strip() if len(parts) > 6 else parts[5]
-                         if len(parts) > 5 else ""})
+            info = parts[5] if len(parts) > 5 else ""
+            if len(parts) > 6:
+                info += f" ({parts[6].strip()})"
+            rows.append({"name": parts[0], "state": parts[3], "since": parts[4], "info": info})
     return rows
 
 

@@ -229,6 +229,9 @@ def parse(doc: Any, path: Path | None = None, comment: str = "") -> Topology:
         role = _label(merged_labels, "l3fabric.role")
         if role not in ROLES:
             raise TopologyError(f"{where}: label l3fabric.role must be one of {', '.join(ROLES)}")
+        if role == "mgmt" and any(n.role == "mgmt" for n in nodes.values()):
+            raise TopologyError(f"{src}: exactly one node needs l3fabric.role: mgmt "
+                                f"({nname} is a second one)")
         asn_s = _label(merged_labels, "l3fabric.asn")
         if role != "mgmt" and asn_s is None:
             raise TopologyError(f"{where}: label l3fabric.asn is required on a {role}")
