@@ -472,13 +472,21 @@ class _Builder:
                 versions = (6,)
             if r.icmp is not None and r.icmp.type is not None:
                 base.append(Icmp(4 if number == 1 else 6, r.icmp.type, r.icmp.code))
+        family_specific = any(
+            e.selector is not None or e.namespace_selector is not None
+            or e.not_selector is not None or e.nets or e.not_nets
+            or any(p.name for p in (*e.ports, *e.not_ports))
+            for e in (r.source, r.destination))
         out: list[tuple[Match, ...]] = []
         for v in versions:
             alts: list[tuple[Match, ...]] = [tuple(base)]
             for side, ent in (("src", r.source), ("dst", r.destination)):
                 alts = [a + b for a in alts for b in self._entity(side, ent, v)]
             for a in alts:
-                # A family-neutral alternative (no addresses) is the same in both families.
+                # A rule without addresses is the same in both families; any other rule
+                # is rendered per family (a family's part may be empty: notNets of v4 only).
+                if family_specific:
+                    a = (Family(v), *a)
                 if _consistent(a) and _with_family(a) not in out:
                     out.append(_with_family(a))
         return out

@@ -525,9 +525,12 @@ pod_st = st.tuples(st.sampled_from(["ns1", "ns2"]), labels_st, st.booleans(),
                                      {"name": "dns", "port": 53, "protocol": "UDP"}]]))
 
 
+def _gnp_name(g: dict[str, Any]) -> str:
+    return str(g["metadata"]["name"])
+
+
 @settings(max_examples=300, deadline=None)
-@given(nps=st.lists(np_st, max_size=3), gnps=st.lists(gnp_st, max_size=3, unique_by=lambda g:
-                                                      g["metadata"]["name"]),
+@given(nps=st.lists(np_st, max_size=3), gnps=st.lists(gnp_st, max_size=3, unique_by=_gnp_name),
        pods=st.lists(pod_st, min_size=2, max_size=4),
        pkts=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 5),
                                st.sampled_from([TCP, UDP]), st.sampled_from([80, 81, 53, 55])),
