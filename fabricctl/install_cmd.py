@@ -44,10 +44,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from fabricctl.cni_cmd import conflist
 from fabricctl.common import CliError
 
 UNIT_PATH = "/etc/systemd/system/fabric-agent.service"
@@ -57,7 +58,7 @@ RT_PROTOS_PATH = "/etc/iproute2/rt_protos.d/l3fabric.conf"
 DEFAULT_CNI_BIN_DIR = "/opt/cni/bin"
 DEFAULT_CNI_CONF_DIR = "/etc/cni/net.d"
 DEFAULT_SOCKET = "/run/l3fabric/agent.sock"
-CONFLIST_NAME = "10-l3fabric.conflist"
+CONFLIST_NAME = "10-l3fabric.conflist"  # install-cni's name for network "l3fabric"
 PLUGINS = (("l3fabric", "plugin"), ("l3fabric-ipam", "ipam"))
 
 #: Capabilities the agent (and the ExaBGP it starts) needs, and why.
@@ -175,16 +176,9 @@ WantedBy=multi-user.target
 
 
 def render_conflist(socket_path: str, mtu: int = 0) -> str:
-    """The network config of DESIGN §9 (``mtu: 0``: the uplink's)."""
-    conf = {
-        "cniVersion": "1.0.0", "name": "l3fabric",
-        "plugins": [
-            {"type": "l3fabric", "agentSocket": socket_path, "mtu": mtu,
-             "ipam": {"type": "l3fabric-ipam"}},
-            {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True},
-        ],
-    }
-    return json.dumps(conf, indent=2) + "\n"
+    """The network config of DESIGN §9 (``mtu: 0``: the uplink's), exactly as
+    ``fabricctl install-cni`` writes it."""
+    return json.dumps(conflist("l3fabric", socket_path, mtu), indent=2) + "\n"
 
 
 def render_plugin(which: str, python: str) -> str:
@@ -230,21 +224,6 @@ class InstallSettings:
         return {f"L3FABRIC_{k}": v for k, v in pairs if v}
 
 
-def _cni_hooks() -> tuple[str, Callable[[str, int], str]]:
-    """The conflist name and renderer: ``install-cni``'s (`fabricctl.cni_cmd`) when it
-    offers ``CONFLIST_NAME``/``render_conflist(socket, mtu)``, so both commands write the
-    same file; ours otherwise."""
-    try:
-        import importlib
-
-        mod = importlib.import_module("fabricctl.cni_cmd")
-    except ImportError:
-        return CONFLIST_NAME, render_conflist
-    name = getattr(mod, "CONFLIST_NAME", CONFLIST_NAME)
-    fn = getattr(mod, "render_conflist", None)
-    return (str(name), fn) if callable(fn) else (str(name), render_conflist)
-
-
 def plan_install(s: InstallSettings) -> list[PlannedFile]:
     env = s.agent_env()
     secret = s.etcd_key is not None
@@ -256,9 +235,8 @@ def plan_install(s: InstallSettings) -> list[PlannedFile]:
         for name, which in PLUGINS:
             files.append(PlannedFile(os.path.join(s.cni_bin_dir, name),
                                      render_plugin(which, s.python), 0o755))
-        name, render = _cni_hooks()
-        files.append(PlannedFile(os.path.join(s.cni_conf_dir, name),
-                                 render(s.socket, s.mtu), 0o644))
+        files.append(PlannedFile(os.path.join(s.cni_conf_dir, CONFLIST_NAME),
+                                 render_conflist(s.socket, s.mtu), 0o644))
     return files
 
 
@@ -356,8 +334,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def settings_from_args(args: argparse.Namespace) -> InstallSettings:
-    if args.mtu < 0 or args.mtu > 65535:
-        raise CliError(f"--mtu {args.mtu}: expected 0 (auto) or an MTU", usage=True)
+    if args.mtu and not 68 <= args.mtu <= 65535:
+        raise CliError("--mtu must be 0 (the uplink's) or between 68 and 65535", usage=True)
     agent_bin = args.agent_bin or _default_agent_bin()
     for what, path in (("--agent-bin", agent_bin), ("--python", args.python)):
         if not os.path.isabs(path):
@@ -430,8 +408,7 @@ def plan_uninstall(root: str, conf: Mapping[str, str]) -> list[Step]:
     sock = conf.get("L3FABRIC_SOCKET", DEFAULT_SOCKET)
     steps = [
         Step("remove the CNI network config (no new l3fabric pods)",
-             tuple(sorted({str(under(root, os.path.join(conf_dir, n)))
-                           for n in (CONFLIST_NAME, _cni_hooks()[0])}))),
+             (str(under(root, os.path.join(conf_dir, CONFLIST_NAME))),)),
         Step(f"stop and disable {UNIT_NAME}, kill what is left in its cgroup (ExaBGP)"
              if _systemd_running(root) else
              f"check that fabric-agent is stopped (its socket {sock} must not answer)"),
