@@ -388,7 +388,8 @@ def down(state: LabState, progress: Progress = _quiet) -> list[str]:
     live = [p for p in order if p.alive()]
     progress(f"stopping {len(live)} lab processes")
     for p in live:
-        _kill_group(p.pid, signal.SIGTERM)
+        # etcd's data is thrown away with the lab: no need to wait for a clean shutdown.
+        _kill_group(p.pid, signal.SIGKILL if p.what == "etcd" else signal.SIGTERM)
     deadline = time.monotonic() + 5
     while any(p.alive() for p in live) and time.monotonic() < deadline:
         time.sleep(0.05)

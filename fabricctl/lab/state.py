@@ -30,13 +30,16 @@ def state_path(lab: str) -> Path:
 
 def proc_start_time(pid: int) -> int | None:
     """The process's start time in clock ticks (field 22 of /proc/PID/stat), or None when
-    it is gone. Recorded next to each pid, so a recycled pid is never killed by mistake."""
+    it is gone (or a zombie). Recorded next to each pid, so that a recycled pid is never
+    killed by mistake."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may contain spaces and parentheses: split after the last ')'.
     fields = stat[stat.rindex(")") + 2:].split()
+    if fields[0] in ("Z", "X"):  # exited, waiting to be reaped by whoever adopted it
+        return None
     return int(fields[19])
 
 
