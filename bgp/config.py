@@ -188,6 +188,7 @@ def render_neighbor(n: NeighborSpec, process: str = "relay") -> str:
         f"  local-as {n.local_as};",
         f"  peer-as {n.peer_as};",
         f"  hold-time {n.hold_time};",
+        "  listen 179;",
         "  group-updates true;",
     ]
     if n.md5_password:

@@ -1,0 +1,104 @@
+"""The one object the agent holds for BGP: datastore mirror in, speaker updates out.
+
+`BgpController.on_state(state)` takes the agent's decoded mirror of ``/l3fabric/v1/`` and
+makes the node's ExaBGP match it: neighbours (`bgp.config.desired_neighbors`), exports
+(`bgp.export.export_prefixes`) and the import filter (enabled pools, own blocks). Calling it
+again with the same state does nothing (level-triggered, idempotent). What the peers send
+comes back through ``on_change`` (the agent re-applies its routes) and the ``learned``
+property (prefix → next hops, the argument of ``calc.desired_routes``).
+
+Needs in the mirror (``felix_like.calc.decode_value``): Node, BGPConfiguration, BGPPeer and
+IPPool resources (already decoded), ``calc.Affinity`` for affinities, and
+`bgp.export.BlockSummary` for ``ipam/blocks/`` (``bgp.export.decode_block``) — without
+the blocks, borrowed addresses are not exported (blocks still are).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from bgp.config import desired_neighbors
+from bgp.export import confirmed_blocks, enabled_pools, export_prefixes
+from bgp.speaker import BgpSpeaker, Learned
+from datastore import keys, model
+
+log = logging.getLogger(__name__)
+
+
+def default_exabgp() -> str:
+    beside = Path(sys.executable).parent / "exabgp"
+    if beside.exists():
+        return str(beside)
+    return shutil.which("exabgp") or "exabgp"
+
+
+class BgpController:
+    def __init__(self, node: str, *, netns: str | None, socket_path: str, workdir: Path,
+                 exabgp_bin: str | None = None, metrics: Any = None,
+                 on_change: Callable[[], None] | None = None) -> None:
+        self.node = node
+        self.metrics = metrics
+        self.on_change = on_change
+        self.speaker = BgpSpeaker(node, netns=netns, socket_path=socket_path,
+                                  workdir=Path(workdir), exabgp_bin=exabgp_bin or default_exabgp(),
+                                  on_learned=self._on_learned)
+
+    @classmethod
+    def for_agent(cls, node: str, netns: str | None, agent_socket: str, **kw: Any
+                  ) -> BgpController:
+        """Socket beside the agent's CNI socket; ExaBGP's files under /run/l3fabric/bgp/<node>."""
+        base = os.path.dirname(agent_socket) or "."
+        return cls(node, netns=netns, socket_path=os.path.join(base, f"bgp-{node}.sock"),
+                   workdir=Path("/run/l3fabric/bgp") / node, **kw)
+
+    def _on_learned(self, table: Learned) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    @property
+    def learned(self) -> Learned:
+        return dict(self.speaker.learned)
+
+    @property
+    def in_sync(self) -> bool:
+        """True once the import table is complete after (re-)attaching to ExaBGP."""
+        return self.speaker.in_sync
+
+    async def start(self) -> None:
+        await self.speaker.start()
+
+    async def stop(self, drain: bool = False) -> None:
+        await self.speaker.stop(drain=drain)
+
+    async def on_state(self, state: Mapping[str, Any]) -> None:
+        nodes: dict[str, model.Node] = {}
+        peers: list[model.BGPPeer] = []
+        nodes_prefix, peers_prefix = keys.full(keys.NODES), keys.full(keys.BGP_PEERS)
+        for k, v in state.items():
+            if k.startswith(nodes_prefix) and isinstance(v, model.Node):
+                nodes[v.metadata.name] = v
+            elif k.startswith(peers_prefix) and isinstance(v, model.BGPPeer):
+                peers.append(v)
+        conf = state.get(keys.bgp_config("default"))
+        bgpconf = conf if isinstance(conf, model.BGPConfiguration) else None
+        sp = self.speaker
+        sp.set_filter(enabled_pools(state), confirmed_blocks(self.node, state))
+        await sp.set_exports(export_prefixes(self.node, state),
+                             bgpconf.spec.communities if bgpconf else ())
+        await sp.set_neighbors(desired_neighbors(self.node, nodes, bgpconf, peers))
+
+    def peer_status(self) -> list[dict[str, Any]]:
+        rows = self.speaker.peer_status()
+        m = self.metrics
+        if m is not None:
+            for r in rows:
+                m.bgp_peer_up.labels(r["peerIP"]).set(1 if r["state"] == "Established" else 0)
+                m.bgp_prefixes_received.labels(r["peerIP"]).set(r["prefixesIn"])
+            m.bgp_prefixes_advertised.set(len(self.speaker.announced))
+        return rows
