@@ -237,6 +237,20 @@ def render_resources_yaml(topo: Any) -> str:
     return head + yaml.safe_dump_all(resources.lab_resources(topo), sort_keys=False)
 
 
+@_lab_errors
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .lab import demo, topology
+
+    _need_root()
+    topo = topology.load(_topology_path(args.topology))
+    steps = iter(range(1, 100))
+
+    def step(msg: str) -> None:
+        print(f"\n==> [{next(steps)}/8] {msg}", flush=True)
+
+    return demo.run(topo, say=lambda m: print(m, flush=True), step=step)
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .lab.state import LabState, list_labs
 
@@ -306,6 +320,10 @@ def add_parser(sub: Any) -> None:
     q.add_argument("topology")
     q.add_argument("--dir", help="output directory (default containerlab/configs/<lab>)")
     q.set_defaults(func=cmd_render)
+
+    q = lsub.add_parser("demo", help="leaf-spine, 8 pods, a policy and a connectivity matrix")
+    q.add_argument("topology", nargs="?", default="leaf-spine")
+    q.set_defaults(func=cmd_demo)
 
     q = lsub.add_parser("list", help="labs with a state file")
     q.add_argument("-o", "--output", choices=FORMATS, default="table")

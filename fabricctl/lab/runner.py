@@ -107,9 +107,11 @@ def _spawn(state: LabState, what: str, netns: str, cmd: list[str], logfile: Path
            env: dict[str, str] | None = None) -> Proc:
     logfile.parent.mkdir(parents=True, exist_ok=True)
     with open(logfile, "ab") as logf:
+        # cwd: the lab's directory, since etcd 3.4 binds a unix socket named after its
+        # client URL (``localhost:2379``) in its working directory.
         p = subprocess.Popen(in_netns(netns, *cmd), stdout=logf, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL, start_new_session=True,
-                             env={**os.environ, **(env or {})})
+                             cwd=logfile.parent, env={**os.environ, **(env or {})})
     proc = Proc(pid=p.pid, start=proc_start_time(p.pid), what=what, netns=netns,
                 log=str(logfile))
     state.add_process(proc)
