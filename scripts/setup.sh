@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 DEB_PACKAGES=(
   etcd-server etcd-client bird2 nftables iptables ipset iproute2 libnftables1
   iputils-ping iperf3 tcpdump graphviz procps psmisc openssl util-linux
-  python3-venv
+  python3-venv frr
 )
 
 missing=()
@@ -21,6 +21,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Packages like etcd-server and frr start their daemon on install, in the root
+  # namespace. l3fabric runs them itself, in namespaces it made: forbid service starts
+  # for the duration of the install (policy-rc.d exit 101), as container images do.
+  guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    guard=/usr/sbin/policy-rc.d
+  fi
+  trap '[ -n "$guard" ] && rm -f "$guard"' EXIT
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
