@@ -77,8 +77,10 @@ class SpeakerProcess:
         self.learned: dict[str, list[str]] = {}
         self.in_sync = False
         self.status: list[dict[str, Any]] | None = None
+        self._partial = ""
 
     def start(self) -> None:
+        self._partial = ""
         env = dict(os.environ, PYTHONPATH=f"{REPO / 'tests'}:{REPO}")
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "helpers.exabgp", "--node", self.node, "--netns", self.netns,
@@ -93,9 +95,13 @@ class SpeakerProcess:
     def poll(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         while True:
-            line = self.proc.stdout.readline()
-            if not line:
+            chunk = self.proc.stdout.readline()
+            if not chunk:
                 return
+            self._partial += chunk
+            if not self._partial.endswith("\n"):
+                continue
+            line, self._partial = self._partial, ""
             msg = json.loads(line)
             if "learned" in msg:
                 self.learned = msg["learned"]
@@ -115,7 +121,12 @@ class SpeakerProcess:
         try:
             wait_for(ok, timeout, f"learned == {want}")
         except AssertionError:
-            raise AssertionError(f"learned {self.learned}, wanted {want}") from None
+            got, missing = self.learned, want.keys() - self.learned.keys()
+            raise AssertionError(
+                f"learned {len(got)} prefixes, wanted {len(want)}; missing "
+                f"{sorted(missing)[:5]}, extra {sorted(got.keys() - want.keys())[:5]}, "
+                f"differing {[k for k in want if k in got and got[k] != want[k]][:5]}; "
+                f"learned {dict(list(got.items())[:8])}") from None
 
     def peer_status(self) -> list[dict[str, Any]]:
         self.status = None
