@@ -1,0 +1,365 @@
+"""nftables backend: renders a :class:`~felix_like.policy.calc.Ruleset` into table
+``inet l3fabric`` through libnftables' JSON API, one atomic transaction per apply.
+
+Owned: the table ``inet l3fabric`` and everything in it; nothing else is touched (other
+tables on the forward hook must accept too, PLATFORM.md).
+
+Steady state: a diff against what this object last programmed — new sets and chains are
+added, changed chains are flushed and refilled, set and map elements are added/deleted,
+orphans removed last — all in ONE transaction, so the kernel never sees a half-applied
+change. A pod add is a few map and set elements plus the pod's own chains.
+
+Start-up and resync (``forget()``): we do not know what the kernel holds, so the first
+apply lists the table and issues one transaction that (re)declares every desired object,
+flushes every existing chain, map and desired set, refills them and deletes what is not
+desired. Why not delete and recreate the table: that would also be atomic, but it would
+change every object's handle and drop set element counters for no reason, and any
+reference from outside (a monitor, a counter reader) would break; flushing inside one
+transaction gives the same all-or-nothing result while the base chains keep their
+``ct state established,related accept`` in force throughout, so established connections
+never see a gap. (Conntrack lives outside nftables either way.)
+
+Failure mode: libnftables rejects the transaction -> :class:`NftError` with its message;
+nothing was changed and our record is left as it was, so the next apply retries the same
+diff. If the kernel was changed behind our back, ``forget()`` (the periodic resync) repairs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from felix_like.policy.calc import (
+    MARK_ALLOW,
+    MARK_MASK,
+    MARK_PASS,
+    Addr,
+    Family,
+    Icmp,
+    Marked,
+    NamedPort,
+    Ports,
+    Proto,
+    Rule,
+    Ruleset,
+    SetSpec,
+)
+
+log = logging.getLogger(__name__)
+
+FAMILY = "inet"
+TABLE = "l3fabric"
+T = {"family": FAMILY, "table": TABLE}
+BASE_CHAINS = {"forward": 0, "input": 0}
+FROM_PODS, TO_PODS = "from-pods", "to-pods"
+FROM_MAP, TO_MAP = "from-pod", "to-pod"
+
+JsonCmd = dict[str, Any]
+
+
+class NftError(RuntimeError):
+    pass
+
+
+def _ip(version: int) -> str:
+    return "ip" if version == 4 else "ip6"
+
+
+def _meta(key: str) -> dict[str, Any]:
+    return {"meta": {"key": key}}
+
+
+def _match(left: Any, right: Any, op: str = "==") -> dict[str, Any]:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _prefix(net: str) -> Any:
+    addr, _, plen = net.partition("/")
+    if not plen:
+        return addr
+    return {"prefix": {"addr": addr, "len": int(plen)}}
+
+
+def _ports(ranges: tuple[tuple[int, int], ...]) -> Any:
+    items: list[Any] = [lo if lo == hi else {"range": [lo, hi]} for lo, hi in ranges]
+    return items[0] if len(items) == 1 else {"set": items}
+
+
+def _mark_or(bit: int) -> dict[str, Any]:
+    return {"mangle": {"key": _meta("mark"), "value": {"|": [_meta("mark"), bit]}}}
+
+
+CLEAR_MARKS: dict[str, Any] = {"mangle": {"key": _meta("mark"),
+                          "value": {"&": [_meta("mark"), 0xFFFFFFFF & ~MARK_MASK]}}}
+
+
+def render_match(m: object) -> dict[str, Any]:
+    if isinstance(m, Family):
+        return _match(_meta("nfproto"), "ipv4" if m.version == 4 else "ipv6")
+    if isinstance(m, Proto):
+        return _match(_meta("l4proto"), m.number)
+    if isinstance(m, Addr):
+        field = "saddr" if m.side == "src" else "daddr"
+        left = {"payload": {"protocol": _ip(m.version), "field": field}}
+        if m.set_name is not None:
+            right: Any = f"@{m.set_name}"
+        else:
+            right = {"set": [_prefix(n) for n in m.nets]}
+        return _match(left, right, "!=" if m.negate else "==")
+    if isinstance(m, Ports):
+        field = "dport" if m.side == "dst" else "sport"
+        return _match({"payload": {"protocol": "th", "field": field}}, _ports(m.ranges),
+                      "!=" if m.negate else "==")
+    if isinstance(m, NamedPort):
+        a = "daddr" if m.side == "dst" else "saddr"
+        p = "dport" if m.side == "dst" else "sport"
+        left2: dict[str, Any] = {"concat": [{"payload": {"protocol": _ip(m.version), "field": a}},
+                           _meta("l4proto"), {"payload": {"protocol": "th", "field": p}}]}
+        return _match(left2, f"@{m.set_name}", "!=" if m.negate else "==")
+    if isinstance(m, Icmp):
+        proto = "icmp" if m.version == 4 else "icmpv6"
+        return _match({"payload": {"protocol": proto, "field": "type"}}, m.type)
+    if isinstance(m, Marked):
+        return _match({"&": [_meta("mark"), m.bit]}, 0, "!=")
+    raise TypeError(f"cannot render {m!r}")
+
+
+def render_rule(rule: Rule) -> list[dict[str, Any]]:
+    expr = [render_match(m) for m in rule.matches]
+    for m in rule.matches:  # icmp code is a separate match
+        if isinstance(m, Icmp) and m.code is not None:
+            proto = "icmp" if m.version == 4 else "icmpv6"
+            expr.append(_match({"payload": {"protocol": proto, "field": "code"}}, m.code))
+    v = rule.verdict
+    if v.kind == "allow":
+        expr += [_mark_or(MARK_ALLOW), {"return": None}]
+    elif v.kind == "pass":
+        expr += [_mark_or(MARK_PASS), {"return": None}]
+    elif v.kind == "log":
+        expr.append({"log": {"prefix": v.target}})
+    elif v.kind in ("jump", "goto"):
+        expr.append({v.kind: {"target": v.target}})
+    elif v.kind in ("drop", "return", "accept"):
+        expr.append({v.kind: None})
+    else:
+        raise ValueError(f"unknown verdict {v.kind}")
+    return expr
+
+
+def _set_decl(spec: SetSpec) -> dict[str, Any]:
+    if spec.kind == "port":
+        typ: Any = [f"ipv{spec.version}_addr" if spec.version == 4 else "ipv6_addr",
+                    "inet_proto", "inet_service"]
+        return {**T, "name": spec.name, "type": typ, "comment": spec.what[:120]}
+    return {**T, "name": spec.name, "type": "ipv4_addr" if spec.version == 4 else "ipv6_addr",
+            "flags": ["interval"], "comment": spec.what[:120]}
+
+
+def _elem(spec: SetSpec, e: Any) -> Any:
+    if spec.kind == "port":
+        return {"concat": list(e)}
+    return _prefix(e)
+
+
+def base_chain_rules() -> dict[str, list[list[dict[str, Any]]]]:
+    """The fixed part: hooks, dispatch by interface (fail closed), replies accepted."""
+    est = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
+    fab_in = _match(_meta("iifname"), "fab*")
+    fab_out = _match(_meta("oifname"), "fab*")
+    return {
+        "forward": [[est, {"accept": None}],
+                    [CLEAR_MARKS], [fab_in, {"jump": {"target": FROM_PODS}}],
+                    [CLEAR_MARKS], [fab_out, {"jump": {"target": TO_PODS}}]],
+        "input": [[est, {"accept": None}],
+                  [CLEAR_MARKS], [fab_in, {"jump": {"target": FROM_PODS}}]],
+        FROM_PODS: [[{"vmap": {"key": _meta("iifname"), "data": f"@{FROM_MAP}"}}],
+                    [{"drop": None}]],
+        TO_PODS: [[{"vmap": {"key": _meta("oifname"), "data": f"@{TO_MAP}"}}],
+                  [{"drop": None}]],
+    }
+
+
+@dataclass
+class Programmed:
+    chains: dict[str, tuple[Rule, ...]] = field(default_factory=dict)
+    sets: dict[str, SetSpec] = field(default_factory=dict)
+    elements: dict[str, frozenset[Any]] = field(default_factory=dict)
+    from_pod: dict[str, str] = field(default_factory=dict)
+    to_pod: dict[str, str] = field(default_factory=dict)
+
+
+def _add(kind: str, body: dict[str, Any]) -> JsonCmd:
+    return {"add": {kind: body}}
+
+
+def _rules(chain: str, rules: tuple[Rule, ...]) -> list[JsonCmd]:
+    out = []
+    for r in rules:
+        body: dict[str, Any] = {**T, "chain": chain, "expr": render_rule(r)}
+        if r.comment:
+            body["comment"] = r.comment[:120]
+        out.append(_add("rule", body))
+    return out
+
+
+def _map_elems(name: str, items: dict[str, str]) -> list[Any]:
+    return [[k, {"goto": {"target": v}}] for k, v in sorted(items.items())]
+
+
+def full_transaction(rs: Ruleset, existing_chains: set[str], existing_sets: set[str],
+                     ) -> list[JsonCmd]:
+    """Converge from unknown kernel state in one transaction (see the module docstring)."""
+    cmds: list[JsonCmd] = [_add("table", {"family": FAMILY, "name": TABLE})]
+    for name, prio in BASE_CHAINS.items():
+        cmds.append(_add("chain", {**T, "name": name, "type": "filter", "hook": name,
+                                   "prio": prio, "policy": "accept"}))
+    for name in (FROM_MAP, TO_MAP):
+        cmds.append(_add("map", {**T, "name": name, "type": "ifname", "map": "verdict"}))
+    for spec in rs.sets.values():
+        cmds.append(_add("set", _set_decl(spec)))
+    fixed = base_chain_rules()
+    for name in [*fixed, *rs.chains]:
+        if name not in BASE_CHAINS:
+            cmds.append(_add("chain", {**T, "name": name}))
+    for name in sorted(existing_chains | set(fixed) | set(rs.chains)):
+        cmds.append({"flush": {"chain": {**T, "name": name}}})
+    for name in (FROM_MAP, TO_MAP):
+        cmds.append({"flush": {"map": {**T, "name": name}}})
+    for name, spec in rs.sets.items():
+        cmds.append({"flush": {"set": {**T, "name": name}}})
+        if rs.elements.get(name):
+            cmds.append(_add("element", {**T, "name": name, "elem": [
+                _elem(spec, e) for e in sorted(rs.elements[name], key=str)]}))
+    for name, rules in rs.chains.items():
+        cmds.extend(_rules(name, rules))
+    for name, exprs in fixed.items():
+        for expr in exprs:
+            cmds.append(_add("rule", {**T, "chain": name, "expr": expr}))
+    if rs.from_pod:
+        cmds.append(_add("element", {**T, "name": FROM_MAP,
+                                     "elem": _map_elems(FROM_MAP, rs.from_pod)}))
+    if rs.to_pod:
+        cmds.append(_add("element", {**T, "name": TO_MAP, "elem": _map_elems(TO_MAP, rs.to_pod)}))
+    for name in sorted(existing_chains - set(fixed) - set(rs.chains) - set(BASE_CHAINS)):
+        cmds.append({"delete": {"chain": {**T, "name": name}}})
+    for name in sorted(existing_sets - set(rs.sets) - {FROM_MAP, TO_MAP}):
+        cmds.append({"delete": {"set": {**T, "name": name}}})
+    return cmds
+
+
+def diff_transaction(old: Programmed, rs: Ruleset) -> list[JsonCmd]:
+    """The minimum change from ``old`` to ``rs``; empty when nothing changed."""
+    cmds: list[JsonCmd] = []
+    for name, spec in rs.sets.items():
+        new = rs.elements.get(name, frozenset())
+        if name not in old.sets:
+            cmds.append(_add("set", _set_decl(spec)))
+            before: frozenset[Any] = frozenset()
+        else:
+            before = old.elements.get(name, frozenset())
+        gone, added = before - new, new - before
+        if gone:
+            cmds.append({"delete": {"element": {**T, "name": name, "elem": [
+                _elem(spec, e) for e in sorted(gone, key=str)]}}})
+        if added:
+            cmds.append(_add("element", {**T, "name": name, "elem": [
+                _elem(spec, e) for e in sorted(added, key=str)]}))
+    for name in rs.chains:
+        if name not in old.chains:
+            cmds.append(_add("chain", {**T, "name": name}))
+    for name, rules in rs.chains.items():
+        if name in old.chains:
+            if old.chains[name] == rules:
+                continue
+            cmds.append({"flush": {"chain": {**T, "name": name}}})
+        cmds.extend(_rules(name, rules))
+    for mapname, before_map, now in ((FROM_MAP, old.from_pod, rs.from_pod),
+                                     (TO_MAP, old.to_pod, rs.to_pod)):
+        stale = {k: v for k, v in before_map.items() if now.get(k) != v}
+        fresh = {k: v for k, v in now.items() if before_map.get(k) != v}
+        if stale:
+            cmds.append({"delete": {"element": {**T, "name": mapname,
+                                                "elem": [k for k in sorted(stale)]}}})
+        if fresh:
+            cmds.append(_add("element", {**T, "name": mapname,
+                                         "elem": _map_elems(mapname, fresh)}))
+    removed = [n for n in old.chains if n not in rs.chains]
+    for name in removed:  # flush all first: removed chains may reference each other
+        cmds.append({"flush": {"chain": {**T, "name": name}}})
+    for name in removed:
+        cmds.append({"delete": {"chain": {**T, "name": name}}})
+    for name in old.sets:
+        if name not in rs.sets:
+            cmds.append({"delete": {"set": {**T, "name": name}}})
+    return cmds
+
+
+class NftBackend:
+    """Programs one network namespace. ``nft`` runs a JSON command list atomically and
+    returns (rc, output, error); by default libnftables' context made inside ``netns``."""
+
+    def __init__(self, netns: str | None = None,
+                 nft: Callable[[dict[str, Any]], tuple[int, Any, str]] | None = None) -> None:
+        self.netns = netns
+        self._ctx: Any = None
+        self._nft = nft
+        self.programmed: Programmed | None = None  # None: unknown, next apply is full
+        self.last_commands = 0
+
+    def _run(self, cmds: list[JsonCmd]) -> Any:
+        if self._nft is None:
+            import nftables
+
+            from felix_like.netlink import run_in_netns
+
+            # The context's netlink socket is bound to the namespace it was created in.
+            self._ctx = run_in_netns(self.netns, nftables.Nftables)
+            self._ctx.set_json_output(True)
+            self._nft = self._ctx.json_cmd
+        rc, out, err = self._nft({"nftables": cmds})
+        if rc != 0:
+            raise NftError(f"nft transaction of {len(cmds)} commands failed: {err.strip()}")
+        return out
+
+    def _existing(self) -> tuple[set[str], set[str]]:
+        try:
+            out = self._run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}])
+        except NftError:
+            return set(), set()  # no table yet
+        chains: set[str] = set()
+        sets: set[str] = set()
+        for obj in (out or {}).get("nftables", []):
+            if "chain" in obj:
+                chains.add(obj["chain"]["name"])
+            elif "set" in obj:
+                sets.add(obj["set"]["name"])
+        return chains, sets
+
+    def forget(self) -> None:
+        """Trust nothing we think we programmed: the next apply is a full converge."""
+        self.programmed = None
+
+    def apply(self, rs: Ruleset) -> int:
+        """Converge to ``rs``; returns the number of commands sent (0: nothing to do)."""
+        if self.programmed is None:
+            chains, sets = self._existing()
+            cmds = full_transaction(rs, chains, sets)
+        else:
+            cmds = diff_transaction(self.programmed, rs)
+        self.last_commands = len(cmds)
+        if cmds:
+            self._run(cmds)
+        self.programmed = Programmed(dict(rs.chains), dict(rs.sets), dict(rs.elements),
+                                     dict(rs.from_pod), dict(rs.to_pod))
+        return len(cmds)
+
+    def cleanup(self) -> None:
+        """Remove our table (agent --cleanup / uninstall). Missing table is fine."""
+        try:
+            self._run([{"delete": {"table": {"family": FAMILY, "name": TABLE}}}])
+        except NftError as e:
+            if "No such file" not in str(e):
+                raise
+        self.programmed = None
