@@ -29,8 +29,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
+from bgp.glue import BgpController
 from datastore import keys, model
 from datastore.client import (
     ConflictError,
@@ -130,6 +132,12 @@ class Agent:
         self.config_errors: dict[str, str] = {}
         self.cni_server: Any = None
         self.handler: Any = None
+        # ExaBGP's files beside the CNI socket: one directory per node and socket dir.
+        base = Path(cfg.socket).parent
+        self.bgp = BgpController(self.node, netns=cfg.netns,
+                                 socket_path=str(base / f"bgp-{self.node}.sock"),
+                                 workdir=base / f"bgp-{self.node}", metrics=self.metrics,
+                                 on_change=self._dirty.set)
 
     # -- the view the calculation sees -------------------------------------------------
 
@@ -158,7 +166,18 @@ class Agent:
         """Recompute desired state from the mirror and converge the kernel once."""
         async with self._apply_lock:
             t0 = time.monotonic()
-            desired = calc.desired_routes(self.node, self.state(), self.learned)
+            st = self.state()
+            learned: dict[str, tuple[str, ...]] = {}
+            if self.syncer.in_sync:  # a partial snapshot would withdraw our blocks
+                await self.bgp.on_state(st)
+                learned = self.bgp.learned
+            if not self.bgp.in_sync:
+                # Until the import table is complete again (after a restart, before the
+                # route refresh answers), keep the BGP routes already in the kernel.
+                learned = {r.dst: r.via for r in self.routes.programmed.values()
+                           if r.kind == "bgp"} | learned
+            self.learned = learned
+            desired = calc.desired_routes(self.node, st, learned)
             self.routes.set_desired(desired)
             res = await self._in_netlink(self.routes.apply)
             self.metrics.apply_latency.labels("routes").observe(time.monotonic() - t0)
@@ -270,7 +289,7 @@ class Agent:
         }
 
     def bgp_peer_status(self) -> list[dict[str, Any]]:
-        return []
+        return self.bgp.peer_status()
 
     async def _status_loop(self) -> None:
         lease: int | None = None
@@ -325,6 +344,7 @@ class Agent:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 2)
             await self._start_cni()
+            await self.bgp.start()
             tasks = [asyncio.create_task(c, name=n) for n, c in [
                 ("consume", self._consume()), ("applier", self._applier()),
                 ("status", self._status_loop()), ("resync", self._periodic_resync())]]
@@ -342,6 +362,10 @@ class Agent:
                     await t
             if self.cni_server is not None:
                 await self.cni_server.stop()
+            # ExaBGP keeps running (its own session): the ToR keeps our routes and the
+            # sessions stay up across an agent restart; the next agent re-attaches.
+            with contextlib.suppress(Exception):
+                await self.bgp.stop(drain=False)
             await self.health.stop()
             # NodeStatus is left to expire with its lease: a restart within the TTL keeps it.
             await self.ds.close()

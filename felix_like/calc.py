@@ -38,6 +38,10 @@ def decode_value(key: str, value: bytes) -> Any:
         node, _, seg = rel[len(keys.IPAM_AFFINITIES):].partition("/")
         st: AffinityState = parse_affinity(value)
         return Affinity(node, keys.segment_to_cidr(seg), st.state)
+    if rel.startswith(keys.IPAM_BLOCKS):
+        from bgp.export import decode_block  # what BGP exports: affinity, borrowed addresses
+
+        return decode_block(value)  # BlockFormatError is a ValueError
     if rel.startswith(("ipam/", "status/")):
         return None
     if keys.parse(key) is None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import shutil
+import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,14 +31,42 @@ class CleanupReport:
     routes: int = 0
     veths: int = 0
     nft_table: bool = False
+    exabgp: int = 0
 
     def __str__(self) -> str:
         return (f"removed {self.routes} routes, {self.veths} veths"
-                f"{', nft table inet l3fabric' if self.nft_table else ''}")
+                f"{', nft table inet l3fabric' if self.nft_table else ''}"
+                f", stopped {self.exabgp} ExaBGP")
+
+
+def stop_exabgp(socket_path: str) -> int:
+    """Stop the ExaBGP speakers the agent left running (their pid files sit in
+    ``<socket dir>/bgp-<node>/``). Peers drop our routes at once, or after their
+    graceful-restart time."""
+    stopped = 0
+    for pidfile in Path(socket_path).parent.glob("bgp-*/exabgp.pid"):
+        try:
+            pid = int(pidfile.read_text().strip())
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"exabgp" not in f.read():
+                    continue
+        except (OSError, ValueError):
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            for _ in range(30):
+                time.sleep(0.1)
+                os.kill(pid, 0)
+            os.kill(pid, signal.SIGKILL)
+        stopped += 1
+        pidfile.unlink(missing_ok=True)
+    return stopped
 
 
 def cleanup(netns: str | None = None, socket_path: str | None = None) -> CleanupReport:
     rep = CleanupReport()
+    if socket_path:
+        rep.exabgp = stop_exabgp(socket_path)
     ipr = open_iproute(netns)
     try:
         for family in (2, 10):

@@ -195,9 +195,13 @@ def test_stale_route_removed_only_after_sync_and_cleanup(node: AgentProc,
     assert not any(r.startswith(f"{ip} ") for r in routes(node.ns))
 
     node.kill(signal.SIGTERM)
+    exabgp_before = [p for p in sh("ip", "netns", "pids", node.ns).split()
+                     if b"exabgp" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert exabgp_before, "ExaBGP should outlive the agent"
     sh("ip", "netns", "exec", node.ns, str(BIN / "fabric-agent"), "--cleanup",
        "--socket", node.socket)
     assert routes(node.ns) == []
+    assert not [p for p in exabgp_before if Path(f"/proc/{p}").exists()]
     assert "fab" not in sh("ip", "-n", node.ns, "-br", "link")
 
 
