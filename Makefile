@@ -23,12 +23,12 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-## Start the embedded local etcd, apply the examples and show them.
+## The leaf-spine lab: etcd, BIRD routers, agents, 8 pods, a policy, the connectivity matrix.
 demo: setup
-	@scripts/demo.sh
+	$(FABRICCTL) lab demo
 
 demo-down: setup
-	-$(FABRICCTL) etcd stop
+	-$(FABRICCTL) lab down leaf-spine
 
 bench: setup
 	@for b in bench/*/bench_*.py; do \
