@@ -233,6 +233,11 @@ def inputs_from_state(
 # --- matching helpers (memoised: the same labels recur across pods) ---------------------------
 
 
+# (kind, policy, direction) -> (chain name, rules, sets it uses); see _Builder._cached_chain.
+_Program = tuple[str, tuple[Rule, ...], tuple[tuple[str, SetSpec, Any], ...]]
+_PROGRAMS: dict[tuple[Any, ...], tuple[Any, _Program]] = {}
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _k8s_matches(sel: LabelSelector, labels: Mapping[str, str]) -> bool:
     return sel.matches(labels)
@@ -296,6 +301,7 @@ def entity_selector_matches(inputs: PolicyInputs, sel: Selector | None, nsel: Se
     return nsel is None or _calico_matches(nsel, namespace_labels(inputs, ep_namespace(wep)))
 
 
+@functools.lru_cache(maxsize=4096)
 def ipblock_nets(block: model.IPBlock) -> tuple[Net, ...]:
     """``cidr`` minus ``except`` as disjoint prefixes (none shorter than /1, so ipset's
     hash:net, which cannot hold /0, stores the same elements as nftables)."""
@@ -342,14 +348,48 @@ class _Builder:
         self.rs = Ruleset()
         # set name -> the endpoint predicate or fixed elements that fill it
         self.fillers: dict[str, Any] = {}
+        self._recording: list[tuple[str, SetSpec, Any]] | None = None
+        self.gnps = sorted(inputs.global_policies, key=gnp_order_key)
+        self.np_by_ns: dict[str, list[model.NetworkPolicy]] = {}
+        for p in inputs.policies:
+            self.np_by_ns.setdefault(p.metadata.namespace or "default", []).append(p)
 
     # sets -------------------------------------------------------------------------------
 
     def _set(self, prefix: str, version: int, kind: str, what: str, filler: Any) -> str:
         name = f"{prefix}{version}-{_hash(what)}"
+        spec = SetSpec(name, version, kind, what)
+        if self._recording is not None:
+            self._recording.append((name, spec, filler))
         if name not in self.rs.sets:
-            self.rs.sets[name] = SetSpec(name, version, kind, what)
+            self.rs.sets[name] = spec
             self.fillers[name] = filler
+        return name
+
+    def _cached_chain(self, key: tuple[Any, ...], build: Any) -> str:
+        """Policy chains depend only on the policy: render each (policy, direction) once
+        and replay its chain and sets on later calculations."""
+        # Keyed by the policy object's identity (the agent's mirror keeps an object until
+        # its key changes); the entry holds the object, so the id cannot be reused.
+        ikey = (key[0], id(key[1]), key[2])
+        entry = _PROGRAMS.get(ikey)
+        hit = entry[1] if entry is not None and entry[0] is key[1] else None
+        if hit is None:
+            outer, self._recording = self._recording, []
+            try:
+                name, rules = build()
+                hit = (name, rules, tuple(self._recording))
+            finally:
+                self._recording = outer
+            if len(_PROGRAMS) > 20000:
+                _PROGRAMS.clear()
+            _PROGRAMS[ikey] = (key[1], hit)
+        name, rules, sets = hit
+        self.rs.chains[name] = rules
+        for set_name, spec, filler in sets:
+            if set_name not in self.rs.sets:
+                self.rs.sets[set_name] = spec
+                self.fillers[set_name] = filler
         return name
 
     def k8s_peer_set(self, policy_ns: str, peer: model.NetworkPolicyPeer, version: int) -> str:
@@ -374,6 +414,12 @@ class _Builder:
 
     def fill_sets(self) -> None:
         eps = self.inputs.endpoints
+        # Membership of selector sets depends only on (namespace, labels): group pods.
+        groups: dict[tuple[str, Mapping[str, str]], list[model.WorkloadEndpoint]] = {}
+        for wep in eps:
+            groups.setdefault((ep_namespace(wep), wep.spec.labels), []).append(wep)
+        addrs = {v: {id(w): [f"{a}/{32 if v == 4 else 128}" for a in _ep_ips(w, v)]
+                     for w in eps} for v in (4, 6)}
         for name, spec in self.rs.sets.items():
             filler = self.fillers[name]
             kind = filler[0]
@@ -388,23 +434,25 @@ class _Builder:
                         for a in _ep_ips(wep, spec.version):
                             elems.add((a, PROTOCOLS[p.protocol], p.port))
             else:
-                for wep in eps:
+                for members in groups.values():
+                    wep = members[0]
                     if kind == "k8s":
                         hit = k8s_peer_matches(self.inputs, filler[1], filler[2], wep)
                     else:
                         hit = entity_selector_matches(self.inputs, filler[1], filler[2], wep)
                     if hit:
-                        elems.update(f"{a}/{32 if spec.version == 4 else 128}"
-                                     for a in _ep_ips(wep, spec.version))
+                        for m in members:
+                            elems.update(addrs[spec.version][id(m)])
             self.rs.elements[name] = frozenset(elems)
 
     # NetworkPolicy ----------------------------------------------------------------------
 
     def np_chain(self, p: model.NetworkPolicy, direction: str) -> str:
+        return self._cached_chain(("np", p, direction), lambda: self._np_chain(p, direction))
+
+    def _np_chain(self, p: model.NetworkPolicy, direction: str) -> tuple[str, tuple[Rule, ...]]:
         ns = p.metadata.namespace or "default"
         name = f"p{direction[0]}-{_hash('np', ns, p.metadata.name)}"
-        if name in self.rs.chains:
-            return name
         rules: list[Rule] = []
         src_or_dst = "src" if direction == "in" else "dst"
         k8s_rules = p.spec.ingress if direction == "in" else p.spec.egress
@@ -439,15 +487,16 @@ class _Builder:
                     if not _consistent(matches):
                         continue
                     rules.append(Rule(_with_family(matches), ALLOW, comment))
-        self.rs.chains[name] = tuple(rules)
-        return name
+        return name, tuple(rules)
 
     # GlobalNetworkPolicy ----------------------------------------------------------------
 
     def gnp_chain(self, g: model.GlobalNetworkPolicy, direction: str) -> str:
+        return self._cached_chain(("gnp", g, direction), lambda: self._gnp_chain(g, direction))
+
+    def _gnp_chain(self, g: model.GlobalNetworkPolicy,
+                   direction: str) -> tuple[str, tuple[Rule, ...]]:
         name = f"g{direction[0]}-{_hash('gnp', g.metadata.name)}"
-        if name in self.rs.chains:
-            return name
         rules: list[Rule] = []
         gnp_rules = g.spec.ingress if direction == "in" else g.spec.egress
         for i, r in enumerate(gnp_rules):
@@ -456,8 +505,7 @@ class _Builder:
                 r.action, Verdict("log", f"l3fabric {g.metadata.name[:20]}: "))
             for matches in self._calico_rule(r):
                 rules.append(Rule(matches, verdict, comment))
-        self.rs.chains[name] = tuple(rules)
-        return name
+        return name, tuple(rules)
 
     def _calico_rule(self, r: model.Rule) -> list[tuple[Match, ...]]:
         """A Calico rule as alternative match tuples (their OR)."""
@@ -527,9 +575,8 @@ class _Builder:
         iface = wep.spec.host_interface
         assert iface is not None
         inputs = self.inputs
-        gnps = sorted((g for g in inputs.global_policies if gnp_selects(inputs, g, wep)),
-                      key=gnp_order_key)
-        nps = [p for p in inputs.policies if np_selects(p, wep)]
+        gnps = [g for g in self.gnps if gnp_selects(inputs, g, wep)]
+        nps = [p for p in self.np_by_ns.get(ep_namespace(wep), ()) if np_selects(p, wep)]
         names: dict[str, tuple[str, ...]] = {}
         for direction, typ in (("in", "Ingress"), ("out", "Egress")):
             head = f"f{direction[0]}-{iface}"
