@@ -36,14 +36,21 @@ agent was restarting. Stdin that is not JSON is error 6 and a non-string
 
 from __future__ import annotations
 
-import json
-import os
-import socket
+# Start-up cost is the shim's whole budget (issue 4: ADD within 2.5x of the reference
+# plugins). `python -IS` alone takes ~10 ms; `import json, socket` adds ~10 ms more (json
+# pulls in `re`, `enum`, `functools`, `collections`; socket builds IntEnums). So the hot
+# path uses their C halves directly -- `_json`'s scanner and encoder are exactly what
+# `json.loads`/`json.dumps` run -- and `posix` (already loaded at start-up) instead of
+# `os`. Error paths import `json` to raise its very exceptions.
+import _json
+import _socket
+import posix
 import sys
 
 # `typing` costs a few ms per exec; annotations are never evaluated here.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import os
     from typing import Any, BinaryIO, TextIO
 
 PLUGIN = "l3fabric"
@@ -67,16 +74,79 @@ class AgentUnreachable(Exception):
     """The agent could not be asked, or did not answer; CNI code 11."""
 
 
+# ---------------------------------------------------------------- JSON, C parts only
+# Equivalent to json.loads / json.dumps with default arguments (a unit test compares
+# them): the same C scanner and encoder, configured as json.JSONDecoder() and
+# json.JSONEncoder() configure them.
+
+
+class _DecoderContext:
+    """The attributes `_json.make_scanner` reads, as `json.JSONDecoder()` sets them."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {
+        "-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")
+    }.__getitem__
+
+
+# typeshed types the context as a scanner; the C code only reads the attributes above.
+_scan_once = _json.make_scanner(_DecoderContext)  # type: ignore[arg-type]
+_WHITESPACE = " \t\n\r"
+
+
+def _not_serializable(o: Any) -> Any:
+    raise TypeError(f"Object of type {o.__class__.__name__} is not JSON serializable")
+
+
+def _make_encoder(item_separator: str, key_separator: str) -> Any:
+    # json.JSONEncoder.iterencode(o, _one_shot=True) with check_circular, allow_nan,
+    # ensure_ascii, no indent, no sort_keys, no skipkeys.
+    return _json.make_encoder({}, _not_serializable, _json.encode_basestring_ascii, None,
+                              key_separator, item_separator, False, False, True)
+
+
+_ENCODERS = {True: (", ", ": "), False: (",", ":")}
+
+
+def json_loads(text: str) -> Any:
+    """``json.loads(text)`` for a str, without importing :mod:`json` unless it fails."""
+    start = len(text) - len(text.lstrip(_WHITESPACE))
+    if not text.startswith("\ufeff"):
+        try:
+            obj, end = _scan_once(text, start)
+        except StopIteration:
+            pass
+        else:
+            if not text[end:].strip(_WHITESPACE):
+                return obj
+    import json  # only to raise exactly what json.loads raises
+
+    return json.loads(text)
+
+
+def json_dumps(obj: Any, compact: bool = False) -> str:
+    """``json.dumps(obj)`` (or with ``separators=(",", ":")`` when ``compact``)."""
+    if isinstance(obj, str):
+        return str(_json.encode_basestring_ascii(obj))
+    # A fresh encoder per call: it carries the circular-reference markers.
+    item, key = _ENCODERS[not compact]
+    return "".join(_make_encoder(item, key)(obj, 0))
+
+
 def encode_message(obj: dict[str, Any]) -> bytes:
     """One framed message: UTF-8 JSON; the frame ends where the sender half-closes."""
-    return json.dumps(obj, separators=(",", ":")).encode("utf-8")
+    return json_dumps(obj, compact=True).encode("utf-8")
 
 
 def decode_message(data: bytes) -> dict[str, Any]:
     """Inverse of :func:`encode_message`; ValueError unless it is one JSON object."""
     if len(data) > MAX_MESSAGE:
         raise ValueError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE}")
-    obj = json.loads(data.decode("utf-8"))
+    obj = json_loads(data.decode("utf-8"))
     if not isinstance(obj, dict):
         raise ValueError("message is not a JSON object")
     return obj
@@ -93,7 +163,7 @@ def send_request(
     Raises AgentUnreachable for every transport failure (including an answer that
     is empty or not JSON: the agent died mid-request).
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(connect_timeout)
         try:
@@ -105,7 +175,7 @@ def send_request(
         size = 0
         try:
             sock.sendall(encode_message(payload))
-            sock.shutdown(socket.SHUT_WR)
+            sock.shutdown(_socket.SHUT_WR)
             while True:
                 chunk = sock.recv(65536)
                 if not chunk:
@@ -136,7 +206,7 @@ def _error(code: int, msg: str, version: str, details: str = "") -> str:
     obj: dict[str, Any] = {"cniVersion": version, "code": code, "msg": msg}
     if details:
         obj["details"] = details
-    return json.dumps(obj)
+    return json_dumps(obj)
 
 
 def socket_path(plugin: str, config: dict[str, Any]) -> str:
@@ -177,7 +247,7 @@ def run(
         return 1
     config: Any
     try:
-        config = json.loads(text) if (text.strip() or command != "VERSION") else {}
+        config = json_loads(text) if (text.strip() or command != "VERSION") else {}
     except (ValueError, RecursionError) as e:
         config = e
     version = CURRENT_VERSION
@@ -186,7 +256,7 @@ def run(
 
     if command == "VERSION":
         # Answered locally: podman asks before every ADD and DEL, agent or not.
-        stdout.write(json.dumps({"cniVersion": version, "supportedVersions": SUPPORTED_VERSIONS}))
+        stdout.write(json_dumps({"cniVersion": version, "supportedVersions": SUPPORTED_VERSIONS}))
         return 0
     if not isinstance(config, dict):
         detail = str(config) if isinstance(config, Exception) else "not a JSON object"
@@ -228,9 +298,16 @@ def _main(plugin: str) -> int:
         data = stdin.read()
     except OSError:
         data = b""
-    code = run(plugin, dict(os.environ), data, sys.stdout, sys.stderr)
+    code = run(plugin, _environ(), data, sys.stdout, sys.stderr)
     sys.stdout.flush()
     return code
+
+
+def _environ() -> dict[str, str]:
+    """``dict(os.environ)`` without importing :mod:`os` (decoded the same way)."""
+    enc = sys.getfilesystemencoding()
+    return {k.decode(enc, "surrogateescape"): v.decode(enc, "surrogateescape")
+            for k, v in posix.environ.items()}
 
 
 def main_plugin() -> int:
@@ -269,6 +346,8 @@ def write_executable(dest: os.PathLike[str] | str, which: str, python: str) -> N
     (spaces, or over the kernel's 255 bytes) a ``/bin/sh`` trampoline execs it.
     The file is replaced atomically (write, chmod 0755, rename).
     """
+    import os
+
     funcs = {
         "plugin": "main_plugin",
         "ipam": "main_ipam",

@@ -166,6 +166,42 @@ def test_send_request_is_the_framing_the_server_reuses(
     assert shim.send_request(str(a.path), payload, timeout=5) == {"echo": payload}
 
 
+@pytest.mark.parametrize("text", [
+    "{}", ' {"a": [1, 2.5, -3e5, true, false, null, "\\u00e9\\ud83d"]} \n', "[1]", '"s"', "1",
+    "NaN", "[Infinity, -Infinity]", '{"a":1}x', "", "   ", "{", "\ufeff{}", '{"a":}', "[" * 100_000,
+    '"\\x"', '{"a":1,"a":2}', '{"k": "\x01"}', "1 2", '\t\r\n{"x":1}\t',
+])
+def test_json_loads_is_json_loads(text: str) -> None:
+    """The shim's C-only decoder answers, and fails, exactly like json.loads."""
+    def outcome(loads: Callable[[str], Any]) -> tuple[str, str]:
+        try:
+            return "ok", repr(loads(text))
+        except (ValueError, RecursionError) as e:
+            return type(e).__name__, str(e)
+
+    assert outcome(shim.json_loads) == outcome(json.loads)
+
+
+@pytest.mark.parametrize("obj", [
+    {}, [], 3, "x\u00e9", {1: 2, None: 3, 2.5: "x"},
+    {"a": [1, 2.5, float("nan"), float("inf"), None, True, "\u00e9\u2028\x00"], "b": (1, 2)},
+])
+def test_json_dumps_is_json_dumps(obj: Any) -> None:
+    assert shim.json_dumps(obj) == json.dumps(obj)
+    assert shim.json_dumps(obj, compact=True) == json.dumps(obj, separators=(",", ":"))
+
+
+def test_json_dumps_fails_like_json_dumps() -> None:
+    loop: list[Any] = []
+    loop.append(loop)
+    for bad in ({"a": object()}, {(1, 2): 1}, loop):
+        with pytest.raises((TypeError, ValueError)) as ours:
+            shim.json_dumps(bad)
+        with pytest.raises((TypeError, ValueError)) as theirs:
+            json.dumps(bad)
+        assert (type(ours.value), str(ours.value)) == (type(theirs.value), str(theirs.value))
+
+
 # ------------------------------------------------------------------ agent unreachable
 
 
@@ -271,7 +307,7 @@ def test_shim_imports_only_the_stdlib() -> None:
     ).stdout.split()
     ours = {m for m in out if m.split(".")[0] in ("cni", "datastore", "ipam", "felix_like")}
     assert ours == {"cni", "cni.shim"}
-    for heavy in ("pyroute2", "aetcd", "grpc", "typing", "netaddr"):
+    for heavy in ("pyroute2", "aetcd", "grpc", "typing", "netaddr", "json", "socket", "os"):
         assert heavy not in out
 
 
