@@ -46,6 +46,7 @@ from datastore.syncer import ConfigError, ConnectionState, Deleted, InSync, Sync
 from felix_like import calc
 from felix_like.metrics import HealthServer, Metrics
 from felix_like.netlink import open_iproute
+from felix_like.policy.manager import PolicyManager
 from felix_like.routes import RouteManager, register_rt_protos
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,8 @@ class Agent:
         self._netlink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
         self.ipr: Any = None
         self.routes: RouteManager = RouteManager(_Unopened())
+        self.policy: PolicyManager | None = None  # made in the netlink thread by run()
+        self._synced = asyncio.Event()
         self.syncer: Syncer[Any] = Syncer(self.ds, keys.PREFIX, calc.decode_value,
                                           resync_interval=cfg.resync_interval)
         # Endpoints the CNI handler told us about before etcd's watch did (None: removed).
@@ -153,6 +156,12 @@ class Agent:
     # -- EndpointSink (called by the CNI handler) ----------------------------------------
 
     async def endpoint_added(self, key: str, wep: model.WorkloadEndpoint) -> None:
+        # A pod is only handed back to the runtime with its policy in force, and policy
+        # is only programmed from a complete snapshot: wait for it (a fresh agent).
+        try:
+            await asyncio.wait_for(self._synced.wait(), 15)
+        except TimeoutError:
+            raise RuntimeError("the datastore snapshot is not complete yet") from None
         self._overlay[key] = wep
         await self.apply()
 
@@ -181,6 +190,7 @@ class Agent:
             self.routes.set_desired(desired)
             res = await self._in_netlink(self.routes.apply)
             self.metrics.apply_latency.labels("routes").observe(time.monotonic() - t0)
+            policy_ok = await self._apply_policy(st)
             if res.failed:
                 self.metrics.route_errors.inc(len(res.failed))
                 self._dirty.set()  # retry on the next pass
@@ -199,10 +209,28 @@ class Agent:
             self.metrics.blocks_owned.set(len(blocks))
             self.metrics.addresses_in_use.set(
                 len(calc.endpoint_addresses(calc.local_endpoints(self.node, st))))
-            if self.syncer.in_sync and not res.failed and not self._applied_once:
+            if (self.syncer.in_sync and not res.failed and policy_ok
+                    and not self._applied_once):
                 self._applied_once = True
                 self.health.ready = True
                 log.info("agent ready: in sync and dataplane programmed")
+
+    async def _apply_policy(self, st: dict[str, Any]) -> bool:
+        """Converge the policy dataplane; only from a complete snapshot (the first apply
+        after a start rewrites every chain, so a partial one would cut running pods)."""
+        if self.policy is None or not self.syncer.in_sync:
+            return False
+        t0 = time.monotonic()
+        policy = self.policy
+        policy.set_state(st)
+        try:
+            await self._in_netlink(policy.apply)
+        except Exception as e:  # the kernel keeps the previous ruleset; retry
+            log.error("policy apply failed (previous rules stay in force): %s", e)
+            self._dirty.set()
+            return False
+        self.metrics.apply_latency.labels("policy").observe(time.monotonic() - t0)
+        return True
 
     async def _applier(self) -> None:
         while True:
@@ -220,6 +248,9 @@ class Agent:
         while True:
             await asyncio.sleep(self.cfg.resync_interval * (0.9 + 0.2 * random.random()))
             self.routes.resync()
+            if self.policy is not None:
+                policy = self.policy
+                await self._in_netlink(policy.resync)
             self._dirty.set()
 
     # -- datastore -------------------------------------------------------------------------
@@ -235,6 +266,7 @@ class Agent:
             elif isinstance(ev, InSync):
                 self.metrics.datastore_events.labels("in_sync").inc()
                 self.metrics.in_sync.set(1)
+                self._synced.set()
                 if not self.routes.in_sync:
                     self.routes.mark_in_sync()
                     log.info("datastore in sync at revision %d", ev.revision)
@@ -329,6 +361,8 @@ class Agent:
         register_rt_protos()
         self.ipr = await self._in_netlink(lambda: open_iproute(self.cfg.netns))
         self.routes = RouteManager(self.ipr)
+        self.policy = await self._in_netlink(lambda: PolicyManager(
+            self.cfg.policy_backend, self.cfg.netns, self.node))
         await self.health.start()
         tasks: list[asyncio.Task[Any]] = []
         try:

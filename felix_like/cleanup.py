@@ -91,8 +91,16 @@ def cleanup(netns: str | None = None, socket_path: str | None = None) -> Cleanup
         ipr.close()
     if shutil.which("nft"):
         r = run_in_netns(netns, lambda: subprocess.run(
-            ["nft", "delete", "table", "inet", "l3fabric"], capture_output=True))
+            ["nft", "list", "table", "inet", "l3fabric"], capture_output=True))
         rep.nft_table = r.returncode == 0
+    # Both policy backends remove what they own (nft table; iptables chains and ipsets).
+    from felix_like.policy.manager import PolicyManager
+
+    for backend in ("nftables", "iptables"):
+        try:
+            PolicyManager(backend, netns, "", host_addresses=()).cleanup()
+        except Exception as e:  # a backend whose tools are missing has nothing to remove
+            log.debug("cleanup of the %s policy backend: %s", backend, e)
     if socket_path:
         with contextlib.suppress(FileNotFoundError):
             Path(socket_path).unlink()

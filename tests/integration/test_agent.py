@@ -202,6 +202,7 @@ def test_stale_route_removed_only_after_sync_and_cleanup(node: AgentProc,
        "--socket", node.socket)
     assert routes(node.ns) == []
     assert not [p for p in exabgp_before if Path(f"/proc/{p}").exists()]
+    assert "l3fabric" not in sh("ip", "netns", "exec", node.ns, "nft", "list", "tables")
     assert "fab" not in sh("ip", "-n", node.ns, "-br", "link")
 
 
