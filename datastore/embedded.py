@@ -107,6 +107,8 @@ class EmbeddedEtcd:
         if shutil.which("etcd") is None:
             raise EmbeddedEtcdError("etcd is not installed (Debian package etcd-server)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # A socket file left by an earlier run of this member would make etcd fail to bind.
+        (self.data_dir / f"localhost:{self.client_port}").unlink(missing_ok=True)
         logf = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it open
         try:
             self.proc = subprocess.Popen(
