@@ -22,6 +22,18 @@ Topology rules (Calico's, with what ExaBGP can do):
 
 The local AS is the node's ``bgp.asNumber``, else the BGPConfiguration's (also for the
 peer ASN of other nodes), so AS-per-rack designs are Node fields only.
+
+Local address (`local_address_for`): the node's address on the subnet that holds the
+peer, longest prefix first, the BGP address winning ties; a peer on no attached subnet
+(multi-hop) gets the BGP address. A node with two uplinks (one per route reflector, say)
+must use, per session, the address of the link it runs over: ExaBGP binds its listener
+(``listen 179``) and its outgoing connection to ``local-address``, so with the BGP address
+(10.77.1.2) for rr2 (10.77.4.1) the reflector's connections to 10.77.4.2 were refused and
+ours came from an address rr2 has no neighbour for (lab route-reflector: rr2 stayed
+"Active, Connection refused"). The owner passes the node's interface addresses
+(``local_addresses``); without them only the BGP address's own subnet is known. ExaBGP's
+``local-address auto`` is not an option: it cannot be combined with ``listen``, which
+ExaBGP-to-ExaBGP sessions need.
 """
 
 from __future__ import annotations
@@ -87,6 +99,20 @@ def _node_ip(node: model.Node) -> str | None:
     return None if bgp is None else str(bgp.ipv4_address.ip)
 
 
+def local_address_for(peer_ip: str, bgp_address: ipaddress.IPv4Interface,
+                      local_addresses: Iterable[ipaddress.IPv4Interface] = ()) -> str:
+    """The address to source a session to ``peer_ip`` from: the node's address on the
+    most specific subnet holding the peer (the BGP address wins ties), else the BGP
+    address."""
+    peer = ipaddress.ip_address(peer_ip)
+    best = bgp_address if peer in bgp_address.network else None
+    for iface in local_addresses:
+        if (peer in iface.network and iface.ip != peer
+                and (best is None or iface.network.prefixlen > best.network.prefixlen)):
+            best = iface
+    return str((best or bgp_address).ip)
+
+
 def _node_as(node: model.Node, spec: model.BGPConfigurationSpec) -> int:
     bgp = node.spec.bgp
     if bgp is not None and bgp.as_number is not None:
@@ -106,23 +132,29 @@ def desired_neighbors(
     nodes: Mapping[str, model.Node],
     bgp_config: model.BGPConfiguration | None = None,
     peers: Iterable[model.BGPPeer] = (),
+    local_addresses: Iterable[ipaddress.IPv4Interface | str] = (),
 ) -> dict[str, NeighborSpec]:
     """The sessions ``node_name`` should have, keyed by peer IP. Empty when the node itself
-    has no BGP address (it cannot speak BGP then)."""
+    has no BGP address (it cannot speak BGP then). ``local_addresses``: the node's
+    interface addresses with prefix length (``10.77.4.2/30``), for `local_address_for`."""
     spec = bgp_config.spec if bgp_config is not None else DEFAULT_BGP
     me = nodes.get(node_name)
     if me is None:
         return {}
     my_ip = _node_ip(me)
-    if my_ip is None:
+    if my_ip is None or me.spec.bgp is None:
         return {}
+    my_addr = me.spec.bgp.ipv4_address
+    ifaces = [i for i in (ipaddress.ip_interface(str(a)) for a in local_addresses)
+              if isinstance(i, ipaddress.IPv4Interface)]  # IPv6 sessions: not yet
     my_as = _node_as(me, spec)
     my_cluster = _cluster_id(me)
     gr = spec.graceful_restart.restart_time if spec.graceful_restart.enabled else 0
 
     def session(ip: str, peer_as: int, kind: str, name: str, *, local_as: int = my_as,
                 password: str | None = None, ttl: int = 0, client: bool = False) -> NeighborSpec:
-        return NeighborSpec(peer_ip=ip, peer_as=peer_as, local_as=local_as, local_address=my_ip,
+        local = local_address_for(ip, my_addr, ifaces)
+        return NeighborSpec(peer_ip=ip, peer_as=peer_as, local_as=local_as, local_address=local,
                             router_id=my_ip, type=kind, hold_time=spec.hold_time,
                             graceful_restart=gr, md5_password=password, ttl_security=ttl,
                             rr_client=client, cluster_id=my_cluster if client else None,
