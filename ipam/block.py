@@ -13,6 +13,22 @@ Invariants (checked by `Block.problems`, enforced by every mutator):
 * ``sequence[o]`` grows by one on every assignment of ``o``. A release that names the
   sequence it was handed (``release(o, handle, seq)``) cannot free the address after it was
   released and handed out again - the stale-release race of a slow CNI DEL.
+
+The value in etcd (read it only through `Block.from_json`; ``fabricctl ipam show`` and the
+BGP exporter do)::
+
+    {"cidr": "10.244.0.0/26", "affinity": "node:n1",
+     "allocations": [0, null, 1, ...],      # per ordinal: index into attributes, or null
+     "unallocated": [1, 3, ...],            # FIFO of free ordinals
+     "attributes": [["<handle>", "<namespace>", "<pod>", <time>],               # node n1
+                    ["<handle>", "<namespace>", "<pod>", <time>, "n2"],         # borrowed
+                    ["<handle>", "<namespace>", "<pod>", <time>, null, {extra}]],
+     "sequence": [1, 0, 1, ...], "releasedAt": {"1": <time>}}
+
+An attribute row omits its node when it is the block's affinity node (nearly always), and
+times are kept to the millisecond: every allocation rewrites the whole block, so its size is
+paid on each one. Blocks written with one object per attribute (``{"handle": ...}``) are
+still read.
 """
 
 from __future__ import annotations
@@ -25,6 +41,8 @@ from typing import Any
 import netaddr
 
 AFFINITY_PREFIX = "node:"
+
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class BlockFormatError(ValueError):
@@ -41,16 +59,44 @@ class AllocationAttrs:
     node: str = ""
     time: float = 0.0
     extra: Mapping[str, str] = field(default_factory=dict)
+    # Encoded fragments by owner node (see `Block.to_json`): an allocation's attributes never
+    # change, so each is encoded once, not on every write of its block.
+    _encoded: dict[str, str] = field(default_factory=dict, init=False, repr=False,
+                                     compare=False, hash=False)
 
     def to_json(self) -> dict[str, Any]:
+        """The readable object form (``fabricctl ipam show -o json`` and the like)."""
         d: dict[str, Any] = {"handle": self.handle, "namespace": self.namespace,
                              "pod": self.pod, "node": self.node, "time": self.time}
         if self.extra:
             d["extra"] = dict(self.extra)
         return d
 
+    def encoded(self, owner: str) -> str:
+        """The compact JSON array stored in a block whose affinity node is ``owner``:
+        ``[handle, namespace, pod, time]``, then ``node`` unless it is ``owner``, then
+        ``extra`` if any (``node`` is then null when it is ``owner``)."""
+        got = self._encoded.get(owner)
+        if got is None:
+            # Milliseconds are plenty for a grace period; a full float repr costs 5 bytes more
+            # per address.
+            row: list[Any] = [self.handle, self.namespace, self.pod, round(self.time, 3)]
+            if self.node != owner or self.extra:
+                row.append(None if self.node == owner else self.node)
+            if self.extra:
+                row.append(dict(self.extra))
+            got = json.dumps(row, separators=(",", ":"))
+            if len(self._encoded) > 4:
+                self._encoded.clear()
+            self._encoded[owner] = got
+        return got
+
     @classmethod
-    def from_json(cls, d: Any) -> AllocationAttrs:
+    def from_json(cls, d: Any, owner: str = "") -> AllocationAttrs:
+        """Decode either form: the compact array (``owner`` fills an omitted node) or the
+        object form of blocks written before the compact encoding."""
+        if isinstance(d, list):
+            return cls._from_row(d, owner)
         if not isinstance(d, dict) or not isinstance(d.get("handle"), str):
             raise BlockFormatError(f"attribute {d!r} has no handle")
         extra = d.get("extra") or {}
@@ -60,6 +106,19 @@ class AllocationAttrs:
                    pod=str(d.get("pod", "")), node=str(d.get("node", "")),
                    time=float(d.get("time", 0.0)),
                    extra={str(k): str(v) for k, v in extra.items()})
+
+    @classmethod
+    def _from_row(cls, row: list[Any], owner: str) -> AllocationAttrs:
+        if not 4 <= len(row) <= 6 or not isinstance(row[0], str):
+            raise BlockFormatError(f"attribute {row!r} is not [handle, namespace, pod, time"
+                                   f"(, node(, extra))]")
+        node = row[4] if len(row) > 4 and row[4] is not None else owner
+        extra = row[5] if len(row) > 5 else {}
+        if not isinstance(extra, dict):
+            raise BlockFormatError(f"attribute extra {extra!r} is not an object")
+        return cls(handle=row[0], namespace=str(row[1]), pod=str(row[2]), node=str(node),
+                   time=float(row[3]),
+                   extra={str(k): str(v) for k, v in extra.items()} if extra else {})
 
 
 def affinity_of(node: str) -> str:
@@ -114,15 +173,18 @@ class Block:
                    unallocated=list(range(size)), attributes=[], sequence=[0] * size)
 
     def to_json(self) -> bytes:
-        return json.dumps({
-            "cidr": self.cidr,
-            "affinity": self.affinity,
-            "allocations": self.allocations,
-            "unallocated": self.unallocated,
-            "attributes": [a.to_json() for a in self.attributes],
-            "sequence": self.sequence,
-            "releasedAt": {str(k): v for k, v in sorted(self.released_at.items())},
-        }, separators=(",", ":")).encode()
+        """The block's etcd value. Attributes are compact arrays (`AllocationAttrs.encoded`),
+        each encoded once and spliced in: a /26 with 64 allocations is ~40% smaller than
+        with one object per attribute, and re-encoding it costs a join, not 64 dumps."""
+        owner = node_of_affinity(self.affinity) or ""
+        dumps = _compact
+        released = "{" + ",".join(f'"{k}":{dumps(v)}'
+                                  for k, v in sorted(self.released_at.items())) + "}"
+        return (f'{{"cidr":{dumps(self.cidr)},"affinity":{dumps(self.affinity)},'
+                f'"allocations":{dumps(self.allocations)},'
+                f'"unallocated":{dumps(self.unallocated)},'
+                f'"attributes":[{",".join(a.encoded(owner) for a in self.attributes)}],'
+                f'"sequence":{dumps(self.sequence)},"releasedAt":{released}}}').encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Block:
@@ -137,10 +199,12 @@ class Block:
             size = net.size
             allocations = [None if a is None else int(a) for a in d["allocations"]]
             unallocated = [int(o) for o in d["unallocated"]]
-            attributes = [AllocationAttrs.from_json(a) for a in d.get("attributes", [])]
+            affinity = d.get("affinity")
+            owner = (node_of_affinity(affinity) or "") if isinstance(affinity, str) else ""
+            attributes = [AllocationAttrs.from_json(a, owner)
+                          for a in d.get("attributes", [])]
             sequence = [int(s) for s in d.get("sequence") or [0] * size]
             released = {int(k): float(v) for k, v in (d.get("releasedAt") or {}).items()}
-            affinity = d.get("affinity")
         except (KeyError, TypeError, ValueError, netaddr.AddrFormatError) as e:
             if isinstance(e, BlockFormatError):
                 raise
@@ -205,7 +269,10 @@ class Block:
         return self._first
 
     def address(self, ordinal: int) -> str:
-        return str(netaddr.IPAddress(self._first + ordinal, self._version))
+        n = self._first + ordinal
+        if self._version == 4:  # on every allocation: skip netaddr's object
+            return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+        return str(netaddr.IPAddress(n, 6))
 
     def ordinal(self, address: str) -> int:
         """The ordinal of ``address``; ValueError if it is not inside this block."""
@@ -242,6 +309,8 @@ class Block:
     def free_ordinals(self, *, now: float = 0.0, cooldown: float = 0.0,
                       reserved: frozenset[int] = frozenset()) -> list[int]:
         """Ordinals that may be handed out now, in the order they would be (FIFO)."""
+        if cooldown <= 0 and not reserved:
+            return list(self.unallocated)
         return [o for o in self.unallocated
                 if o not in reserved and not self._cooling(o, now, cooldown)]
 
@@ -256,7 +325,10 @@ class Block:
     def assign(self, count: int, attrs: AllocationAttrs, *, now: float = 0.0,
                cooldown: float = 0.0, reserved: frozenset[int] = frozenset()) -> list[int]:
         """Hand out up to ``count`` ordinals (fewer if the block runs out), oldest-free first."""
-        chosen = self.free_ordinals(now=now, cooldown=cooldown, reserved=reserved)[:count]
+        if cooldown <= 0 and not reserved:
+            chosen = self.unallocated[:count]  # the common case, without a full scan
+        else:
+            chosen = self.free_ordinals(now=now, cooldown=cooldown, reserved=reserved)[:count]
         for o in chosen:
             self._take(o, attrs)
         return chosen

@@ -120,3 +120,45 @@ def test_random_assign_release_keeps_invariants(ops: list[tuple[bool, int]]) -> 
         assert b.unallocated == fifo
         assert {o for o, _ in b.allocated()} == set(held)
     assert Block.from_json(b.to_json()) == b
+
+
+def test_compact_attributes_omit_the_owner_node_and_read_back() -> None:
+    b = Block.new("10.0.0.0/29", "node:n1")
+    b.assign(1, A)
+    b.assign_ordinal(5, AllocationAttrs("net.c3.eth0", "ns", "p3", "n2", 3.25))
+    b.assign_ordinal(6, AllocationAttrs("net.c4.eth0", "ns", "p4", "n1", 4.0, {"k": "v"}))
+    raw = b.to_json()
+    assert b'["net.c1.eth0","ns","pod",1.0]' in raw  # the owner's node is implied
+    assert b'["net.c3.eth0","ns","p3",3.25,"n2"]' in raw
+    assert b'["net.c4.eth0","ns","p4",4.0,null,{"k":"v"}]' in raw
+    c = Block.from_json(raw)
+    held = c.attrs(5)
+    assert c == b and held is not None and held.node == "n2"
+    # Orphaned (no affinity): every node is written out and read back.
+    c.affinity = None
+    d = Block.from_json(c.to_json())
+    assert [at.node for _, at in d.allocated()] == ["n1", "n2", "n1"]
+    # Adopted by n2: n2's own allocation now implies its node, n1's are explicit.
+    d.affinity = "node:n2"
+    assert [at.node for _, at in Block.from_json(d.to_json()).allocated()] == ["n1", "n2",
+                                                                                 "n1"]
+
+
+def test_blocks_in_the_object_attribute_format_are_still_read() -> None:
+    old = (b'{"cidr":"10.0.0.0/30","affinity":"node:n1","allocations":[0,null,null,null],'
+           b'"unallocated":[1,2,3],"attributes":[{"handle":"net.c1.eth0","namespace":"ns",'
+           b'"pod":"pod","node":"n1","time":1.0}],"sequence":[1,0,0,0],"releasedAt":{}}')
+    b = Block.from_json(old)
+    assert b.attrs(0) == A and b.unallocated == [1, 2, 3]
+    assert Block.from_json(b.to_json()) == b
+
+
+def test_a_full_block_value_is_compact() -> None:
+    """Every allocation rewrites its block: keep a full /26 small (was ~7 KB as objects)."""
+    b = Block.new("10.244.0.0/26", "node:node-1")
+    for i in range(64):
+        b.assign(1, AllocationAttrs(f"l3fabric.w0-{1000 + i}.eth0", "bench", f"p{1000 + i}",
+                                    "node-1", 1795814628.6627321 + i))
+    assert len(b.to_json()) < 4300
+    assert Block.from_json(b.to_json()).attrs(63) == AllocationAttrs(
+        "l3fabric.w0-1063.eth0", "bench", "p1063", "node-1", 1795814691.663)
