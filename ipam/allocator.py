@@ -103,6 +103,8 @@ class IpamStats:
     claims: int = 0
     borrowed: int = 0
     unavailable_retries: int = 0
+    block_bytes: int = 0  # block values written by committed transactions (their size)
+    block_writes: int = 0
 
 
 @dataclass
@@ -139,6 +141,9 @@ class IpamClient:
         # Decoded blocks by cidr, tagged with the mod_revision they were decoded at: in the
         # steady state a block is decoded never (we cache what we wrote) or once per change.
         self._decoded: dict[str, tuple[int, Block]] = {}
+        # `_eligible`'s block order for the inputs object it was computed with.
+        self._eligible_memo: tuple[IpamInputs, dict[tuple[int, frozenset[str]],
+                                                     list[str]]] | None = None
 
     @property
     def affinity(self) -> str:
@@ -371,6 +376,12 @@ class IpamClient:
     async def _drop_affinity(self, akv: KV) -> None:
         await self._txn([Compare(akv.key, "mod", "==", akv.mod_revision)], [Delete(akv.key)])
 
+    async def _block_cidrs(self) -> list[str]:
+        """Every block's cidr (a keys-only list: one request, no values)."""
+        self.stats.round_trips += 1
+        kvs, _ = await self._ds.list(keys.full(keys.IPAM_BLOCKS), keys_only=True)
+        return [keys.segment_to_cidr(kv.key.rsplit("/", 1)[-1]) for kv in kvs]
+
     async def _all_blocks(self) -> dict[str, KV]:
         kvs = await self._list(keys.full(keys.IPAM_BLOCKS))
         out: dict[str, KV] = {}
@@ -395,7 +406,11 @@ class IpamClient:
             why.append(f"node {self.node} has reached maxBlocksPerHost="
                        f"{cfg.max_blocks_per_host}")
             return False
-        existing = await self._all_blocks()
+        # Which blocks exist is all a fresh claim needs: list keys only (the values of every
+        # block in the cluster would grow with it). Orphans to adopt need values: read them
+        # only when no fresh block could be claimed.
+        existing = set(await self._block_cidrs())
+        blocks: dict[str, KV] | None = None
         for pool in pools:
             def skip(c: str) -> bool:
                 return c in existing or len(self._reserved(c, inputs)) >= \
@@ -405,7 +420,9 @@ class IpamClient:
                     break
                 if await self._claim(cidr):
                     return True
-            for cidr, kv in sorted(existing.items()):
+            if blocks is None:
+                blocks = await self._all_blocks() if existing else {}
+            for cidr, kv in sorted(blocks.items()):
                 if pool.contains(cidr) and (b := self._block(cidr, kv)) is not None \
                         and b.affinity is None \
                         and await self._claim(cidr, adopt=kv):
@@ -427,17 +444,29 @@ class IpamClient:
 
     def _eligible(self, blocks: Mapping[str, KV], inputs: IpamInputs,
                   version: int) -> list[tuple[str, KV]]:
-        usable = {p.name for p in inputs.usable_pools(version)}
-        out: list[tuple[str, KV]] = []
-        for cidr, kv in blocks.items():
-            pool = inputs.pool_of(cidr)
-            if pool is not None and pool.name in usable:
-                out.append((cidr, kv))
-        def order(x: tuple[str, KV]) -> tuple[str, int]:
-            blk = self._block(x[0], x[1])
-            pool = inputs.pool_of(x[0])
-            return (pool.name if pool else "", blk.first if blk else 0)
-        return sorted(out, key=order)
+        """``blocks`` of usable pools of ``version``, by pool name then address.
+
+        On every allocation, so the order is memoised per (inputs, version, set of cidrs):
+        the blocks' values change with each write, their order does not.
+        """
+        memo_key = (version, frozenset(blocks))
+        memo = self._eligible_memo
+        if memo is None or memo[0] is not inputs:
+            memo = self._eligible_memo = (inputs, {})
+        order = memo[1].get(memo_key)
+        if order is None:
+            usable = {p.name for p in inputs.usable_pools(version)}
+            found: list[tuple[tuple[str, int], str]] = []
+            for cidr, kv in blocks.items():
+                pool = inputs.pool_of(cidr)
+                if pool is not None and pool.name in usable:
+                    blk = self._block(cidr, kv)
+                    found.append(((pool.name, blk.first if blk else 0), cidr))
+            order = [c for _, c in sorted(found)]
+            if len(memo[1]) > 64:
+                memo[1].clear()
+            memo[1][memo_key] = order
+        return [(c, blocks[c]) for c in order]
 
     def _take(self, plan: _Plan, candidates: Iterable[tuple[str, KV]], n: int,
               attrs: AllocationAttrs, inputs: IpamInputs) -> int:
@@ -468,7 +497,7 @@ class IpamClient:
 
     def _assignments(self, handle: str, entries: Iterable[HandleEntry]) -> list[Assignment]:
         affine = self._affine or {}
-        return [Assignment(address=e.address, prefix_len=netaddr.IPNetwork(e.block).prefixlen,
+        return [Assignment(address=e.address, prefix_len=int(e.block.rpartition("/")[2]),
                            block=e.block, borrowed=e.block not in affine, seq=e.seq,
                            handle=handle) for e in entries]
 
@@ -499,6 +528,8 @@ class IpamClient:
         fail.append(Get(hkey))
         res = await self._txn(cmps, succ, fail)
         if res.succeeded:
+            self.stats.block_writes += len(values)
+            self.stats.block_bytes += sum(len(v) for v in values.values())
             for cidr, (kv, blk) in plan.blocks.items():
                 bkey = keys.ipam_block(cidr)
                 new = KV(bkey, values[cidr], kv.create_revision if kv else res.revision,
@@ -546,7 +577,7 @@ class IpamClient:
                 HandleRecord(handle, ())
             have = {4: 0, 6: 0}
             for e in record.entries:
-                have[netaddr.IPAddress(e.address).version] += 1
+                have[6 if ":" in e.address else 4] += 1
             attrs = AllocationAttrs(handle=handle, namespace=namespace, pod=pod,
                                     node=self.node, time=self._now(), extra=extra)
             plan = _Plan()

@@ -79,7 +79,7 @@ def churn_worker(endpoints: str, node: str, worker: int, count: int, release_eve
         live: list[str] = []
         async with Datastore(EtcdConfig.from_strings(endpoints)) as ds:
             client = IpamClient(ds, node, inputs=None)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for i in range(count):
                 handle = f"l3fabric.w{worker}-{i}.eth0"
                 try:
@@ -94,11 +94,14 @@ def churn_worker(endpoints: str, node: str, worker: int, count: int, release_eve
                     await client.release_by_handle(victim)
                     released.append(victim)
             elapsed = time.perf_counter() - t0
+            cpu = time.process_time() - c0
             return {"node": node, "worker": worker, "assigned": assigned,
-                    "released": released, "failures": failures, "elapsed": elapsed,
+                    "released": released, "failures": failures, "elapsed": elapsed, "cpu": cpu,
                     "round_trips": client.stats.round_trips,
                     "config_requests": client.config_requests,
                     "allocations": client.stats.allocations,
-                    "conflicts": client.stats.conflicts, "releases": client.stats.releases}
+                    "conflicts": client.stats.conflicts, "releases": client.stats.releases,
+                    "block_bytes": client.stats.block_bytes,
+                    "block_writes": client.stats.block_writes}
 
     return asyncio.run(run())
