@@ -361,6 +361,11 @@ class Agent:
         register_rt_protos()
         self.ipr = await self._in_netlink(lambda: open_iproute(self.cfg.netns))
         self.routes = RouteManager(self.ipr)
+        # Read the kernel's routes now (not in sync yet: this removes nothing). apply() keeps
+        # the BGP routes already installed until the import table is complete again, and
+        # finds them in routes.programmed only once the kernel was dumped; without this the
+        # first apply after a restart deletes every learned route until the refresh answers.
+        await self._in_netlink(self.routes.apply)
         self.policy = await self._in_netlink(lambda: PolicyManager(
             self.cfg.policy_backend, self.cfg.netns, self.node))
         await self.health.start()
