@@ -15,6 +15,9 @@ Lifecycle and failure modes:
   desired exports (announce the missing, withdraw the extra: nothing we still want
   flaps) and send a route refresh, whose Begin/End-of-RIB markers (enhanced route
   refresh) let the import table sweep what was withdrawn while we were away.
+- The attach is processed only once the owner has set exports and neighbours (the first
+  ``set_neighbors``): a restarting agent that is not in sync yet withdraws nothing and
+  loses no state event.
 - A crashed ExaBGP is restarted (backoff 1 s → 10 s); peers' routes are then held for the
   graceful-restart time (or dropped when GR is off) until the new sessions send End-of-RIB.
 - ``set_config`` writes the file and signals SIGUSR1 (ExaBGP's reload) only when the text
@@ -100,6 +103,9 @@ class BgpSpeaker:
         self._pools: list[str] = []
         self._own_blocks: list[str] = []
         self.attached = asyncio.Event()
+        # Set by the first set_neighbors (owners call set_exports first): until then an
+        # attaching relay waits, see _on_relay.
+        self.configured = asyncio.Event()
         self.in_sync = False  # import table complete after the last attach
         self.pid: int | None = None
         self.restarts = 0
@@ -267,8 +273,10 @@ class BgpSpeaker:
                 del self.peers[ip]
                 self.rib.forget(ip)
                 self._schedule_emit()
-        return await self.set_config(render_config(
+        changed = await self.set_config(render_config(
             self.neighbors, relay_command(self.socket_path, self.python)))
+        self.configured.set()
+        return changed
 
     async def set_config(self, text: str) -> bool:
         """Write the config and reload ExaBGP if it changed. True if something was done."""
@@ -340,6 +348,14 @@ class BgpSpeaker:
                         writer: asyncio.StreamWriter) -> None:
         if self._writer is not None:
             self._writer.close()
+        # Race: an agent restarting attaches to the running relay before its datastore is
+        # in sync. Diffing the relay's announced set against exports not yet known would
+        # withdraw every block (traffic to the node's pods stops until they are announced
+        # again), and state events and the refresh answer for neighbours not yet known
+        # would be dropped (peers shown Idle, learned routes swept after the sync timeout).
+        # So wait for the first configuration; meanwhile the relay's lines queue in the
+        # socket (it gives up after its send timeout and reconnects).
+        await self.configured.wait()
         try:
             hello = json.loads(await reader.readline())
             assert hello.get("type") == "relay-hello"
