@@ -118,7 +118,10 @@ def json_loads(text: str) -> Any:
     if not text.startswith("\ufeff"):
         try:
             obj, end = _scan_once(text, start)
-        except StopIteration:
+        except Exception:
+            # json.loads below raises the proper error. (The C scanner builds its errors
+            # from json.decoder, and only if that is imported already; here it is not,
+            # and the scanner raises SystemError instead.)
             pass
         else:
             if not text[end:].strip(_WHITESPACE):

@@ -182,6 +182,27 @@ def test_json_loads_is_json_loads(text: str) -> None:
     assert outcome(shim.json_loads) == outcome(json.loads)
 
 
+def test_json_loads_errors_without_json_imported() -> None:
+    """In the executable nothing has imported json; errors must still be json's."""
+    root = str(Path(shim.__file__).resolve().parent.parent)
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); from cni import shim\n"
+        "for text in ('{', '{not json', '[1,', '{\"a\": }'):\n"
+        "    try:\n"
+        "        shim.json_loads(text)\n"
+        "    except ValueError as e:\n"
+        "        print(type(e).__name__, e)\n"
+    )
+    out = subprocess.run([sys.executable, "-IS", "-c", code], capture_output=True, text=True,
+                         check=True).stdout.splitlines()
+    expected = []
+    for text in ("{", "{not json", "[1,", '{"a": }'):
+        with pytest.raises(ValueError) as e:
+            json.loads(text)
+        expected.append(f"{type(e.value).__name__} {e.value}")
+    assert out == expected
+
+
 @pytest.mark.parametrize("obj", [
     {}, [], 3, "x\u00e9", {1: 2, None: 3, 2.5: "x"},
     {"a": [1, 2.5, float("nan"), float("inf"), None, True, "\u00e9\u2028\x00"], "b": (1, 2)},
