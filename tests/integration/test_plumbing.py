@@ -259,3 +259,35 @@ def test_mtu_zero_takes_the_uplink_mtu(node: str, netns: NetnsFactory) -> None:
     w = wire(node, pod, "c1", "10.244.0.5/32", mtu=0)
     assert w.mtu == 9000
     assert ipj(pod, "link", "show", "eth0")[0]["mtu"] == 9000
+
+
+def test_unwire_reports_the_routes_gone_while_the_veth_is_still_there(
+        node: str, netns: NetnsFactory) -> None:
+    """The CNI handler frees the address on this signal, while the kernel is still
+    deleting the veth: by then no route to the address may remain."""
+    pod = netns("pod")
+    w = wire(node, pod, "c1", "10.244.0.5/32", "fd00:244::5/128")
+    seen: list[tuple[list[Any], list[Any], bool]] = []
+
+    def on_routes_removed() -> None:
+        seen.append((ipj(node, "route", "show", "10.244.0.5/32"),
+                     ipj(node, "-6", "route", "show", "fd00:244::5/128"),
+                     w.host_if in links(node)))
+
+    assert unwire_pod(node, w.host_if, w.addresses, on_routes_removed=on_routes_removed)
+    assert seen == [([], [], True)]
+    assert w.host_if not in links(node)
+    # No veth: nothing to signal (the caller waits for the return instead).
+    assert not unwire_pod(node, w.host_if, w.addresses, on_routes_removed=on_routes_removed)
+    assert len(seen) == 1
+
+
+def test_short_namespace_jobs_run_where_they_are_told(node: str, netns: NetnsFactory) -> None:
+    other = netns("other")  # ip_forward stays 0 here; the node fixture set it to 1
+    for _ in range(3):  # alternating: the shared thread must move every time
+        assert read_sysctl(node, "net.ipv4.ip_forward") == "1"
+        assert read_sysctl(other, "net.ipv4.ip_forward") == "0"
+        assert read_sysctl(f"/var/run/netns/{other}", "net.ipv4.ip_forward") == "0"
+    with pytest.raises(FileNotFoundError):
+        read_sysctl("fabt-does-not-exist", "net.ipv4.ip_forward")
+    assert read_sysctl(node, "net.ipv4.ip_forward") == "1"
