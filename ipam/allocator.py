@@ -35,6 +35,7 @@ Races, by name:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -90,12 +91,27 @@ T = TypeVar("T")
 
 _HANDLE_CACHE_MAX = 10_000
 
+# Claim the next block in the background once this node's blocks of a family have fewer
+# than 1/AHEAD_FRACTION of a block free, blocks of at least AHEAD_MIN_BLOCK addresses only,
+# and only while the pool has at least AHEAD_MIN_FREE_BLOCKS unclaimed blocks (small pools
+# are left to claims on demand and borrowing, as before).
+AHEAD_FRACTION = 4
+AHEAD_MIN_BLOCK = 16
+AHEAD_MIN_FREE_BLOCKS = 16
+
+# Set inside the claim-ahead task: its requests are counted apart from the allocations'.
+_in_background: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "ipam_in_background", default=False)
+
 
 @dataclass
 class IpamStats:
-    """Counters for benchmarks and metrics. ``round_trips`` counts etcd requests."""
+    """Counters for benchmarks and metrics. ``round_trips`` counts the etcd requests that
+    calls waited for; ``background_round_trips`` those of claims made ahead of need."""
 
     round_trips: int = 0
+    background_round_trips: int = 0
+    claims_ahead: int = 0
     allocations: int = 0  # addresses handed out
     assign_calls: int = 0
     releases: int = 0
@@ -121,7 +137,8 @@ class IpamClient:
     def __init__(self, ds: Datastore, node: str, *, now: Callable[[], float] = time.time,
                  inputs: InputsProvider | None = None, max_attempts: int = 25,
                  unavailable_budget: float = 20.0,
-                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 claim_ahead: bool = True) -> None:
         if not node:
             raise ValueError("node name is empty")
         self._ds = ds
@@ -144,6 +161,10 @@ class IpamClient:
         # `_eligible`'s block order for the inputs object it was computed with.
         self._eligible_memo: tuple[IpamInputs, dict[tuple[int, frozenset[str]],
                                                      list[str]]] | None = None
+        # Claims are serialised: one ahead of need (a background task) or on demand.
+        self._claim_ahead = claim_ahead
+        self._claim_lock = asyncio.Lock()
+        self._ahead_task: asyncio.Task[None] | None = None
 
     @property
     def affinity(self) -> str:
@@ -164,17 +185,23 @@ class IpamClient:
 
     # -- counted etcd access -------------------------------------------------------------
 
+    def _count_request(self) -> None:
+        if _in_background.get():
+            self.stats.background_round_trips += 1
+        else:
+            self.stats.round_trips += 1
+
     async def _txn(self, compare: Sequence[Compare], success: Sequence[Op],
                    failure: Sequence[Op] = ()) -> TxnResult:
-        self.stats.round_trips += 1
+        self._count_request()
         return await self._ds.txn(compare, success, failure)
 
     async def _get(self, key: str) -> KV | None:
-        self.stats.round_trips += 1
+        self._count_request()
         return await self._ds.get(key)
 
     async def _list(self, prefix: str) -> list[KV]:
-        self.stats.round_trips += 1
+        self._count_request()
         kvs, _ = await self._ds.list(prefix)
         return kvs
 
@@ -378,7 +405,7 @@ class IpamClient:
 
     async def _block_cidrs(self) -> list[str]:
         """Every block's cidr (a keys-only list: one request, no values)."""
-        self.stats.round_trips += 1
+        self._count_request()
         kvs, _ = await self._ds.list(keys.full(keys.IPAM_BLOCKS), keys_only=True)
         return [keys.segment_to_cidr(kv.key.rsplit("/", 1)[-1]) for kv in kvs]
 
@@ -392,16 +419,34 @@ class IpamClient:
         return out
 
     async def _claim_one(self, inputs: IpamInputs, version: int, plan: _Plan,
-                         why: list[str]) -> bool:
-        """Get one more affine block with room for ``version``. False (and why) if none."""
+                         why: list[str], *, ahead: bool = False) -> bool:
+        """Get one more affine block with room for ``version``. False (and why) if none.
+
+        ``ahead``: the background claim made before this node's blocks run out (see
+        `_maybe_claim_ahead`). It claims only a fresh block, only while the node is still
+        short of room, never under ``maxBlocksPerHost`` and only in a pool with blocks to
+        spare, so it never takes a block another node would otherwise have got.
+        Claims are serialised by a lock: an allocation that needs a block while a claim ahead
+        is in flight waits for it and then finds its block in `_load_affinities`.
+        """
+        async with self._claim_lock:
+            return await self._claim_one_locked(inputs, version, plan, why, ahead)
+
+    async def _claim_one_locked(self, inputs: IpamInputs, version: int, plan: _Plan,
+                                why: list[str], ahead: bool) -> bool:
         affine = await self._load_affinities(inputs)  # a sibling may have claimed one
-        if self._plan_room(affine, inputs, version, plan):
+        if ahead:
+            if not self._short_of_room(affine, inputs, version):
+                return False
+        elif self._plan_room(affine, inputs, version, plan):
             return True
         pools = inputs.usable_pools(version)
         if not pools:
             why.append(f"no enabled IPv{version} pool selects node {self.node}")
             return False
         cfg = inputs.config
+        if ahead and cfg.max_blocks_per_host:
+            return False
         if cfg.max_blocks_per_host and self._affinity_count >= cfg.max_blocks_per_host:
             why.append(f"node {self.node} has reached maxBlocksPerHost="
                        f"{cfg.max_blocks_per_host}")
@@ -412,6 +457,8 @@ class IpamClient:
         existing = set(await self._block_cidrs())
         blocks: dict[str, KV] | None = None
         for pool in pools:
+            if ahead and not self._has_blocks_to_spare(pool, existing):
+                continue
             def skip(c: str) -> bool:
                 return c in existing or len(self._reserved(c, inputs)) >= \
                     netaddr.IPNetwork(c).size
@@ -419,7 +466,11 @@ class IpamClient:
                 if tries >= 16:
                     break
                 if await self._claim(cidr):
+                    if ahead:
+                        self.stats.claims_ahead += 1
                     return True
+            if ahead:
+                continue
             if blocks is None:
                 blocks = await self._all_blocks() if existing else {}
             for cidr, kv in sorted(blocks.items()):
@@ -429,6 +480,62 @@ class IpamClient:
                     return True
         why.append(f"every block of pools [{pools_text(pools)}] is claimed")
         return False
+
+    @staticmethod
+    def _has_blocks_to_spare(pool: PoolSpec, existing: Iterable[str]) -> bool:
+        total = 1 << (pool.block_size - int(pool.network.prefixlen))
+        taken = sum(1 for c in existing if pool.contains(c))
+        return total - taken >= AHEAD_MIN_FREE_BLOCKS
+
+    # -- claiming ahead of need ----------------------------------------------------------
+
+    def _short_of_room(self, blocks: Mapping[str, KV], inputs: IpamInputs,
+                       version: int) -> bool:
+        """True when this node has blocks of ``version`` (of AHEAD_MIN_BLOCK addresses or
+        more) and fewer than 1/AHEAD_FRACTION of a block is free in them. No blocks at all
+        is not "short": the first block is claimed on demand."""
+        free = size = 0
+        for cidr, kv in reversed(self._eligible(blocks, inputs, version)):
+            blk = self._block(cidr, kv)
+            if blk is None:
+                continue
+            size = max(size, blk.size)
+            free += len(blk.unallocated)
+            if size >= AHEAD_MIN_BLOCK and free >= size // AHEAD_FRACTION:
+                return False
+        return size >= AHEAD_MIN_BLOCK and free < size // AHEAD_FRACTION
+
+    def _maybe_claim_ahead(self, inputs: IpamInputs, versions: Iterable[int]) -> None:
+        """After an allocation: if the node is short of room, claim the next block in a
+        background task, so that claim's five requests are not on an allocation's path.
+
+        Failure modes: the task fails or is cancelled (shutdown) - the next allocation
+        that needs a block claims on demand, and a claim cut short between its steps is
+        finished by `_load_affinities` like a crashed one.
+        """
+        if not self._claim_ahead or (self._ahead_task is not None
+                                     and not self._ahead_task.done()):
+            return
+        affine = self._affine or {}
+        for version in versions:
+            if self._short_of_room(affine, inputs, version):
+                self._ahead_task = asyncio.get_running_loop().create_task(
+                    self._run_claim_ahead(inputs, version))
+                return
+
+    async def _run_claim_ahead(self, inputs: IpamInputs, version: int) -> None:
+        _in_background.set(True)  # this task's context only
+        try:
+            await self._claim_one(inputs, version, _Plan(), [], ahead=True)
+        except Exception as e:  # any failure: the on-demand claim is the fallback
+            log.warning("ipam: claiming an IPv%d block ahead for %s failed (the next "
+                        "allocation that needs one claims it): %s", version, self.node, e)
+
+    async def aclose(self) -> None:
+        """Wait for a claim ahead still in flight (call before closing the datastore)."""
+        task, self._ahead_task = self._ahead_task, None
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
 
     def _plan_room(self, blocks: Mapping[str, KV], inputs: IpamInputs, version: int,
                    plan: _Plan) -> bool:
@@ -616,6 +723,7 @@ class IpamClient:
                 hooks.reached("after_alloc_txn")
                 self.stats.allocations += len(plan.entries)
                 self.stats.borrowed += borrowed
+                self._maybe_claim_ahead(inputs, (v for v in (4, 6) if want[v]))
                 return self._assignments(handle, new_record.entries)
         raise IpamConflictError(
             f"assigning addresses to {handle}: blocks kept changing under us "
@@ -664,7 +772,8 @@ class IpamClient:
                 kv = await self._get(keys.ipam_block(cidr))
                 if kv is None:
                     # Nobody owns this block yet: claim it for this node.
-                    await self._claim(cidr)
+                    async with self._claim_lock:
+                        await self._claim(cidr)
                     continue
                 self._remember(kv, cidr)
             shared = self._block(cidr, kv)

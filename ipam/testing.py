@@ -95,9 +95,12 @@ def churn_worker(endpoints: str, node: str, worker: int, count: int, release_eve
                     released.append(victim)
             elapsed = time.perf_counter() - t0
             cpu = time.process_time() - c0
+            await client.aclose()
             return {"node": node, "worker": worker, "assigned": assigned,
                     "released": released, "failures": failures, "elapsed": elapsed, "cpu": cpu,
                     "round_trips": client.stats.round_trips,
+                    "background_round_trips": client.stats.background_round_trips,
+                    "claims": client.stats.claims, "claims_ahead": client.stats.claims_ahead,
                     "config_requests": client.config_requests,
                     "allocations": client.stats.allocations,
                     "conflicts": client.stats.conflicts, "releases": client.stats.releases,

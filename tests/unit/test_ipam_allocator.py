@@ -205,3 +205,48 @@ async def test_pending_claim_recovered_by_next_allocation() -> None:
     assert got.block == "10.0.0.0/30" and not got.borrowed
     assert [r.problem.kind for r in await check(ds, claim_grace=0)] == []
     assert await a2.affine_blocks() == ["10.0.0.0/30"]
+
+
+async def test_next_block_is_claimed_ahead_so_allocations_stay_one_round_trip() -> None:
+    ds = FakeDatastore()
+    await put_pool(ds, "big", "10.64.0.0/16", 26)
+    await put_nodes(ds, ["n1"])
+    a = IpamClient(ds, "n1")
+    for i in range(48):  # 16 of 64 left: not short yet
+        await a.auto_assign(f"h{i}", namespace="ns", pod=f"p{i}")
+    await a.aclose()
+    assert await a.affine_blocks() == ["10.64.0.0/26"] and a.stats.claims_ahead == 0
+    await a.auto_assign("h48", namespace="ns", pod="p48")  # 15 left: claim one ahead
+    await a.aclose()
+    assert await a.affine_blocks() == ["10.64.0.0/26", "10.64.0.64/26"]
+    assert a.stats.claims_ahead == 1 and a.stats.background_round_trips >= 5
+    before = a.stats.round_trips
+    got = [await a.auto_assign(f"h{i}", namespace="ns", pod=f"p{i}") for i in range(49, 80)]
+    assert a.stats.round_trips - before == 31  # crossing into the new block: no claim
+    assert got[-1][0].block == "10.64.0.64/26" and not got[-1][0].borrowed
+    assert await check(ds) == []
+
+
+async def test_no_claim_ahead_in_small_pools_under_max_blocks_or_when_off() -> None:
+    ds = FakeDatastore()
+    await put_pool(ds, "small", "10.9.0.0/22", 26)  # 16 blocks: none to spare
+    await put_nodes(ds, ["n1", "n2", "n3"])
+    a = IpamClient(ds, "n1")
+    for i in range(60):
+        await a.auto_assign(f"a{i}", namespace="ns", pod="p")
+    await a.aclose()
+    assert a.stats.claims_ahead == 0 and len(await a.affine_blocks()) == 1
+    await put_pool(ds, "small", "10.9.0.0/16", 26)
+    await put_ipam_config(ds, max_blocks_per_host=4)
+    b = IpamClient(ds, "n2")
+    c = IpamClient(ds, "n3", claim_ahead=False)
+    await put_ipam_config(ds, max_blocks_per_host=0)
+    for i in range(60):
+        await c.auto_assign(f"c{i}", namespace="ns", pod="p")
+    await c.aclose()
+    assert c.stats.claims_ahead == 0 and len(await c.affine_blocks()) == 1
+    await put_ipam_config(ds, max_blocks_per_host=4)
+    for i in range(60):
+        await b.auto_assign(f"b{i}", namespace="ns", pod="p")
+    await b.aclose()
+    assert b.stats.claims_ahead == 0 and len(await b.affine_blocks()) == 1
