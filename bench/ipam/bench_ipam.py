@@ -1,12 +1,26 @@
 """IPAM allocation rate against the raw etcd CAS rate, measured in the same run.
 
-Run: ``python -m bench.ipam.bench_ipam [--allocs N] [--procs P]``. Starts its own
-single-member etcd (loopback, temp data dir), then measures:
+Run: ``python -m bench.ipam.bench_ipam [--allocs N] [--procs P] [--rounds R]``. Starts its
+own single-member etcd (loopback, temp data dir on disk, so fsync is real) and measures,
+with one process and with P processes at once:
 
-* raw CAS: sequential ``txn(compare mod == rev, put)`` on one key per process, with one
-  process and with P processes at once - the ceiling an allocator built on CAS can reach;
-* IPAM: ``IpamClient.auto_assign`` with one process and with P processes (one per node, as
-  with one agent per node), counting etcd round trips per allocation.
+* **raw CAS** (the baseline of the target, issue 3): one etcd transaction per operation,
+  ``txn(compare mod_revision(key) == last, put key <small value>)`` with a value of a few
+  bytes, one key per process. No read before it: the revision to compare comes from the
+  previous transaction's response - the fastest one-round-trip CAS there is, through the
+  same client (``Datastore.txn``) the allocator uses;
+* **IPAM**: ``IpamClient.auto_assign`` of one address per call (one process per node, as
+  with one agent per node), every node starting without blocks, so block claims are
+  included. Round trips per allocation are the etcd requests allocations waited for (claims
+  on demand included); the total adds claims made ahead in the background and config reads.
+
+The two alternate in R rounds of N operations each (CAS, IPAM, CAS, IPAM, ...; with P
+processes each does N/P, 250 by default) and rates are
+totals over the rounds, so load from elsewhere on the machine hits both alike; the spread of
+the per-round ratios is reported. For information only, a CAS whose value has the size of
+the block values this run wrote (the mean over all allocation writes, and a full /26) plus a
+small second key - the shape of an allocation transaction - shows what the value size alone
+costs.
 
 Prints a table and writes ``bench/results/ipam.json``.
 """
@@ -20,9 +34,14 @@ import time
 from typing import Any
 
 from bench.common import print_table, rate, write_results
+from datastore import keys
 from datastore.client import Compare, Datastore, EtcdConfig, Put
 from datastore.embedded import EmbeddedEtcd
+from ipam.block import Block
 from ipam.testing import churn_worker, put_nodes, put_pool
+
+BASELINE = ("raw CAS = txn(compare mod_revision == last, put a ~4-byte value), one key per "
+            "process, no read before it; same client as the allocator")
 
 
 def cas_worker(endpoint: str, worker: int, count: int, value_size: int = 0) -> dict[str, Any]:
@@ -33,19 +52,16 @@ def cas_worker(endpoint: str, worker: int, count: int, value_size: int = 0) -> d
             key = f"/l3fabric/v1/bench/cas/{worker}"
             rev = await ds.put(key, b"0")
             pad = b"x" * value_size
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             for i in range(count):
                 extra = [Put(f"{key}/h{i}", b'{"handle":"x"}')] if value_size else []
                 res = await ds.txn([Compare(key, "mod", "==", rev)],
                                    [Put(key, str(i).encode() + pad), *extra])
                 assert res.succeeded
                 rev = res.revision
-            return {"elapsed": time.perf_counter() - t0, "count": count}
+            return {"elapsed": time.perf_counter() - t0, "count": count,
+                    "cpu": time.process_time() - c0}
     return asyncio.run(run())
-
-
-# A /26 block with half of its 64 addresses allocated is about this big in JSON.
-BLOCK_BYTES = 4500
 
 
 def _parallel(fn: Any, args: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
@@ -60,67 +76,160 @@ async def _setup(endpoint: str, nodes: list[str]) -> None:
         await put_nodes(ds, nodes)
 
 
+async def _block_sizes(endpoint: str) -> dict[str, float]:
+    """Value sizes of the blocks in etcd at the end of the run (a full /26 is the largest)."""
+    async with Datastore(EtcdConfig.from_strings(endpoint)) as ds:
+        kvs, _ = await ds.list(keys.full(keys.IPAM_BLOCKS))
+    sizes = [len(kv.value) for kv in kvs]
+    full = [len(kv.value) for kv in kvs if not Block.from_json(kv.value).unallocated]
+    return {"blocks": len(sizes), "mean_bytes": sum(sizes) / len(sizes) if sizes else 0.0,
+            "full_block_bytes": max(full) if full else 0.0}
+
+
+class _Scenario:
+    """Totals of one scenario (1 process or P processes) over its rounds."""
+
+    def __init__(self) -> None:
+        self.cas_ops = 0
+        self.cas_s = 0.0
+        self.allocs = 0
+        self.alloc_s = 0.0
+        self.round_trips = 0
+        self.background = 0
+        self.claims = 0
+        self.claims_ahead = 0
+        self.config_requests = 0
+        self.conflicts = 0
+        self.failures = 0
+        self.round_ratios: list[float] = []
+        self.block_bytes = 0
+        self.block_writes = 0
+        self.cas_cpu = 0.0
+        self.alloc_cpu = 0.0
+
+    def add(self, cas: list[dict[str, Any]], alloc: list[dict[str, Any]]) -> None:
+        cas_wall = max(r["elapsed"] for r in cas)
+        alloc_wall = max(r["elapsed"] for r in alloc)
+        cas_n = sum(r["count"] for r in cas)
+        alloc_n = sum(r["allocations"] for r in alloc)
+        self.cas_ops += cas_n
+        self.cas_s += cas_wall
+        self.allocs += alloc_n
+        self.alloc_s += alloc_wall
+        self.round_trips += sum(r["round_trips"] for r in alloc)
+        self.background += sum(r["background_round_trips"] for r in alloc)
+        self.claims += sum(r["claims"] for r in alloc)
+        self.claims_ahead += sum(r["claims_ahead"] for r in alloc)
+        self.config_requests += sum(r["config_requests"] for r in alloc)
+        self.conflicts += sum(r["conflicts"] for r in alloc)
+        self.failures += sum(len(r["failures"]) for r in alloc)
+        self.cas_cpu += sum(r["cpu"] for r in cas)
+        self.alloc_cpu += sum(r["cpu"] for r in alloc)
+        self.block_bytes += sum(r["block_bytes"] for r in alloc)
+        self.block_writes += sum(r["block_writes"] for r in alloc)
+        self.round_ratios.append(rate(alloc_n, alloc_wall) / rate(cas_n, cas_wall))
+
+    @property
+    def cas_rate(self) -> float:
+        return rate(self.cas_ops, self.cas_s)
+
+    @property
+    def alloc_rate(self) -> float:
+        return rate(self.allocs, self.alloc_s)
+
+    def summary(self, shaped_rate: float, full_rate: float) -> dict[str, Any]:
+        n = max(self.allocs, 1)
+        return {"cas_per_s": self.cas_rate, "allocs_per_s": self.alloc_rate,
+                "ratio": self.alloc_rate / self.cas_rate,
+                "ratio_per_round": self.round_ratios,
+                "round_trips_per_alloc": self.round_trips / n,
+                "round_trips_per_alloc_total":
+                    (self.round_trips + self.background + self.config_requests) / n,
+                "background_round_trips_per_alloc": self.background / n,
+                "claims": self.claims, "claims_ahead": self.claims_ahead,
+                "cas_block_sized_per_s": shaped_rate,
+                "ratio_block_sized": self.alloc_rate / shaped_rate if shaped_rate else 0.0,
+                "cas_full_block_sized_per_s": full_rate,
+                "client_cpu_us_per_cas": 1e6 * self.cas_cpu / max(self.cas_ops, 1),
+                "client_cpu_us_per_alloc": 1e6 * self.alloc_cpu / n,
+                "conflicts": self.conflicts, "failures": self.failures}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--allocs", type=int, default=2000, help="allocations per scenario")
+    ap.add_argument("--allocs", type=int, default=2000,
+                    help="allocations (and CAS operations) per round and scenario")
     ap.add_argument("--procs", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternations of CAS and IPAM per scenario")
     args = ap.parse_args(argv)
-    n, p = args.allocs, args.procs
+    n, p, rounds = args.allocs, args.procs, max(1, args.rounds)
+    per = n
+    # Fresh nodes in every round: each starts without blocks, as in a one-shot run.
+    single_nodes = [f"bench-s{r}" for r in range(rounds)]
+    multi_nodes = [[f"bench-r{r}-{w}" for w in range(p)] for r in range(rounds)]
+    one, many = _Scenario(), _Scenario()
     etcd = EmbeddedEtcd.temporary()
     etcd.start()
     try:
         ep = etcd.endpoint
-        nodes = [f"bench-{i}" for i in range(p + 1)]
-        asyncio.run(_setup(ep, nodes))
-        cas1 = cas_worker(ep, 0, n)
-        casp = _parallel(cas_worker, [(ep, w + 1, n // p) for w in range(p)])
-        shaped1 = cas_worker(ep, 100, n, BLOCK_BYTES)
-        shapedp = _parallel(cas_worker, [(ep, 101 + w, n // p, BLOCK_BYTES) for w in range(p)])
-        alloc1 = churn_worker(ep, nodes[0], 0, n)
-        allocp = _parallel(churn_worker, [(ep, nodes[w + 1], w + 1, n // p) for w in range(p)])
+        asyncio.run(_setup(ep, single_nodes + [x for r in multi_nodes for x in r]))
+        for r in range(rounds):
+            cas = cas_worker(ep, r, per)
+            alloc = churn_worker(ep, single_nodes[r], r, per)
+            one.add([cas], [alloc])
+        for r in range(rounds):
+            base = 1000 + 100 * r
+            casp = _parallel(cas_worker, [(ep, base + w, per // p) for w in range(p)])
+            allocp = _parallel(churn_worker, [(ep, multi_nodes[r][w], base + w, per // p)
+                                              for w in range(p)])
+            many.add(casp, allocp)
+        sizes = asyncio.run(_block_sizes(ep))
+        mean = (one.block_bytes + many.block_bytes) // max(1, one.block_writes
+                                                             + many.block_writes)
+        full = int(sizes["full_block_bytes"])
+        sizes["mean_written_bytes"] = mean
+        sh1 = cas_worker(ep, 50, per, mean)
+        full1 = cas_worker(ep, 51, per, full)
+        shp = _parallel(cas_worker, [(ep, 60 + w, per // p, mean) for w in range(p)])
+        fullp = _parallel(cas_worker, [(ep, 70 + w, per // p, full) for w in range(p)])
     finally:
         etcd.stop()
 
-    def wall(rs: list[dict[str, Any]]) -> float:
-        return max(r["elapsed"] for r in rs)
+    def prate(rs: list[dict[str, Any]]) -> float:
+        return rate(sum(r["count"] for r in rs), max(r["elapsed"] for r in rs))
 
-    cas1_rate = rate(n, cas1["elapsed"])
-    casp_rate = rate(sum(r["count"] for r in casp), wall(casp))
-    a1_rate = rate(alloc1["allocations"], alloc1["elapsed"])
-    ap_allocs = sum(r["allocations"] for r in allocp)
-    ap_rate = rate(ap_allocs, wall(allocp))
-    rt1 = alloc1["round_trips"] / alloc1["allocations"]
-    rtp = sum(r["round_trips"] for r in allocp) / ap_allocs
-    cfg1 = (alloc1["round_trips"] + alloc1["config_requests"]) / alloc1["allocations"]
-    cfgp = sum(r["round_trips"] + r["config_requests"] for r in allocp) / ap_allocs
-    sh1_rate = rate(n, shaped1["elapsed"])
-    shp_rate = rate(sum(r["count"] for r in shapedp), wall(shapedp))
-    failures = len(alloc1["failures"]) + sum(len(r["failures"]) for r in allocp)
-    rows = [
-        ["1 process", n, round(cas1_rate), round(sh1_rate), round(a1_rate),
-         a1_rate / cas1_rate, a1_rate / sh1_rate, rt1, cfg1, alloc1["conflicts"]],
-        [f"{p} processes", ap_allocs, round(casp_rate), round(shp_rate), round(ap_rate),
-         ap_rate / casp_rate, ap_rate / shp_rate, rtp, cfgp,
-         sum(r["conflicts"] for r in allocp)],
-    ]
-    print_table(["scenario", "allocs", "cas/s", "cas4k/s", "allocs/s", "ratio",
-                 "ratio4k", "rt/alloc", "rt/alloc+cfg", "conflicts"], rows,
-                title="IPAM allocation vs raw etcd CAS (cas4k: CAS of a block-sized value "
-                      "+ a handle put)")
+    s1 = one.summary(rate(per, sh1["elapsed"]), rate(per, full1["elapsed"]))
+    sp = many.summary(prate(shp), prate(fullp))
+    rows = []
+    for name, sc, s in (("1 process", one, s1), (f"{p} processes", many, sp)):
+        rr = s["ratio_per_round"]
+        rows.append([name, sc.allocs, round(s["cas_per_s"]), round(s["allocs_per_s"]),
+                     s["ratio"], f"{min(rr):.2f}-{max(rr):.2f}", s["round_trips_per_alloc"],
+                     s["round_trips_per_alloc_total"], f'{s["claims_ahead"]}/{s["claims"]}',
+                     round(s["cas_block_sized_per_s"]),
+                     round(s["cas_full_block_sized_per_s"]),
+                     f'{s["client_cpu_us_per_cas"]:.0f}/{s["client_cpu_us_per_alloc"]:.0f}',
+                     s["conflicts"]])
+    print_table(["scenario", "allocs", "cas/s", "allocs/s", "ratio", "per round",
+                 "rt/alloc", "rt total", "ahead", "casBlk/s", "casFull/s", "cpu us cas/alloc",
+                 "conflicts"], rows,
+                title=f"IPAM allocation vs raw etcd CAS ({rounds} alternating rounds)\n"
+                      f"baseline: {BASELINE}\n"
+                      f"casBlk/casFull (information only): CAS of a {mean}-byte value (mean "
+                      f"block value written) / {full}-byte value (full /26 block) + a small "
+                      f"second put; cpu: client process CPU per CAS / per allocation\n"
+                      f"rt/alloc: etcd requests allocations waited for; rt total: also claims "
+                      f"made ahead in the background and config reads; ahead: claims made "
+                      f"ahead / all claims")
+    failures = one.failures + many.failures
     path = write_results("ipam", {
-        "params": {"allocs": n, "procs": p, "pool": "10.128.0.0/12", "blockSize": 26,
-                   "block_sized_value_bytes": BLOCK_BYTES},
-        "single": {"cas_per_s": cas1_rate, "allocs_per_s": a1_rate,
-                   "ratio": a1_rate / cas1_rate, "round_trips_per_alloc": rt1,
-                   "cas_block_sized_per_s": sh1_rate, "ratio_block_sized": a1_rate / sh1_rate,
-                   "round_trips_per_alloc_incl_config": cfg1,
-                   "conflicts": alloc1["conflicts"]},
-        "concurrent": {"cas_per_s": casp_rate, "allocs_per_s": ap_rate,
-                       "ratio": ap_rate / casp_rate, "round_trips_per_alloc": rtp,
-                       "cas_block_sized_per_s": shp_rate,
-                       "ratio_block_sized": ap_rate / shp_rate,
-                       "round_trips_per_alloc_incl_config": cfgp,
-                       "conflicts": sum(r["conflicts"] for r in allocp)},
+        "params": {"allocs": n, "procs": p, "rounds": rounds, "pool": "10.128.0.0/12",
+                   "blockSize": 26},
+        "baseline": BASELINE,
+        "block_values": sizes,
+        "single": s1,
+        "concurrent": sp,
         "failures": failures,
         "target": {"ratio": 0.8, "round_trips_per_alloc": 1.0},
     })
