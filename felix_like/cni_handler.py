@@ -55,7 +55,7 @@ from cni import protocol as proto
 from cni.protocol import CniError, CniRequest
 from datastore import keys
 from datastore import model as m
-from datastore.client import ConflictError, Datastore, DatastoreError, UnavailableError
+from datastore.client import KV, ConflictError, Datastore, DatastoreError, UnavailableError
 from felix_like.metrics import Metrics
 from ipam.allocator import IpamClient
 from ipam.block import Block, BlockFormatError
@@ -159,6 +159,10 @@ class CniHandler:
         self.metrics = metrics
         self._now = now
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # Every IPAM change of this node compare-and-swaps the same block(s): run in
+        # parallel they mostly lose to each other and retry (8 ADDs in flight exhausted
+        # the allocator's 25 attempts). One at a time, each commits at its first try.
+        self._ipam_lock = asyncio.Lock()
         self._pools: list[PoolSpec] = []
         self._pools_at = -1e18
 
@@ -338,15 +342,18 @@ class CniHandler:
             return _Ipam(tuple(ip.address for ip in parsed.ips), delegated=True)
         try:
             if req.requested_ips:
-                assigned = [await self.ipam.assign_ip(str(ip), handle, namespace=namespace,
-                                                      pod=pod) for ip in req.requested_ips]
+                async with self._ipam_lock:
+                    assigned = [await self.ipam.assign_ip(str(ip), handle,
+                                                          namespace=namespace, pod=pod)
+                                for ip in req.requested_ips]
             else:
                 v4, v6 = _families(req.config)
-                assigned = await self.ipam.auto_assign(handle, namespace=namespace, pod=pod,
-                                                       num_v4=v4, num_v6=v6)
+                async with self._ipam_lock:
+                    assigned = await self.ipam.auto_assign(handle, namespace=namespace,
+                                                           pod=pod, num_v4=v4, num_v6=v6)
         except BaseException as e:
             with contextlib.suppress(Exception):
-                await self.ipam.release_by_handle(handle)
+                await self._release_quiet(handle)
             if isinstance(e, Exception):
                 raise _ipam_error(e) from e
             raise
@@ -360,11 +367,15 @@ class CniHandler:
         if got.delegated:
             await self._exec_ipam_quiet(req, "DEL")
         else:
-            await self.ipam.release_by_handle(handle)
+            await self._release_quiet(handle)
+
+    async def _release_quiet(self, handle: str) -> int:
+        async with self._ipam_lock:
+            return await self.ipam.release_by_handle(handle)
 
     async def _release(self, handle: str) -> int:
         try:
-            return await self.ipam.release_by_handle(handle)
+            return await self._release_quiet(handle)
         except (IpamError, DatastoreError) as e:
             raise _ipam_error(e) from e
 
@@ -394,7 +405,7 @@ class CniHandler:
                                           gateway=ipaddress.ip_address(gw)))
         except BaseException:
             with contextlib.suppress(Exception):
-                await self.ipam.release_by_handle(handle)
+                await self._release_quiet(handle)
             raise
         log.info("IPAM ADD %s: %s", handle, ",".join(str(i.address) for i in ips))
         return proto.format_result(proto.IpamResult(ips=tuple(ips)), req.cni_version)
@@ -484,7 +495,7 @@ class CniHandler:
     async def _del(self, req: CniRequest, handle: str) -> None:
         host_if = plumbing.host_veth_name(req.network_name, req.container_id, req.ifname)
         problems: list[str] = []
-        key, wep = await self._find_wep(req, host_if, problems)
+        key, wep, wep_kv = await self._find_wep_kv(req, host_if, problems)
         hosts: tuple[IPInterface, ...] = ()
         if wep is not None:
             hosts = tuple(ipaddress.ip_interface(str(n)) for n in wep.spec.ip_networks)
@@ -493,53 +504,83 @@ class CniHandler:
                     await self.dataplane.endpoint_removed(key)
                 except Exception as e:
                     log.warning("DEL %s: dataplane: %s", handle, e)
+        # The veth goes in a worker thread; its host routes go first. Deleting the veth
+        # takes the kernel ~20 ms, so the etcd work overlaps it -- but the address is
+        # freed only once no route to it through this veth is left (else a pod that gets
+        # it next on this node could find it "already routed"), and DEL answers only when
+        # the veth is gone too. Race: the same attachment re-ADDed meanwhile cannot
+        # happen (its handle lock is ours until we answer).
+        loop = asyncio.get_running_loop()
+        routes_gone = asyncio.Event()
+
+        def on_routes_removed() -> None:  # in the worker thread
+            loop.call_soon_threadsafe(routes_gone.set)
+
+        unwire = asyncio.ensure_future(asyncio.to_thread(
+            plumbing.unwire_pod, self.node_netns, host_if, hosts,
+            on_routes_removed=on_routes_removed))
         try:
-            await asyncio.to_thread(plumbing.unwire_pod, self.node_netns, host_if, hosts)
-        except Exception as e:
-            problems.append(f"removing {host_if}: {e}")
-        if wep is not None:
+            if wep is not None:
+                try:
+                    await self._delete_wep(key, req.container_id, wep_kv)
+                except DatastoreError as e:
+                    problems.append(f"deleting {keys.relative(key)}: {e}")
+            waiter = asyncio.ensure_future(routes_gone.wait())
+            await asyncio.wait({unwire, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if _delegated(req):
+                await self._exec_ipam(req, "DEL")
+            else:
+                freed = await self._release(handle)
+                log.info("DEL %s: %d address(es) freed", handle, freed)
+        finally:
             try:
-                await self._delete_wep(key, req.container_id)
-            except DatastoreError as e:
-                problems.append(f"deleting {keys.relative(key)}: {e}")
-        if _delegated(req):
-            await self._exec_ipam(req, "DEL")
-        else:
-            freed = await self._release(handle)
-            log.info("DEL %s: %d address(es) freed", handle, freed)
-        if problems:
-            # The address is free; what is left is ours to clean at GC/restart. Report it
-            # without failing the DEL (kubelet would retry forever on a gone netns).
-            log.warning("DEL %s: %s", handle, "; ".join(problems))
+                await unwire
+            except Exception as e:
+                problems.append(f"removing {host_if}: {e}")
+            if problems:
+                # The address is free; what is left is ours to clean at GC/restart. Report
+                # it without failing the DEL (kubelet would retry forever on a gone netns).
+                log.warning("DEL %s: %s", handle, "; ".join(problems))
 
     async def _find_wep(self, req: CniRequest, host_if: str,
                         problems: list[str]) -> tuple[str, m.WorkloadEndpoint | None]:
         """The WorkloadEndpoint of this attachment: at the key ADD derived from CNI_ARGS,
         else (a DEL with other CNI_ARGS than its ADD) found by containerID and endpoint."""
+        key, wep, _ = await self._find_wep_kv(req, host_if, problems)
+        return key, wep
+
+    async def _find_wep_kv(self, req: CniRequest, host_if: str, problems: list[str]
+                           ) -> tuple[str, m.WorkloadEndpoint | None, KV | None]:
+        """:meth:`_find_wep`, with the KV it was read from (None when not found)."""
         key = keys.workload(self.node, req.pod_namespace, pod_name_for(req), req.ifname)
         try:
-            wep = await self._read_wep(key)
+            kv = await self.ds.get(key)
+            wep = None if kv is None else _decode_wep(kv.key, kv.value)
             if wep is not None and wep.spec.container_id == req.container_id:
-                return key, wep
+                return key, wep, kv
             kvs, _ = await self.ds.list(keys.workloads_of(self.node))
         except DatastoreError as e:
             problems.append(f"reading workload endpoints: {e}")
-            return key, None
+            return key, None, None
         for kv in kvs:
             w = _decode_wep(kv.key, kv.value)
             if (w is not None and w.spec.container_id == req.container_id
                     and w.spec.endpoint == req.ifname and w.spec.host_interface == host_if):
-                return kv.key, w
-        return key, None
+                return kv.key, w, kv
+        return key, None, None
 
     async def _read_wep(self, key: str) -> m.WorkloadEndpoint | None:
         kv = await self.ds.get(key)
         return None if kv is None else _decode_wep(kv.key, kv.value)
 
-    async def _delete_wep(self, key: str, container_id: str) -> bool:
-        """Delete the endpoint at ``key`` if it still belongs to ``container_id``."""
-        for _ in range(5):
-            kv = await self.ds.get(key)
+    async def _delete_wep(self, key: str, container_id: str, known: KV | None = None) -> bool:
+        """Delete the endpoint at ``key`` if it still belongs to ``container_id``.
+
+        ``known``: the endpoint's KV as just read (saves a read; the delete compares its
+        revision, so a change since is noticed and decided again)."""
+        for attempt in range(5):
+            kv = known if attempt == 0 and known is not None else await self.ds.get(key)
             if kv is None:
                 return False
             w = _decode_wep(kv.key, kv.value)
