@@ -44,6 +44,9 @@ class BgpController:
                  on_change: Callable[[], None] | None = None) -> None:
         self.node = node
         self.metrics = metrics
+        # The node's interface addresses (``10.77.4.2/30``): each session's local address
+        # is the one on the peer's subnet (a node with two uplinks). The agent sets them.
+        self.local_addresses: list[str] = []
         self.on_change = on_change
         self.speaker = BgpSpeaker(node, netns=netns, socket_path=socket_path,
                                   workdir=Path(workdir), exabgp_bin=exabgp_bin or default_exabgp(),
@@ -91,7 +94,8 @@ class BgpController:
         sp.set_filter(enabled_pools(state), confirmed_blocks(self.node, state))
         await sp.set_exports(export_prefixes(self.node, state),
                              bgpconf.spec.communities if bgpconf else ())
-        await sp.set_neighbors(desired_neighbors(self.node, nodes, bgpconf, peers))
+        await sp.set_neighbors(desired_neighbors(self.node, nodes, bgpconf, peers,
+                                                 local_addresses=self.local_addresses))
 
     def peer_status(self) -> list[dict[str, Any]]:
         rows = self.speaker.peer_status()

@@ -85,6 +85,16 @@ def _split_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def interface_addresses(ipr: Any) -> list[str]:
+    """Global IPv4 addresses (CIDR form) of the node's interfaces, our veths excepted."""
+    names = {link["index"]: link.get_attr("IFLA_IFNAME") or "" for link in ipr.get_links()}
+    out = []
+    for a in ipr.get_addr(family=socket.AF_INET):
+        if a.get("scope", 0) == 0 and not names.get(a["index"], "").startswith("fab"):
+            out.append(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+    return sorted(out)
+
+
 def detect_node_ip(ipr: Any) -> str | None:
     """The address (CIDR form) of the interface carrying the default route, else the first
     global IPv4 address of an interface that is up."""
@@ -248,6 +258,8 @@ class Agent:
         while True:
             await asyncio.sleep(self.cfg.resync_interval * (0.9 + 0.2 * random.random()))
             self.routes.resync()
+            self.bgp.local_addresses = await self._in_netlink(
+                lambda: interface_addresses(self.ipr))
             if self.policy is not None:
                 policy = self.policy
                 await self._in_netlink(policy.resync)
@@ -368,6 +380,7 @@ class Agent:
         await self._in_netlink(self.routes.apply)
         self.policy = await self._in_netlink(lambda: PolicyManager(
             self.cfg.policy_backend, self.cfg.netns, self.node))
+        self.bgp.local_addresses = await self._in_netlink(lambda: interface_addresses(self.ipr))
         await self.health.start()
         tasks: list[asyncio.Task[Any]] = []
         try:
