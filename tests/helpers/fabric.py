@@ -215,6 +215,7 @@ class Tor:
     workdir: Path
     sessions: list[Session] = field(default_factory=list)
     bogus: list[str] = field(default_factory=list)
+    probes: list[str] = field(default_factory=list)  # `probeN` statics, disabled at start
     hold: int = 9
     keepalive: int = 3
     proc: subprocess.Popen[bytes] | None = None
@@ -234,6 +235,8 @@ class Tor:
         if self.bogus:
             routes = " ".join(f"route {p} blackhole;" for p in self.bogus)
             lines.append(f"protocol static bogus {{ ipv4 {{ preference 50; }}; {routes} }}")
+        for i, p in enumerate(self.probes):
+            lines.append(f"protocol static probe{i} {{ disabled; ipv4; route {p} blackhole; }}")
         for s in self.sessions:
             export = "all" if s.bogus else 'where proto != "bogus"'
             rr = f" rr client; rr cluster id {self.router_id};" if s.rr_client else ""
@@ -294,6 +297,25 @@ class Tor:
 
 
 # -- the fabric ------------------------------------------------------------------------
+
+
+@dataclass
+class PendingPod:
+    fabric: Fabric
+    pod: Pod
+    proc: subprocess.Popen[str]
+
+    def done(self) -> bool:
+        return self.proc.poll() is not None
+
+    def finish(self) -> Pod:
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        out, err = self.proc.stdout.read(), self.proc.stderr.read()  # stdin already closed
+        self.proc.wait(60)
+        assert self.proc.returncode == 0, f"ADD {self.pod.name} on {self.pod.node}: {out} {err}"
+        self.pod.ip = json.loads(out)["ips"][0]["address"].split("/")[0]
+        self.fabric.pods[self.pod.name] = self.pod
+        return self.pod
 
 
 class Fabric:
@@ -372,6 +394,10 @@ class Fabric:
 
     def add_pod(self, node: str, name: str, ip: str | None = None) -> Pod:
         """A pod namespace wired by the real CNI shim through ``node``'s agent."""
+        return self.spawn_pod(node, name, ip).finish()
+
+    def spawn_pod(self, node: str, name: str, ip: str | None = None) -> PendingPod:
+        """Start the shim's ADD and return at once (benchmarks watch the FIB meanwhile)."""
         n = self.nodes[node]
         ns = self.make_ns("pod")
         container = f"c-{name}"
@@ -383,13 +409,13 @@ class Fabric:
         env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": container,
                "CNI_NETNS": f"/var/run/netns/{ns}", "CNI_IFNAME": "eth0", "CNI_ARGS": args,
                "CNI_PATH": str(BIN), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        r = subprocess.run([str(BIN / "l3fabric")], input=json.dumps(conf), env=env,
-                           capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0, f"ADD {name} on {node}: {r.stdout} {r.stderr}"
-        pod = Pod(name, node, ns, json.loads(r.stdout)["ips"][0]["address"].split("/")[0],
-                  container)
-        self.pods[name] = pod
-        return pod
+        proc = subprocess.Popen([str(BIN / "l3fabric")], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                text=True)
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(conf))
+        proc.stdin.close()
+        return PendingPod(self, Pod(name, node, ns, "", container), proc)
 
     def unreachable(self, pairs: Iterable[tuple[Pod, Pod]], count: int = 2) -> list[str]:
         """Ping every (src, dst) pair in parallel; the pairs that got no answer."""
