@@ -7,8 +7,11 @@ objects of DESIGN §3).
 
 Failure mode: a value that does not validate is skipped with one log line naming the key
 (the agent's config-error reporting tells the user); it never stops allocation from the
-other pools. The allocator reads these through `CachedInputs`, which re-reads at most every
-``ttl`` seconds, so configuration changes reach allocation within ``ttl``.
+other pools. If a valid value of that key was read before through the same `Datastore`,
+that last good value is used instead (DESIGN §3: a bad value written by hand is never
+applied): a pool overwritten with garbage stays usable. The allocator reads these
+through `CachedInputs`, which re-reads at most every ``ttl`` seconds, so configuration
+changes reach allocation within ``ttl``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -39,30 +43,45 @@ def pool_spec(res: model.IPPool) -> PoolSpec:
                     disabled=res.spec.disabled, selector_text="" if text == "all()" else text)
 
 
-def _decode(key: str, value: bytes, kind: type[R]) -> R | None:
-    """The resource at ``key`` if it is valid and of ``kind``; else one log line, None."""
+# The last valid resource read per key, per Datastore (so tests with several etcds in one
+# process do not share it). Keys that disappear are not listed, so deletions still apply.
+_LAST_GOOD: weakref.WeakKeyDictionary[Datastore, dict[str, model.Resource]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _decode(key: str, value: bytes, kind: type[R], ds: Datastore | None = None) -> R | None:
+    """The resource at ``key`` if it is valid and of ``kind``; else one log line and the
+    last good value read through ``ds`` (None if there was none)."""
+    kept = _LAST_GOOD.setdefault(ds, {}) if ds is not None else {}
     try:
         res = model.decode(key, value)
     except ValueError as e:
         log.warning("ipam: ignoring invalid value at %s: %s", key, e)
-        return None
-    if not isinstance(res, kind):
+        res = None
+    if res is not None and not isinstance(res, kind):
         log.warning("ipam: ignoring %s at %s: expected %s", type(res).__name__, key,
                     kind.__name__)
-        return None
-    return res
+        res = None
+    if res is not None:
+        kept[key] = res
+        return res
+    old = kept.get(key)
+    if isinstance(old, kind):
+        log.warning("ipam: using the last good value of %s", key)
+        return old
+    return None
 
 
 async def load_pools(ds: Datastore) -> list[PoolSpec]:
     kvs, _ = await ds.list(keys.full(keys.IPPOOLS))
     pools = [pool_spec(r) for kv in kvs
-             if (r := _decode(kv.key, kv.value, model.IPPool)) is not None]
+             if (r := _decode(kv.key, kv.value, model.IPPool, ds)) is not None]
     return sorted(pools, key=lambda p: p.name)
 
 
 async def load_config(ds: Datastore) -> IpamConfig:
     kv = await ds.get(keys.full(keys.IPAM_CONFIG))
-    res = None if kv is None else _decode(kv.key, kv.value, model.IPAMConfig)
+    res = None if kv is None else _decode(kv.key, kv.value, model.IPAMConfig, ds)
     if res is None:
         return IpamConfig()
     return IpamConfig(strict_affinity=res.spec.strict_affinity,
@@ -74,7 +93,7 @@ async def load_reservations(ds: Datastore) -> list[str]:
     kvs, _ = await ds.list(keys.full(keys.IPAM_RESERVATIONS))
     out: list[str] = []
     for kv in kvs:
-        res = _decode(kv.key, kv.value, model.IPReservation)
+        res = _decode(kv.key, kv.value, model.IPReservation, ds)
         if res is not None:
             out.extend(str(c) for c in res.spec.reserved_cidrs)
     return out
@@ -82,7 +101,7 @@ async def load_reservations(ds: Datastore) -> list[str]:
 
 async def load_node_labels(ds: Datastore, node: str) -> dict[str, str]:
     kv = await ds.get(keys.node(node))
-    res = None if kv is None else _decode(kv.key, kv.value, model.Node)
+    res = None if kv is None else _decode(kv.key, kv.value, model.Node, ds)
     return {} if res is None else dict(res.metadata.labels)
 
 
