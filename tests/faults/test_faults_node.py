@@ -1,0 +1,201 @@
+"""Faults of one node's processes in a rack (BIRD ToR + two real agents, GR on).
+
+Order matters and is kept: the module's lab is built once; the agent kill, the ExaBGP
+kill, then the removal of node n2 (which ends the lab). Every figure printed here is
+quoted in docs/guarantees.md.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers.fabric import Fabric, wait_for
+from helpers.faults import (
+    OUR_CODES,
+    SPEC_CODES,
+    Namespaces,
+    Pinger,
+    Rack,
+    add_pod,
+    build_rack,
+    etcdctl,
+    fab_links,
+    gc,
+    get_json,
+    ipam_check,
+    reach,
+    shim,
+    shims,
+    spawn_shims,
+)
+
+from datastore.embedded import EmbeddedEtcd
+
+pytestmark = pytest.mark.integration
+
+RESTART_TIME = 15  # BGPConfiguration gracefulRestart.restartTime of this lab, seconds
+
+
+def block_of(fab: Fabric, node: str) -> str:
+    blocks = [p for p, rest in fab.nodes[node].routes("80").items()
+              if rest.startswith("blackhole")]
+    assert len(blocks) == 1, blocks
+    return blocks[0]
+
+
+@pytest.fixture(scope="module")
+def rack(module_etcd: EmbeddedEtcd, module_ns: Namespaces,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rack]:
+    fab = Fabric(module_ns, module_etcd, tmp_path_factory.mktemp("rack"))
+    try:
+        tor = build_rack(fab, module_ns, nodes=2, restart_time=RESTART_TIME)
+        tor.start()
+        fab.start_agents()
+        for n in ("n1", "n2"):
+            wait_for(lambda n=n: tor.established(n), 30, f"ToR session {n}", 0.2,  # type: ignore[misc]
+                     fab.diagnostics)
+        r = Rack(fab, tor, module_ns)
+        r.pods["a"] = add_pod(fab, "n1", "a", module_ns)
+        r.pods["b"] = add_pod(fab, "n2", "b", module_ns)
+        wait_for(lambda: reach(r.pods["a"].ns, r.pods["b"].ip, 1), 30, "a reaches b", 0.2,
+                 fab.diagnostics)
+        yield r
+    finally:
+        fab.close()
+
+
+def test_agent_kill9_during_50_concurrent_adds(rack: Rack) -> None:
+    fab, tor = rack.fab, rack.tor
+    n1 = fab.nodes["n1"]
+    a, b = rack.pods["a"], rack.pods["b"]
+    since, exabgp = tor.protocol("n1")[1], n1.exabgp_pid()
+    pods = [(f"storm{i:02d}", ns) for i, ns in enumerate(rack.ns.many("st", 50))]
+    pings = [Pinger(a.ns, b.ip, 10), Pinger(b.ns, a.ip, 10)]
+    time.sleep(0.5)
+    batch = spawn_shims("ADD", n1.socket, pods)
+    time.sleep(0.6)  # some ADDs answered, some in flight, some not yet read
+    n1.kill(signal.SIGKILL)
+    t_kill = time.monotonic()
+    time.sleep(0.3)
+    n1.start(fab.etcd)
+    print(f"agent back (ready) {time.monotonic() - t_kill:.2f}s after kill -9")
+    results = batch.collect(90)
+
+    ok = [r for r in results if r.exit == 0]
+    failed = [r for r in results if r.exit != 0]
+    print(f"50 ADDs across kill -9: {len(ok)} ok, {len(failed)} failed "
+          f"(codes {sorted({r.code or 0 for r in failed})})")
+    # Every answer is either a result with an address or a CNI error: no traceback.
+    for r in failed:
+        assert r.code in SPEC_CODES | OUR_CODES, (r.stdout, r.stderr)
+        assert "Traceback" not in r.stdout + r.stderr
+    ips = [r.ip for r in ok]
+    assert len(ips) == len(set(ips)), f"duplicate addresses: {sorted(ips)}"
+
+    # The runtime DELs what failed (kubelet and podman do), then GCs with what it keeps.
+    leftovers = len(fab_links(n1.ns)) - 1 - len(ok)
+    dels = shims("DEL", n1.socket, [(r.container, r.pod_ns) for r in failed])
+    assert all(d.exit == 0 for d in dels), [d.stdout for d in dels if d.exit]
+    res = gc(n1.socket, [a.container, *(r.container for r in ok)])
+    assert res.exit == 0, res.stdout
+    print(f"veths left by failed ADDs before DEL/GC: {leftovers}")
+    code, out = ipam_check(fab.etcd.endpoint)
+    assert code == 0, out
+    weps = etcdctl(fab.etcd.endpoint, "get", "--prefix", "--keys-only",
+                   "/l3fabric/v1/workloads/n1/").split()
+    assert sorted(weps) == sorted(f"/l3fabric/v1/workloads/n1/default.{name}.eth0"
+                                  for name in [a.name, *(r.container for r in ok)])
+    assert len(fab_links(n1.ns)) == len(ok) + 1
+
+    # Existing pods lost no ping, BGP never noticed, the new pods work.
+    for p in pings:
+        sent, got, summary = p.result()
+        assert sent == got, f"ping lost packets across the agent restart: {summary}"
+    print(f"10 ms pings across the kill: {summary}")
+    assert n1.exabgp_pid() == exabgp
+    assert tor.protocol("n1")[1:] == (since, "Established")
+    for r in ok[:3]:
+        assert reach(r.pod_ns, b.ip), f"new pod {r.ip} cannot reach {b.ip}"
+    dels = shims("DEL", n1.socket, [(r.container, r.pod_ns) for r in ok])
+    assert all(d.exit == 0 for d in dels)
+    assert ipam_check(fab.etcd.endpoint)[0] == 0
+
+
+def test_exabgp_killed_restarted_and_graceful_restart_keeps_routes(rack: Rack) -> None:
+    fab, tor = rack.fab, rack.tor
+    n1, n2 = fab.nodes["n1"], fab.nodes["n2"]
+    a, b = rack.pods["a"], rack.pods["b"]
+    blk1, blk2 = block_of(fab, "n1"), block_of(fab, "n2")
+    wait_for(lambda: tor.routes().get(blk1) == {"10.99.1.1"}, 20, f"{blk1} at the ToR")
+    old = n1.exabgp_pid()
+    assert old is not None
+    pings = [Pinger(b.ns, a.ip, 8), Pinger(a.ns, b.ip, 8)]
+    monitors = [subprocess.Popen(["ip", "-n", ns, "monitor", "route"], stdout=subprocess.PIPE,
+                                 text=True) for ns in (n1.ns, tor.ns)]
+    time.sleep(0.5)
+    subprocess.run(["kill", "-9", str(old)], check=True)
+    t0 = time.monotonic()
+    gaps = 0
+    # While ExaBGP is away: the ToR keeps n1's block (stale), n1 keeps n2's block.
+    while not (tor.established("n1") and n1.exabgp_pid() not in (None, old)):
+        gaps += blk1 not in tor.routes()
+        assert blk2 in n1.routes("81"), "n1 dropped the learned route while ExaBGP was down"
+        assert time.monotonic() - t0 < RESTART_TIME + 10, "ExaBGP not back in time"
+        time.sleep(0.1)
+    back = time.monotonic() - t0
+    print(f"ExaBGP kill -9: new speaker established after {back:.2f}s "
+          f"(ToR lost n1's block in {gaps} polls)")
+    assert gaps == 0, "the ToR dropped n1's block during the restart (graceful restart)"
+    wait_for(lambda: tor.routes().get(blk1) == {"10.99.1.1"}, 20, "n1's block refreshed")
+    wait_for(lambda: blk2 in n1.routes("81"), 20, "n2's block learned again")
+    for m in monitors:
+        m.terminate()
+    changes = [m.communicate(timeout=10)[0] for m in monitors]
+    # Known gap (docs/guarantees.md): the new ExaBGP sends End-of-RIB before the agent's
+    # re-announcement reaches it, so BIRD flushes the stale block and re-adds it a few ms
+    # later (seen as one "Deleted" in the ToR's FIB). Bounded here; `manual-eor` fixes it.
+    lost = 0
+    for p in pings:
+        sent, got, summary = p.result()
+        lost += sent - got
+        assert sent - got <= 10, f"lost > 100 ms of pings: {summary} {changes}"
+    print(f"ExaBGP kill -9: {lost} ping(s) lost at 10 ms; ToR FIB changes: "
+          f"{changes[1].count('Deleted')} delete(s) of n1's block")
+    assert "not restarted" not in n2.log.read_text()
+
+
+def test_node_removed_blocks_routes_endpoints(rack: Rack) -> None:
+    """n2 dies with its pod b; the operator removes it: ``fabricctl delete node n2``, then
+    ``fabricctl ipam check --fix``. (What the tooling lacks is in docs/guarantees.md.)"""
+    fab, tor = rack.fab, rack.tor
+    n1, n2 = fab.nodes["n1"], fab.nodes["n2"]
+    ep = fab.etcd.endpoint
+    blk2 = block_of(fab, "n2")
+    n2.cleanup()  # the node is gone: agent stopped, its ExaBGP stopped, its routes removed
+    t0 = time.monotonic()
+    fabricctl = str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "fabricctl")
+    subprocess.run([fabricctl, "--etcd-endpoints", ep, "delete", "node", "n2"], check=True,
+                   capture_output=True, timeout=30)
+    fix = subprocess.run([fabricctl, "--etcd-endpoints", ep, "ipam", "check", "--fix"],
+                         capture_output=True, text=True, timeout=60)
+    print(f"ipam check --fix after deleting n2: {fix.stdout.strip()[-400:]}")
+    assert etcdctl(ep, "get", "--prefix", "--keys-only", "/l3fabric/v1/ipam/affinities/n2/") \
+        .strip() == ""
+    blk = get_json(ep, "ipam/blocks/" + blk2.replace("/", "-"))
+    assert blk is None or blk.get("affinity") is None, blk
+    wait_for(lambda: blk2 not in tor.routes(), RESTART_TIME + 10,
+             f"{blk2} gone from the ToR", 0.2)
+    at_tor = time.monotonic() - t0
+    wait_for(lambda: blk2 not in n1.routes("81"), 10, f"{blk2} gone from n1", 0.1)
+    print(f"n2 removed: its block gone from the ToR after {at_tor:.1f}s, from n1 after "
+          f"{time.monotonic() - t0:.1f}s (graceful restart time {RESTART_TIME}s)")
+    weps = etcdctl(ep, "get", "--prefix", "--keys-only", "/l3fabric/v1/workloads/n2/").split()
+    status = get_json(ep, "status/nodes/n2")
+    print(f"left after removal: {len(weps)} WorkloadEndpoint(s) of n2, NodeStatus "
+          f"{'present (expires with its lease)' if status else 'gone'}")
+    assert shim("ADD", n1.socket, "after-removal", rack.ns("pod")).exit == 0
