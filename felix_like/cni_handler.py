@@ -526,8 +526,10 @@ class CniHandler:
                 except DatastoreError as e:
                     problems.append(f"deleting {keys.relative(key)}: {e}")
             waiter = asyncio.ensure_future(routes_gone.wait())
-            await asyncio.wait({unwire, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
+            try:
+                await asyncio.wait({unwire, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
             if _delegated(req):
                 await self._exec_ipam(req, "DEL")
             else:
