@@ -39,16 +39,6 @@ def missing_bgp() -> str | None:
     return None
 
 
-def missing_local_addresses() -> str | None:
-    """The agent must hand the node's interface addresses to bgp.config (see
-    desired_neighbors(local_addresses=...)); without them rr2's sessions are refused."""
-    glue = REPO / "bgp" / "glue.py"
-    if "local_addresses" not in glue.read_text():
-        return ("the agent does not pass its interface addresses to "
-                "bgp.config.desired_neighbors (local_addresses): second-uplink sessions fail")
-    return None
-
-
 pytestmark = [
     pytest.mark.skipif(shutil.which("bird") is None or shutil.which("etcd") is None,
                        reason="needs BIRD 2 (bird2) and etcd (etcd-server)"),
@@ -121,8 +111,6 @@ def lab() -> Iterator[Lab]:
 
 
 def test_every_session_to_both_reflectors_is_established(lab: Lab) -> None:
-    if missing_local_addresses():
-        pytest.xfail(str(missing_local_addresses()))
 
     def established() -> bool:
         s = lab.bird_sessions()
@@ -136,8 +124,6 @@ def test_every_pod_reaches_every_other(lab: Lab) -> None:
 
 
 def test_other_blocks_are_routed_over_both_reflectors(lab: Lab) -> None:
-    if missing_local_addresses():
-        pytest.xfail(str(missing_local_addresses()))
     block = ipaddress.ip_network(f"{lab.ip('p3')}/{lab.topo.block_size}", strict=False)
 
     def ecmp() -> bool:
@@ -149,8 +135,6 @@ def test_other_blocks_are_routed_over_both_reflectors(lab: Lab) -> None:
 
 
 def test_losing_one_reflector_keeps_every_pod_reachable(lab: Lab) -> None:
-    if missing_local_addresses():
-        pytest.xfail(str(missing_local_addresses()))
     bird = next(p for p in lab.st.processes if p.what == "bird rr1")
     runner._kill_group(bird.pid, 15)
     assert wait_for(lambda: not bird.alive(), 10)
