@@ -48,7 +48,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, runtime_checkable
 
 from cni import plumbing
 from cni import protocol as proto
@@ -57,6 +57,7 @@ from datastore import keys
 from datastore import model as m
 from datastore.client import KV, ConflictError, Datastore, DatastoreError, UnavailableError
 from felix_like.metrics import Metrics
+from felix_like.routes import Route
 from ipam.allocator import IpamClient
 from ipam.block import Block, BlockFormatError
 from ipam.model import (
@@ -104,6 +105,19 @@ class EndpointSink(Protocol):
     async def endpoint_added(self, key: str, wep: m.WorkloadEndpoint) -> None: ...
 
     async def endpoint_removed(self, key: str) -> None: ...
+
+
+@runtime_checkable
+class RouteRecorder(Protocol):
+    """A sink that can also be told which routes the handler itself just installed.
+
+    Optional: without it the sink's route manager finds the pod's /32 already there
+    when it adds it (EEXIST), and learns it by dumping the routing table: on every ADD,
+    ~25 ms with 50 pods and ~110 ms with 200 (pyroute2 parses every route). Told first,
+    it adopts the route without touching the kernel.
+    """
+
+    async def routes_programmed(self, routes: Sequence[Route]) -> None: ...
 
 
 def handle_for(network: str, container_id: str, ifname: str) -> str:
@@ -276,6 +290,8 @@ class CniHandler:
 
             if self.dataplane is not None:
                 try:
+                    if isinstance(self.dataplane, RouteRecorder):
+                        await self.dataplane.routes_programmed(wired.routes)
                     await self.dataplane.endpoint_added(key, wep)
                 except Exception as e:
                     raise CniError(ERR_DATAPLANE, f"programming the dataplane failed: {e}") from e

@@ -602,3 +602,41 @@ async def test_pods_on_a_node_reach_each_other(fab: Fabric,
     assert ping(a, _addr(rb)[:-3]) and ping(b, _addr(ra)[:-3])
     (await fab.delete(a, "c-a")).ok()
     (await fab.delete(b, "c-b")).ok()
+
+
+class _RecordingRouter:
+    """A dataplane that also takes the routes the handler installed (RouteRecorder)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    async def routes_programmed(self, routes: Any) -> None:
+        self.events.append(("routes", tuple(routes)))
+
+    async def endpoint_added(self, key: str, wep: Any) -> None:
+        self.events.append(("added", key))
+
+    async def endpoint_removed(self, key: str) -> None:
+        self.events.append(("removed", key))
+
+
+async def test_a_route_recording_dataplane_learns_the_pod_route_before_the_endpoint(
+        shared_etcd: EmbeddedEtcd, netns: Callable[[str], str], tmp_path: Path) -> None:
+    from datastore import model as m
+    from felix_like.cni_handler import RouteRecorder
+
+    router = _RecordingRouter()
+    assert isinstance(router, RouteRecorder)
+    node, pod = netns("node"), netns("pod")
+    async with fabric(shared_etcd.endpoint, node, tmp_path, dataplane=router) as f:
+        await f.ds.delete_prefix(keys.PREFIX)
+        pool = ippool("default", POOL, 26)
+        await f.ds.put(m.key_for(pool), m.encode(pool))
+        addr = _addr((await f.add(pod, "c-rr")).ok().json)
+        host_if = host_veth_name(NETWORK, "c-rr", "eth0")
+        [(kind, routes), (kind2, key)] = router.events
+        assert (kind, kind2) == ("routes", "added")
+        assert [(r.dst, r.dev, r.kind) for r in routes] == [(addr, host_if, "local")]
+        assert key.endswith(".c-rr.eth0")
+        (await f.delete(pod, "c-rr")).ok()
+        assert router.events[-1] == ("removed", key)
