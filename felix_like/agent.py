@@ -145,6 +145,7 @@ class Agent:
         self.config_errors: dict[str, str] = {}
         self.cni_server: Any = None
         self.handler: Any = None
+        self.ipam: Any = None
         # ExaBGP's files beside the CNI socket: one directory per node and socket dir.
         base = Path(cfg.socket).parent
         self.bgp = BgpController(self.node, netns=cfg.netns,
@@ -363,7 +364,7 @@ class Agent:
         from felix_like.cni_server import CniServer
         from ipam.allocator import IpamClient
 
-        ipam = IpamClient(self.ds, self.node)
+        self.ipam = ipam = IpamClient(self.ds, self.node)
         self.handler = CniHandler(self.node, self.ds, ipam, node_netns=self.cfg.netns,
                                   dataplane=self, metrics=self.metrics)
         self.cni_server = CniServer(self.cfg.socket, self.handler.handle)
@@ -414,6 +415,9 @@ class Agent:
                     await t
             if self.cni_server is not None:
                 await self.cni_server.stop()
+            if self.ipam is not None:  # a block claim in the background finishes first
+                with contextlib.suppress(Exception):
+                    await self.ipam.aclose()
             # ExaBGP keeps running (its own session): the ToR keeps our routes and the
             # sessions stay up across an agent restart; the next agent re-attaches.
             with contextlib.suppress(Exception):
