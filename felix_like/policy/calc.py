@@ -375,12 +375,7 @@ class _Builder:
         entry = _PROGRAMS.get(ikey)
         hit = entry[1] if entry is not None and entry[0] is key[1] else None
         if hit is None:
-            outer, self._recording = self._recording, []
-            try:
-                name, rules = build()
-                hit = (name, rules, tuple(self._recording))
-            finally:
-                self._recording = outer
+            hit = self.record(build)
             if len(_PROGRAMS) > 20000:
                 _PROGRAMS.clear()
             _PROGRAMS[ikey] = (key[1], hit)
@@ -391,6 +386,15 @@ class _Builder:
                 self.rs.sets[set_name] = spec
                 self.fillers[set_name] = filler
         return name
+
+    def record(self, build: Any) -> _Program:
+        """Run ``build`` (-> chain name, rules) and note every set it asked for."""
+        outer, self._recording = self._recording, []
+        try:
+            name, rules = build()
+            return name, rules, tuple(self._recording)
+        finally:
+            self._recording = outer
 
     def k8s_peer_set(self, policy_ns: str, peer: model.NetworkPolicyPeer, version: int) -> str:
         if peer.namespace_selector is None:
@@ -418,31 +422,20 @@ class _Builder:
         groups: dict[tuple[str, Mapping[str, str]], list[model.WorkloadEndpoint]] = {}
         for wep in eps:
             groups.setdefault((ep_namespace(wep), wep.spec.labels), []).append(wep)
-        addrs = {v: {id(w): [f"{a}/{32 if v == 4 else 128}" for a in _ep_ips(w, v)]
-                     for w in eps} for v in (4, 6)}
         for name, spec in self.rs.sets.items():
             filler = self.fillers[name]
             kind = filler[0]
             elems: set[Any] = set()
             if kind == "nets":
-                elems = {str(n) for n in filler[1]}
+                elems = set(fixed_elements(filler))
             elif kind == "port":
                 for wep in eps:
-                    for p in wep.spec.ports:
-                        if p.name != filler[1]:
-                            continue
-                        for a in _ep_ips(wep, spec.version):
-                            elems.add((a, PROTOCOLS[p.protocol], p.port))
+                    elems.update(member_elements(filler, spec.version, wep))
             else:
                 for members in groups.values():
-                    wep = members[0]
-                    if kind == "k8s":
-                        hit = k8s_peer_matches(self.inputs, filler[1], filler[2], wep)
-                    else:
-                        hit = entity_selector_matches(self.inputs, filler[1], filler[2], wep)
-                    if hit:
+                    if filler_matches(self.inputs, filler, members[0]):
                         for m in members:
-                            elems.update(addrs[spec.version][id(m)])
+                            elems.update(member_elements(filler, spec.version, m))
             self.rs.elements[name] = frozenset(elems)
 
     # NetworkPolicy ----------------------------------------------------------------------
@@ -452,7 +445,7 @@ class _Builder:
 
     def _np_chain(self, p: model.NetworkPolicy, direction: str) -> tuple[str, tuple[Rule, ...]]:
         ns = p.metadata.namespace or "default"
-        name = f"p{direction[0]}-{_hash('np', ns, p.metadata.name)}"
+        name = np_chain_name(p, direction)
         rules: list[Rule] = []
         src_or_dst = "src" if direction == "in" else "dst"
         k8s_rules = p.spec.ingress if direction == "in" else p.spec.egress
@@ -496,7 +489,7 @@ class _Builder:
 
     def _gnp_chain(self, g: model.GlobalNetworkPolicy,
                    direction: str) -> tuple[str, tuple[Rule, ...]]:
-        name = f"g{direction[0]}-{_hash('gnp', g.metadata.name)}"
+        name = gnp_chain_name(g, direction)
         rules: list[Rule] = []
         gnp_rules = g.spec.ingress if direction == "in" else g.spec.egress
         for i, r in enumerate(gnp_rules):
@@ -572,51 +565,83 @@ class _Builder:
     # endpoints --------------------------------------------------------------------------
 
     def endpoint(self, key: str, wep: model.WorkloadEndpoint) -> None:
-        iface = wep.spec.host_interface
-        assert iface is not None
         inputs = self.inputs
         gnps = [g for g in self.gnps if gnp_selects(inputs, g, wep)]
         nps = [p for p in self.np_by_ns.get(ep_namespace(wep), ()) if np_selects(p, wep)]
-        names: dict[str, tuple[str, ...]] = {}
-        for direction, typ in (("in", "Ingress"), ("out", "Egress")):
-            head = f"f{direction[0]}-{iface}"
-            tail = f"f{direction[0]}n-{iface}"
-            rules: list[Rule] = []
-            if direction == "out":
-                rules.extend(_anti_spoof(wep))
-            else:
-                for v in (4, 6):
-                    rules.append(Rule((Addr("src", v, HOST_SETS[v]),), RETURN,
-                                      "traffic from this node"))
-            used: list[str] = []
-            for g in gnps:
-                if typ not in g.spec.effective_types:
-                    continue
-                chain = self.gnp_chain(g, direction)
-                used.append(f"gnp/{g.metadata.name}")
-                rules.append(Rule((), Verdict("jump", chain), f"gnp/{g.metadata.name}"))
-                rules.append(Rule((Marked(MARK_ALLOW),), RETURN))
-                rules.append(Rule((Marked(MARK_PASS),), Verdict("goto", tail)))
-            rules.append(Rule((), Verdict("goto", tail)))
-            self.rs.chains[head] = tuple(rules)
-            trules: list[Rule] = []
-            isolating = [p for p in nps if typ in p.effective_policy_types]
-            for p in isolating:
-                ns = p.metadata.namespace or "default"
-                chain = self.np_chain(p, direction)
-                used.append(f"np/{ns}/{p.metadata.name}")
-                trules.append(Rule((), Verdict("jump", chain), f"np/{ns}/{p.metadata.name}"))
-                trules.append(Rule((Marked(MARK_ALLOW),), RETURN))
-            if isolating:
-                trules.append(Rule((), DROP, f"{typ.lower()} isolated: no policy allowed it"))
-            self.rs.chains[tail] = tuple(trules)
-            names[direction] = tuple(used)
-        self.rs.from_pod[iface] = f"fo-{iface}"
-        self.rs.to_pod[iface] = f"fi-{iface}"
-        self.rs.endpoints[iface] = LocalEndpoint(
-            key=key, iface=iface, namespace=ep_namespace(wep), pod=wep.spec.pod,
-            addresses=tuple(str(n) for n in wep.spec.ip_networks),
-            ingress_policies=names["in"], egress_policies=names["out"])
+        chains, local = endpoint_chains(key, wep, gnps, nps, self.gnp_chain, self.np_chain)
+        self.rs.chains.update(chains)
+        self.rs.from_pod[local.iface] = f"fo-{local.iface}"
+        self.rs.to_pod[local.iface] = f"fi-{local.iface}"
+        self.rs.endpoints[local.iface] = local
+
+
+def np_chain_name(p: model.NetworkPolicy, direction: str) -> str:
+    return f"p{direction[0]}-{_hash('np', p.metadata.namespace or 'default', p.metadata.name)}"
+
+
+def gnp_chain_name(g: model.GlobalNetworkPolicy, direction: str) -> str:
+    return f"g{direction[0]}-{_hash('gnp', g.metadata.name)}"
+
+
+def policy_program(kind: str, policy: Any, direction: str) -> _Program:
+    """The chain of one (policy, direction) and the sets it uses (``kind``: np | gnp), for
+    callers that keep their own cache (the incremental calculation)."""
+    b = _Builder(PolicyInputs(node=""))
+    if kind == "np":
+        return b.record(lambda: b._np_chain(policy, direction))
+    return b.record(lambda: b._gnp_chain(policy, direction))
+
+
+def endpoint_chains(key: str, wep: model.WorkloadEndpoint,
+                    gnps: Iterable[model.GlobalNetworkPolicy],
+                    nps: Iterable[model.NetworkPolicy],
+                    gnp_chain: Any, np_chain: Any,
+                    ) -> tuple[dict[str, tuple[Rule, ...]], LocalEndpoint]:
+    """The four chains of a local endpoint (``fo-``/``fon-``/``fi-``/``fin-<iface>``) given
+    the GNPs selecting it in evaluation order and the NetworkPolicies selecting it in name
+    order. ``gnp_chain(g, direction)``/``np_chain(p, direction)`` return (and register) the
+    policy chain's name."""
+    iface = wep.spec.host_interface
+    assert iface is not None
+    chains: dict[str, tuple[Rule, ...]] = {}
+    names: dict[str, tuple[str, ...]] = {}
+    for direction, typ in (("in", "Ingress"), ("out", "Egress")):
+        head = f"f{direction[0]}-{iface}"
+        tail = f"f{direction[0]}n-{iface}"
+        rules: list[Rule] = []
+        if direction == "out":
+            rules.extend(_anti_spoof(wep))
+        else:
+            for v in (4, 6):
+                rules.append(Rule((Addr("src", v, HOST_SETS[v]),), RETURN,
+                                  "traffic from this node"))
+        used: list[str] = []
+        for g in gnps:
+            if typ not in g.spec.effective_types:
+                continue
+            chain = gnp_chain(g, direction)
+            used.append(f"gnp/{g.metadata.name}")
+            rules.append(Rule((), Verdict("jump", chain), f"gnp/{g.metadata.name}"))
+            rules.append(Rule((Marked(MARK_ALLOW),), RETURN))
+            rules.append(Rule((Marked(MARK_PASS),), Verdict("goto", tail)))
+        rules.append(Rule((), Verdict("goto", tail)))
+        chains[head] = tuple(rules)
+        trules: list[Rule] = []
+        isolating = [p for p in nps if typ in p.effective_policy_types]
+        for p in isolating:
+            ns = p.metadata.namespace or "default"
+            chain = np_chain(p, direction)
+            used.append(f"np/{ns}/{p.metadata.name}")
+            trules.append(Rule((), Verdict("jump", chain), f"np/{ns}/{p.metadata.name}"))
+            trules.append(Rule((Marked(MARK_ALLOW),), RETURN))
+        if isolating:
+            trules.append(Rule((), DROP, f"{typ.lower()} isolated: no policy allowed it"))
+        chains[tail] = tuple(trules)
+        names[direction] = tuple(used)
+    return chains, LocalEndpoint(
+        key=key, iface=iface, namespace=ep_namespace(wep), pod=wep.spec.pod,
+        addresses=tuple(str(n) for n in wep.spec.ip_networks),
+        ingress_policies=names["in"], egress_policies=names["out"])
 
 
 def _ep_ips(wep: model.WorkloadEndpoint, version: int) -> list[str]:
@@ -626,6 +651,35 @@ def _ep_ips(wep: model.WorkloadEndpoint, version: int) -> list[str]:
             # A pod normally has /32s; a wider network counts as all its addresses.
             out.append(str(n.network_address) if n.num_addresses == 1 else str(n))
     return out
+
+
+def fixed_elements(filler: tuple[Any, ...]) -> tuple[str, ...]:
+    """Elements of a ``nets`` set (they depend on no endpoint)."""
+    return tuple(str(n) for n in filler[1]) if filler[0] == "nets" else ()
+
+
+def filler_matches(inputs: PolicyInputs, filler: tuple[Any, ...],
+                   wep: model.WorkloadEndpoint) -> bool:
+    """Whether ``wep`` contributes to the sets filled by ``filler`` (selector or port sets;
+    never for ``nets``). ``inputs`` is only read for namespace labels."""
+    kind = filler[0]
+    if kind == "k8s":
+        return k8s_peer_matches(inputs, filler[1], filler[2], wep)
+    if kind == "calico":
+        return entity_selector_matches(inputs, filler[1], filler[2], wep)
+    if kind == "port":
+        return any(p.name == filler[1] for p in wep.spec.ports)
+    return False
+
+
+def member_elements(filler: tuple[Any, ...], version: int,
+                    wep: model.WorkloadEndpoint) -> tuple[Any, ...]:
+    """What a matching ``wep`` puts into the ``version`` set of ``filler``: its addresses
+    (a selector set) or its ``(address, protocol, port)`` of that port name."""
+    if filler[0] == "port":
+        return tuple((a, PROTOCOLS[p.protocol], p.port) for p in wep.spec.ports
+                     if p.name == filler[1] for a in _ep_ips(wep, version))
+    return tuple(str(n) for n in wep.spec.ip_networks if n.version == version)
 
 
 def _anti_spoof(wep: model.WorkloadEndpoint) -> list[Rule]:
