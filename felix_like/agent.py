@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bgp.glue import BgpController
+from cni.protocol import ERR_TRY_AGAIN_LATER, CniError, error_json
 from datastore import keys, model
 from datastore.client import (
     ConflictError,
@@ -40,6 +41,7 @@ from datastore.client import (
     DatastoreError,
     EtcdConfig,
     NotFoundError,
+    UnavailableError,
 )
 from datastore.schema import ensure_schema
 from datastore.syncer import ConfigError, ConnectionState, Deleted, InSync, Syncer, Update
@@ -48,6 +50,7 @@ from felix_like.metrics import HealthServer, Metrics
 from felix_like.netlink import open_iproute
 from felix_like.policy.manager import PolicyManager
 from felix_like.routes import RouteManager, register_rt_protos
+from ipam.model import IpamInputs
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +135,9 @@ class Agent:
         self.routes: RouteManager = RouteManager(_Unopened())
         self.policy: PolicyManager | None = None  # made in the netlink thread by run()
         self._synced = asyncio.Event()
+        self._gen = 0  # bumped on every datastore event
+        self._inputs: IpamInputs | None = None
+        self._inputs_gen = -1
         self.syncer: Syncer[Any] = Syncer(self.ds, keys.PREFIX, calc.decode_value,
                                           resync_interval=cfg.resync_interval)
         # Endpoints the CNI handler told us about before etcd's watch did (None: removed).
@@ -270,6 +276,7 @@ class Agent:
 
     async def _consume(self) -> None:
         async for ev in self.syncer.events():
+            self._gen += 1
             if isinstance(ev, Update | Deleted):
                 self.metrics.datastore_events.labels(
                     "update" if isinstance(ev, Update) else "delete").inc()
@@ -364,11 +371,36 @@ class Agent:
         from felix_like.cni_server import CniServer
         from ipam.allocator import IpamClient
 
-        self.ipam = ipam = IpamClient(self.ds, self.node)
+        # IPAM decides from the syncer's mirror (last good values, no extra etcd reads)
+        # and gives up quickly when etcd is away: the runtime retries on code 11.
+        self.ipam = ipam = IpamClient(self.ds, self.node, inputs=self._ipam_inputs,
+                                      unavailable_budget=3.0)
         self.handler = CniHandler(self.node, self.ds, ipam, node_netns=self.cfg.netns,
                                   dataplane=self, metrics=self.metrics)
-        self.cni_server = CniServer(self.cfg.socket, self.handler.handle)
+        self.cni_server = CniServer(self.cfg.socket, self._serve_cni)
         await self.cni_server.start()
+
+    async def _ipam_inputs(self) -> IpamInputs:
+        try:
+            await asyncio.wait_for(self._synced.wait(), 15)
+        except TimeoutError:
+            raise UnavailableError("the datastore snapshot is not complete yet") from None
+        if self._inputs_gen != self._gen or self._inputs is None:
+            self._inputs = calc.ipam_inputs(self.node, self.syncer.current)
+            self._inputs_gen = self._gen
+        return self._inputs
+
+    async def _serve_cni(self, plugin: str, env: dict[str, str],
+                         stdin: str) -> tuple[int, str, str]:
+        """The handler, except that an ADD while etcd is known to be away fails at once
+        with code 11 (try again later) instead of waiting out the datastore's retries."""
+        if env.get("CNI_COMMAND") == "ADD" and self.syncer.connected is False:
+            self.metrics.cni_requests.labels("ADD", "error").inc()
+            err = CniError(ERR_TRY_AGAIN_LATER, "etcd is unreachable; try again later",
+                           self.health.not_ready_reason)
+            return 1, error_json(err), ""
+        code, out, err_text = await self.handler.handle(plugin, env, stdin)
+        return code, out, err_text
 
     async def run(self, stop: asyncio.Event) -> None:
         register_rt_protos()

@@ -13,6 +13,8 @@ from typing import Any
 from datastore import keys, model
 from felix_like.routes import Route, render_routes
 from ipam.affinity import CONFIRMED, AffinityState
+from ipam.model import IpamConfig, IpamInputs
+from ipam.sources import pool_spec
 
 
 @dataclass(frozen=True)
@@ -76,3 +78,29 @@ def desired_routes(node: str, state: Mapping[str, Any],
     """Local pod /32s, a blackhole per confirmed block, and routes learned over BGP."""
     return render_routes(endpoint_addresses(local_endpoints(node, state)),
                          confirmed_blocks(node, state), learned or {})
+
+
+def ipam_inputs(node: str, state: Mapping[str, Any]) -> IpamInputs:
+    """What IPAM decides with, from the mirror's last good values (a pool overwritten with
+    garbage stays usable as it was)."""
+    pools = []
+    reservations: list[str] = []
+    config = IpamConfig()
+    labels: dict[str, str] = {}
+    pools_prefix = keys.full(keys.IPPOOLS)
+    res_prefix = keys.full(keys.IPAM_RESERVATIONS)
+    for k, v in state.items():
+        if k.startswith(pools_prefix) and isinstance(v, model.IPPool):
+            pools.append(pool_spec(v))
+        elif k.startswith(res_prefix) and isinstance(v, model.IPReservation):
+            reservations.extend(str(c) for c in v.spec.reserved_cidrs)
+    cfg = state.get(keys.full(keys.IPAM_CONFIG))
+    if isinstance(cfg, model.IPAMConfig):
+        config = IpamConfig(strict_affinity=cfg.spec.strict_affinity,
+                            max_blocks_per_host=cfg.spec.max_blocks_per_host,
+                            release_cooldown=float(cfg.spec.release_cooldown_seconds))
+    me = state.get(keys.node(node))
+    if isinstance(me, model.Node):
+        labels = dict(me.metadata.labels)
+    return IpamInputs(pools=tuple(sorted(pools, key=lambda p: p.name)), config=config,
+                      reservations=tuple(sorted(reservations)), node_labels=labels)

@@ -112,6 +112,8 @@ def test_etcd_down(namespaces: Namespaces, etcd: EmbeddedEtcd, tmp_path: Path) -
         print(f"ADD with etcd down: exit {r.exit}, code {r.code} after {r.seconds:.2f}s: "
               f"{(r.json or {}).get('msg', r.stdout)[:160]}")
         assert r.exit != 0 and r.code == 11, r.stdout
+        # "Fails fast, no hang": a generous bound, far from the runtime's own timeout.
+        assert r.seconds < 15, f"ADD took {r.seconds:.1f}s to fail with etcd down"
         assert n.http("/livez")[0] == 200
         assert n.proc is not None and n.proc.poll() is None
         assert fab_links(n.ns) and len(fab_links(n.ns)) == 2, "the failed ADD left a veth"
