@@ -234,6 +234,12 @@ def cmd_delete(args: argparse.Namespace) -> int:
     ns = (args.namespace or "default") if cls.namespaced else None
 
     async def go(ds: Datastore) -> bool:
+        if cls.kind == "Node":
+            from ipam.removal import remove_node
+
+            removal = await remove_node(ds, args.name)
+            print(f"node {args.name}: {removal}")
+            return removal.node_existed
         if cls.kind == "IPPool":
             from ipam.allocator import delete_pool  # refuses while the pool has allocations
             from ipam.model import IpamError
