@@ -25,7 +25,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,7 +49,7 @@ from felix_like import calc
 from felix_like.metrics import HealthServer, Metrics
 from felix_like.netlink import open_iproute
 from felix_like.policy.manager import PolicyManager
-from felix_like.routes import RouteManager, register_rt_protos
+from felix_like.routes import Route, RouteManager, register_rt_protos
 from ipam.model import IpamInputs
 
 log = logging.getLogger(__name__)
@@ -181,6 +181,11 @@ class Agent:
             raise RuntimeError("the datastore snapshot is not complete yet") from None
         self._overlay[key] = wep
         await self.apply()
+
+    async def routes_programmed(self, routes: Sequence[Route]) -> None:
+        """The CNI handler installed these routes itself: record them, so the next apply
+        neither re-adds them nor re-reads the whole routing table to find out."""
+        await self._in_netlink(lambda: self.routes.note_programmed(routes))
 
     async def endpoint_removed(self, key: str) -> None:
         self._overlay[key] = None
