@@ -54,6 +54,7 @@ from felix_like.routes import (
     RT_SCOPE_LINK,
     RT_SCOPE_NOWHERE,
     RT_TABLE_MAIN,
+    RTN_BLACKHOLE,
     Route,
 )
 
@@ -135,6 +136,29 @@ def _host_sysctls(host_if: str, v4: bool, v6: bool) -> dict[str, str]:
 def _lookup(ipr: Any, name: str) -> int | None:
     found = ipr.link_lookup(ifname=name)
     return int(found[0]) if found else None
+
+
+def _replace_own_blackhole(node_ns: str | None, addr: IPInterface, host_idx: int) -> bool:
+    """Replace our blackhole at exactly ``addr``'s host prefix (a block of one address)
+    by the pod's route through ``host_idx``. False, changing nothing, when the route
+    there is anything else. Rare (blockSize 32/128 only): pyroute2 is fine here."""
+    ipr = open_iproute(node_ns)
+    try:
+        # A dump of the main table, filtered here: pyroute2's dst filter is EINVAL here.
+        found = ipr.get_routes(family=_family(addr), table=RT_TABLE_MAIN)
+        here = [m for m in found if m["dst_len"] == addr.network.prefixlen
+                and m.get_attr("RTA_DST") == str(addr.ip)]
+        if len(here) != 1 or here[0]["type"] != RTN_BLACKHOLE \
+                or here[0]["proto"] != PROTO_L3FABRIC:
+            return False
+        ipr.route("replace", family=_family(addr), dst=str(addr.network), oif=host_idx,
+                  scope=RT_SCOPE_LINK, proto=PROTO_L3FABRIC, table=RT_TABLE_MAIN,
+                  type="unicast")
+        log.info("pod route %s replaces the blackhole of its one-address block",
+                 addr.network)
+        return True
+    finally:
+        ipr.close()
 
 
 def wire_pod(
@@ -239,9 +263,13 @@ def wire_pod(
                 node.add_route(_family(a), str(a.ip), a.network.prefixlen, oif=host_idx,
                                scope=RT_SCOPE_LINK, proto=PROTO_L3FABRIC, table=RT_TABLE_MAIN)
             except NetlinkError as exc:
-                if exc.code == errno.EEXIST:
+                if exc.code != errno.EEXIST:
+                    raise
+                # blockSize 32 (128): the block's blackhole is the pod's own prefix. Ours
+                # (proto l3fabric, type blackhole) gives way to the pod route, which
+                # render_routes prefers too; anything else is a real conflict.
+                if not _replace_own_blackhole(node_ns, a, host_idx):
                     raise RuntimeError(f"{a.ip} is already routed on this node") from exc
-                raise
             routes.append(_host_route(a, host_if))
 
         return WiredPod(host_if=host_if, host_ifindex=host_idx, container_if=ifname,
