@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FABRICCTL := $(VENV)/bin/fabricctl
 
-.PHONY: setup test test-unit test-integration lint demo demo-down bench clean
+.PHONY: setup test test-unit test-integration faults lint demo demo-down bench clean
 
 setup:
 	@scripts/setup.sh
@@ -18,6 +18,10 @@ test-unit: setup
 
 test-integration: setup
 	$(PY) -m pytest -q tests/integration
+
+## The fault and hostile-input suite alone (also part of `make test`).
+faults: setup
+	$(PY) -m pytest -q tests/faults
 
 lint: setup
 	$(VENV)/bin/ruff check .
