@@ -181,11 +181,20 @@ class _Render:
         return lines
 
 
-def render_chains(rs: Ruleset, version: int) -> tuple[dict[str, tuple[str, ...]],
-                                                      dict[str, tuple[IpsetSpec, frozenset[str]]]]:
+# chain name -> (the rules rendered, their lines, the extra ipsets they needed)
+RenderCache = dict[str, tuple[tuple[Rule, ...], tuple[str, ...],
+                              dict[str, tuple[IpsetSpec, frozenset[str]]]]]
+
+
+def render_chains(rs: Ruleset, version: int, cache: RenderCache | None = None,
+                  ) -> tuple[dict[str, tuple[str, ...]],
+                             dict[str, tuple[IpsetSpec, frozenset[str]]]]:
     """Chain name -> rule lines (without the ``:chain`` header) for one family, and the
-    extra ipsets the inline address lists needed."""
+    extra ipsets the inline address lists needed. With ``cache``, a chain whose rules are
+    the same object as last time is not rendered again (and its lines keep their identity,
+    so the caller's diff can skip it)."""
     r = _Render(version)
+    extra = r.extra_sets
     clear = f"-j MARK --set-xmark 0x0/{MARK_MASK:#x}"
     out: dict[str, tuple[str, ...]] = {
         FWD: (f"-A {FWD} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
@@ -198,13 +207,26 @@ def render_chains(rs: Ruleset, version: int) -> tuple[dict[str, tuple[str, ...]]
         TO_PODS: (*(f"-A {TO_PODS} -o {i} -g {chain_name(c)}"
                     for i, c in sorted(rs.to_pod.items())), f"-A {TO_PODS} -j DROP"),
     }
+    fresh: RenderCache = {}
     for name, rules in rs.chains.items():
         cn = chain_name(name)
+        hit = cache.get(name) if cache is not None else None
+        if hit is not None and hit[0] is rules:
+            out[cn] = hit[1]
+            extra.update(hit[2])
+            fresh[name] = hit
+            continue
+        r.extra_sets = {}
         lines: list[str] = []
         for rule in rules:
             lines.extend(r.rule_lines(cn, rule))
         out[cn] = tuple(lines)
-    return out, r.extra_sets
+        extra.update(r.extra_sets)
+        fresh[name] = (rules, out[cn], r.extra_sets)
+    if cache is not None:
+        cache.clear()
+        cache.update(fresh)
+    return out, extra
 
 
 def _ipset_element(spec: IpsetSpec, e: Any) -> str:
@@ -233,19 +255,28 @@ class IptablesBackend:
         self.run = run or subprocess_runner(netns)
         self.programmed: _State | None = None
         self.last_commands = 0
+        # Renderings of unchanged chains and element sets are reused (by object identity).
+        self._chain_cache: dict[int, RenderCache] = {4: {}, 6: {}}
+        self._elem_cache: dict[str, tuple[frozenset[Any], frozenset[str]]] = {}
 
     def forget(self) -> None:
         self.programmed = None
 
     def _desired(self, rs: Ruleset) -> _State:
         st = _State()
+        elem_cache: dict[str, tuple[frozenset[Any], frozenset[str]]] = {}
         for spec in rs.sets.values():
             ips = IpsetSpec(set_name(spec.name), spec.version, spec.kind)
             st.sets[ips.name] = ips
-            st.elements[ips.name] = frozenset(_ipset_element(ips, e)
-                                              for e in rs.elements.get(spec.name, ()))
+            src = rs.elements.get(spec.name, frozenset())
+            hit = self._elem_cache.get(spec.name)
+            if hit is None or hit[0] is not src:
+                hit = (src, frozenset(_ipset_element(ips, e) for e in src))
+            elem_cache[spec.name] = hit
+            st.elements[ips.name] = hit[1]
+        self._elem_cache = elem_cache
         for v in (4, 6):
-            chains, extra = render_chains(rs, v)
+            chains, extra = render_chains(rs, v, self._chain_cache[v])
             st.chains[v] = chains
             for name, (ips, elems) in extra.items():
                 st.sets[name] = ips
@@ -284,6 +315,8 @@ class IptablesBackend:
             if name not in old.sets:
                 pre.append(_ipset_create(spec))
             before = old.elements.get(name, frozenset())
+            if before is elems:
+                continue
             pre.extend(f"del {name} {e} -exist" for e in sorted(before - elems))
             pre.extend(f"add {name} {e} -exist" for e in sorted(elems - before))
         # 2. chains, per family, one restore each.
@@ -298,7 +331,8 @@ class IptablesBackend:
                 assert old is not None
                 before_chains = old.chains[v]
                 fwd_hooked = in_hooked = True
-                changed = {c for c, lines in chains.items() if before_chains.get(c) != lines}
+                changed = {c for c, lines in chains.items()
+                           if before_chains.get(c) is not lines and before_chains.get(c) != lines}
             stale = sorted(set(before_chains) - set(chains))
             if not changed and not stale and fwd_hooked and in_hooked:
                 continue
