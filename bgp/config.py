@@ -222,6 +222,8 @@ def render_neighbor(n: NeighborSpec, process: str = "relay") -> str:
         f"  hold-time {n.hold_time};",
         "  listen 179;",
         "  group-updates true;",
+        # End-of-RIB only when the speaker says so, after its exports (bgp.speaker).
+        "  manual-eor true;",
     ]
     if n.md5_password:
         lines.append(f"  md5-password {_quote(n.md5_password)};")

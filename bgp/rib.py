@@ -8,8 +8,19 @@ Rules:
 - **filter**: a prefix is installed only when it lies inside an enabled IPPool, is not one
   of the prefixes this node exports itself, and is not a part of one of our blocks other
   than a host route (a /32 inside our block is a borrowed address of another node: it is
-  wanted, it beats our blackhole by prefix length). Everything received is still kept
-  (and counted), so a filter change (a new pool) needs no route refresh;
+  wanted, it beats our blackhole by prefix length). A prefix "inside" a pool is the pool's
+  own CIDR or a longer one: a peer announcing the /16 of a /16 pool is inside, a /15 (a
+  supernet) is not;
+- **bounded storage**: a path outside every pool is not even stored (only counted in
+  ``received``), so what a peer can make us hold is bounded by the pools and by the
+  per-peer limit ``max_prefixes`` (default 10,000 paths, like a router's max-prefix): a
+  new prefix beyond it is dropped, counted (``dropped``) and logged once per peer, and the
+  peer is marked ``limited``. Paths inside a pool but refused for another reason (one of
+  our blocks) are kept, since our blocks move. Because out-of-pool paths are gone, a new
+  pool needs a route refresh (``set_filter`` returns True when the pools grew; the speaker
+  asks for one). Dropped paths are not re-learned when the peer falls back under the
+  limit (BIRD's ``import limit ... action block`` behaves the same): a refresh or a
+  session reset brings them;
 - **best path and ECMP**: among a prefix's paths the shortest AS path wins; every peer
   offering an equally short one adds its next hop (ECMP);
 - **peer down**: its paths go, unless graceful restart was negotiated: then they stay,
@@ -40,11 +51,19 @@ class Path:
     cluster_list: tuple[str, ...] = ()
 
 
+DEFAULT_MAX_PREFIXES = 10_000
+
+
 @dataclass
 class _PeerRib:
     paths: dict[str, Path] = field(default_factory=dict)
     stale: set[str] = field(default_factory=set)
     stale_until: float | None = None
+    received: int = 0  # announcements seen, stored or not
+    # Announcements of new prefixes refused because of max_prefixes (a prefix re-sent,
+    # by a refresh say, counts again: a set of the refused ones would be unbounded).
+    dropped: int = 0
+    limited: bool = False  # the limit was hit (logged once)
 
 
 def _net(prefix: str) -> Network:
@@ -52,26 +71,50 @@ def _net(prefix: str) -> Network:
 
 
 class ImportTable:
-    def __init__(self) -> None:
+    def __init__(self, max_prefixes: int = DEFAULT_MAX_PREFIXES) -> None:
+        self.max_prefixes = max_prefixes
         self._peers: dict[str, _PeerRib] = {}
         self._pools: tuple[Network, ...] = ()
         self._own_blocks: tuple[Network, ...] = ()
         self._own_prefixes: frozenset[str] = frozenset()
+        self._verdicts: dict[str, bool] = {}  # accepts() per prefix, for this filter
 
     # -- filter ----------------------------------------------------------------------------
 
     def set_filter(self, pools: Iterable[str], own_blocks: Iterable[str],
-                   own_prefixes: Iterable[str] = ()) -> None:
+                   own_prefixes: Iterable[str] = ()) -> bool:
+        """Set the filter; paths now outside every pool are dropped. True when a pool was
+        added (paths inside it were not stored: the owner asks the peers for a refresh)."""
+        old = set(self._pools)
         self._pools = tuple(_net(p) for p in pools)
         self._own_blocks = tuple(_net(b) for b in own_blocks)
         self._own_prefixes = frozenset(str(_net(p)) for p in [*own_prefixes, *own_blocks])
+        self._verdicts.clear()
+        new = set(self._pools)
+        if old - new:
+            for rib in self._peers.values():
+                for key in [k for k in rib.paths if not self.in_pools(k)]:
+                    del rib.paths[key]
+                    rib.stale.discard(key)
+        return bool(new - old)
+
+    def in_pools(self, prefix: str) -> bool:
+        """Inside an enabled pool: the pool's CIDR itself or longer (never a supernet)."""
+        net = _net(prefix)
+        return any(net.version == p.version and net.subnet_of(p)  # type: ignore[arg-type]
+                   for p in self._pools)
 
     def accepts(self, prefix: str) -> bool:
+        verdict = self._verdicts.get(prefix)
+        if verdict is None:
+            verdict = self._verdicts[prefix] = self._accepts(prefix)
+        return verdict
+
+    def _accepts(self, prefix: str) -> bool:
         net = _net(prefix)
         if str(net) in self._own_prefixes:
             return False
-        if not any(net.version == p.version and net.subnet_of(p)  # type: ignore[arg-type]
-                   for p in self._pools):
+        if not self.in_pools(prefix):
             return False
         for blk in self._own_blocks:
             if (net.version == blk.version and net.subnet_of(blk)  # type: ignore[arg-type]
@@ -84,11 +127,26 @@ class ImportTable:
     def _rib(self, peer: str) -> _PeerRib:
         return self._peers.setdefault(peer, _PeerRib())
 
-    def announce(self, peer: str, prefix: str, path: Path) -> None:
+    def announce(self, peer: str, prefix: str, path: Path) -> bool:
+        """Store the path. False when it was not stored: outside every pool, or a new
+        prefix beyond ``max_prefixes`` (counted in ``dropped``, logged once per peer)."""
         rib = self._rib(peer)
+        rib.received += 1
         key = str(_net(prefix))
+        if key not in rib.paths:
+            if not self.in_pools(key):
+                return False
+            if len(rib.paths) >= self.max_prefixes:
+                rib.dropped += 1
+                if not rib.limited:
+                    rib.limited = True
+                    log.warning("peer %s reached the limit of %d prefixes: new prefixes "
+                                "from it are dropped (first: %s)", peer, self.max_prefixes,
+                                key)
+                return False
         rib.paths[key] = path
         rib.stale.discard(key)
+        return True
 
     def withdraw(self, peer: str, prefix: str) -> None:
         rib = self._peers.get(peer)
@@ -144,9 +202,24 @@ class ImportTable:
 
     # -- views -----------------------------------------------------------------------------
 
-    def received(self, peer: str) -> int:
+    def stored(self, peer: str) -> int:
+        """Paths held for the peer (inside a pool, at most ``max_prefixes``)."""
         rib = self._peers.get(peer)
         return 0 if rib is None else len(rib.paths)
+
+    def received(self, peer: str) -> int:
+        """Announcements seen from the peer, stored or not."""
+        rib = self._peers.get(peer)
+        return 0 if rib is None else rib.received
+
+    def dropped(self, peer: str) -> int:
+        """Announcements of new prefixes refused at ``max_prefixes`` (not distinct)."""
+        rib = self._peers.get(peer)
+        return 0 if rib is None else rib.dropped
+
+    def limited(self, peer: str) -> bool:
+        rib = self._peers.get(peer)
+        return rib is not None and rib.limited
 
     def accepted(self, peer: str) -> int:
         rib = self._peers.get(peer)

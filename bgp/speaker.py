@@ -22,6 +22,15 @@ Lifecycle and failure modes:
   graceful-restart time (or dropped when GR is off) until the new sessions send End-of-RIB.
 - ``set_config`` writes the file and signals SIGUSR1 (ExaBGP's reload) only when the text
   changed; ExaBGP re-establishes only neighbours whose definition changed.
+- End-of-RIB is ours to send (``manual-eor true`` in every neighbour): a freshly started
+  ExaBGP would otherwise send it as soon as a session is up, before the relay has
+  attached and we have re-announced, and a graceful-restart peer would flush our stale
+  routes and re-add them a few ms later (pings lost). We send ``neighbor X announce eor
+  ipv4 unicast`` on every "up" of X, after our announcements (ExaBGP sends queued routes
+  before a queued EOR). A replayed "up" (agent restart) sends a redundant EOR: harmless.
+- What peers may make us hold is bounded (`bgp.rib`: only inside the pools, at most
+  ``max_prefixes`` per peer); a peer at its limit shows it in ``peer_status`` ``info``
+  and the count in ``prefixes_dropped``.
 - ``stop(drain=False)`` is an agent restart: ExaBGP keeps running. ``stop(drain=True)``
   withdraws everything, waits for it to go out, then stops ExaBGP (GR would otherwise keep
   our routes at the peers for the restart time).
@@ -50,7 +59,7 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from bgp.config import NeighborSpec, render_config
-from bgp.rib import ImportTable, Path
+from bgp.rib import DEFAULT_MAX_PREFIXES, ImportTable, Path
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +88,8 @@ class BgpSpeaker:
                  exabgp_bin: str, python: str = sys.executable,
                  on_learned: Callable[[Learned], None] | None = None,
                  now: Callable[[], float] = time.time,
-                 sync_timeout: float = 3.0) -> None:
+                 sync_timeout: float = 3.0,
+                 max_prefixes: int = DEFAULT_MAX_PREFIXES) -> None:
         self.node = node
         self.netns = netns
         self.socket_path = socket_path
@@ -92,7 +102,7 @@ class BgpSpeaker:
         self.conf_path = self.workdir / "exabgp.conf"
         self.pid_path = self.workdir / "exabgp.pid"
         self.log_path = self.workdir / "exabgp.log"
-        self.rib = ImportTable()
+        self.rib = ImportTable(max_prefixes)
         self.neighbors: dict[str, NeighborSpec] = {}
         self.peers: dict[str, _PeerState] = {}
         self.exports: set[str] = set()
@@ -296,7 +306,11 @@ class BgpSpeaker:
     def set_filter(self, pools: Iterable[str], own_blocks: Iterable[str]) -> None:
         """Import only inside ``pools``; never ``own_blocks`` (nor our exports)."""
         self._pools, self._own_blocks = list(pools), list(own_blocks)
-        self.rib.set_filter(self._pools, self._own_blocks, self.exports)
+        if self.rib.set_filter(self._pools, self._own_blocks, self.exports) \
+                and any(st.state == "Established" for st in self.peers.values()):
+            # Paths inside a new pool were never stored (bgp.rib): ask for them again.
+            log.info("pools added: asking the peers for a route refresh")
+            self._send(["announce route-refresh ipv4 unicast"])
         self._schedule_emit()
 
     # -- exports -------------------------------------------------------------------------
@@ -439,6 +453,10 @@ class BgpSpeaker:
                 self._check_sync()
                 self._schedule_emit()
             elif nb.get("state") == "up":
+                # manual-eor: our announcements went out before this line was read (the
+                # relay's hello came first, and _sync_exports answered it), so ExaBGP sends
+                # them, then this End-of-RIB.
+                self._send([f"neighbor {peer} announce eor ipv4 unicast"])
                 # A fresh session sends its table and End-of-RIB (no refresh needed).
                 st.refresh_pending = not self.in_sync
                 self._schedule_reflect()
@@ -537,6 +555,10 @@ class BgpSpeaker:
         self.reflected = want
         self._send(lines)
 
+    def prefixes_dropped(self) -> dict[str, int]:
+        """Per configured peer: new prefixes refused at its max-prefix limit."""
+        return {ip: self.rib.dropped(ip) for ip in sorted(self.neighbors)}
+
     def peer_status(self) -> list[dict[str, Any]]:
         """One dict per configured neighbour, NodeStatus ``status.bgp.peers[]`` shape."""
         out = []
@@ -552,7 +574,13 @@ class BgpSpeaker:
                 "prefixesOut": (len(self.announced)
                                 + sum(1 for d, _ in self.reflected if d == ip)) if up else 0,
             }
+            info = []
             if self._writer is None:
-                row["info"] = "exabgp not attached"
+                info.append("exabgp not attached")
+            if self.rib.limited(ip):
+                info.append(f"max-prefix {self.rib.max_prefixes} reached: "
+                            f"{self.rib.dropped(ip)} announcements dropped")
+            if info:
+                row["info"] = "; ".join(info)
             out.append(row)
         return out

@@ -78,6 +78,7 @@ def test_as_per_node_hold_time_graceful_restart_md5_ttl() -> None:
     block = text[text.index("neighbor 10.1.1.2"):]
     for want in ("local-as 65001;", "peer-as 65000;", "hold-time 9;", 'md5-password "s3cret";',
                  "outgoing-ttl 255;", "incoming-ttl 255;",
+                 "manual-eor true;",  # the speaker sends End-of-RIB after its exports
                  "capability { route-refresh; graceful-restart 30; }",
                  "api { processes [ relay ]; neighbor-changes; "
                  "receive { parsed; update; refresh; } }"):

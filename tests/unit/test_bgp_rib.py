@@ -1,8 +1,13 @@
-"""bgp.rib.ImportTable: filter, ECMP, withdraw, peer down, graceful restart, refresh sweep."""
+"""bgp.rib.ImportTable: filter, bounded storage (pools, max-prefix), ECMP, withdraw, peer
+down, graceful restart, refresh sweep."""
 
 from __future__ import annotations
 
-from bgp.rib import ImportTable, Path
+import logging
+
+import pytest
+
+from bgp.rib import DEFAULT_MAX_PREFIXES, ImportTable, Path
 
 
 def table() -> ImportTable:
@@ -23,10 +28,52 @@ def test_filter_pools_own_blocks_and_own_addresses() -> None:
     for p in ("10.244.2.0/26", "10.244.1.0/26", "192.168.0.0/24", "10.244.1.5/32"):
         t.announce("a", p, Path("10.0.0.2"))
     assert t.table() == {"10.244.2.0/26": ("10.0.0.2",), "10.244.1.5/32": ("10.0.0.2",)}
-    assert t.received("a") == 4 and t.accepted("a") == 2
-    # A new pool makes a kept path installable without a refresh.
-    t.set_filter(["10.244.0.0/16", "192.168.0.0/16"], ["10.244.1.0/26"])
+    # The out-of-pool path is not even stored; our own block is (blocks move).
+    assert t.received("a") == 4 and t.stored("a") == 3 and t.accepted("a") == 2
+    assert "192.168.0.0/24" not in t.paths("a")
+    # A new pool: the filter says so (the speaker asks for a refresh), the path comes again.
+    assert t.set_filter(["10.244.0.0/16", "192.168.0.0/16"], ["10.244.1.0/26"])
+    assert not t.set_filter(["10.244.0.0/16", "192.168.0.0/16"], ["10.244.1.0/26"])
+    t.announce("a", "192.168.0.0/24", Path("10.0.0.2"))
     assert "192.168.0.0/24" in t.table()
+    # A pool removed: its paths are dropped from storage, not only from the table.
+    assert not t.set_filter(["10.244.0.0/16"], ["10.244.1.0/26"])
+    assert "192.168.0.0/24" not in t.paths("a") and t.stored("a") == 3
+
+
+def test_pool_itself_is_inside_a_supernet_is_not_stored() -> None:
+    t = table()
+    t.announce("a", "10.244.0.0/16", Path("10.0.0.2"))  # the pool's own CIDR: inside
+    t.announce("a", "10.244.0.0/15", Path("10.0.0.2"))  # a supernet of the pool
+    t.announce("a", "10.0.0.0/8", Path("10.0.0.2"))
+    t.announce("a", "0.0.0.0/0", Path("10.0.0.2"))
+    assert t.table() == {"10.244.0.0/16": ("10.0.0.2",)}
+    assert t.paths("a").keys() == {"10.244.0.0/16"}
+
+
+def test_max_prefixes_per_peer_drops_new_logs_once(caplog: pytest.LogCaptureFixture) -> None:
+    t = ImportTable(max_prefixes=3)
+    t.set_filter(["10.244.0.0/16"], [])
+    prefixes = [f"10.244.{i}.0/26" for i in range(6)]
+    with caplog.at_level(logging.WARNING, logger="bgp.rib"):
+        stored = [t.announce("a", p, Path("10.0.0.2")) for p in prefixes]
+        t.announce("b", prefixes[5], Path("10.0.0.3"))  # another peer has its own budget
+    assert stored == [True, True, True, False, False, False]
+    assert t.stored("a") == 3 and t.dropped("a") == 3 and t.limited("a")
+    assert not t.limited("b") and t.dropped("b") == 0
+    assert sorted(t.table()) == sorted([*prefixes[:3], prefixes[5]])
+    assert [r.message for r in caplog.records].count(
+        "peer a reached the limit of 3 prefixes: new prefixes from it are dropped "
+        "(first: 10.244.3.0/26)") == 1
+    assert len(caplog.records) == 1
+    # A path already held is still updated at the limit (a new next hop is no new prefix).
+    assert t.announce("a", prefixes[0], Path("10.0.0.9"))
+    assert t.table()[prefixes[0]] == ("10.0.0.9",)
+    # Out-of-pool announcements do not count against the limit, nor as dropped.
+    assert not t.announce("a", "192.168.0.0/24", Path("10.0.0.2")) and t.dropped("a") == 3
+    # A withdraw makes room for a new prefix again.
+    t.withdraw("a", prefixes[1])
+    assert t.announce("a", prefixes[4], Path("10.0.0.2")) and t.stored("a") == 3
 
 
 def test_ecmp_shortest_as_path_and_withdraw() -> None:
@@ -72,3 +119,12 @@ def test_refresh_marks_stale_and_end_sweeps() -> None:
     t.announce("a", "10.244.3.0/26", Path("10.0.0.2"))
     t.sweep("a")
     assert t.table() == {"10.244.3.0/26": ("10.0.0.2",)}
+
+
+def test_default_limit_is_ten_thousand() -> None:
+    t = ImportTable()
+    t.set_filter(["10.0.0.0/8"], [])
+    assert t.max_prefixes == DEFAULT_MAX_PREFIXES == 10_000
+    for i in range(10_050):
+        t.announce("a", f"10.{i >> 8}.{i & 255}.0/24", Path("10.0.0.2"))
+    assert t.stored("a") == 10_000 and t.dropped("a") == 50 and len(t.table()) == 10_000
