@@ -41,8 +41,13 @@ class CleanupReport:
 
 def stop_exabgp(socket_path: str) -> int:
     """Stop the ExaBGP speakers the agent left running (their pid files sit in
-    ``<socket dir>/bgp-<node>/``). Peers drop our routes at once, or after their
-    graceful-restart time."""
+    ``<socket dir>/bgp-<node>/``, the agent's BGP socket beside it as
+    ``bgp-<node>.sock``). Each is drained first (`bgp.drain`: its relay reports what is
+    announced and we withdraw it), so peers drop the node's routes within a second
+    instead of keeping them for their graceful-restart time. When no drain is possible
+    (an agent still running, the relay gone) ExaBGP is stopped as it is."""
+    from bgp.drain import drain_via_relay
+
     stopped = 0
     for pidfile in Path(socket_path).parent.glob("bgp-*/exabgp.pid"):
         try:
@@ -52,15 +57,31 @@ def stop_exabgp(socket_path: str) -> int:
                     continue
         except (OSError, ValueError):
             continue
+        bgp_socket = pidfile.parent.parent / f"{pidfile.parent.name}.sock"
+        withdrawn = drain_via_relay(str(bgp_socket))
+        log.info("cleanup: ExaBGP pid %d drained (%s withdrawals acknowledged)", pid,
+                 "no" if withdrawn is None else withdrawn)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
             for _ in range(30):
                 time.sleep(0.1)
-                os.kill(pid, 0)
-            os.kill(pid, signal.SIGKILL)
+                if _exited(pid):
+                    break
+            else:
+                os.kill(pid, signal.SIGKILL)
         stopped += 1
         pidfile.unlink(missing_ok=True)
     return stopped
+
+
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie nobody reaps yet (its parent, the agent, is gone too): a signal
+    to it would still succeed, so ``kill(pid, 0)`` alone waited the whole 3 s."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def cleanup(netns: str | None = None, socket_path: str | None = None) -> CleanupReport:
