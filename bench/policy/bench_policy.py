@@ -20,7 +20,7 @@ Everything runs in throw-away namespaces (``ip netns add fabb-pol-*``), removed 
 the policy benchmark programs a namespace with no interfaces (dispatch is by interface
 name, so the endpoints' interfaces need not exist); the throughput part wires two real pods
 (``cni.plumbing``) into a node namespace and runs iperf3 bound to the pod addresses, with
-no route out of the lab. Needs root. About 2 minutes.
+no route out of the lab. Needs root. Under a minute here.
 
     .venv/bin/python -m bench.policy.bench_policy [--policies 1,100,1000] [--endpoints 500]
 """
@@ -223,22 +223,26 @@ def iperf(srv: str, cli: str) -> float:
                                pod_ip(0), "-p", str(IPERF_PORT)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        out = ""
-        for _ in range(20):  # the server needs a moment to listen
-            p = subprocess.run(["ip", "netns", "exec", cli, "iperf3", "-c", pod_ip(0), "-B",
-                                pod_ip(1), "-p", str(IPERF_PORT), "-t", str(IPERF_SECONDS),
-                                "-J"], capture_output=True, text=True,
-                               timeout=IPERF_SECONDS + 10)
-            out = p.stdout
-            if p.returncode == 0:
-                break
-            time.sleep(0.1)
-        doc = json.loads(out)
+        deadline = time.monotonic() + 10
+        while not subprocess.run(["ip", "netns", "exec", srv, "ss", "-Hltn",
+                                  f"sport = :{IPERF_PORT}"], capture_output=True,
+                                 text=True).stdout.strip():
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("iperf3 server did not start listening")
+            time.sleep(0.05)
+        p = subprocess.run(["ip", "netns", "exec", cli, "iperf3", "-c", pod_ip(0), "-B",
+                            pod_ip(1), "-p", str(IPERF_PORT), "-t", str(IPERF_SECONDS), "-J"],
+                           capture_output=True, text=True, timeout=IPERF_SECONDS + 20)
+        doc = json.loads(p.stdout)
         if "error" in doc:
             raise RuntimeError(f"iperf3: {doc['error']}")
         return float(doc["end"]["sum_received"]["bits_per_second"]) / 1e9
     finally:
-        server.wait(timeout=IPERF_SECONDS + 10)
+        try:
+            server.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
 
 
 def throughput(endpoints: int, policies: int, rounds: int, backend: str) -> dict[str, Any]:
@@ -269,7 +273,7 @@ def main() -> None:
     ap.add_argument("--policies", default="1,100,1000")
     ap.add_argument("--changes", type=int, default=10)
     ap.add_argument("--backends", default="nftables,iptables")
-    ap.add_argument("--iperf-rounds", type=int, default=2, help="0: skip the TCP part")
+    ap.add_argument("--iperf-rounds", type=int, default=4, help="0: skip the TCP part")
     ap.add_argument("--output", default="policy", help="results file name")
     args = ap.parse_args()
     t_start = time.perf_counter()
