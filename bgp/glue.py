@@ -105,9 +105,6 @@ class BgpController:
                 m.bgp_peer_up.labels(r["peerIP"]).set(1 if r["state"] == "Established" else 0)
                 m.bgp_prefixes_received.labels(r["peerIP"]).set(r["prefixesIn"])
             m.bgp_prefixes_advertised.set(len(self.speaker.announced))
-            # The metrics module may not have the gauge yet: then only peer_status `info`.
-            dropped = getattr(m, "bgp_prefixes_dropped", None)
-            if dropped is not None:
-                for ip, n in self.speaker.prefixes_dropped().items():
-                    dropped.labels(ip).set(n)
+            for ip, n in self.speaker.prefixes_dropped().items():
+                m.bgp_prefixes_dropped.labels(ip).set(n)
         return rows

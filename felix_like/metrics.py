@@ -65,6 +65,10 @@ class Metrics:
         self.bgp_prefixes_received = Gauge(
             "l3fabric_bgp_prefixes_received", "prefixes received from the peer", ["peer"],
             registry=r)
+        self.bgp_prefixes_dropped = Gauge(
+            "l3fabric_bgp_prefixes_dropped",
+            "announcements from the peer dropped at its max-prefix limit", ["peer"],
+            registry=r)
         self.bgp_prefixes_advertised = Gauge(
             "l3fabric_bgp_prefixes_advertised", "prefixes advertised to peers", registry=r)
 
