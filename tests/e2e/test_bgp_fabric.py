@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 from helpers.fabric import Fabric, Pod, kernel_route, lan, sh, two_racks, wait_for
+from helpers.procs import running
 
 from datastore.embedded import EmbeddedEtcd
 
@@ -207,7 +208,7 @@ def check_node_removal_withdraws(fab: Fabric, name: str, block: str, pods: list[
     from both ToRs and from every other node's kernel; the rest still reach each other."""
     exabgp = fab.nodes[name].exabgp_pid()
     res = fab.remove_node(name)
-    assert exabgp is not None and not Path(f"/proc/{exabgp}").exists(), "ExaBGP still runs"
+    assert exabgp is not None and not running(exabgp), "ExaBGP still runs"
     assert block in res.deleted_blocks + res.orphaned_blocks, res
     t0 = time.monotonic()
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.procs import running
 
 from datastore.embedded import EmbeddedEtcd
 from felix_like.netlink import run_in_netns
@@ -201,7 +202,7 @@ def test_stale_route_removed_only_after_sync_and_cleanup(node: AgentProc,
     sh("ip", "netns", "exec", node.ns, str(BIN / "fabric-agent"), "--cleanup",
        "--socket", node.socket)
     assert routes(node.ns) == []
-    assert not [p for p in exabgp_before if Path(f"/proc/{p}").exists()]
+    assert not [p for p in exabgp_before if running(p)]
     assert "l3fabric" not in sh("ip", "netns", "exec", node.ns, "nft", "list", "tables")
     assert "fab" not in sh("ip", "-n", node.ns, "-br", "link")
 
