@@ -10,6 +10,13 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers.policy_docs import (
+    ALLOW_ALL_EGRESS,
+    ALLOW_ALL_INGRESS,
+    AND_NS_POD,
+    MULTI_PORT_EGRESS,
+    TEST_NETWORK_POLICY,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -102,35 +109,7 @@ def both(inputs: PolicyInputs, rs: Ruleset, src: str, dst: str, proto: int = TCP
     return got
 
 
-TEST_NETWORK_POLICY = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: test-network-policy, namespace: default}
-spec:
-  podSelector: {matchLabels: {role: db}}
-  policyTypes: [Ingress, Egress]
-  ingress:
-  - from:
-    - ipBlock: {cidr: 172.17.0.0/16, except: [172.17.1.0/24]}
-    - namespaceSelector: {matchLabels: {project: myproject}}
-    - podSelector: {matchLabels: {role: frontend}}
-    ports: [{protocol: TCP, port: 6379}]
-  egress:
-  - to: [{ipBlock: {cidr: 10.0.0.0/24}}]
-    ports: [{protocol: TCP, port: 5978}]
-"""
 
-AND_NS_POD = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: and-namespace-pod, namespace: dev}
-spec:
-  podSelector: {matchLabels: {role: db}}
-  ingress:
-  - from:
-    - namespaceSelector: {matchLabels: {user: alice}}
-      podSelector: {matchLabels: {role: client}}
-"""
 
 OR_NS_POD = """
 apiVersion: networking.k8s.io/v1
@@ -150,40 +129,17 @@ kind: NetworkPolicy
 metadata: {name: default-deny-ingress, namespace: default}
 spec: {podSelector: {}, policyTypes: [Ingress]}
 """
-ALLOW_ALL_INGRESS = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-all-ingress, namespace: default}
-spec: {podSelector: {}, ingress: [{}], policyTypes: [Ingress]}
-"""
 DEFAULT_DENY_EGRESS = """
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: default-deny-egress, namespace: default}
 spec: {podSelector: {}, policyTypes: [Egress]}
 """
-ALLOW_ALL_EGRESS = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-all-egress, namespace: default}
-spec: {podSelector: {}, egress: [{}], policyTypes: [Egress]}
-"""
 DEFAULT_DENY_ALL = """
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: default-deny-all, namespace: default}
 spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
-"""
-MULTI_PORT_EGRESS = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: multi-port-egress, namespace: default}
-spec:
-  podSelector: {matchLabels: {role: db}}
-  policyTypes: [Egress]
-  egress:
-  - to: [{ipBlock: {cidr: 10.0.0.0/24}}]
-    ports: [{protocol: TCP, port: 32000, endPort: 32768}]
 """
 NAMED_PORT = """
 apiVersion: networking.k8s.io/v1
