@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -86,6 +87,9 @@ from ipam.model import (
 from ipam.sources import CachedInputs, InputsProvider, load_pools
 
 log = logging.getLogger(__name__)
+
+# How long an allocation keeps retrying lost block CAS races (beyond max_attempts).
+CONFLICT_BUDGET = 10.0
 
 T = TypeVar("T")
 
@@ -677,7 +681,13 @@ class IpamClient:
     async def _auto_assign(self, handle: str, namespace: str, pod: str, want: dict[int, int],
                            extra: dict[str, str]) -> list[Assignment]:
         handle_kv = self._handles.get(handle)
-        for _attempt in range(self._max_attempts):
+        # Attempts are bounded by count AND time: a block is one CAS unit, so a second
+        # allocator writing the same block in a tight loop (two processes of one node) can
+        # win many rounds in a row; the loser keeps trying, backing off, for a while.
+        deadline = time.monotonic() + CONFLICT_BUDGET
+        _attempt = 0
+        while _attempt < self._max_attempts or time.monotonic() < deadline:
+            _attempt += 1
             inputs = await self._inputs()
             affine = await self._ensure_affine(inputs)
             record = HandleRecord.from_json(handle_kv.value) if handle_kv else \
@@ -725,9 +735,13 @@ class IpamClient:
                 self.stats.borrowed += borrowed
                 self._maybe_claim_ahead(inputs, (v for v in (4, 6) if want[v]))
                 return self._assignments(handle, new_record.entries)
+            # Lost the block to another allocator. Race: two allocators of one node (or
+            # a borrower) re-read and pick the same next free address again and again;
+            # a short jittered pause breaks the lockstep so the loser cannot starve.
+            await self._sleep(random.uniform(0, min(0.02, 0.001 * 2 ** min(_attempt, 8))))
         raise IpamConflictError(
             f"assigning addresses to {handle}: blocks kept changing under us "
-            f"({self._max_attempts} attempts)")
+            f"({_attempt} attempts over {CONFLICT_BUDGET:.0f} s)")
 
     def _exhausted(self, inputs: IpamInputs, version: int, why: list[str]) -> IpamError:
         pools = inputs.usable_pools(version)
@@ -755,7 +769,13 @@ class IpamClient:
     async def _assign_ip(self, address: str, handle: str, namespace: str, pod: str,
                          extra: dict[str, str]) -> Assignment:
         handle_kv = self._handles.get(handle)
-        for _attempt in range(self._max_attempts):
+        # Attempts are bounded by count AND time: a block is one CAS unit, so a second
+        # allocator writing the same block in a tight loop (two processes of one node) can
+        # win many rounds in a row; the loser keeps trying, backing off, for a while.
+        deadline = time.monotonic() + CONFLICT_BUDGET
+        _attempt = 0
+        while _attempt < self._max_attempts or time.monotonic() < deadline:
+            _attempt += 1
             inputs = await self._inputs()
             pool = inputs.pool_of(address)
             if pool is None or pool.disabled:
