@@ -295,6 +295,9 @@ def _start_routers(state: LabState, topo: Topology, progress: Progress) -> None:
         _spawn(state, f"bird {r.name}", ns,
                ["bird", "-f", "-c", str(conf), "-s", bird_socket(state, r.name),
                 "-P", str(rd / "bird.pid")], rd / "bird.log")
+    # Test hook: die here as a crash would (lab down must then clean up after us).
+    if os.environ.get("L3FABRIC_LAB_CRASH_AT") == "routers-started":
+        os._exit(137)
 
 
 def agent_socket(state: LabState, node: str) -> str:
