@@ -221,7 +221,6 @@ class Agent:
                 kinds[r.kind] = kinds.get(r.kind, 0) + 1
             for kind, n in kinds.items():
                 self.metrics.routes_programmed.labels(kind).set(n)
-            st = self.state()
             blocks = calc.confirmed_blocks(self.node, st)
             summary = (tuple(blocks), tuple(sorted(kinds.items())), self.syncer.in_sync,
                        tuple(sorted(self.config_errors)))
