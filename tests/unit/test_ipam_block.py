@@ -162,3 +162,55 @@ def test_a_full_block_value_is_compact() -> None:
     assert len(b.to_json()) < 4300
     assert Block.from_json(b.to_json()).attrs(63) == AllocationAttrs(
         "l3fabric.w0-1063.eth0", "bench", "p1063", "node-1", 1795814691.663)
+
+
+def test_per_ordinal_arrays_are_run_length_strings() -> None:
+    b = Block.new("10.0.0.0/28", "node:n1")
+    b.assign(6, A)
+    b.release(2)
+    b.release(4)
+    raw = b.to_json()
+    assert b'"allocations":"0-1,_1,2,_1,3,_10"' in raw
+    assert b'"unallocated":"6-15,2,4"' in raw
+    assert b'"sequence":"1*6,0*10"' in raw
+    assert Block.from_json(raw) == b
+    # A block written before the run-length form (plain arrays) reads the same.
+    old = (b'{"cidr":"10.0.0.0/30","affinity":"node:n1","allocations":[null,0,null,null],'
+           b'"unallocated":[2,0,3],"attributes":[["net.c1.eth0","ns","pod",1.0]],'
+           b'"sequence":[2,1,0,0],"releasedAt":{}}')
+    c = Block.from_json(old)
+    assert c.attrs(1) == A and c.unallocated == [2, 0, 3] and c.sequence == [2, 1, 0, 0]
+    assert Block.from_json(c.to_json()) == c
+
+
+def test_releases_keep_the_attribute_rows_in_ordinal_order() -> None:
+    b = Block.new("10.0.0.0/29", "node:n1")
+    for i in range(8):
+        b.assign(1, AllocationAttrs(f"net.c{i}.eth0", "ns", f"p{i}", "n1", float(i)))
+    assert b.release(0) and b.release(5)
+    assert [b.allocations[o] for o in (1, 2, 3, 4, 6, 7)] == [0, 1, 2, 3, 4, 5]
+    assert b'"allocations":"_1,0-3,_1,4-5"' in b.to_json()
+
+
+@pytest.mark.parametrize("field,value", [("allocations", "_99999"), ("unallocated", "0-99999"),
+                                         ("sequence", "1*99999"), ("unallocated", "3-1"),
+                                         ("sequence", "x")])
+def test_corrupt_run_length_arrays_are_rejected(field: str, value: str) -> None:
+    b = Block.new("10.0.0.0/30", "node:n1")
+    raw = b.to_json().decode()
+    start = raw.index(f'"{field}":"') + len(field) + 4
+    bad = raw[:start] + value + raw[raw.index('"', start):]
+    with pytest.raises(BlockFormatError):
+        Block.from_json(bad)
+
+
+def test_an_allocation_reencodes_only_its_new_attribute_row() -> None:
+    b = Block.new("10.0.0.0/29", "node:n1")
+    b.assign(2, A)
+    first = b.to_json()
+    c = b.copy()
+    c.assign(1, B)
+    assert c.to_json() == Block.from_json(c.to_json()).to_json()
+    assert b'["net.c2.eth0","ns","pod2",2.0]' in c.to_json() and b.to_json() == first
+    c.affinity = "node:n2"  # an adopted block writes its old owner's node out
+    assert b'["net.c1.eth0","ns","pod",1.0,"n1"]' in c.to_json()
