@@ -56,3 +56,51 @@ kind: NetworkPolicy
 metadata: {name: allow-all-egress, namespace: default}
 spec: {podSelector: {}, egress: [{}], policyTypes: [Egress]}
 """
+
+DEFAULT_DENY_INGRESS = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny-ingress, namespace: default}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+"""
+
+DEFAULT_DENY_EGRESS = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny-egress, namespace: default}
+spec: {podSelector: {}, policyTypes: [Egress]}
+"""
+
+DEFAULT_DENY_ALL = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny-all, namespace: default}
+spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
+"""
+
+GNP_PASS = """
+apiVersion: l3fabric.io/v1
+kind: GlobalNetworkPolicy
+metadata: {name: pass-frontend}
+spec:
+  order: 1
+  selector: role == "db"
+  ingress:
+  - {action: Log, source: {selector: role == "frontend"}}
+  - {action: Pass, source: {selector: role == "frontend"}}
+---
+apiVersion: l3fabric.io/v1
+kind: GlobalNetworkPolicy
+metadata: {name: deny-rest}
+spec:
+  order: 2
+  selector: role == "db"
+  ingress: [{action: Deny}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-from-frontend, namespace: default}
+spec:
+  podSelector: {matchLabels: {role: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {role: frontend}}}], ports: [{port: 6379}]}]
+"""

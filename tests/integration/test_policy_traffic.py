@@ -30,6 +30,10 @@ from helpers.policy_docs import (
     ALLOW_ALL_EGRESS,
     ALLOW_ALL_INGRESS,
     AND_NS_POD,
+    DEFAULT_DENY_ALL,
+    DEFAULT_DENY_EGRESS,
+    DEFAULT_DENY_INGRESS,
+    GNP_PASS,
     MULTI_PORT_EGRESS,
     TEST_NETWORK_POLICY,
 )
@@ -331,24 +335,6 @@ spec:
     - namespaceSelector: {matchLabels: {project: myproject}}
     - podSelector: {matchLabels: {role: client}}
 """
-DENY_INGRESS = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: default-deny-ingress, namespace: default}
-spec: {podSelector: {}, policyTypes: [Ingress]}
-"""
-DENY_EGRESS = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: default-deny-egress, namespace: default}
-spec: {podSelector: {}, policyTypes: [Egress]}
-"""
-DENY_ALL = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: default-deny-all, namespace: default}
-spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
-"""
 NAMED_PORTS = """
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -407,32 +393,6 @@ spec:
   selector: role == "db"
   ingress: [{action: Deny}]
 """
-GNP_PASS_LOG = """
-apiVersion: l3fabric.io/v1
-kind: GlobalNetworkPolicy
-metadata: {name: pass-frontend}
-spec:
-  order: 1
-  selector: role == "db"
-  ingress:
-  - {action: Log, source: {selector: role == "frontend"}}
-  - {action: Pass, source: {selector: role == "frontend"}}
----
-apiVersion: l3fabric.io/v1
-kind: GlobalNetworkPolicy
-metadata: {name: deny-rest}
-spec:
-  order: 2
-  selector: role == "db"
-  ingress: [{action: Deny}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: db-from-frontend, namespace: default}
-spec:
-  podSelector: {matchLabels: {role: db}}
-  ingress: [{from: [{podSelector: {matchLabels: {role: frontend}}}], ports: [{port: 6379}]}]
-"""
 DB_FROM_FRONTEND = """
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -462,19 +422,19 @@ SCENARIOS: list[tuple[str, str, list[tuple[str, str, str, int, bool]]]] = [
     ("k8s docs namespaceSelector OR podSelector", OR_NS_POD, [
         ("prodclient", "alicedb", "tcp", 80, Y), ("prodweb", "alicedb", "tcp", 80, Y),
         ("aliceclient", "alicedb", "udp", 53, Y), ("frontend", "alicedb", "tcp", 80, N)]),
-    ("default deny ingress", DENY_INGRESS, [
+    ("default deny ingress", DEFAULT_DENY_INGRESS, [
         ("frontend", "db", "tcp", 6379, N), ("ext:192.0.2.9", "db", "udp", 53, N),
         ("remote", "web", "tcp", 8080, N), ("n1", "db", "tcp", 80, Y),
         ("db", "prodclient", "tcp", 80, Y), ("db", "ext:10.0.0.7", "udp", 53, Y)]),
-    ("deny ingress + allow all ingress", DENY_INGRESS + "---" + ALLOW_ALL_INGRESS, [
+    ("deny ingress + allow all ingress", DEFAULT_DENY_INGRESS + "---" + ALLOW_ALL_INGRESS, [
         ("prodclient", "db", "udp", 53, Y), ("ext:192.0.2.9", "db", "tcp", 80, Y)]),
-    ("default deny egress", DENY_EGRESS, [
+    ("default deny egress", DEFAULT_DENY_EGRESS, [
         ("db", "frontend", "tcp", 80, N), ("db", "ext:10.0.0.7", "tcp", 5978, N),
         ("db", "prodweb", "tcp", 9090, N), ("prodclient", "db", "tcp", 80, Y),
         ("db", "n1", "tcp", 22, N)]),
-    ("deny egress + allow all egress", DENY_EGRESS + "---" + ALLOW_ALL_EGRESS, [
+    ("deny egress + allow all egress", DEFAULT_DENY_EGRESS + "---" + ALLOW_ALL_EGRESS, [
         ("db", "ext:10.0.0.7", "udp", 53, Y), ("db", "prodweb", "tcp", 9090, Y)]),
-    ("default deny all (namespace isolation)", DENY_ALL, [
+    ("default deny all (namespace isolation)", DEFAULT_DENY_ALL, [
         ("prodclient", "db", "tcp", 80, N), ("db", "prodclient", "tcp", 80, N),
         ("db", "frontend", "tcp", 80, N), ("prodclient", "aliceclient", "tcp", 80, Y)]),
     ("endPort range", MULTI_PORT_EGRESS, [
@@ -495,7 +455,7 @@ SCENARIOS: list[tuple[str, str, list[tuple[str, str, str, int, bool]]]] = [
     ("GNP order", GNP_ORDER, [
         ("other", "db", "tcp", 80, Y), ("other", "db", "tcp", 81, N),
         ("other", "frontend", "tcp", 81, Y)]),
-    ("GNP Log and Pass to the namespaced policy", GNP_PASS_LOG, [
+    ("GNP Log and Pass to the namespaced policy", GNP_PASS, [
         ("frontend", "db", "tcp", 6379, Y), ("remote", "db", "tcp", 6379, Y),
         ("frontend", "db", "tcp", 6380, N), ("other", "db", "tcp", 6379, N)]),
 ]
@@ -550,7 +510,7 @@ def test_established_survive_policy_and_resync(lab: Lab) -> None:
     with conn:
         conn.connect((PODS["db"][2], 6379))
         assert conn.recv(2) == b"ok"
-        lab.apply(load(DENY_ALL))
+        lab.apply(load(DEFAULT_DENY_ALL))
         conn.sendall(b"ping1")
         assert conn.recv(16) == b"ping1", "an established connection survives a new policy"
         assert lab.run([("frontend", "db", "tcp", 6379, N)]) == []

@@ -14,6 +14,10 @@ from helpers.policy_docs import (
     ALLOW_ALL_EGRESS,
     ALLOW_ALL_INGRESS,
     AND_NS_POD,
+    DEFAULT_DENY_ALL,
+    DEFAULT_DENY_EGRESS,
+    DEFAULT_DENY_INGRESS,
+    GNP_PASS,
     MULTI_PORT_EGRESS,
     TEST_NETWORK_POLICY,
 )
@@ -123,24 +127,6 @@ spec:
     - podSelector: {matchLabels: {role: client}}
 """
 
-DEFAULT_DENY_INGRESS = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: default-deny-ingress, namespace: default}
-spec: {podSelector: {}, policyTypes: [Ingress]}
-"""
-DEFAULT_DENY_EGRESS = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: default-deny-egress, namespace: default}
-spec: {podSelector: {}, policyTypes: [Egress]}
-"""
-DEFAULT_DENY_ALL = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: default-deny-all, namespace: default}
-spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
-"""
 NAMED_PORT = """
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -200,32 +186,6 @@ metadata: {name: z-unordered-allow}
 spec:
   selector: role == "db"
   ingress: [{action: Allow}]
-"""
-GNP_PASS = """
-apiVersion: l3fabric.io/v1
-kind: GlobalNetworkPolicy
-metadata: {name: pass-frontend}
-spec:
-  order: 1
-  selector: role == "db"
-  ingress:
-  - {action: Log, source: {selector: role == "frontend"}}
-  - {action: Pass, source: {selector: role == "frontend"}}
----
-apiVersion: l3fabric.io/v1
-kind: GlobalNetworkPolicy
-metadata: {name: deny-rest}
-spec:
-  order: 2
-  selector: role == "db"
-  ingress: [{action: Deny}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: db-from-frontend, namespace: default}
-spec:
-  podSelector: {matchLabels: {role: db}}
-  ingress: [{from: [{podSelector: {matchLabels: {role: frontend}}}], ports: [{port: 6379}]}]
 """
 GNP_NETS_ICMP = """
 apiVersion: l3fabric.io/v1
