@@ -37,7 +37,6 @@ from datastore.client import (
     KV,
     CompactedError,
     Compare,
-    ConflictError,
     DatastoreError,
     Delete,
     EtcdConfig,
@@ -219,29 +218,7 @@ class FakeDatastore(_Datastore):
         self._check()
         return self._rev
 
-    async def put(self, key: str, value: bytes, lease: int | None = None) -> int:
-        return (await self.txn([], [Put(key, value, lease)], [])).revision
-
-    async def create(self, key: str, value: bytes, lease: int | None = None) -> int:
-        res = await self.txn([Compare(key, "create", "==", 0)], [Put(key, value, lease)], [])
-        if not res.succeeded:
-            raise ConflictError(f"{key} already exists")
-        return res.revision
-
-    async def update(self, key: str, value: bytes, mod_revision: int,
-                     lease: int | None = None) -> int:
-        res = await self.txn([Compare(key, "mod", "==", mod_revision)],
-                             [Put(key, value, lease)], [])
-        if not res.succeeded:
-            raise ConflictError(f"{key} changed since revision {mod_revision}")
-        return res.revision
-
-    async def delete(self, key: str, mod_revision: int | None = None) -> bool:
-        cmp = [] if mod_revision is None else [Compare(key, "mod", "==", mod_revision)]
-        res = await self.txn(cmp, [Get(key), Delete(key)], [])
-        if not res.succeeded:
-            raise ConflictError(f"{key} changed since revision {mod_revision}")
-        return res.gets[0] is not None
+    # put/create/update/delete are Datastore's own, built on txn() below.
 
     async def delete_prefix(self, prefix: str) -> None:
         self._check()
