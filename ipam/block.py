@@ -38,6 +38,7 @@ still read.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -84,8 +85,10 @@ class AllocationAttrs:
         got = self._encoded.get(owner)
         if got is None:
             # Milliseconds are plenty for a grace period; a full float repr costs 5 bytes more
-            # per address.
-            row: list[Any] = [self.handle, self.namespace, self.pod, round(self.time, 3)]
+            # per address. Rounded down: a stored time never lies in the future, or an
+            # address checked within half a millisecond would look younger than it is.
+            row: list[Any] = [self.handle, self.namespace, self.pod,
+                              math.floor(self.time * 1000) / 1000]
             if self.node != owner or self.extra:
                 row.append(None if self.node == owner else self.node)
             if self.extra:

@@ -161,7 +161,7 @@ def test_a_full_block_value_is_compact() -> None:
                                     "node-1", 1795814628.6627321 + i))
     assert len(b.to_json()) < 4300
     assert Block.from_json(b.to_json()).attrs(63) == AllocationAttrs(
-        "l3fabric.w0-1063.eth0", "bench", "p1063", "node-1", 1795814691.663)
+        "l3fabric.w0-1063.eth0", "bench", "p1063", "node-1", 1795814691.662)  # ms, rounded down
 
 
 def test_per_ordinal_arrays_are_run_length_strings() -> None:
