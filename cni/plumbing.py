@@ -6,7 +6,9 @@ l3fabric`` route. Pod side: ``CNI_IFNAME`` with ``<podIP>/32`` (``/128``), ``lo`
 default route via ``169.254.1.1`` onlink (IPv6: via ``fe80::ecee:eeff:feee:eeee``, the
 link-local address the kernel derives from the host side's MAC) and a permanent
 neighbour entry mapping that gateway to ``ee:ee:ee:ee:ee:ee``, so the pod never has to
-ARP for it (proxy-ARP only answers when the node has a route to 169.254.1.1).
+ARP for it (proxy-ARP only answers when the node has a route to 169.254.1.1). The pod
+side's MAC is the kernel's random one unless the caller asks for one (the CNI ``mac``
+capability or ``MAC=``).
 
 Ownership: the agent's CNI handler calls these; it owns the ``fab*`` interfaces and the
 routes of protocol ``PROTO_L3FABRIC``. ``wire_pod`` installs the pod's /32 itself so the
@@ -36,12 +38,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from felix_like.netlink import (
+    _IFINFOMSG,
     IFLA_ADDRESS,
     IFLA_IFNAME,
     IFLA_MTU,
+    RTM_NEWLINK,
     RTPROT_STATIC,
     NetlinkError,
     Rtnl,
+    _attr,
+    _mac,
     attr_str,
     attr_u32,
     format_mac,
@@ -161,6 +167,17 @@ def _replace_own_blackhole(node_ns: str | None, addr: IPInterface, host_idx: int
         ipr.close()
 
 
+def _set_up(nl: Rtnl, index: int, mac: str) -> None:
+    """``ip link set INDEX [address MAC] up`` as one request. The kernel applies the
+    address before the flags (``do_setlink``), so the interface comes up with it and its
+    IPv6 link-local derives from it. ``Rtnl`` has no such request, hence its internals."""
+    if not mac:
+        nl.set_up(index)
+        return
+    body = _IFINFOMSG.pack(0, 0, index, IFF_UP, IFF_UP) + _attr(IFLA_ADDRESS, _mac(mac))
+    nl._do(RTM_NEWLINK, body)
+
+
 def wire_pod(
     node_ns: str | None,
     pod_netns_path: str,
@@ -169,14 +186,18 @@ def wire_pod(
     addresses: Sequence[IPInterface],
     mtu: int,
     *,
+    container_mac: str = "",
     node_ipr: Any | None = None,
     node_nl: Rtnl | None = None,
 ) -> WiredPod:
     """Create and configure the pod's veth pair and its host routes; all or nothing.
 
     ``mtu`` <= 0 takes :func:`detect_uplink_mtu` (through ``node_ipr``, a pyroute2 handle
-    bound to ``node_ns``, when given). ``node_nl`` lets the caller reuse a raw netlink
-    socket bound to ``node_ns``; otherwise one is opened.
+    bound to ``node_ns``, when given). ``container_mac`` (lower-case colon form, a unicast
+    address: :func:`cni.protocol.normalize_mac`) is given to ``ifname`` in the request
+    that brings it up, so it costs no extra round trip; empty keeps the kernel's random
+    one. ``node_nl`` lets the caller reuse a raw netlink socket bound to ``node_ns``;
+    otherwise one is opened.
     A leftover veth of the same name (an earlier attempt for the same container and
     interface: the name is derived from them) is replaced.
     Raises :class:`PlumbingError`; on error no veth and no route of this call remain.
@@ -237,13 +258,14 @@ def wire_pod(
         if found is None:
             raise RuntimeError(f"{ifname} not found in the pod after creation")
         pod_idx, pod_attrs = found
-        container_mac = format_mac(pod_attrs.get(IFLA_ADDRESS, b""))
+        mac = container_mac or format_mac(pod_attrs.get(IFLA_ADDRESS, b""))
         for a in prefixes:
             step = f"adding {a} to {ifname} in the pod"
             pod.add_address(pod_idx, str(a.ip), a.network.prefixlen,
                             IFA_F_NODAD if a.version == 6 else 0)
-        step = f"bringing {ifname} up in the pod"
-        pod.set_up(pod_idx)
+        step = (f"setting {ifname}'s MAC to {container_mac} and bringing it up in the pod"
+                if container_mac else f"bringing {ifname} up in the pod")
+        _set_up(pod, pod_idx, container_mac)
         if v4:
             step = "adding the pod's IPv4 gateway neighbour and default route"
             pod.add_neighbour(pod_idx, GATEWAY_V4, HOST_MAC, NUD_PERMANENT)
@@ -273,7 +295,7 @@ def wire_pod(
             routes.append(_host_route(a, host_if))
 
         return WiredPod(host_if=host_if, host_ifindex=host_idx, container_if=ifname,
-                        container_ifindex=pod_idx, container_mac=container_mac, mtu=mtu,
+                        container_ifindex=pod_idx, container_mac=mac, mtu=mtu,
                         addresses=prefixes, routes=tuple(routes))
     except Exception as exc:
         if created:
@@ -363,8 +385,11 @@ def check_pod(
     ifname: str,
     host_if: str,
     addresses: Sequence[IPInterface],
+    *,
+    container_mac: str = "",
 ) -> list[str]:
-    """What is missing or wrong in a wired pod (CNI CHECK); empty when all is in place."""
+    """What is missing or wrong in a wired pod (CNI CHECK); empty when all is in place.
+    ``container_mac``, when given, is the MAC ``ifname`` must have."""
     problems: list[str] = []
     prefixes = _host_prefixes(addresses)
     node = open_iproute(node_ns)
@@ -396,6 +421,11 @@ def check_pod(
         pod_idx = _lookup(pod, ifname)
         if pod_idx is None:
             return [*problems, f"interface {ifname} missing in the pod"]
+        if container_mac:
+            have_mac = pod.get_links(pod_idx)[0].get_attr("IFLA_ADDRESS")
+            if have_mac != container_mac.lower():
+                problems.append(f"interface {ifname} in the pod has MAC {have_mac}, "
+                                f"not {container_mac.lower()}")
         have = {(m.get_attr("IFA_ADDRESS"), m["prefixlen"])
                 for m in pod.get_addr(index=pod_idx)}
         for a in prefixes:

@@ -11,12 +11,13 @@ What is checked, and with which of the spec's well-known codes (CNI spec 1.1.0,
 to plugins):
 
 * unknown ``CNI_COMMAND``, a missing required variable, a malformed container ID,
-  interface name, ``CNI_ARGS`` or ``CAP_ARGS``: 4 (invalid necessary environment
-  variables), the message names the variable(s);
+  interface name, ``CNI_ARGS`` (an ``IP=`` or ``MAC=`` that is no usable address
+  included) or ``CAP_ARGS``: 4 (invalid necessary environment variables), the message
+  names the variable(s);
 * stdin that is not a JSON object: 6 (failed to decode content);
 * missing or malformed ``cniVersion``/``name``/``type``, malformed ``args``,
-  ``runtimeConfig``, ``mtu``, ``prevResult`` or GC attachments: 7 (invalid network
-  config);
+  ``runtimeConfig`` (a ``mac`` that is no usable unicast address included), ``mtu``,
+  ``prevResult`` or GC attachments: 7 (invalid network config);
 * a ``cniVersion`` we do not speak, or one too old for the command (CHECK needs
   0.4.0, GC and STATUS need 1.1.0): 1 (incompatible CNI version).
 
@@ -83,6 +84,10 @@ KNOWN_CNI_ARGS: Final[frozenset[str]] = frozenset(
     }
 )
 _PROTOCOLS: Final[frozenset[str]] = frozenset({"tcp", "udp", "sctp"})
+# The 6-byte spellings Go's net.ParseMAC accepts (runtimes and the reference plugins
+# parse the ``mac`` capability with it): aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff, aabb.ccdd.eeff.
+_MAC_GROUPED: Final = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
+_MAC_DOTTED: Final = re.compile(r"[0-9A-Fa-f]{4}(?:\.[0-9A-Fa-f]{4}){2}")
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -411,6 +416,8 @@ class CniRequest:
     1.1.0). ``netns`` is empty when a DEL had none. ``mtu`` is None for "auto".
     ``requested_ips`` merges, in order and without duplicates, ``IP=`` from
     CNI_ARGS, ``args.cni.ips`` and the ``ips`` runtime capability.
+    ``requested_mac`` (ADD and CHECK only; empty: the kernel picks one) is the ``mac``
+    runtime capability, else ``MAC=`` from CNI_ARGS, in lower-case colon form.
     ``valid_attachments`` is None unless the command is GC and the runtime sent a
     list; a GC without a list must delete nothing. ``config`` is the decoded stdin.
     """
@@ -498,9 +505,9 @@ def parse_request(env: Mapping[str, str], stdin: str) -> CniRequest:
     if command == "GC":
         valid_attachments = _attachments(config)
 
-    mac = runtime_config.get("mac", cni_args.get("MAC", ""))
-    if not isinstance(mac, str):
-        raise _cfg_err("runtimeConfig.mac must be a string")
+    mac = ""
+    if command in ("ADD", "CHECK"):  # a DEL must not fail on what ADD already refused
+        mac = _requested_mac(cni_args.get("MAC", ""), runtime_config.get("mac"))
 
     return CniRequest(
         command=command,
@@ -552,6 +559,51 @@ def validate_ifname(ifname: str) -> None:
         raise CniError(ERR_INVALID_ENV, "CNI_IFNAME must not be '.' or '..'")
     if any(c in "/:" or c.isspace() for c in ifname):
         raise CniError(ERR_INVALID_ENV, "CNI_IFNAME contains '/', ':' or whitespace", repr(ifname))
+
+
+def normalize_mac(value: str) -> str:
+    """``value`` as a 6-byte unicast Ethernet address in lower-case colon form.
+
+    Raises ValueError saying why not. Refused, as the kernel refuses them for an
+    Ethernet interface (``is_valid_ether_addr``): group addresses (the low bit of the
+    first byte set; broadcast is one) and all zeros.
+    """
+    if _MAC_GROUPED.fullmatch(value):
+        raw = bytes.fromhex(value.replace(value[2], ""))
+    elif _MAC_DOTTED.fullmatch(value):
+        raw = bytes.fromhex(value.replace(".", ""))
+    else:
+        raise ValueError("not six hex bytes like c2:11:22:33:44:55")
+    if raw == b"\xff" * 6:
+        raise ValueError("the broadcast address")
+    if raw[0] & 1:
+        raise ValueError("a multicast address (the first byte is odd)")
+    if not any(raw):
+        raise ValueError("all zeros")
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def _requested_mac(from_cni_args: str, from_capability: Any) -> str:
+    """The MAC to give the pod's interface: the ``mac`` runtime capability, else
+    ``MAC=`` from CNI_ARGS (CNI conventions' capability over the deprecated CNI_ARGS, as
+    the reference plugins rank them); empty for "the kernel picks". Each one given is
+    validated: a malformed value is an error even where the other overrides it."""
+    mac = ""
+    if from_cni_args:
+        try:
+            mac = normalize_mac(from_cni_args)
+        except ValueError as e:
+            raise CniError(
+                ERR_INVALID_ENV, f"CNI_ARGS: MAC={from_cni_args[:64]!r} is not usable: {e}"
+            ) from e
+    if from_capability is None or from_capability == "":
+        return mac
+    if not isinstance(from_capability, str):
+        raise _cfg_err("runtimeConfig.mac must be a string")
+    try:
+        return normalize_mac(from_capability)
+    except ValueError as e:
+        raise _cfg_err(f"runtimeConfig.mac {from_capability[:64]!r} is not usable: {e}") from e
 
 
 def parse_cni_args(raw: str) -> dict[str, str]:

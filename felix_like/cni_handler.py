@@ -265,6 +265,10 @@ class CniHandler:
         key = keys.workload(self.node, namespace, pod, req.ifname)
         host_if = plumbing.host_veth_name(req.network_name, req.container_id, req.ifname)
         wep = self._workload(req, namespace, pod, host_if, (), "")  # validate names early
+        if req.requested_mac == plumbing.HOST_MAC:
+            # The pod's IPv6 link-local would be its own gateway's (fe80::ecee:eeff:feee:eeee).
+            raise CniError(proto.ERR_INVALID_CONFIG, f"requested MAC {plumbing.HOST_MAC} is "
+                           "the host side's, the pod's gateway: choose another")
 
         got = await self._assign(req, handle, namespace, pod)
         undo: list[tuple[str, Callable[[], Any]]] = [
@@ -274,7 +278,7 @@ class CniHandler:
             try:
                 wired = await asyncio.to_thread(
                     plumbing.wire_pod, self.node_netns, req.netns, req.ifname, host_if,
-                    hosts, req.mtu or 0)
+                    hosts, req.mtu or 0, container_mac=req.requested_mac)
             except plumbing.PlumbingError as e:
                 raise CniError(ERR_WIRING, f"wiring the pod failed: {e}") from e
             undo.append(("removing the veth", lambda: asyncio.to_thread(
@@ -623,8 +627,12 @@ class CniHandler:
                            f"sandbox {req.netns}")
         addrs = [ip.address for ip in prev.ips if ip.interface in (None, *ours)]
         hosts = tuple(_host_prefix(a) for a in addrs)
+        # The MAC asked for, else the one the result reported (a chained plugin after us,
+        # tuning say, may have changed it and updated the result).
+        mac = req.requested_mac or prev.interfaces[ours[0]].mac
         problems = await asyncio.to_thread(
-            plumbing.check_pod, self.node_netns, req.netns, req.ifname, host_if, hosts)
+            plumbing.check_pod, self.node_netns, req.netns, req.ifname, host_if, hosts,
+            container_mac=mac)
         try:
             key = keys.workload(self.node, req.pod_namespace, pod_name_for(req), req.ifname)
             wep = await self._read_wep(key)
@@ -636,6 +644,9 @@ class CniHandler:
                 have = {ipaddress.ip_interface(str(n)).ip for n in wep.spec.ip_networks}
                 problems += [f"workload endpoint lacks {a.ip}" for a in hosts
                              if a.ip not in have]
+                if req.requested_mac and wep.spec.mac != req.requested_mac:
+                    problems.append(f"workload endpoint has MAC {wep.spec.mac}, not "
+                                    f"{req.requested_mac}")
             if _delegated(req):
                 try:
                     await self._exec_ipam(req, "CHECK")

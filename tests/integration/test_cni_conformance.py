@@ -519,6 +519,100 @@ async def test_requested_ip_from_args_and_capability(fab: Fabric,
     await _assert_gone(fab)
 
 
+# ------------------------------------------------------------------ requested MAC
+
+
+def _link_mac(pod_ns: str, ifname: str = "eth0") -> str:
+    """The MAC ``ip -n POD link show IFNAME`` prints (``link/ether MAC brd ...``)."""
+    words = sh("ip", "-n", pod_ns, "link", "show", ifname).split()
+    return words[words.index("link/ether") + 1]
+
+
+async def _check(fab: Fabric, pod_ns: str, cid: str, result: dict[str, Any], *,
+                 args: str | None = None, **conf: Any) -> Any:
+    """CHECK as a runtime runs it: the ADD's config and arguments plus its result."""
+    return await fab.call("CHECK", fab.conf("1.1.0", prevResult=result, **conf),
+                          container_id=cid, netns=ns_path(pod_ns), args=args)
+
+
+async def test_requested_mac_from_cni_args(fab: Fabric, netns: Callable[[str], str]) -> None:
+    sysctl(fab.node, "net.ipv4.ip_forward", "1")  # a test node namespace: no route out
+    pod, other = netns("pod"), netns("pod")
+    args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=mac-1;MAC=C2-11-22-33-44-55"
+    res = (await fab.add(pod, "c-mac", "1.1.0", args=args)).ok().json
+    mac = "c2:11:22:33:44:55"
+    assert _link_mac(pod) == mac
+    assert res["interfaces"][1]["name"] == "eth0" and res["interfaces"][1]["mac"] == mac
+    assert res["interfaces"][0]["mac"] == "ee:ee:ee:ee:ee:ee"  # the host side keeps its own
+    spec = (await fab.workloads())[f"workloads/{fab.node}/shop.mac-1.eth0"]["spec"]
+    assert spec["mac"] == mac
+    # The pod works with it: the node resolves the pod to the new MAC.
+    peer = (await fab.add(other, "c-peer")).ok().json
+    assert ping(pod, _addr(peer)[:-3]) and ping(other, _addr(res)[:-3])
+    (await _check(fab, pod, "c-mac", res, args=args)).ok()
+
+    sh("ip", "-n", pod, "link", "set", "eth0", "address", "c2:99:99:99:99:99")
+    r = await _check(fab, pod, "c-mac", res, args=args)
+    assert r.code == 104 and "c2:99:99:99:99:99" in r.json["msg"] and mac in r.json["msg"]
+    # Without the argument CHECK holds the pod to the MAC its result reported.
+    r = await _check(fab, pod, "c-mac", res)
+    assert r.code == 104 and "MAC c2:99:99:99:99:99, not c2:11:22:33:44:55" in r.json["msg"]
+
+    (await fab.delete(pod, "c-mac", "1.1.0", args=args)).ok()
+    (await fab.delete(other, "c-peer")).ok()
+    await _assert_gone(fab, pod)
+
+
+async def test_requested_mac_from_the_mac_capability(fab: Fabric,
+                                                     netns: Callable[[str], str]) -> None:
+    pod = netns("pod")
+    # The capability wins over CNI_ARGS (the order of the reference plugins).
+    rc = {"mac": "c2:AA:BB:CC:DD:EE"}
+    args = "IgnoreUnknown=1;MAC=c2:11:22:33:44:55"
+    conf = fab.conf("1.1.0", runtimeConfig=rc)
+    res = (await fab.add(pod, "c-cap", conf=conf, args=args)).ok().json
+    mac = "c2:aa:bb:cc:dd:ee"
+    assert _link_mac(pod) == mac
+    assert res["interfaces"][1]["mac"] == mac
+    [wep] = (await fab.workloads()).values()
+    assert wep["spec"]["mac"] == mac
+    (await _check(fab, pod, "c-cap", res, args=args, runtimeConfig=rc)).ok()
+
+    sh("ip", "-n", pod, "link", "set", "eth0", "address", "c2:00:00:00:00:01")
+    r = await _check(fab, pod, "c-cap", res, args=args, runtimeConfig=rc)
+    assert r.code == 104 and "has MAC c2:00:00:00:00:01, not c2:aa:bb:cc:dd:ee" in r.json["msg"]
+
+    (await fab.delete(pod, "c-cap", "1.1.0", conf=conf, args=args)).ok()
+    await _assert_gone(fab, pod)
+
+
+@pytest.mark.parametrize(
+    ("args", "rc", "code", "says"),
+    [
+        ("IgnoreUnknown=1;MAC=01:00:5e:00:00:01", None, 4, ["MAC='01:00:5e:00:00:01'",
+                                                            "multicast"]),
+        ("IgnoreUnknown=1;MAC=c2:11:22", None, 4, ["MAC='c2:11:22'", "six hex bytes"]),
+        (None, {"mac": "ff:ff:ff:ff:ff:ff"}, 7, ["'ff:ff:ff:ff:ff:ff'", "broadcast"]),
+        (None, {"mac": "33:33:00:00:00:01"}, 7, ["'33:33:00:00:00:01'", "multicast"]),
+        (None, {"mac": "not-a-mac"}, 7, ["'not-a-mac'", "six hex bytes"]),
+        (None, {"mac": "EE:EE:EE:EE:EE:EE"}, 7, ["ee:ee:ee:ee:ee:ee", "host side"]),
+    ],
+)
+async def test_bad_requested_mac_is_refused_and_changes_nothing(
+        fab: Fabric, netns: Callable[[str], str], args: str | None,
+        rc: dict[str, Any] | None, code: int, says: list[str]) -> None:
+    pod = netns("pod")
+    conf = fab.conf("1.1.0", **({"runtimeConfig": rc} if rc else {}))
+    r = await fab.add(pod, "c-badmac", conf=conf, args=args)
+    assert r.exit != 0 and r.code == code, r.stdout
+    assert all(word in r.json["msg"] for word in says), r.json
+    await _assert_gone(fab, pod)
+    assert links(pod) == ["lo"]
+    # The runtime cleans up after the failed ADD with the same arguments: that works.
+    (await fab.delete(pod, "c-badmac", "1.1.0", conf=conf, args=args)).ok()
+    await _assert_gone(fab, pod)
+
+
 # ------------------------------------------------------------------ portmap chain
 
 

@@ -319,6 +319,113 @@ def test_bad_ip_in_cni_args_is_code_4() -> None:
     assert "CNI_ARGS" in err.msg
 
 
+# ------------------------------------------------------------------ requested MAC
+
+
+@pytest.mark.parametrize(
+    ("raw", "normal"),
+    [
+        ("c2:11:22:33:44:55", "c2:11:22:33:44:55"),
+        ("C2:11:22:AA:BB:CC", "c2:11:22:aa:bb:cc"),
+        ("c2-11-22-33-44-55", "c2:11:22:33:44:55"),
+        ("c211.2233.4455", "c2:11:22:33:44:55"),
+        ("00:00:5e:00:53:01", "00:00:5e:00:53:01"),  # universally administered, unicast
+    ],
+)
+def test_normalize_mac(raw: str, normal: str) -> None:
+    assert protocol.normalize_mac(raw) == normal
+
+
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        ("01:00:5e:00:00:01", "multicast"),
+        ("33:33:00:00:00:01", "multicast"),
+        ("ff:ff:ff:ff:ff:ff", "broadcast"),
+        ("00:00:00:00:00:00", "zeros"),
+        ("c2:11:22:33:44", "six hex bytes"),
+        ("c2:11:22:33:44:55:66", "six hex bytes"),
+        ("c2:11:22:33:44:5g", "six hex bytes"),
+        ("c2:11-22:33:44:55", "six hex bytes"),
+        ("c2112233 4455", "six hex bytes"),
+        ("c2:11:22:33:44:55\n", "six hex bytes"),
+        ("00:00:00:00:fe:80:00:00:00:00:00:00:02:00:5e:10:00:00:00:01", "six hex bytes"),
+        ("", "six hex bytes"),
+    ],
+)
+def test_normalize_mac_refuses(raw: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        protocol.normalize_mac(raw)
+
+
+def test_mac_from_cni_args_is_normalised() -> None:
+    req = parse_request(env("ADD", CNI_ARGS="IgnoreUnknown=1;MAC=C2-11-22-33-44-55"), conf())
+    assert req.requested_mac == "c2:11:22:33:44:55"
+
+
+def test_mac_capability_wins_over_cni_args() -> None:
+    e = env("ADD", CNI_ARGS="MAC=c2:11:22:33:44:55")
+    req = parse_request(e, conf(runtimeConfig={"mac": "C2:AA:AA:AA:AA:AA"}))
+    assert req.requested_mac == "c2:aa:aa:aa:aa:aa"
+    # an empty capability value is no request: CNI_ARGS' applies
+    assert parse_request(e, conf(runtimeConfig={"mac": ""})).requested_mac == "c2:11:22:33:44:55"
+
+
+def test_mac_capability_from_cap_args() -> None:
+    req = parse_request(env("ADD", CAP_ARGS=json.dumps({"mac": "c2:bb:bb:bb:bb:bb"})), conf())
+    assert req.requested_mac == "c2:bb:bb:bb:bb:bb"
+
+
+def test_no_mac_requested_is_empty() -> None:
+    assert parse_request(env("ADD"), conf()).requested_mac == ""
+
+
+def test_args_cni_mac_is_not_a_convention_and_ignored() -> None:
+    req = parse_request(env("ADD"), conf(args={"cni": {"mac": "c2:11:22:33:44:55"}}))
+    assert req.requested_mac == ""
+
+
+@pytest.mark.parametrize("bad", ["01:00:5e:00:00:01", "ff:ff:ff:ff:ff:ff", "c2:11:22", "zz"])
+def test_bad_mac_in_cni_args_is_code_4_naming_it(bad: str) -> None:
+    for command, stdin in (("ADD", conf()), ("CHECK", conf("1.0.0", prevResult=PREV_100))):
+        err = code_of(env(command, CNI_ARGS=f"MAC={bad}"), stdin)
+        assert err.code == 4
+        assert "CNI_ARGS" in err.msg and f"MAC={bad!r}" in err.msg
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ("01:00:5e:00:00:01", "multicast"),
+        ("ff:ff:ff:ff:ff:ff", "broadcast"),
+        ("00:00:00:00:00:00", "zeros"),
+        ("c2:11:22:33:44", "six hex bytes"),
+    ],
+)
+def test_bad_mac_capability_is_code_7_naming_it(bad: str, why: str) -> None:
+    err = code_of(env("ADD"), conf(runtimeConfig={"mac": bad}))
+    assert err.code == 7
+    assert "runtimeConfig.mac" in err.msg and repr(bad) in err.msg and why in err.msg
+
+
+def test_mac_capability_must_be_a_string() -> None:
+    err = code_of(env("ADD"), conf(runtimeConfig={"mac": 42}))
+    assert err.code == 7 and "runtimeConfig.mac" in err.msg
+
+
+def test_bad_mac_overridden_by_the_capability_is_still_an_error() -> None:
+    stdin = conf(runtimeConfig={"mac": "c2:11:22:33:44:55"})
+    assert code_of(env("ADD", CNI_ARGS="MAC=01:02:03:04:05:06"), stdin).code == 4
+
+
+@pytest.mark.parametrize("command", ["DEL", "GC", "STATUS"])
+def test_mac_is_ignored_where_nothing_is_wired(command: str) -> None:
+    # A DEL after an ADD refused for its MAC carries the same MAC: it must still succeed.
+    stdin = conf("1.1.0", runtimeConfig={"mac": "ff:ff:ff:ff:ff:ff"})
+    req = parse_request(env(command, CNI_ARGS="MAC=nonsense"), stdin)
+    assert req.requested_mac == ""
+
+
 # ------------------------------------------------------------------ runtimeConfig
 
 
