@@ -38,16 +38,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from felix_like.netlink import (
-    _IFINFOMSG,
     IFLA_ADDRESS,
     IFLA_IFNAME,
     IFLA_MTU,
-    RTM_NEWLINK,
     RTPROT_STATIC,
     NetlinkError,
     Rtnl,
-    _attr,
-    _mac,
     attr_str,
     attr_u32,
     format_mac,
@@ -167,17 +163,6 @@ def _replace_own_blackhole(node_ns: str | None, addr: IPInterface, host_idx: int
         ipr.close()
 
 
-def _set_up(nl: Rtnl, index: int, mac: str) -> None:
-    """``ip link set INDEX [address MAC] up`` as one request. The kernel applies the
-    address before the flags (``do_setlink``), so the interface comes up with it and its
-    IPv6 link-local derives from it. ``Rtnl`` has no such request, hence its internals."""
-    if not mac:
-        nl.set_up(index)
-        return
-    body = _IFINFOMSG.pack(0, 0, index, IFF_UP, IFF_UP) + _attr(IFLA_ADDRESS, _mac(mac))
-    nl._do(RTM_NEWLINK, body)
-
-
 def wire_pod(
     node_ns: str | None,
     pod_netns_path: str,
@@ -194,10 +179,10 @@ def wire_pod(
 
     ``mtu`` <= 0 takes :func:`detect_uplink_mtu` (through ``node_ipr``, a pyroute2 handle
     bound to ``node_ns``, when given). ``container_mac`` (lower-case colon form, a unicast
-    address: :func:`cni.protocol.normalize_mac`) is given to ``ifname`` in the request
-    that brings it up, so it costs no extra round trip; empty keeps the kernel's random
-    one. ``node_nl`` lets the caller reuse a raw netlink socket bound to ``node_ns``;
-    otherwise one is opened.
+    address: :func:`cni.protocol.normalize_mac`) is given to ``ifname`` when the veth is
+    created, so it costs no extra request; empty keeps the kernel's random one.
+    ``node_nl`` lets the caller reuse a raw netlink socket bound to ``node_ns``; otherwise
+    one is opened.
     A leftover veth of the same name (an earlier attempt for the same container and
     interface: the name is derived from them) is replaced.
     Raises :class:`PlumbingError`; on error no veth and no route of this call remain.
@@ -228,7 +213,8 @@ def wire_pod(
         # IPv4 only: up at creation (one request less). With IPv6, accept_dad=0 must be
         # set while the link is still down.
         try:
-            node.add_veth(host_if, HOST_MAC, mtu, ifname, pod_fd, up=not v6)
+            node.add_veth(host_if, HOST_MAC, mtu, ifname, pod_fd, up=not v6,
+                          peer_mac=container_mac)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise
@@ -240,7 +226,8 @@ def wire_pod(
                 raise RuntimeError(f"{ifname} already exists in the pod") from exc
             log.info("replacing leftover host veth %s", host_if)
             node.delete_link(old)
-            node.add_veth(host_if, HOST_MAC, mtu, ifname, pod_fd, up=not v6)
+            node.add_veth(host_if, HOST_MAC, mtu, ifname, pod_fd, up=not v6,
+                          peer_mac=container_mac)
         created = True
         host_idx = node.link_index(host_if)
         if host_idx is None:
@@ -263,9 +250,8 @@ def wire_pod(
             step = f"adding {a} to {ifname} in the pod"
             pod.add_address(pod_idx, str(a.ip), a.network.prefixlen,
                             IFA_F_NODAD if a.version == 6 else 0)
-        step = (f"setting {ifname}'s MAC to {container_mac} and bringing it up in the pod"
-                if container_mac else f"bringing {ifname} up in the pod")
-        _set_up(pod, pod_idx, container_mac)
+        step = f"bringing {ifname} up in the pod"
+        pod.set_up(pod_idx)
         if v4:
             step = "adding the pod's IPv4 gateway neighbour and default route"
             pod.add_neighbour(pod_idx, GATEWAY_V4, HOST_MAC, NUD_PERMANENT)

@@ -414,11 +414,14 @@ class Rtnl:
         return None if found is None else found[0]
 
     def add_veth(self, name: str, mac: str, mtu: int, peer: str, peer_netns_fd: int,
-                 up: bool) -> None:
+                 up: bool, peer_mac: str = "") -> None:
         """``ip link add NAME address MAC mtu MTU [up] type veth peer name PEER mtu MTU
-        netns FD``; fails with EEXIST when either name is taken."""
+        [address PEER_MAC] netns FD``; fails with EEXIST when either name is taken.
+        Without ``peer_mac`` the kernel picks a random one for the peer."""
         peer_info = (_IFINFOMSG.pack(0, 0, 0, 0, 0) + _str(IFLA_IFNAME, peer)
                      + _u32(IFLA_NET_NS_FD, peer_netns_fd) + _u32(IFLA_MTU, mtu))
+        if peer_mac:
+            peer_info += _attr(IFLA_ADDRESS, _mac(peer_mac))
         linkinfo = _str(IFLA_INFO_KIND, "veth") + _attr(
             IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer_info))
         flags = IFF_UP if up else 0
