@@ -51,6 +51,7 @@ import sys
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import os
+    from collections.abc import Sequence
     from typing import Any, BinaryIO, TextIO
 
 PLUGIN = "l3fabric"
@@ -382,3 +383,87 @@ def write_executable(dest: os.PathLike[str] | str, which: str, python: str) -> N
 
 def _sh_quote(s: str) -> str:
     return "'" + s.replace("'", "'\"'\"'") + "'"
+
+
+# ---------------------------------------------------------------- the shims' interpreter
+
+# Named, not resolved: see pick_interpreter.
+DISTRO_PYTHON = "/usr/bin/python3"
+CHECK_TIMEOUT = 10.0
+
+
+def pick_interpreter(candidates: Sequence[str] | None = None, fallback: str | None = None) -> str:
+    """The interpreter the shims run with when the operator names none (``--python``):
+    the first of ``candidates`` (default: :data:`DISTRO_PYTHON`) that exists and passes
+    :func:`check_interpreter`, else ``fallback`` (default: ``sys.executable``, the
+    interpreter l3fabric is installed in), unchecked.
+
+    Why the distribution's Python first: the runtime execs a shim for every ADD and DEL,
+    and its cost is mostly interpreter start-up. Debian's ``/usr/bin/python3`` has
+    libpython linked in and starts (``-IS``) in ~9.5 ms of CPU; a pyenv or venv build
+    with a shared libpython takes ~12.5 ms.
+
+    Why ``/usr/bin/python3`` and not what it points to (``python3.11``): a distribution
+    upgrade replaces the versioned binary (Debian 12 to 13: 3.11 to 3.13) and keeps the
+    name, so a resolved path would fail every pod ADD with ENOENT once the old binary is
+    removed, until ``install-cni`` ran again. The price is that this module must run on
+    whatever Python 3 the distribution ships next: it imports only the stdlib and keeps
+    to Python 3.9 syntax (a unit test parses it with ``feature_version=(3, 9)``), and an
+    interpreter that cannot run it here (too old for its syntax, a broken install) is
+    logged as a warning and passed over. Re-running ``install-cni`` after an upgrade
+    checks again.
+    """
+    import logging
+    import os
+
+    log = logging.getLogger(__name__)
+    passed_over = False
+    for python in (DISTRO_PYTHON,) if candidates is None else candidates:
+        if not os.path.exists(python):
+            log.debug("%s does not exist", python)
+            continue
+        problem = check_interpreter(python)
+        if problem is None:
+            return python
+        log.warning("%s cannot run the CNI shims: %s", python, problem)
+        passed_over = True
+    python = fallback or sys.executable
+    if passed_over:
+        log.warning("the CNI shims run with %s instead", python)
+    return python
+
+
+def check_interpreter(python: str, timeout: float = CHECK_TIMEOUT) -> str | None:
+    """Write the ``l3fabric`` shim for ``python`` in a scratch directory and run it as
+    the kernel would (the interpreter and argument of its ``#!`` line, then the file, so
+    that a ``noexec`` /tmp does not matter) with ``CNI_COMMAND=VERSION``, which the shim
+    answers without the agent. None if it answers with our supported versions, else
+    what went wrong. Running it also leaves this interpreter's bytecode of this module
+    in ``__pycache__`` (when writable), so the first pod does not compile it.
+    """
+    import os
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="l3fabric-shim-check-") as d:
+        exe = os.path.join(d, PLUGIN)
+        write_executable(exe, "plugin", python)
+        with open(exe, encoding="utf-8") as f:
+            argv = f.readline()[2:].split(None, 1)
+        argv = [argv[0], *(a.strip() for a in argv[1:]), exe]
+        try:
+            proc = subprocess.run(argv, input=b'{"cniVersion": "1.0.0"}',
+                                  env={"CNI_COMMAND": "VERSION"}, capture_output=True,
+                                  timeout=timeout, check=False)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return str(e)
+    if proc.returncode != 0:
+        err = proc.stderr.decode(errors="replace").strip().splitlines()
+        return f"exit {proc.returncode}" + (f": {err[-1]}" if err else "")
+    try:
+        answer = json_loads(proc.stdout.decode(errors="replace"))
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict) or answer.get("supportedVersions") != list(SUPPORTED_VERSIONS):
+        return f"unexpected VERSION answer {proc.stdout[:200]!r}"
+    return None

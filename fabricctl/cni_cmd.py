@@ -1,9 +1,11 @@
 """``fabricctl install-cni``: drop the CNI plugin executables and the network config.
 
-Owns: ``<bin-dir>/l3fabric``, ``<bin-dir>/l3fabric-ipam`` (stdlib shims run by this
-Python, see :func:`cni.shim.write_executable`) and ``<conf-dir>/10-<name>.conflist``
-(DESIGN §9). Idempotent: files already as wanted are left untouched (their mtime too, so
-runtimes watching the config dir see no change); others are replaced atomically.
+Owns: ``<bin-dir>/l3fabric``, ``<bin-dir>/l3fabric-ipam`` (stdlib shims, see
+:func:`cni.shim.write_executable`; run by ``--python``, by default the distribution's
+``/usr/bin/python3`` if it runs them, else this Python: :func:`cni.shim.pick_interpreter`)
+and ``<conf-dir>/10-<name>.conflist`` (DESIGN §9). Idempotent: files already as wanted
+are left untouched (their mtime too, so runtimes watching the config dir see no change);
+others are replaced atomically.
 
 The conflist chains the reference ``portmap`` plugin (unless ``--no-portmap``), whose
 CNI versions stop at 1.0.0, hence ``cniVersion: 1.0.0``; portmap's CHECK fails on
@@ -15,11 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from cni.shim import DEFAULT_SOCKET, write_executable
+from cni.shim import DEFAULT_SOCKET, pick_interpreter, write_executable
 
 from .common import CliError
 
@@ -36,8 +37,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--name", default="l3fabric", help="the network name")
     p.add_argument("--mtu", type=int, default=0, help="pod MTU (0: the node uplink's)")
     p.add_argument("--no-portmap", action="store_true", help="leave portmap out of the chain")
-    p.add_argument("--python", default=sys.executable,
-                   help="absolute interpreter the shims run with (default: this one)")
+    p.add_argument("--python", default=None,
+                   help="absolute interpreter the shims run with (default: /usr/bin/python3 "
+                        "if it runs them, it starts fastest; else this one)")
     p.set_defaults(func=cmd_install_cni)
 
 
@@ -69,12 +71,13 @@ def _write_if_changed(path: Path, text: str, mode: int) -> bool:
 
 
 def cmd_install_cni(args: argparse.Namespace) -> int:
-    if not os.path.isabs(args.python):
+    if args.python is not None and not os.path.isabs(args.python):
         raise CliError(f"--python must be an absolute path, not {args.python!r}", usage=True)
     if args.mtu and not 68 <= args.mtu <= 65535:
         raise CliError("--mtu must be 0 or between 68 and 65535", usage=True)
     bin_dir: Path = args.bin_dir
     conf_dir: Path = args.conf_dir
+    python = args.python or pick_interpreter()
     try:
         bin_dir.mkdir(parents=True, exist_ok=True)
         conf_dir.mkdir(parents=True, exist_ok=True)
@@ -82,7 +85,7 @@ def cmd_install_cni(args: argparse.Namespace) -> int:
             dest = bin_dir / exe
             # Render into a scratch file, then keep the installed one if identical.
             scratch = bin_dir / f".{exe}.new{os.getpid()}"
-            write_executable(scratch, which, args.python)
+            write_executable(scratch, which, python)
             try:
                 changed = _write_if_changed(dest, scratch.read_text(), 0o755)
             finally:

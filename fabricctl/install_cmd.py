@@ -11,6 +11,10 @@ Owned files (paths relative to ``--root``, ``/`` by default; ``--root`` works li
 ``<cni conf dir>/10-l3fabric.conflist``       0644  the network config (DESIGN §9)
 ==========================================  ======  ============================================
 
+The shims run with ``--python`` or, by default, what `cni.shim.pick_interpreter` checks and
+picks on this host (also with ``--root``): the distribution's ``/usr/bin/python3`` when it
+runs them, as it starts fastest, else the Python fabricctl runs in.
+
 The agent reads its flags from the environment (``fabric-agent`` maps ``--flag`` to
 ``L3FABRIC_FLAG``), so the unit has a bare ``ExecStart`` and everything host-specific is in
 ``agent.conf``; changing an endpoint is an edit and a restart. Two more variables in that
@@ -48,6 +52,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cni.shim import pick_interpreter
 from fabricctl.cni_cmd import conflist
 from fabricctl.common import CliError
 
@@ -310,8 +315,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--log-level", default=None)
     p.add_argument("--agent-bin", default=None,
                    help="absolute path of fabric-agent (default: next to this fabricctl)")
-    p.add_argument("--python", default=sys.executable,
-                   help="absolute interpreter for the CNI shims (default: this one)")
+    p.add_argument("--python", default=None,
+                   help="absolute interpreter for the CNI shims (default: /usr/bin/python3 "
+                        "if it runs them, it starts fastest; else this one)")
     p.add_argument("--no-cni", dest="cni", action="store_false",
                    help="do not install the CNI plugin and conflist")
     p.add_argument("--cni-bin-dir", default=env("L3FABRIC_CNI_BIN_DIR", DEFAULT_CNI_BIN_DIR))
@@ -338,11 +344,14 @@ def settings_from_args(args: argparse.Namespace) -> InstallSettings:
         raise CliError("--mtu must be 0 (the uplink's) or between 68 and 65535", usage=True)
     agent_bin = args.agent_bin or _default_agent_bin()
     for what, path in (("--agent-bin", agent_bin), ("--python", args.python)):
-        if not os.path.isabs(path):
+        if path is not None and not os.path.isabs(path):
             raise CliError(f"{what} must be an absolute path, not {path!r}", usage=True)
+    python = args.python
+    if python is None:  # checked only when the shims are written
+        python = pick_interpreter() if args.cni else sys.executable
     return InstallSettings(
         node=args.node, etcd_endpoints=args.etcd_endpoints, agent_bin=agent_bin,
-        python=args.python, etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert,
+        python=python, etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert,
         etcd_key=args.etcd_key, metrics_addr=args.metrics_addr,
         policy_backend=args.policy_backend, socket=args.socket, node_ip=args.node_ip,
         netns=args.netns, log_level=args.log_level, cni=args.cni,

@@ -4,11 +4,13 @@
 (root). Starts its own etcd and namespaces (one node namespace per contender, pod
 namespaces shared), removes them after. Both contenders are exec'd the same way
 (``nsenter`` into the node namespace, then the plugin: a fork in this gRPC-using process
-must not run Python before exec), ours
-being the real ``l3fabric`` shim talking to a `CniHandler` + `CniServer` -- by default in
-a process of its own, like fabric-agent (``--agent in-process``: in this process, whose
-event loop also execs every plugin of both contenders); the reference ``ptp`` (with
-``host-local`` IPAM) runs inside its node namespace.
+must not run Python before exec), ours being the real ``l3fabric`` shim talking to a
+`CniHandler` + `CniServer` -- by default in a process of its own, like fabric-agent
+(``--agent in-process``: in this process, whose event loop also execs every plugin of both
+contenders); the reference ``ptp`` (with ``host-local`` IPAM) runs inside its node
+namespace. The shim runs with the interpreter ``fabricctl install-cni`` picks by default
+(`cni.shim.pick_interpreter`: ``/usr/bin/python3`` when it runs the shim), so that this
+measures what gets installed; ``--shim-python PATH`` names another.
 Per contender: sequential ADD then DEL of every pod (latency p50/p99), then
 ``--parallel`` ADDs in flight over all pods (pods/s), then their DELs -- interleaved
 between the two contenders (see `_compare`), so that both see the same load from
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import print_table, rate, write_results
-from cni.shim import write_executable
+from cni.shim import pick_interpreter, write_executable
 from datastore import model as m
 from datastore.client import Datastore, EtcdConfig
 from datastore.embedded import EmbeddedEtcd
@@ -228,10 +230,7 @@ async def _run(n_pods: int, parallel: int, tmp: Path, made: list[str],
         pods_ref = [_ns("pod", made) for _ in range(n_pods)]
         bin_dir = tmp / "bin"
         bin_dir.mkdir()
-        python = shim_python or os.path.abspath(shutil.which("python3") or "/usr/bin/python3")
-        venv_py = Path(__file__).resolve().parents[2] / ".venv" / "bin" / "python"
-        if venv_py.exists() and not shim_python:
-            python = str(venv_py)
+        python = shim_python or pick_interpreter()
         write_executable(bin_dir / "l3fabric", "plugin", python)
         async with Datastore(EtcdConfig.from_strings(etcd.endpoint)) as ds:
             pool = m.IPPool.from_dict({"apiVersion": m.API_VERSION, "kind": "IPPool",
@@ -274,8 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="where our agent side runs (default: its own process, as in a "
                          "deployment)")
     ap.add_argument("--shim-python", metavar="PATH",
-                    help="the shim's interpreter (default: this checkout's .venv python, "
-                         "as `fabricctl install-cni` picks by default)")
+                    help="the shim's interpreter (default: the one `fabricctl install-cni` "
+                         "picks, /usr/bin/python3 if it runs the shim)")
     ap.add_argument("--serve-agent", nargs=3, metavar=("SOCK", "NODE", "ETCD"),
                     help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from cni.shim import pick_interpreter
 from datastore.embedded import EmbeddedEtcd
 from tests.helpers.cni import (
     REFERENCE_DIR,
@@ -88,7 +89,9 @@ def test_install_cni_is_idempotent(tmp_path: Path) -> None:
     assert conf["plugins"][0]["agentSocket"] == "/run/x.sock"
     assert conf["plugins"][1]["capabilities"] == {"portMappings": True}
     first = (tmp_path / "bin" / "l3fabric").read_text()
-    assert first.startswith("#!/") and os.access(tmp_path / "bin" / "l3fabric-ipam", os.X_OK)
+    # The default interpreter: the distribution's python3 when it runs the shims.
+    assert first.startswith(f"#!{pick_interpreter()} -IS\n")
+    assert os.access(tmp_path / "bin" / "l3fabric-ipam", os.X_OK)
     assert install_cni(tmp_path / "bin", tmp_path / "net.d", "/run/x.sock").count(
         "unchanged") == 3
     out = install_cni(tmp_path / "bin", tmp_path / "net.d", "/run/x.sock", "--no-portmap")

@@ -3,6 +3,7 @@ the framing of cni.shim and records what it was asked."""
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import os
@@ -378,3 +379,89 @@ def test_console_script_version() -> None:
     )
     assert proc.returncode == 0
     assert json.loads(proc.stdout)["cniVersion"] == "1.1.0"
+
+
+# ------------------------------------------------------------------ the shims' interpreter
+
+
+def test_shim_source_runs_on_python_3_9() -> None:
+    """The shims may run with the distribution's python3, whatever its minor version: no
+    syntax past 3.9, and no runtime ``X | Y`` (a TypeError on classes before 3.10)."""
+    source = Path(shim.__file__).read_text()
+    tree = ast.parse(source, feature_version=(3, 9))
+    annotations: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args
+            for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
+                if a is not None and a.annotation is not None:
+                    annotations.update(map(id, ast.walk(a.annotation)))
+            if node.returns is not None:
+                annotations.update(map(id, ast.walk(node.returns)))
+        elif isinstance(node, ast.AnnAssign):
+            annotations.update(map(id, ast.walk(node.annotation)))
+    runtime_or = [node.lineno for node in ast.walk(tree)
+                  if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr)
+                  and id(node) not in annotations]
+    assert runtime_or == []
+    assert "from __future__ import annotations" in source  # annotations stay strings
+
+
+def fake_interpreter(directory: Path, name: str, body: str) -> str:
+    path = directory / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def real_python_link(directory: Path) -> str:
+    """An interpreter path that is not this one's: a link to the real binary."""
+    link = directory / "python3"
+    link.symlink_to(os.path.realpath(sys.executable))
+    return str(link)
+
+
+def test_pick_interpreter_takes_a_candidate_that_runs_the_shim(tmp_path: Path) -> None:
+    python = real_python_link(tmp_path)
+    assert shim.check_interpreter(python) is None
+    assert shim.pick_interpreter([python], fallback="/fallback/python") == python
+    shim.write_executable(tmp_path / "l3fabric", "plugin", python)
+    assert (tmp_path / "l3fabric").read_text().startswith(f"#!{python} -IS\n")
+
+
+def test_pick_interpreter_defaults_to_the_distro_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    python = real_python_link(tmp_path)
+    monkeypatch.setattr(shim, "DISTRO_PYTHON", python)
+    assert shim.pick_interpreter() == python
+    monkeypatch.setattr(shim, "DISTRO_PYTHON", str(tmp_path / "missing"))
+    assert shim.pick_interpreter() == sys.executable
+
+
+def test_pick_interpreter_falls_back_when_the_candidate_fails(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = fake_interpreter(tmp_path, "python-old",
+                           'echo "SyntaxError: invalid syntax" >&2; exit 1')
+    assert shim.check_interpreter(old) == "exit 1: SyntaxError: invalid syntax"
+    with caplog.at_level("WARNING", logger="cni.shim"):
+        assert shim.pick_interpreter([old], fallback="/fallback/python") == "/fallback/python"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{old} cannot run the CNI shims: exit 1: SyntaxError: invalid syntax",
+        "the CNI shims run with /fallback/python instead"]
+
+
+def test_pick_interpreter_wants_the_shims_answer(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An interpreter that exits 0 without running the shim is no good either; a missing
+    one is passed over quietly; the next candidate that works wins."""
+    liar = fake_interpreter(tmp_path, "python-liar", 'echo "{}"')
+    assert shim.check_interpreter(liar) == "unexpected VERSION answer b'{}\\n'"
+    python = real_python_link(tmp_path)
+    with caplog.at_level("WARNING", logger="cni.shim"):
+        got = shim.pick_interpreter([str(tmp_path / "missing"), liar, python], fallback="/x")
+    assert got == python
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{liar} cannot run the CNI shims: unexpected VERSION answer b'{{}}\\n'"]

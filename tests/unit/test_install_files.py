@@ -1,4 +1,5 @@
-"""install-agent / uninstall in a temporary root: the files, their modes, their content."""
+"""install-agent, install-cni, uninstall in a temporary root: the files, their modes, their
+content."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from cni import shim as cni_shim
 from fabricctl.cli import main
 from fabricctl.install_cmd import (
     CAPABILITIES,
@@ -73,7 +75,7 @@ def test_install_writes_the_files_with_their_modes(tmp_path: Path) -> None:
     assert conf["plugins"][1]["type"] == "portmap"
     assert conf["disableCheck"] is True  # portmap's CHECK bug, as install-cni writes it
     shim = (tmp_path / "opt/cni/bin/l3fabric").read_text()
-    assert shim.startswith(f"#!{sys.executable} -IS") and "main_plugin" in shim
+    assert shim.startswith(f"#!{cni_shim.pick_interpreter()} -IS\n") and "main_plugin" in shim
 
 
 def test_shim_answers_version_without_an_agent(tmp_path: Path) -> None:
@@ -83,6 +85,77 @@ def test_shim_answers_version_without_an_agent(tmp_path: Path) -> None:
                        timeout=10)
     assert r.returncode == 0, r.stderr
     assert "1.0.0" in json.loads(r.stdout)["supportedVersions"]
+
+
+def shebangs(bin_dir: Path) -> set[str]:
+    return {(bin_dir / exe).read_text().splitlines()[0] for exe in ("l3fabric", "l3fabric-ipam")}
+
+
+def real_python_link(directory: Path) -> str:
+    """An interpreter path that is not this one's: a link to the real binary."""
+    directory.mkdir(parents=True, exist_ok=True)
+    link = directory / "python3"
+    link.symlink_to(os.path.realpath(sys.executable))
+    return str(link)
+
+
+def install_cni(root: Path, *extra: str) -> int:
+    return main(["install-cni", "--bin-dir", str(root / "bin"), "--conf-dir",
+                 str(root / "net.d"), *extra])
+
+
+def install_shims(command: str, tmp_path: Path, *extra: str) -> Path:
+    """Run ``command`` (install-agent or install-cni); the directory the shims went to."""
+    if command == "install-agent":
+        assert install(tmp_path / "root", *extra) == 0
+        return tmp_path / "root/opt/cni/bin"
+    assert install_cni(tmp_path, *extra) == 0
+    return tmp_path / "bin"
+
+
+@pytest.mark.parametrize("command", ["install-agent", "install-cni"])
+def test_shims_run_with_the_distro_python_when_it_runs_them(
+        command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    distro = real_python_link(tmp_path / "usr-bin")
+    monkeypatch.setattr(cni_shim, "DISTRO_PYTHON", distro)
+    bin_dir = install_shims(command, tmp_path)
+    assert shebangs(bin_dir) == {f"#!{distro} -IS"}
+    r = subprocess.run([str(bin_dir / "l3fabric-ipam")], input="{}",
+                       env={"CNI_COMMAND": "VERSION"}, capture_output=True, text=True,
+                       timeout=10)
+    assert r.returncode == 0 and "1.1.0" in json.loads(r.stdout)["supportedVersions"]
+
+
+@pytest.mark.parametrize("command", ["install-agent", "install-cni"])
+def test_shims_fall_back_to_this_python_when_the_distro_one_fails(
+        command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    old = tmp_path / "python3"  # say, a Python too old for the shim's syntax
+    old.write_text('#!/bin/sh\necho "SyntaxError: invalid syntax" >&2\nexit 1\n')
+    old.chmod(0o755)
+    monkeypatch.setattr(cni_shim, "DISTRO_PYTHON", str(old))
+    with caplog.at_level("WARNING", logger="cni.shim"):
+        bin_dir = install_shims(command, tmp_path)
+    assert shebangs(bin_dir) == {f"#!{sys.executable} -IS"}
+    assert f"{old} cannot run the CNI shims: exit 1: SyntaxError" in caplog.text
+    assert f"the CNI shims run with {sys.executable} instead" in caplog.text
+
+
+@pytest.mark.parametrize("command", ["install-agent", "install-cni"])
+def test_python_flag_is_used_as_given(command: str, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """--python names the interpreter outright, unchecked (it may exist only in the image
+    that --root builds), and nothing else is tried."""
+    monkeypatch.setattr(cni_shim, "check_interpreter", lambda python: pytest.fail(python))
+    bin_dir = install_shims(command, tmp_path, "--python", "/opt/image/bin/python3")
+    assert shebangs(bin_dir) == {"#!/opt/image/bin/python3 -IS"}
+
+
+def test_install_cni_rejects_a_relative_python(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert install_cni(tmp_path, "--python", "python3") == 2
+    assert "--python must be an absolute path" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_tls_key_makes_the_conf_private(tmp_path: Path) -> None:
