@@ -258,7 +258,7 @@ def run(tmp: Path, pods: int, failures: int) -> dict[str, Any]:
                 fab.add_pod("r1a", "warm1")  # claims r1's only block
                 fab.add_pod("r2a", "warm2")
                 for tor in fab.tors.values():
-                    for sess in tor.sessions:
+                    for sess in tor.peers:
                         wait_for(functools.partial(tor.established, sess.name), 30,
                                  f"{tor.name} {sess.name}", 0.2)
                 r1a, r2a, tor1 = (Fib(fab.nodes["r1a"].ns), Fib(fab.nodes["r2a"].ns),

@@ -24,7 +24,8 @@ from itertools import permutations
 from pathlib import Path
 
 import pytest
-from helpers.fabric import Fabric, Pod, kernel_route, lan, sh, two_racks, wait_for
+from helpers.bird import kernel_routes
+from helpers.fabric import Fabric, Pod, lan, sh, two_racks, wait_for
 from helpers.procs import running
 
 from datastore.embedded import EmbeddedEtcd
@@ -105,9 +106,9 @@ def test_two_racks_tor_peering(fabric: Fabric) -> None:
              "every block and the /32 at ToR 2", 0.2, lambda: tor2.birdc("show", "route"))
     # ECMP: ToR 1 reaches rack 2's blocks over both ToR links.
     wait_for(lambda: {"10.98.0.2", "10.98.0.6"} <= set(
-        re.findall(r"nexthop via (\S+)", kernel_route(tor1.ns, c_block))), 20,
+        re.findall(r"nexthop via (\S+)", kernel_routes(tor1.ns).get(c_block, ""))), 20,
         f"two next hops for {c_block} in ToR 1's kernel", 0.2,
-        lambda: kernel_route(tor1.ns, c_block))
+        lambda: kernel_routes(tor1.ns).get(c_block, ""))
     # The borrowed /32 beats r1a's blackhole at r1a itself.
     wait_for(lambda: "10.99.10.2" in fab.nodes["r1a"].routes("81").get(f"{pb.ip}/32", ""),
              20, "the borrowed /32 learned by r1a")
@@ -153,12 +154,12 @@ def check_import_filter(fab: Fabric) -> None:
     time.sleep(0.5)
     learned = r1a.routes("81")
     assert not {OUTSIDE, R1_BLOCK, PART_OF_R1_BLOCK} & learned.keys(), learned
-    assert kernel_route(r1a.ns, OUTSIDE) == ""
-    assert kernel_route(r1a.ns, PART_OF_R1_BLOCK) == ""
-    assert kernel_route(r1a.ns, R1_BLOCK).startswith("blackhole"), kernel_route(r1a.ns, R1_BLOCK)
+    fib = kernel_routes(r1a.ns)
+    assert OUTSIDE not in fib and PART_OF_R1_BLOCK not in fib, fib
+    assert fib.get(R1_BLOCK, "").startswith("blackhole"), fib.get(R1_BLOCK)
     # Nobody else got them, and the ToR still forwards r1a's block to r1a.
     assert OUTSIDE not in fab.nodes["r1b"].routes("81")
-    assert "via 10.99.10.1" in kernel_route(tor1.ns, R1_BLOCK)
+    assert "via 10.99.10.1" in kernel_routes(tor1.ns).get(R1_BLOCK, "")
 
 
 def check_agent_kill9_keeps_sessions_and_pings(fab: Fabric, pods: list[Pod]) -> None:

@@ -1,73 +1,128 @@
-"""BIRD 2 as a top-of-rack router inside a test namespace (config shape from PLATFORM.md)."""
+"""BIRD 2 as a top-of-rack router inside a test namespace (config shape from PLATFORM.md).
+
+The one test router of the suite: the integration and fault tests, the benchmarks and the
+e2e lab (`helpers.fabric`) all drive BIRD through `Bird`. It owns its workdir (config,
+control socket, pid file, log) and the ``bird`` process it starts; `stop()` kills it, and
+the namespace's owner (a fixture) deletes the namespace. The namespace is the caller's.
+
+What a `Bird` announces, besides what its BGP peers send it:
+
+- ``statics``: blackholes announced to every peer and installed in the ToR's kernel;
+- ``probes``: blackhole ``probeN`` statics, disabled at start (``birdc enable probe0``);
+- ``bogus``: blackholes announced only to peers marked ``bogus`` and never installed here.
+  They lose against real routes (preference 50); ``secondary`` lets BIRD still send them
+  to the neighbour whose own route wins.
+
+Sessions are eBGP, or iBGP to route-reflector clients (``rr_client``: AS per rack, the
+ToR reflects between its nodes). ``merge paths on`` puts ECMP routes into the kernel.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+#: ``ip route`` types printed before the prefix (``blackhole 10.244.0.0/26 proto 80``).
+ROUTE_TYPES = {"unicast", "blackhole", "unreachable", "prohibit", "throw", "local",
+               "broadcast", "anycast", "multicast", "nat"}
+
 
 @dataclass(frozen=True)
 class BirdPeer:
-    name: str
+    name: str  # the BGP protocol's name in BIRD
     ip: str
     asn: int
-    source: str
-    password: str | None = None
-    ttl_security: bool = False
+    source: str  # the router's own address on the link
+    password: str | None = None  # TCP-MD5
+    ttl_security: bool = False  # GTSM
+    rr_client: bool = False  # an iBGP route-reflector client (cluster ID: the router ID)
+    bogus: bool = False  # this neighbour also gets the router's ``bogus`` statics
 
 
 @dataclass
 class Bird:
-    netns: str
+    ns: str
     workdir: Path
     router_id: str
     asn: int
     peers: list[BirdPeer] = field(default_factory=list)
-    statics: list[str] = field(default_factory=list)  # prefixes announced as blackholes
+    statics: list[str] = field(default_factory=list)
+    bogus: list[str] = field(default_factory=list)
+    probes: list[str] = field(default_factory=list)
     hold: int = 9
+    keepalive: int = 3
+    # True: ``graceful restart on`` (BIRD could also restart gracefully itself); False:
+    # ``aware``, BIRD's default. Either way BIRD keeps a restarting peer's routes.
+    graceful_restart: bool = True
+    name: str = "bird"
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def sock(self) -> str:
         return str(self.workdir / "bird.ctl")
 
+    @property
+    def conf(self) -> Path:
+        return self.workdir / "bird.conf"
+
     def config(self) -> str:
         lines = [
             f"router id {self.router_id};",
+            "ipv4 table master4 { sorted on; };",  # `secondary` needs a sorted table
             "protocol device { scan time 10; }",
-            "protocol kernel { ipv4 { import none; export all; }; merge paths on; }",
+            'protocol kernel { ipv4 { import none; export where proto != "bogus"; }; '
+            "merge paths on; }",
         ]
         if self.statics:
-            routes = " ".join(f"route {p} blackhole;" for p in self.statics)
+            routes = " ".join(f"route {prefix} blackhole;" for prefix in self.statics)
             lines.append(f"protocol static fabstatic {{ ipv4; {routes} }}")
-        lines.append(
-            f"template bgp node {{ local as {self.asn}; hold time {self.hold}; "
-            "keepalive time 3; connect retry time 1; error wait time 1, 5; "
-            "graceful restart on; "
-            "ipv4 { import all; export all; next hop self; }; }")
+        if self.bogus:
+            routes = " ".join(f"route {prefix} blackhole;" for prefix in self.bogus)
+            lines.append(f"protocol static bogus {{ ipv4 {{ preference 50; }}; {routes} }}")
+        for i, probe in enumerate(self.probes):
+            lines.append(f"protocol static probe{i} {{ disabled; ipv4; route {probe} blackhole; }}")
+        gr = "on" if self.graceful_restart else "aware"
         for p in self.peers:
             extra = f' password "{p.password}";' if p.password else ""
             if p.ttl_security:
                 extra += " ttl security on;"
-            lines.append(f"protocol bgp {p.name} from node {{ neighbor {p.ip} as {p.asn}; "
-                         f"source address {p.source};{extra} }}")
+            if p.rr_client:
+                extra += f" rr client; rr cluster id {self.router_id};"
+            export = "all" if p.bogus else 'where proto != "bogus"'
+            lines.append(
+                f"protocol bgp {p.name} {{ local as {self.asn}; neighbor {p.ip} as {p.asn}; "
+                f"source address {p.source}; direct; hold time {self.hold}; "
+                f"keepalive time {self.keepalive}; connect retry time 1; "
+                f"error wait time 1, 5; graceful restart {gr};{extra} "
+                f"ipv4 {{ import all; export {export}; next hop self; gateway direct; "
+                "secondary on; }; }")
         return "\n".join(lines) + "\n"
 
-    def start(self) -> None:
+    def write_config(self) -> None:
+        """Render the config and have BIRD parse it (``bird -p``): a bad one fails here."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        conf = self.workdir / "bird.conf"
-        conf.write_text(self.config())
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.netns, "bird", "-f", "-c", str(conf), "-s", self.sock,
-             "-P", str(self.workdir / "bird.pid")],
-            stdout=subprocess.DEVNULL, stderr=open(self.workdir / "bird.log", "ab"))  # noqa: SIM115
+        self.conf.write_text(self.config())
+        r = subprocess.run(["bird", "-p", "-c", str(self.conf)], capture_output=True,
+                           text=True, timeout=30)
+        if r.returncode != 0:
+            raise AssertionError(f"BIRD rejects {self.conf}: {r.stderr.strip()}")
+
+    def start(self) -> None:
+        self.write_config()
+        with open(self.workdir / "bird.log", "ab") as logf:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns, "bird", "-f", "-c", str(self.conf),
+                 "-s", self.sock, "-P", str(self.workdir / "bird.pid")],
+                stdout=subprocess.DEVNULL, stderr=logf)
 
     def reconfigure(self) -> None:
-        (self.workdir / "bird.conf").write_text(self.config())
-        self.birdc("configure")
+        """Apply the current fields to the running BIRD (``birdc configure``)."""
+        self.write_config()
+        out = self.birdc("configure")
+        if "Reconfigured" not in out and "Reconfiguration in progress" not in out:
+            raise AssertionError(f"birdc configure: {out}")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -91,30 +146,29 @@ class Bird:
     def established(self, name: str) -> bool:
         return self.protocol(name)[2].startswith("Established")
 
-    def routes(self) -> dict[str, set[str]]:
-        """prefix -> next hops (``blackhole`` for static blackholes) in BIRD's table."""
+    def routes(self, *args: str) -> dict[str, set[str]]:
+        """prefix -> next hops in BIRD's table (``show route [ARGS]``; blackhole: "blackhole")."""
         out: dict[str, set[str]] = {}
         cur = None
-        for line in self.birdc("show", "route", "all").splitlines():
-            m = re.match(r"^(\d+\.\d+\.\d+\.\d+/\d+)\s+(\w+)", line)
-            if m:
-                cur = m.group(1)
+        for line in self.birdc("show", "route", *args).splitlines():
+            parts = line.split()
+            if parts and "/" in parts[0] and parts[0][0].isdigit():
+                cur = parts[0]
                 out.setdefault(cur, set())
-                if m.group(2) == "blackhole":
+                if len(parts) > 1 and parts[1] == "blackhole":
                     out[cur].add("blackhole")
-                continue
-            m = re.match(r"^\s+via (\S+)", line)
-            if m and cur is not None:
-                out[cur].add(m.group(1))
+            if cur is not None and "via" in parts:
+                out[cur].add(parts[parts.index("via") + 1])
         return out
 
 
-def kernel_routes(netns: str, proto: str | None = None) -> dict[str, str]:
-    """prefix -> the rest of the ``ip route`` line, in a namespace."""
-    cmd = ["ip", "-n", netns, "route", "show"]
+def kernel_routes(ns: str, proto: str | None = None) -> dict[str, str]:
+    """prefix -> the rest of its ``ip route`` line in a namespace's main table, ECMP next
+    hops joined; a route's type stays in front (``blackhole proto 80 …``)."""
+    cmd = ["ip", "-n", ns, "route", "show"]
     if proto:
         cmd += ["proto", proto]
-    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=30).stdout
     out: dict[str, str] = {}
     cur = None
     for line in text.splitlines():
@@ -122,7 +176,12 @@ def kernel_routes(netns: str, proto: str | None = None) -> dict[str, str]:
             out[cur] += " " + line.strip()
             continue
         head, _, rest = line.partition(" ")
+        kind = ""
+        if head in ROUTE_TYPES:
+            kind = head
+            head, _, rest = rest.partition(" ")
+        if head == "default":
+            head = "0.0.0.0/0"
         cur = head if "/" in head else f"{head}/32"
-        out[cur] = rest
+        out[cur] = f"{kind} {rest}" if kind else rest
     return out
-

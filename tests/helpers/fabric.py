@@ -8,7 +8,7 @@ What a `Fabric` makes and owns (all of it goes in `close()`, also after a failur
   connects the lab to the host's network. The agent starts ExaBGP itself (workdir
   ``<node dir>/bgp-<node>/``); ExaBGP outlives the agent, so `close()` runs
   ``fabric-agent --cleanup --socket`` in every node, which stops it;
-- **ToRs**: BIRD 2 in a namespace (`Tor`), config rendered here: the rack's nodes are iBGP
+- **ToRs**: BIRD 2 in a namespace (`helpers.bird.Bird`): the rack's nodes are iBGP
   route-reflector clients (Calico's AS-per-rack: a rack's nodes share the ToR's AS), other
   ToRs are eBGP neighbours (several parallel links give ECMP; ``merge paths on``);
 - **links**: veth pairs with an address on each end (/30s to ToRs, /24 on a bridge);
@@ -32,12 +32,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from datastore.embedded import EmbeddedEtcd
 from felix_like.netlink import run_in_netns
+from helpers.bird import Bird, BirdPeer, kernel_routes
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
@@ -76,12 +77,6 @@ def link(ns_a: str, ip_a: str | None, ns_b: str, ip_b: str | None) -> tuple[str,
             sh("ip", "-n", ns, "addr", "add", ip, "dev", name)
         sh("ip", "-n", ns, "link", "set", name, "up")
     return a, b
-
-
-def kernel_route(ns: str, prefix: str) -> str:
-    """``ip route show exact PREFIX`` in a namespace, one line (ECMP next hops joined)."""
-    out = sh("ip", "-n", ns, "route", "show", "exact", prefix)
-    return " ".join(out.split())
 
 
 # -- nodes and pods --------------------------------------------------------------------
@@ -174,126 +169,7 @@ class Node:
 
     def routes(self, proto: str) -> dict[str, str]:
         """prefix -> rest of the line, for ``proto`` (80 ours, 81 BGP) in the node's kernel."""
-        out: dict[str, str] = {}
-        cur = ""
-        for line in sh("ip", "-n", self.ns, "route", "show", "proto", proto).splitlines():
-            if line.startswith((" ", "\t")) and cur:
-                out[cur] += " " + line.strip()
-                continue
-            head, _, rest = line.partition(" ")
-            if head in ("blackhole", "unreachable"):
-                head, _, rest2 = rest.partition(" ")
-                rest = f"blackhole {rest2}"
-            cur = head if "/" in head else f"{head}/32"
-            out[cur] = rest
-        return out
-
-
-# -- top-of-rack routers ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Session:
-    name: str
-    neighbor: str
-    asn: int
-    source: str
-    rr_client: bool = False
-    bogus: bool = False  # this neighbour also gets the `bogus` static routes
-
-
-@dataclass
-class Tor:
-    """BIRD 2 as a top-of-rack router. ``bogus`` prefixes are announced only to sessions
-    marked ``bogus`` and never installed here; they lose against real routes (preference
-    50), and ``secondary`` lets BIRD send them to the neighbour whose own route wins."""
-
-    name: str
-    ns: str
-    asn: int
-    router_id: str
-    workdir: Path
-    sessions: list[Session] = field(default_factory=list)
-    bogus: list[str] = field(default_factory=list)
-    probes: list[str] = field(default_factory=list)  # `probeN` statics, disabled at start
-    hold: int = 9
-    keepalive: int = 3
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def sock(self) -> str:
-        return str(self.workdir / "bird.ctl")
-
-    def config(self) -> str:
-        lines = [
-            f"router id {self.router_id};",
-            "ipv4 table master4 { sorted on; };",
-            "protocol device { scan time 10; }",
-            'protocol kernel { ipv4 { import none; export where proto != "bogus"; }; '
-            "merge paths on; }",
-        ]
-        if self.bogus:
-            routes = " ".join(f"route {p} blackhole;" for p in self.bogus)
-            lines.append(f"protocol static bogus {{ ipv4 {{ preference 50; }}; {routes} }}")
-        for i, p in enumerate(self.probes):
-            lines.append(f"protocol static probe{i} {{ disabled; ipv4; route {p} blackhole; }}")
-        for s in self.sessions:
-            export = "all" if s.bogus else 'where proto != "bogus"'
-            rr = f" rr client; rr cluster id {self.router_id};" if s.rr_client else ""
-            lines.append(
-                f"protocol bgp {s.name} {{ local as {self.asn}; neighbor {s.neighbor} as "
-                f"{s.asn}; source address {s.source}; direct; hold time {self.hold}; "
-                f"keepalive time {self.keepalive}; connect retry time 1; "
-                f"error wait time 1, 5;{rr} ipv4 {{ import all; export {export}; "
-                "next hop self; gateway direct; secondary on; }; }")
-        return "\n".join(lines) + "\n"
-
-    def start(self) -> None:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        conf = self.workdir / "bird.conf"
-        conf.write_text(self.config())
-        sh("bird", "-p", "-c", str(conf))
-        with open(self.workdir / "bird.log", "ab") as logf:
-            self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns, "bird", "-f", "-c", str(conf), "-s", self.sock,
-                 "-P", str(self.workdir / "bird.pid")],
-                stdout=subprocess.DEVNULL, stderr=logf)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(5)
-            self.proc = None
-
-    def birdc(self, *cmd: str) -> str:
-        return sh("birdc", "-s", self.sock, *cmd, check=False, timeout=10)
-
-    def protocol(self, name: str) -> tuple[str, str, str]:
-        """(state, since, info) of a protocol, e.g. ("up", "21:05:31.782", "Established")."""
-        for line in self.birdc("show", "protocols", name).splitlines():
-            parts = line.split()
-            if parts and parts[0] == name:
-                return parts[3], parts[4], " ".join(parts[5:])
-        return "", "", ""
-
-    def established(self, name: str) -> bool:
-        return self.protocol(name)[2].startswith("Established")
-
-    def routes(self, *args: str) -> dict[str, set[str]]:
-        """prefix -> next hops in BIRD's table (``show route [ARGS]``; blackhole: "blackhole")."""
-        out: dict[str, set[str]] = {}
-        cur = None
-        for line in self.birdc("show", "route", *args).splitlines():
-            parts = line.split()
-            if parts and "/" in parts[0] and parts[0][0].isdigit():
-                cur = parts[0]
-                out.setdefault(cur, set())
-                if len(parts) > 1 and parts[1] == "blackhole":
-                    out[cur].add("blackhole")
-            if cur is not None and "via" in parts:
-                out[cur].add(parts[parts.index("via") + 1])
-        return out
+        return kernel_routes(self.ns, proto)
 
 
 # -- the fabric ------------------------------------------------------------------------
@@ -324,7 +200,7 @@ class Fabric:
         self.etcd = etcd
         self.root = root
         self.nodes: dict[str, Node] = {}
-        self.tors: dict[str, Tor] = {}
+        self.tors: dict[str, Bird] = {}
         self.pods: dict[str, Pod] = {}
 
     # etcd, as an operator writes it
@@ -480,15 +356,15 @@ def two_racks(fab: Fabric, per_rack: int = 2, hold: int = 9, tor_links: int = 2,
         ns = fab.make_ns(f"tor{r}")
         sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
         keepalive = max(1, hold // 3)
-        tors[r] = Tor(f"tor{r}", ns, RACK_AS[r], f"10.97.0.{r}", fab.root / f"tor{r}",
-                      hold=hold, keepalive=keepalive,
-                      bogus=list(bogus) if r == 1 else [])
+        tors[r] = Bird(ns, fab.root / f"tor{r}", f"10.97.0.{r}", RACK_AS[r], hold=hold,
+                       keepalive=keepalive, bogus=list(bogus) if r == 1 else [],
+                       graceful_restart=False, name=f"tor{r}")
         fab.tors[f"tor{r}"] = tors[r]
     for j in range(tor_links):
         a, b = f"10.98.0.{4 * j + 1}", f"10.98.0.{4 * j + 2}"
         link(tors[1].ns, f"{a}/30", tors[2].ns, f"{b}/30")
-        tors[1].sessions.append(Session(f"tor2_{j}", b, RACK_AS[2], a))
-        tors[2].sessions.append(Session(f"tor1_{j}", a, RACK_AS[1], b))
+        tors[1].peers.append(BirdPeer(f"tor2_{j}", b, RACK_AS[2], a))
+        tors[2].peers.append(BirdPeer(f"tor1_{j}", a, RACK_AS[1], b))
     for r in (1, 2):
         for i in range(per_rack):
             name = f"r{r}{chr(ord('a') + i)}"
@@ -498,8 +374,8 @@ def two_racks(fab: Fabric, per_rack: int = 2, hold: int = 9, tor_links: int = 2,
             link(tors[r].ns, f"{tor_ip}/30", ns, f"{node_ip}/30")
             fab.add_node(name, ns, f"{node_ip}/30", asn=RACK_AS[r], labels={"rack": f"r{r}"})
             fab.bgp_peer(f"tor-{name}", tor_ip, RACK_AS[r], name)
-            tors[r].sessions.append(Session(name, node_ip, RACK_AS[r], tor_ip, rr_client=True,
-                                            bogus=name == bogus_to))
+            tors[r].peers.append(BirdPeer(name, node_ip, RACK_AS[r], tor_ip, rr_client=True,
+                                          bogus=name == bogus_to))
 
 
 def lan(fab: Fabric, n: int, rr: dict[str, str] | None = None, hold: int = 9) -> None:

@@ -6,9 +6,9 @@ failure:
 - `Namespaces`: uniquely named network namespaces (``fabf-<tag>-<hex>``), ``lo`` up and
   nothing else; at close every process still inside is killed and the namespace deleted.
   Module-scoped labs use it where the function-scoped ``netns`` fixture cannot serve;
-- `rack`: one BIRD top-of-rack router and N nodes running the real ``fabric-agent``
-  (built from `helpers.fabric`'s `Fabric`, `Tor`, `Node`), graceful restart on, nodes
-  peering only with the ToR (route-reflector clients in the ToR's AS);
+- `rack`: one BIRD top-of-rack router (`helpers.bird`'s `Bird`) and N nodes running the
+  real ``fabric-agent`` (`helpers.fabric`'s `Fabric` and `Node`), graceful restart on,
+  nodes peering only with the ToR (route-reflector clients in the ToR's AS);
 - `etcd_in_netns`: an etcd member started *inside* a namespace (its loopback only), for
   agents that must speak TCP/TLS to etcd without any path to the host;
 - `Pinger`: a 10 ms ``ping`` between two pods, read for loss afterwards;
@@ -35,7 +35,8 @@ from typing import Any
 
 from datastore.embedded import EmbeddedEtcd
 from felix_like.netlink import run_in_netns
-from helpers.fabric import Fabric, Node, Pod, Session, Tor, link, wait_for
+from helpers.bird import Bird, BirdPeer
+from helpers.fabric import Fabric, Node, Pod, link, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
@@ -306,7 +307,7 @@ def node_snapshot(ns: str) -> dict[str, str]:
 @dataclass
 class Rack:
     fab: Fabric
-    tor: Tor
+    tor: Bird
     ns: Namespaces
     pods: dict[str, Any] = field(default_factory=dict)
 
@@ -318,7 +319,7 @@ class Rack:
         return self.fab.nodes[name]
 
 
-def build_rack(fab: Fabric, make_ns: Any, nodes: int = 2, restart_time: int = 60) -> Tor:
+def build_rack(fab: Fabric, make_ns: Any, nodes: int = 2, restart_time: int = 60) -> Bird:
     """ToR ``tor`` (AS 65001, BIRD, GR-aware) and nodes ``n1``…: node ``ni`` is
     ``10.99.i.1/30``, its ToR end ``.2``. Nodes peer only with the ToR (one BGPPeer each)
     and ask for graceful restart (``restartTime``)."""
@@ -327,7 +328,8 @@ def build_rack(fab: Fabric, make_ns: Any, nodes: int = 2, restart_time: int = 60
     fab.pool("p1", POOL_CIDR, 26)
     tns = make_ns("tor")
     sh("ip", "netns", "exec", tns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    tor = Tor("tor", tns, RACK_AS, "10.97.0.1", fab.root / "tor", hold=9, keepalive=3)
+    tor = Bird(tns, fab.root / "tor", "10.97.0.1", RACK_AS, hold=9, keepalive=3,
+               graceful_restart=False, name="tor")
     fab.tors["tor"] = tor
     for i in range(1, nodes + 1):
         name = f"n{i}"
@@ -335,8 +337,8 @@ def build_rack(fab: Fabric, make_ns: Any, nodes: int = 2, restart_time: int = 60
         link(tns, f"10.99.{i}.2/30", ns, f"10.99.{i}.1/30")
         fab.add_node(name, ns, f"10.99.{i}.1/30", asn=RACK_AS)
         fab.bgp_peer(f"tor-{name}", f"10.99.{i}.2", RACK_AS, name)
-        tor.sessions.append(Session(name, f"10.99.{i}.1", RACK_AS, f"10.99.{i}.2",
-                                    rr_client=True))
+        tor.peers.append(BirdPeer(name, f"10.99.{i}.1", RACK_AS, f"10.99.{i}.2",
+                                  rr_client=True))
     return tor
 
 

@@ -58,7 +58,7 @@ def test_announce_import_filter_and_survive_owner_and_exabgp_kill(
     sp.start()
     # The block reaches BIRD and the ToR's kernel, with the node as next hop.
     wait_for(lambda: bird.routes().get(BLOCK) == {"10.99.1.1"}, 30, "block at the ToR")
-    wait_for(lambda: "via 10.99.1.1" in kernel_routes(bird.netns).get(BLOCK, ""), 5,
+    wait_for(lambda: "via 10.99.1.1" in kernel_routes(bird.ns).get(BLOCK, ""), 5,
              "block in the ToR's FIB")
     # Only the pool prefix is imported: not the outside one, not a piece of our block.
     sp.wait_learned({TOR_POOL_PREFIX: ["10.99.1.2"]})
