@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cni.shim import write_executable
+from cni.shim import pick_interpreter, write_executable
 from datastore import keys
 from datastore import model as m
 from datastore.client import Datastore, EtcdConfig
@@ -103,12 +103,18 @@ async def exec_plugin(exe: str | os.PathLike[str], env: Mapping[str, str],
     return CniRun(proc.returncode, out.decode(), err.decode())
 
 
+@functools.cache
+def _shim_python() -> str:
+    """The interpreter install-cni would pick (checked once per test session)."""
+    return pick_interpreter()
+
+
 def write_plugins(bin_dir: Path) -> Path:
     """``l3fabric`` and ``l3fabric-ipam`` shims in ``bin_dir``, as install-cni writes them."""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    python = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
-    write_executable(bin_dir / "l3fabric", "plugin", os.path.abspath(python))
-    write_executable(bin_dir / "l3fabric-ipam", "ipam", os.path.abspath(python))
+    python = _shim_python()
+    write_executable(bin_dir / "l3fabric", "plugin", python)
+    write_executable(bin_dir / "l3fabric-ipam", "ipam", python)
     return bin_dir
 
 
