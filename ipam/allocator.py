@@ -65,6 +65,7 @@ from ipam.block import (
     BlockFormatError,
     affinity_of,
     block_cidr_for,
+    block_count,
     iter_block_cidrs,
     reserved_ordinals,
 )
@@ -169,6 +170,9 @@ class IpamClient:
         self._claim_ahead = claim_ahead
         self._claim_lock = asyncio.Lock()
         self._ahead_task: asyncio.Task[None] | None = None
+        # Per pool, the block index fresh claims start at, once this node lost a race
+        # for a block (`_claim_fresh`); absent: the pool's first free block.
+        self._claim_cursor: dict[str, int] = {}
 
     @property
     def affinity(self) -> str:
@@ -466,13 +470,10 @@ class IpamClient:
             def skip(c: str) -> bool:
                 return c in existing or len(self._reserved(c, inputs)) >= \
                     netaddr.IPNetwork(c).size
-            for tries, cidr in enumerate(iter_block_cidrs(pool.cidr, pool.block_size, skip)):
-                if tries >= 16:
-                    break
-                if await self._claim(cidr):
-                    if ahead:
-                        self.stats.claims_ahead += 1
-                    return True
+            if await self._claim_fresh(pool, skip, existing):
+                if ahead:
+                    self.stats.claims_ahead += 1
+                return True
             if ahead:
                 continue
             if blocks is None:
@@ -483,6 +484,39 @@ class IpamClient:
                         and await self._claim(cidr, adopt=kv):
                     return True
         why.append(f"every block of pools [{pools_text(pools)}] is claimed")
+        return False
+
+    async def _claim_fresh(self, pool: PoolSpec, skip: Callable[[str], bool],
+                           existing: set[str]) -> bool:
+        """Claim a block of ``pool`` that no node has yet (at most 16 tries).
+
+        A node walks the pool from its first free block, unless it lost a race: when
+        several nodes claim at the same moment (a cluster booting, nodes filling up at the
+        same rate) they all pick the same lowest free block, and all but one would lose
+        again on the next one, each loss costing three requests. So a node that lost
+        moves on to a random block of the pool and claims from there on (Calico starts
+        every claim at a random block). A single node's blocks stay in address order.
+        """
+        count = block_count(pool.cidr, pool.block_size)
+        tries = 0
+        while tries < 16:
+            lost = False
+            for cidr in iter_block_cidrs(pool.cidr, pool.block_size, skip,
+                                         self._claim_cursor.get(pool.name, 0)):
+                tries += 1
+                if await self._claim(cidr):
+                    if pool.name in self._claim_cursor:
+                        step = netaddr.IPNetwork(cidr).size
+                        index = (int(netaddr.IPNetwork(cidr).first)
+                                 - int(pool.network.first)) // step
+                        self._claim_cursor[pool.name] = index + 1
+                    return True
+                existing.add(cidr)
+                self._claim_cursor[pool.name] = random.randrange(count)
+                lost = True
+                break
+            if not lost:
+                return False  # every block of the pool is taken
         return False
 
     @staticmethod

@@ -567,16 +567,22 @@ def block_cidr_for(address: str, pool_cidr: str, block_size: int) -> str:
     return str(netaddr.IPNetwork(f"{ip}/{block_size}").cidr)
 
 
+def block_count(pool_cidr: str, block_size: int) -> int:
+    """How many blocks of ``block_size`` the pool has."""
+    pool = netaddr.IPNetwork(pool_cidr)
+    return 1 << (block_size - int(pool.prefixlen))
+
+
 def iter_block_cidrs(pool_cidr: str, block_size: int,
-                     skip: Callable[[str], bool] | None = None) -> Iterable[str]:
-    """The pool's block CIDRs in address order, lazily (IPv6 pools have very many)."""
+                     skip: Callable[[str], bool] | None = None, start: int = 0) -> Iterable[str]:
+    """The pool's block CIDRs in address order from its ``start``-th block, wrapping
+    around to the first, lazily (IPv6 pools have very many)."""
     pool = netaddr.IPNetwork(pool_cidr)
     step = 1 << ((32 if pool.version == 4 else 128) - block_size)
-    first, last = int(pool.first), int(pool.last)
+    first, count = int(pool.first), block_count(pool_cidr, block_size)
     v = pool.version
-    cur = first
-    while cur <= last:
-        c = f"{netaddr.IPAddress(cur, v)}/{block_size}"
+    start %= count
+    for i in range(count):
+        c = f"{netaddr.IPAddress(first + ((start + i) % count) * step, v)}/{block_size}"
         if skip is None or not skip(c):
             yield c
-        cur += step

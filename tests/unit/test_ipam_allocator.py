@@ -250,3 +250,56 @@ async def test_no_claim_ahead_in_small_pools_under_max_blocks_or_when_off() -> N
         await b.auto_assign(f"b{i}", namespace="ns", pod="p")
     await b.aclose()
     assert b.stats.claims_ahead == 0 and len(await b.affine_blocks()) == 1
+
+
+async def test_a_node_that_lost_a_block_race_claims_elsewhere_from_then_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nodes claiming at the same moment all pick the lowest free block; the losers move to
+    a random place in the pool and keep claiming from there, instead of colliding again
+    on every next block (three wasted requests each time)."""
+    picked: list[int] = []
+
+    def randrange(n: int) -> int:  # the random block: the middle of the pool
+        picked.append(n)
+        return n // 2
+
+    monkeypatch.setattr("ipam.allocator.random.randrange", randrange)
+    ds = FakeDatastore()
+    a, b = await setup(ds, cidr="10.0.0.0/16", size=26, nodes=2)  # 1,024 blocks of 64
+    (first_a,) = await a.auto_assign("a0", namespace="ns", pod="a0")
+    assert first_a.block == "10.0.0.0/26"
+
+    listed = b._block_cidrs
+
+    async def stale_listing() -> list[str]:  # b listed the blocks just before a claimed
+        return [c for c in await listed() if c != "10.0.0.0/26"]
+
+    b._block_cidrs = stale_listing  # type: ignore[method-assign]
+    (first_b,) = await b.auto_assign("b0", namespace="ns", pod="b0")
+    b._block_cidrs = listed  # type: ignore[method-assign]
+    assert picked == [1024] and b.stats.claims == 2  # one race lost, one block won
+    assert first_b.block == "10.0.128.0/26"
+    # The lost attempt left no affinity of b behind.
+    kvs, _ = await ds.list(keys.ipam_affinities_of("n2"))
+    assert [kv.key.rsplit("/", 1)[-1] for kv in kvs] == [keys.cidr_to_segment(first_b.block)]
+
+    # b's next block follows its first one; a, which never lost, still claims the pool's
+    # lowest free block.
+    for i in range(1, 65):
+        await b.auto_assign(f"b{i}", namespace="ns", pod=f"b{i}")
+        await a.auto_assign(f"a{i}", namespace="ns", pod=f"a{i}")
+    await a.aclose()
+    await b.aclose()
+    assert sorted(await b.affine_blocks()) == ["10.0.128.0/26", "10.0.128.64/26"]
+    assert sorted(await a.affine_blocks()) == ["10.0.0.0/26", "10.0.0.64/26"]
+    assert await check(ds) == []
+
+
+def test_block_cidrs_from_a_start_wrap_around() -> None:
+    from ipam.block import iter_block_cidrs
+
+    assert list(iter_block_cidrs("10.0.0.0/24", 26, start=2)) == [
+        "10.0.0.128/26", "10.0.0.192/26", "10.0.0.0/26", "10.0.0.64/26"]
+    assert list(iter_block_cidrs("10.0.0.0/24", 26, skip=lambda c: c == "10.0.0.0/26",
+                                 start=7)) == ["10.0.0.192/26", "10.0.0.64/26",
+                                               "10.0.0.128/26"]
