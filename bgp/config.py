@@ -21,7 +21,11 @@ Topology rules (Calico's, with what ExaBGP can do):
   an explicit peer wins over a node-to-node session to the same address.
 
 The local AS is the node's ``bgp.asNumber``, else the BGPConfiguration's (also for the
-peer ASN of other nodes), so AS-per-rack designs are Node fields only.
+peer ASN of other nodes), so AS-per-rack designs are Node fields only. Likewise the
+max-prefix limit (``NeighborSpec.max_prefixes``): a BGPPeer's ``maxPrefixes``, else the
+BGPConfiguration's (10,000 by default), which is also the limit of every node-to-node
+and route-reflector session. It is enforced by the speaker's import table, not by
+ExaBGP: it is not rendered, and a change of it alone touches no session.
 
 Local address (`local_address_for`): the node's address on the subnet that holds the
 peer, longest prefix first, the BGP address winning ties; a peer on no attached subnet
@@ -41,7 +45,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from datastore import model
 from datastore.selector import All
@@ -53,7 +57,9 @@ DEFAULT_BGP = model.BGPConfigurationSpec()
 
 @dataclass(frozen=True)
 class NeighborSpec:
-    """One BGP session of this node, as ExaBGP needs it. Equal specs = untouched session."""
+    """One BGP session of this node, as ExaBGP needs it. Equal specs = untouched session
+    (``max_prefixes`` is left out of the comparison: the import table applies it, the
+    session does not change)."""
 
     peer_ip: str
     peer_as: int
@@ -68,6 +74,8 @@ class NeighborSpec:
     rr_client: bool = False  # we reflect routes to this neighbour (we are its reflector)
     cluster_id: str | None = None  # our cluster ID when we are a reflector
     name: str | None = None  # the node name or BGPPeer name behind the session
+    # Paths kept from this peer (bgp.rib); None: the speaker's default (10,000).
+    max_prefixes: int | None = field(default=None, compare=False)
 
     @property
     def ibgp(self) -> bool:
@@ -152,13 +160,14 @@ def desired_neighbors(
     gr = spec.graceful_restart.restart_time if spec.graceful_restart.enabled else 0
 
     def session(ip: str, peer_as: int, kind: str, name: str, *, local_as: int = my_as,
-                password: str | None = None, ttl: int = 0, client: bool = False) -> NeighborSpec:
+                password: str | None = None, ttl: int = 0, client: bool = False,
+                max_prefixes: int = spec.max_prefixes) -> NeighborSpec:
         local = local_address_for(ip, my_addr, ifaces)
         return NeighborSpec(peer_ip=ip, peer_as=peer_as, local_as=local_as, local_address=local,
                             router_id=my_ip, type=kind, hold_time=spec.hold_time,
                             graceful_restart=gr, md5_password=password, ttl_security=ttl,
                             rr_client=client, cluster_id=my_cluster if client else None,
-                            name=name)
+                            name=name, max_prefixes=max_prefixes)
 
     out: dict[str, NeighborSpec] = {}
 
@@ -201,7 +210,9 @@ def desired_neighbors(
         local_as = ps.local_as_number if ps.local_as_number is not None else my_as
         out[ip] = session(ip, ps.as_number, kind, peer.metadata.name, local_as=local_as,
                           password=ps.password, ttl=ps.ttl_security,
-                          client=ps.route_reflector_client and my_cluster is not None)
+                          client=ps.route_reflector_client and my_cluster is not None,
+                          max_prefixes=(ps.max_prefixes if ps.max_prefixes is not None
+                                        else spec.max_prefixes))
     return out
 
 

@@ -69,6 +69,11 @@ class BgpController:
         return dict(self.speaker.learned)
 
     @property
+    def max_prefixes(self) -> dict[str, int]:
+        """Each configured peer's max-prefix limit in force (shown in the node status)."""
+        return {ip: self.speaker.rib.limit(ip) for ip in sorted(self.speaker.neighbors)}
+
+    @property
     def in_sync(self) -> bool:
         """True once the import table is complete after (re-)attaching to ExaBGP."""
         return self.speaker.in_sync
@@ -104,6 +109,7 @@ class BgpController:
             for r in rows:
                 m.bgp_peer_up.labels(r["peerIP"]).set(1 if r["state"] == "Established" else 0)
                 m.bgp_prefixes_received.labels(r["peerIP"]).set(r["prefixesIn"])
+                m.bgp_max_prefixes.labels(r["peerIP"]).set(r["maxPrefixes"])
             m.bgp_prefixes_advertised.set(len(self.speaker.announced))
             for ip, n in self.speaker.prefixes_dropped().items():
                 m.bgp_prefixes_dropped.labels(ip).set(n)

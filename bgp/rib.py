@@ -13,14 +13,23 @@ Rules:
   supernet) is not;
 - **bounded storage**: a path outside every pool is not even stored (only counted in
   ``received``), so what a peer can make us hold is bounded by the pools and by the
-  per-peer limit ``max_prefixes`` (default 10,000 paths, like a router's max-prefix): a
-  new prefix beyond it is dropped, counted (``dropped``) and logged once per peer, and the
-  peer is marked ``limited``. Paths inside a pool but refused for another reason (one of
-  our blocks) are kept, since our blocks move. Because out-of-pool paths are gone, a new
-  pool needs a route refresh (``set_filter`` returns True when the pools grew; the speaker
-  asks for one). Dropped paths are not re-learned when the peer falls back under the
-  limit (BIRD's ``import limit ... action block`` behaves the same): a refresh or a
-  session reset brings them;
+  peer's max-prefix limit (``set_limit``, the BGPPeer's or BGPConfiguration's
+  ``maxPrefixes``; ``max_prefixes``, 10,000 paths, for a peer without one — like a
+  router's ``neighbor X maximum-prefix N``): a new prefix beyond it is dropped, counted
+  (``dropped``) and logged once per peer, and the peer is marked ``limited``. Paths inside
+  a pool but refused for another reason (one of our blocks) are kept, since our blocks
+  move. Because out-of-pool paths are gone, a new pool needs a route refresh
+  (``set_filter`` returns True when the pools grew; the speaker asks for one). Dropped
+  paths are not re-learned when the peer falls back under the limit (BIRD's ``import
+  limit ... action block`` behaves the same): a refresh or a session reset brings them;
+- **a limit changed at run time** applies at once, to the next announcements, without a
+  session reset. Raised: new prefixes are stored again up to the new limit; when the
+  peer had prefixes refused, ``set_limit`` returns True and the speaker asks that peer
+  for a route refresh, which brings them. Lowered below what the peer holds: what is held
+  stays (no route is withdrawn from the kernel because of a configuration change) and
+  every new prefix is refused until withdrawals bring the peer under the new limit —
+  ``over_limit`` says so. A change restarts the once-per-limit log line; ``dropped`` keeps
+  counting;
 - **best path and ECMP**: among a prefix's paths the shortest AS path wins; every peer
   offering an equally short one adds its next hop (ECMP);
 - **peer down**: its paths go, unless graceful restart was negotiated: then they stay,
@@ -38,6 +47,9 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+# Re-exported: the limit of a peer without one of its own, the model's default.
+from datastore.model import DEFAULT_MAX_PREFIXES as DEFAULT_MAX_PREFIXES
+
 log = logging.getLogger(__name__)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -51,19 +63,16 @@ class Path:
     cluster_list: tuple[str, ...] = ()
 
 
-DEFAULT_MAX_PREFIXES = 10_000
-
-
 @dataclass
 class _PeerRib:
     paths: dict[str, Path] = field(default_factory=dict)
     stale: set[str] = field(default_factory=set)
     stale_until: float | None = None
     received: int = 0  # announcements seen, stored or not
-    # Announcements of new prefixes refused because of max_prefixes (a prefix re-sent,
-    # by a refresh say, counts again: a set of the refused ones would be unbounded).
+    # Announcements of new prefixes refused at the peer's limit (a prefix re-sent, by a
+    # refresh say, counts again: a set of the refused ones would be unbounded).
     dropped: int = 0
-    limited: bool = False  # the limit was hit (logged once)
+    limited: bool = False  # the limit in force was hit (logged once per limit)
 
 
 def _net(prefix: str) -> Network:
@@ -71,9 +80,13 @@ def _net(prefix: str) -> Network:
 
 
 class ImportTable:
+    """``max_prefixes``: the limit of a peer that has none of its own (`set_limit`)."""
+
     def __init__(self, max_prefixes: int = DEFAULT_MAX_PREFIXES) -> None:
         self.max_prefixes = max_prefixes
         self._peers: dict[str, _PeerRib] = {}
+        # Per-peer limits, apart from _PeerRib: they outlive a session going down.
+        self._limits: dict[str, int] = {}
         self._pools: tuple[Network, ...] = ()
         self._own_blocks: tuple[Network, ...] = ()
         self._own_prefixes: frozenset[str] = frozenset()
@@ -122,6 +135,37 @@ class ImportTable:
                 return False
         return True
 
+    # -- limits ----------------------------------------------------------------------------
+
+    def limit(self, peer: str) -> int:
+        """The max-prefix limit in force for the peer."""
+        return self._limits.get(peer, self.max_prefixes)
+
+    def set_limit(self, peer: str, limit: int | None) -> bool:
+        """Set the peer's limit (None: the table's ``max_prefixes``). Applies from the next
+        announcement; nothing held is removed. True when the limit went up for a peer
+        that had prefixes refused under the old one: those come only when the peer sends
+        them again, so the owner asks it for a route refresh."""
+        old = self.limit(peer)
+        if limit is None:
+            self._limits.pop(peer, None)
+        else:
+            self._limits[peer] = limit
+        new = self.limit(peer)
+        if new == old:
+            return False
+        rib = self._peers.get(peer)
+        log.info("max-prefix limit of peer %s: %d -> %d (holds %d)", peer, old, new,
+                 0 if rib is None else len(rib.paths))
+        if rib is None:
+            return False
+        refused, rib.limited = rib.limited, False  # log (and show) the new limit's hit
+        return refused and new > old
+
+    def over_limit(self, peer: str) -> bool:
+        """Holds more than its limit (kept when the limit was lowered below it)."""
+        return self.stored(peer) > self.limit(peer)
+
     # -- events ----------------------------------------------------------------------------
 
     def _rib(self, peer: str) -> _PeerRib:
@@ -129,20 +173,21 @@ class ImportTable:
 
     def announce(self, peer: str, prefix: str, path: Path) -> bool:
         """Store the path. False when it was not stored: outside every pool, or a new
-        prefix beyond ``max_prefixes`` (counted in ``dropped``, logged once per peer)."""
+        prefix beyond the peer's limit (counted in ``dropped``, logged once per peer and
+        limit)."""
         rib = self._rib(peer)
         rib.received += 1
         key = str(_net(prefix))
         if key not in rib.paths:
             if not self.in_pools(key):
                 return False
-            if len(rib.paths) >= self.max_prefixes:
+            limit = self.limit(peer)
+            if len(rib.paths) >= limit:
                 rib.dropped += 1
                 if not rib.limited:
                     rib.limited = True
                     log.warning("peer %s reached the limit of %d prefixes: new prefixes "
-                                "from it are dropped (first: %s)", peer, self.max_prefixes,
-                                key)
+                                "from it are dropped (first: %s)", peer, limit, key)
                 return False
         rib.paths[key] = path
         rib.stale.discard(key)
@@ -198,12 +243,15 @@ class ImportTable:
         return min(times) if times else None
 
     def forget(self, peer: str) -> None:
+        """The peer is no longer configured: its paths and its limit go."""
         self._peers.pop(peer, None)
+        self._limits.pop(peer, None)
 
     # -- views -----------------------------------------------------------------------------
 
     def stored(self, peer: str) -> int:
-        """Paths held for the peer (inside a pool, at most ``max_prefixes``)."""
+        """Paths held for the peer (inside a pool; at most its limit, unless the limit was
+        lowered below what it held)."""
         rib = self._peers.get(peer)
         return 0 if rib is None else len(rib.paths)
 
@@ -213,11 +261,12 @@ class ImportTable:
         return 0 if rib is None else rib.received
 
     def dropped(self, peer: str) -> int:
-        """Announcements of new prefixes refused at ``max_prefixes`` (not distinct)."""
+        """Announcements of new prefixes refused at the peer's limit (not distinct)."""
         rib = self._peers.get(peer)
         return 0 if rib is None else rib.dropped
 
     def limited(self, peer: str) -> bool:
+        """A new prefix was refused at the limit in force (since it was last changed)."""
         rib = self._peers.get(peer)
         return rib is not None and rib.limited
 

@@ -28,9 +28,14 @@ Lifecycle and failure modes:
   routes and re-add them a few ms later (pings lost). We send ``neighbor X announce eor
   ipv4 unicast`` on every "up" of X, after our announcements (ExaBGP sends queued routes
   before a queued EOR). A replayed "up" (agent restart) sends a redundant EOR: harmless.
-- What peers may make us hold is bounded (`bgp.rib`: only inside the pools, at most
-  ``max_prefixes`` per peer); a peer at its limit shows it in ``peer_status`` ``info``
-  and the count in ``prefixes_dropped``.
+- What peers may make us hold is bounded (`bgp.rib`: only inside the pools, at most the
+  peer's max-prefix limit: `NeighborSpec.max_prefixes`, else this speaker's
+  ``max_prefixes``). ``set_neighbors`` applies a changed limit to the import table
+  without touching ExaBGP (the limit is not in its configuration: no reload, no session
+  reset); a raised limit of a peer that had prefixes refused sends that peer a route
+  refresh so they come now, a lowered one keeps what is held and refuses new prefixes.
+  ``peer_status`` shows each peer's limit (``maxPrefixes``) and, in ``info``, a peer at
+  it; ``prefixes_dropped`` counts the refused announcements.
 - ``stop(drain=False)`` is an agent restart: ExaBGP keeps running. ``stop(drain=True)``
   withdraws everything, waits for it to go out, then stops ExaBGP (GR would otherwise keep
   our routes at the peers for the restart time).
@@ -283,6 +288,13 @@ class BgpSpeaker:
                 del self.peers[ip]
                 self.rib.forget(ip)
                 self._schedule_emit()
+        for ip, n in self.neighbors.items():
+            if self.rib.set_limit(ip, n.max_prefixes) and self.peers[ip].state == "Established":
+                # Prefixes refused under the old limit are not stored (bgp.rib): ask this
+                # peer to send them again. Before the relay is attached _send drops it,
+                # and the attach asks every peer for a refresh anyway.
+                log.info("max-prefix limit of %s raised: asking it for a route refresh", ip)
+                self._send([f"neighbor {ip} announce route-refresh ipv4 unicast"])
         changed = await self.set_config(render_config(
             self.neighbors, relay_command(self.socket_path, self.python)))
         self.configured.set()
@@ -566,6 +578,7 @@ class BgpSpeaker:
             n = self.neighbors[ip]
             st = self.peers.get(ip)
             up = st is not None and st.state == "Established"
+            limit = self.rib.limit(ip)
             row: dict[str, Any] = {
                 "peerIP": ip, "type": n.type, "asNumber": n.peer_as,
                 "state": st.state if st else "Idle",
@@ -573,13 +586,19 @@ class BgpSpeaker:
                 "prefixesIn": self.rib.accepted(ip),
                 "prefixesOut": (len(self.announced)
                                 + sum(1 for d, _ in self.reflected if d == ip)) if up else 0,
+                "maxPrefixes": limit,
             }
             info = []
             if self._writer is None:
                 info.append("exabgp not attached")
-            if self.rib.limited(ip):
-                info.append(f"max-prefix {self.rib.max_prefixes} reached: "
-                            f"{self.rib.dropped(ip)} announcements dropped")
+            over = self.rib.over_limit(ip)
+            if self.rib.limited(ip) or over:
+                text = (f"max-prefix {limit} reached: "
+                        f"{self.rib.dropped(ip)} announcements dropped")
+                if over:
+                    text += (f", {self.rib.stored(ip)} held (kept when the limit was "
+                             "lowered)")
+                info.append(text)
             if info:
                 row["info"] = "; ".join(info)
             out.append(row)

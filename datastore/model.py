@@ -51,7 +51,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ALIASES",
+    "DEFAULT_MAX_PREFIXES",
     "KINDS",
+    "MAX_PREFIXES_LIMIT",
     "MAX_VALUE_BYTES",
     "BGPConfiguration",
     "BGPConfigurationSpec",
@@ -657,6 +659,12 @@ class IPReservation(Resource):
 
 _asn = _ranged(1, 4294967295)
 
+#: Paths a node keeps from one BGP peer (``maxPrefixes``, like a router's ``neighbor X
+#: maximum-prefix N``); new prefixes beyond it are refused (`bgp.rib`).
+DEFAULT_MAX_PREFIXES = 10_000
+MAX_PREFIXES_LIMIT = 1_000_000
+_max_prefixes = _ranged(1, MAX_PREFIXES_LIMIT)
+
 
 @dataclass(frozen=True)
 class GracefulRestart:
@@ -700,13 +708,17 @@ class BGPConfigurationSpec:
     hold_time: int = 90
     graceful_restart: GracefulRestart = GracefulRestart()
     communities: tuple[str, ...] = ()
+    # The per-peer max-prefix limit of every session that does not set its own: the
+    # node-to-node mesh, route-reflector sessions, BGPPeers without ``maxPrefixes``.
+    max_prefixes: int = DEFAULT_MAX_PREFIXES
 
     @classmethod
     def from_dict(cls, obj: Any, path: str) -> BGPConfigurationSpec:
         o = _Obj(
             obj,
             path,
-            ("asNumber", "nodeToNodeMesh", "holdTime", "gracefulRestart", "communities"),
+            ("asNumber", "nodeToNodeMesh", "holdTime", "gracefulRestart", "communities",
+             "maxPrefixes"),
         )
         return cls(
             as_number=o.get("asNumber", _asn, 64512),
@@ -714,6 +726,7 @@ class BGPConfigurationSpec:
             hold_time=o.get("holdTime", _hold_time, 90),
             graceful_restart=o.get("gracefulRestart", GracefulRestart.from_dict, GracefulRestart()),
             communities=o.list("communities", _community),
+            max_prefixes=o.get("maxPrefixes", _max_prefixes, DEFAULT_MAX_PREFIXES),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -722,6 +735,7 @@ class BGPConfigurationSpec:
             "nodeToNodeMesh": self.node_to_node_mesh,
             "holdTime": self.hold_time,
             "gracefulRestart": self.graceful_restart.to_dict(),
+            "maxPrefixes": self.max_prefixes,
         }
         if self.communities:
             out["communities"] = list(self.communities)
@@ -746,7 +760,8 @@ class BGPConfiguration(Resource):
 
 @dataclass(frozen=True)
 class BGPPeerSpec:
-    """A peering. ``node`` xor ``node_selector`` picks which nodes peer; neither = all."""
+    """A peering. ``node`` xor ``node_selector`` picks which nodes peer; neither = all.
+    ``max_prefixes`` None: the BGPConfiguration's ``maxPrefixes`` (10,000 by default)."""
 
     peer_ip: IPAddress
     as_number: int
@@ -756,6 +771,7 @@ class BGPPeerSpec:
     ttl_security: int = 0
     route_reflector_client: bool = False
     local_as_number: int | None = None
+    max_prefixes: int | None = None
 
     @classmethod
     def from_dict(cls, obj: Any, path: str) -> BGPPeerSpec:
@@ -771,6 +787,7 @@ class BGPPeerSpec:
                 "ttlSecurity",
                 "routeReflectorClient",
                 "localASNumber",
+                "maxPrefixes",
             ),
         )
         peer_ip = o.req("peerIP", _address)
@@ -790,6 +807,7 @@ class BGPPeerSpec:
             ttl_security=o.get("ttlSecurity", _ranged(0, 255), 0),
             route_reflector_client=o.get("routeReflectorClient", _bool, False),
             local_as_number=o.opt("localASNumber", _asn),
+            max_prefixes=o.opt("maxPrefixes", _max_prefixes),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -804,6 +822,8 @@ class BGPPeerSpec:
         out["routeReflectorClient"] = self.route_reflector_client
         if self.local_as_number is not None:
             out["localASNumber"] = self.local_as_number
+        if self.max_prefixes is not None:
+            out["maxPrefixes"] = self.max_prefixes
         return out
 
 
@@ -1530,6 +1550,7 @@ class BGPPeerStatus:
     since: str | None = None
     prefixes_in: int | None = None
     prefixes_out: int | None = None
+    max_prefixes: int | None = None  # the peer's max-prefix limit in force
     info: str | None = None
 
     @classmethod
@@ -1543,6 +1564,7 @@ class BGPPeerStatus:
             since=o.opt("since", _str),
             prefixes_in=o.opt("prefixesIn", _int),
             prefixes_out=o.opt("prefixesOut", _int),
+            max_prefixes=o.opt("maxPrefixes", _int),
             info=o.opt("info", _str),
         )
 
@@ -1554,6 +1576,7 @@ class BGPPeerStatus:
             ("since", self.since),
             ("prefixesIn", self.prefixes_in),
             ("prefixesOut", self.prefixes_out),
+            ("maxPrefixes", self.max_prefixes),
             ("info", self.info),
         ):
             if value is not None:

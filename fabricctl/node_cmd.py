@@ -1,4 +1,5 @@
-"""``fabricctl node status [NODE] [-o table|json|yaml]``: BGP peers like ``calicoctl node status``.
+"""``fabricctl node status [NODE] [-o table|json|yaml]``: BGP peers like ``calicoctl node status``,
+with each peer's max-prefix limit beside the prefixes received from it.
 
 Reads the NodeStatus the agents write under a lease (``status/nodes/<node>``): a node whose
 agent is gone for longer than the lease has no status and is reported as such. Owns only
@@ -68,8 +69,8 @@ def rows(statuses: list[model.NodeStatus], now: datetime) -> list[list[Any]]:
     for st in statuses:
         for p in st.status.bgp_peers:
             out.append([st.metadata.name, p.peer_ip, p.type or "", p.as_number,
-                        p.state, _uptime(p.since, now), p.prefixes_in, p.prefixes_out,
-                        p.info or ""])
+                        p.state, _uptime(p.since, now), p.prefixes_in, p.max_prefixes,
+                        p.prefixes_out, p.info or ""])
     return out
 
 
@@ -84,6 +85,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not statuses:
         print("no node status found (no agent running?)", file=sys.stderr)
         return 0
-    table(["NODE", "PEER ADDRESS", "PEER TYPE", "AS", "STATE", "SINCE", "PFX IN", "PFX OUT",
-           "INFO"], rows(statuses, datetime.now(UTC)))
+    table(["NODE", "PEER ADDRESS", "PEER TYPE", "AS", "STATE", "SINCE", "PFX IN", "MAX PFX",
+           "PFX OUT", "INFO"], rows(statuses, datetime.now(UTC)))
     return 0

@@ -31,9 +31,10 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
     "IPAMConfig": [("STRICTAFFINITY", "spec.strictAffinity"),
                    ("MAXBLOCKSPERHOST", "spec.maxBlocksPerHost")],
     "BGPConfiguration": [("ASN", "spec.asNumber"), ("MESH", "spec.nodeToNodeMesh"),
-                         ("HOLDTIME", "spec.holdTime")],
+                         ("HOLDTIME", "spec.holdTime"), ("MAXPREFIXES", "spec.maxPrefixes")],
+    # MAXPREFIXES empty: the BGPConfiguration's applies.
     "BGPPeer": [("PEERIP", "spec.peerIP"), ("ASN", "spec.asNumber"), ("NODE", "spec.node"),
-                ("NODESELECTOR", "spec.nodeSelector")],
+                ("NODESELECTOR", "spec.nodeSelector"), ("MAXPREFIXES", "spec.maxPrefixes")],
     "Node": [("IPV4", "spec.bgp.ipv4Address"), ("ASN", "spec.bgp.asNumber"),
              ("RRCLUSTERID", "spec.bgp.routeReflectorClusterID"),
              ("LABELS", "metadata.labels")],

@@ -223,7 +223,7 @@ class Agent:
                 self.metrics.routes_programmed.labels(kind).set(n)
             blocks = calc.confirmed_blocks(self.node, st)
             summary = (tuple(blocks), tuple(sorted(kinds.items())), self.syncer.in_sync,
-                       tuple(sorted(self.config_errors)))
+                       tuple(sorted(self.config_errors)), tuple(self.bgp.max_prefixes.items()))
             if summary != self._last_status:  # report changes now, not at the next tick
                 self._last_status = summary
                 self._status_dirty.set()

@@ -67,8 +67,12 @@ class Metrics:
             registry=r)
         self.bgp_prefixes_dropped = Gauge(
             "l3fabric_bgp_prefixes_dropped",
-            "announcements from the peer dropped at its max-prefix limit", ["peer"],
-            registry=r)
+            "announcements from the peer dropped at its max-prefix limit "
+            "(l3fabric_bgp_max_prefixes)", ["peer"], registry=r)
+        self.bgp_max_prefixes = Gauge(
+            "l3fabric_bgp_max_prefixes",
+            "max-prefix limit of the peer (BGPPeer or BGPConfiguration maxPrefixes)",
+            ["peer"], registry=r)
         self.bgp_prefixes_advertised = Gauge(
             "l3fabric_bgp_prefixes_advertised", "prefixes advertised to peers", registry=r)
 

@@ -132,3 +132,25 @@ def test_render_is_deterministic_and_rejects_injection() -> None:
                             [peer("p", peerIP="10.9.9.9", asNumber=1, password='a"b')])
     with pytest.raises(ValueError):
         render_config(bad, RELAY)
+
+
+def test_max_prefixes_per_peer_else_the_configurations_for_every_session() -> None:
+    peers = [peer("tor", peerIP="10.9.0.1", asNumber=65000, node="n1", maxPrefixes=50),
+             peer("other", peerIP="10.9.0.2", asNumber=65000)]
+    # Defaults: 10,000 for every session.
+    nb = desired_neighbors("n1", NODES, None, peers)
+    assert {ip: n.max_prefixes for ip, n in nb.items()} == {
+        "10.0.0.2": 10_000, "10.0.0.3": 10_000, "10.0.0.4": 10_000,
+        "10.9.0.1": 50, "10.9.0.2": 10_000}
+    # The configuration's maxPrefixes: the mesh and BGPPeers without one of their own.
+    cfg = bgpconf(maxPrefixes=4321)
+    nb2 = desired_neighbors("n1", NODES, cfg, peers)
+    assert {ip: n.max_prefixes for ip, n in nb2.items()} == {
+        "10.0.0.2": 4321, "10.0.0.3": 4321, "10.0.0.4": 4321, "10.9.0.1": 50, "10.9.0.2": 4321}
+    # Route-reflector sessions too.
+    nodes = {**NODES, "n1": node("n1", "10.0.0.1/24", rr="1.1.1.1")}
+    assert {n.max_prefixes for n in desired_neighbors("n3", nodes, cfg).values()} == {4321}
+    # The limit is the import table's, not ExaBGP's: not rendered, and no session changes.
+    assert render_config(nb, RELAY) == render_config(nb2, RELAY)
+    assert "4321" not in render_config(nb2, RELAY)
+    assert diff_neighbors(nb, nb2).unchanged

@@ -128,3 +128,93 @@ def test_default_limit_is_ten_thousand() -> None:
     for i in range(10_050):
         t.announce("a", f"10.{i >> 8}.{i & 255}.0/24", Path("10.0.0.2"))
     assert t.stored("a") == 10_000 and t.dropped("a") == 50 and len(t.table()) == 10_000
+
+
+def pool_table(max_prefixes: int = DEFAULT_MAX_PREFIXES) -> ImportTable:
+    t = ImportTable(max_prefixes)
+    t.set_filter(["10.244.0.0/16"], [])
+    return t
+
+
+def nets(n: int, third: int = 0) -> list[str]:
+    return [f"10.244.{third}.{i}/32" for i in range(n)]
+
+
+def test_each_peer_has_its_own_limit() -> None:
+    t = pool_table(max_prefixes=4)
+    t.set_limit("a", 2)
+    t.set_limit("b", 3)
+    for peer, third in (("a", 1), ("b", 2), ("c", 3)):
+        for p in nets(6, third):
+            t.announce(peer, p, Path("10.0.0.2"))
+    assert (t.limit("a"), t.limit("b"), t.limit("c")) == (2, 3, 4)  # c: the table's
+    assert (t.stored("a"), t.stored("b"), t.stored("c")) == (2, 3, 4)
+    assert (t.dropped("a"), t.dropped("b"), t.dropped("c")) == (4, 3, 2)
+    assert len(t.table()) == 9
+    # None: back to the table's limit (here a raise, 3 -> 4, of a peer that had prefixes
+    # refused); forgetting a peer forgets its limit.
+    assert t.set_limit("b", None) and t.limit("b") == 4
+    t.set_limit("a", 5)
+    t.forget("a")
+    assert t.limit("a") == 4 and t.stored("a") == 0
+
+
+def test_raised_limit_takes_new_prefixes_and_asks_for_a_refresh(
+        caplog: pytest.LogCaptureFixture) -> None:
+    t = pool_table()
+    t.set_limit("a", 3)
+    with caplog.at_level(logging.WARNING, logger="bgp.rib"):
+        for p in nets(5):
+            t.announce("a", p, Path("10.0.0.2"))
+    assert t.stored("a") == 3 and t.limited("a") and t.dropped("a") == 2
+    # Raised for a peer that had prefixes refused: True (the speaker asks it for a route
+    # refresh); the "reached" mark goes, the dropped count stays.
+    assert t.set_limit("a", 5)
+    assert not t.limited("a") and t.dropped("a") == 2 and t.stored("a") == 3
+    # The next announcements are stored up to the new limit (what a refresh re-sends).
+    assert [t.announce("a", p, Path("10.0.0.2")) for p in nets(6)] == [True] * 5 + [False]
+    assert t.stored("a") == 5 and t.limited("a") and len(t.table()) == 5
+    # Unchanged: nothing to do; raised after a hit: refresh; raised with nothing refused
+    # under the current limit: no refresh.
+    assert not t.set_limit("a", 5)
+    assert t.set_limit("a", 6)
+    assert not t.set_limit("a", 10), "nothing refused under 6 yet: no refresh needed"
+    # Each limit that is hit is logged once, naming it.
+    t.announce("b", "10.244.9.0/26", Path("10.0.0.3"))
+    messages = [r.message for r in caplog.records if r.levelno == logging.WARNING]
+    assert [m.split(":")[0] for m in messages] == [
+        "peer a reached the limit of 3 prefixes", "peer a reached the limit of 5 prefixes"]
+
+
+def test_lowered_limit_keeps_what_is_held_and_refuses_new() -> None:
+    t = pool_table()
+    for p in nets(10):
+        t.announce("a", p, Path("10.0.0.2"))
+    assert t.stored("a") == 10 and not t.over_limit("a")
+    assert not t.set_limit("a", 4), "lowering asks for nothing"
+    # Nothing held is removed; the table (what the kernel gets) is unchanged.
+    assert t.stored("a") == 10 and len(t.table()) == 10 and t.over_limit("a")
+    assert not t.announce("a", "10.244.5.0/26", Path("10.0.0.2"))
+    assert t.limited("a") and t.dropped("a") == 1
+    # Paths already held are still updated (a refresh re-sending them keeps them).
+    t.mark_stale("a")
+    assert all(t.announce("a", p, Path("10.0.0.9")) for p in nets(10))
+    assert t.sweep("a") == 0 and set(t.table().values()) == {("10.0.0.9",)}
+    # Withdrawals bring it under the limit; only then is a new prefix stored again.
+    for p in nets(7):
+        t.withdraw("a", p)
+    assert t.stored("a") == 3 and not t.over_limit("a")
+    assert t.announce("a", "10.244.5.0/26", Path("10.0.0.2"))
+    assert not t.announce("a", "10.244.6.0/26", Path("10.0.0.2")) and t.stored("a") == 4
+
+
+def test_limit_outlives_a_session_reset_and_applies_to_the_new_session() -> None:
+    t = pool_table()
+    t.set_limit("a", 2)
+    for p in nets(4):
+        t.announce("a", p, Path("10.0.0.2"))
+    t.peer_down("a")  # no graceful restart: its paths go, its limit stays
+    assert t.stored("a") == 0 and t.limit("a") == 2
+    for p in nets(4, 1):
+        t.announce("a", p, Path("10.0.0.2"))
+    assert t.stored("a") == 2

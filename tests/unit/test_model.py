@@ -15,6 +15,7 @@ from datastore import keys
 from datastore.labelselector import LabelSelector
 from datastore.model import (
     ALIASES,
+    DEFAULT_MAX_PREFIXES,
     KINDS,
     MAX_VALUE_BYTES,
     BGPConfiguration,
@@ -67,9 +68,10 @@ SAMPLES: list[dict[str, Any]] = [
     doc("IPPool", "default", {"cidr": "10.244.0.0/16", "blockSize": 26}),
     doc("IPPool", "v6", {"cidr": "fd00:244::/56", "nodeSelector": "rack in {'r1', 'r2'}"}),
     doc("IPAMConfig", "default", {"strictAffinity": True, "maxBlocksPerHost": 4}),
-    doc("BGPConfiguration", "default", {"communities": ["64512:100"], "holdTime": 0}),
+    doc("BGPConfiguration", "default", {"communities": ["64512:100"], "holdTime": 0,
+                                        "maxPrefixes": 20_000}),
     doc("BGPPeer", "tor", {"peerIP": "10.99.1.2", "asNumber": 65000, "node": "node1",
-                           "password": "s3cret", "localASNumber": 64999}),
+                           "password": "s3cret", "localASNumber": 64999, "maxPrefixes": 50}),
     doc("BGPPeer", "rr", {"peerIP": "fd00::1", "asNumber": 64512, "nodeSelector": "has(rr)",
                           "routeReflectorClient": True, "ttlSecurity": 255}),
     doc("Node", "node1", {"bgp": {"ipv4Address": "10.77.1.1/30", "ipv6Address": "fd00:77::1/64",
@@ -99,7 +101,8 @@ SAMPLES: list[dict[str, Any]] = [
     doc("IPReservation", "gw", {"reservedCIDRs": ["10.244.0.1", "10.244.0.128/25"]}),
     doc("NodeStatus", "node1", {"updated": "2024-01-01T00:00:00Z", "inSync": True,
                                 "bgp": {"peers": [{"peerIP": "10.99.1.2", "state": "Established",
-                                                   "prefixesIn": 3, "future": "x"}]},
+                                                   "prefixesIn": 3, "maxPrefixes": 50,
+                                                   "future": "x"}]},
                                 "blocks": ["10.244.1.0/26"], "programmed": {"routes": 4},
                                 "errors": ["policies/x/y: spec: bad"], "newField": 1}),
 ]
@@ -269,6 +272,10 @@ def test_bgp_configuration_defaults() -> None:
     s = res.spec
     assert (s.as_number, s.node_to_node_mesh, s.hold_time) == (64512, True, 90)
     assert s.graceful_restart.enabled is False and s.communities == ()
+    assert s.max_prefixes == DEFAULT_MAX_PREFIXES == 10_000
+    assert res.to_dict()["spec"]["maxPrefixes"] == 10_000
+    conf = parse_document(SAMPLES[3])
+    assert isinstance(conf, BGPConfiguration) and conf.spec.max_prefixes == 20_000
 
 
 @pytest.mark.parametrize(
@@ -285,6 +292,9 @@ def test_bgp_configuration_defaults() -> None:
         ({"communities": ["65536:1"]}, "spec.communities[0]", "community"),
         ({"communities": ["100"]}, "spec.communities[0]", "community"),
         ({"communities": "1:2"}, "spec.communities", "expected a list"),
+        ({"maxPrefixes": 0}, "spec.maxPrefixes", "0 is not between 1 and 1000000"),
+        ({"maxPrefixes": 1_000_001}, "spec.maxPrefixes", "between 1 and 1000000"),
+        ({"maxPrefixes": "10000"}, "spec.maxPrefixes", "expected an int, got string"),
     ],
 )
 def test_bgp_configuration_rejects(spec: dict[str, Any], path: str, fragment: str) -> None:
@@ -297,9 +307,23 @@ def test_bgp_peer_fields() -> None:
     assert res.spec.peer_ip == ipaddress.ip_address("10.99.1.2")
     assert res.spec.node == "node1" and res.spec.node_selector is None
     assert res.spec.ttl_security == 0 and res.spec.route_reflector_client is False
+    assert res.spec.max_prefixes == 50 and res.to_dict()["spec"]["maxPrefixes"] == 50
     rr = parse_document(SAMPLES[5])
     assert isinstance(rr, BGPPeer) and rr.spec.node_selector is not None
     assert rr.spec.node_selector.matches({"rr": ""})
+    # No maxPrefixes: the BGPConfiguration's applies; to_dict does not invent one.
+    assert rr.spec.max_prefixes is None and "maxPrefixes" not in rr.to_dict()["spec"]
+
+
+@pytest.mark.parametrize("value", [1, 50, 10_000, 1_000_000, 50.0])
+def test_bgp_peer_max_prefixes_round_trips(value: Any) -> None:
+    res = parse_document(doc("BGPPeer", "p", {"peerIP": "10.0.0.1", "asNumber": 1,
+                                              "maxPrefixes": value}))
+    assert isinstance(res, BGPPeer) and res.spec.max_prefixes == int(value)
+    assert type(res.spec.max_prefixes) is int
+    assert res.to_dict()["spec"]["maxPrefixes"] == int(value)
+    assert BGPPeer.from_dict(res.to_dict()) == res
+    assert decode(key_for(res), encode(res)) == res
 
 
 @pytest.mark.parametrize(
@@ -321,6 +345,20 @@ def test_bgp_peer_fields() -> None:
         ({"peerIP": "10.0.0.1", "asNumber": 1, "node": "Node_1"}, "spec.node", "DNS-1123"),
         ({"peerIP": "10.0.0.1", "asNumber": 1, "nodeSelector": "a = 'b'"},
          "spec.nodeSelector", "invalid selector"),
+        ({"peerIP": "10.0.0.1", "asNumber": 1, "maxPrefixes": 0},
+         "spec.maxPrefixes", "0 is not between 1 and 1000000"),
+        ({"peerIP": "10.0.0.1", "asNumber": 1, "maxPrefixes": -5},
+         "spec.maxPrefixes", "-5 is not between 1 and 1000000"),
+        ({"peerIP": "10.0.0.1", "asNumber": 1, "maxPrefixes": 1_000_001},
+         "spec.maxPrefixes", "1000001 is not between 1 and 1000000"),
+        ({"peerIP": "10.0.0.1", "asNumber": 1, "maxPrefixes": "50"},
+         "spec.maxPrefixes", "expected an int, got string"),
+        ({"peerIP": "10.0.0.1", "asNumber": 1, "maxPrefixes": True},
+         "spec.maxPrefixes", "expected an int, got bool"),
+        ({"peerIP": "10.0.0.1", "asNumber": 1, "maxPrefixes": 50.5},
+         "spec.maxPrefixes", "expected an int"),
+        ({"peerIP": "10.0.0.1", "asNumber": 1, "maxPrefix": 50},
+         "spec.maxPrefix", "unknown field"),
     ],
 )
 def test_bgp_peer_rejects(spec: dict[str, Any], path: str, fragment: str) -> None:
@@ -511,6 +549,7 @@ def test_node_status_is_permissive_but_typed() -> None:
     assert isinstance(res, NodeStatus)
     assert res.status.bgp_peers[0].state == "Established"
     assert res.status.bgp_peers[0].prefixes_in == 3
+    assert res.status.bgp_peers[0].max_prefixes == 50
     assert res.status.programmed["routes"] == 4
     assert res.status.in_sync is True
     reject(doc("NodeStatus", "n", {"programmed": {"routes": "4"}}), "status.programmed.routes",
