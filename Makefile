@@ -34,9 +34,12 @@ demo: setup
 demo-down: setup
 	-$(FABRICCTL) lab down leaf-spine
 
+## Every bench/*/bench_*.py, then the CNI benchmark again against the real fabric-agent.
 bench: setup
 	@for b in bench/*/bench_*.py; do \
 	  m=$${b%.py}; m=$${m//\//.}; echo "== $$m"; $(PY) -m $$m || exit 1; done
+	@echo "== bench.cni.bench_cni --agent fabric-agent"
+	@$(PY) -m bench.cni.bench_cni --agent fabric-agent
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis bench/results
