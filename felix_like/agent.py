@@ -142,6 +142,10 @@ class Agent:
                                           resync_interval=cfg.resync_interval)
         # Endpoints the CNI handler told us about before etcd's watch did (None: removed).
         self._overlay: dict[str, model.WorkloadEndpoint | None] = {}
+        # Pod routes the CNI handler installed whose ADD is still in progress (no
+        # WorkloadEndpoint in the state yet): desired until endpoint_added or
+        # routes_removed, so an apply in between neither deletes nor re-adds them.
+        self._wiring: dict[str, Route] = {}
         self._dirty = asyncio.Event()
         self._status_dirty = asyncio.Event()
         self._last_status: tuple[Any, ...] = ()
@@ -180,12 +184,28 @@ class Agent:
         except TimeoutError:
             raise RuntimeError("the datastore snapshot is not complete yet") from None
         self._overlay[key] = wep
+        for net in wep.spec.ip_networks:  # desired through the endpoint from now on
+            self._wiring.pop(str(net), None)
         await self.apply()
 
     async def routes_programmed(self, routes: Sequence[Route]) -> None:
-        """The CNI handler installed these routes itself: record them, so the next apply
-        neither re-adds them nor re-reads the whole routing table to find out."""
+        """The CNI handler installed these routes itself, for an endpoint it has not
+        reported yet: record them, so that no apply re-adds them (and reads the whole
+        link and routing table to do it) or deletes them as stale in the meantime.
+
+        Ordering: ``_wiring`` is set here, on the loop, before the record job is queued
+        on the netlink thread. An apply that computed its desired routes earlier runs
+        its job first, with a record that lacks them, so it cannot delete them; one that
+        computes later includes them."""
+        for r in routes:
+            self._wiring[r.dst] = r
         await self._in_netlink(lambda: self.routes.note_programmed(routes))
+
+    async def routes_removed(self, routes: Sequence[Route]) -> None:
+        """The ADD that installed ``routes`` failed and removed them again."""
+        for r in routes:
+            self._wiring.pop(r.dst, None)
+        self._dirty.set()  # the next apply drops them from the record
 
     async def endpoint_removed(self, key: str) -> None:
         self._overlay[key] = None
@@ -209,6 +229,9 @@ class Agent:
                            if r.kind == "bgp"} | learned
             self.learned = learned
             desired = calc.desired_routes(self.node, st, learned)
+            if self._wiring:
+                taken = {r.dst for r in desired}
+                desired |= {r for dst, r in self._wiring.items() if dst not in taken}
             self.routes.set_desired(desired)
             res = await self._in_netlink(self.routes.apply)
             self.metrics.apply_latency.labels("routes").observe(time.monotonic() - t0)

@@ -113,11 +113,15 @@ class RouteRecorder(Protocol):
 
     Optional: without it the sink's route manager finds the pod's /32 already there
     when it adds it (EEXIST), and learns it by dumping the routing table: on every ADD,
-    ~25 ms with 50 pods and ~110 ms with 200 (pyroute2 parses every route). Told first,
-    it adopts the route without touching the kernel.
+    ~25 ms with 50 pods and ~110 ms with 200 (pyroute2 parses every route). Told first
+    (before the WorkloadEndpoint is written, so before any apply its watch event
+    triggers), it adopts the route without touching the kernel. ``routes_removed``: the
+    ADD failed after ``routes_programmed`` and took the routes away again.
     """
 
     async def routes_programmed(self, routes: Sequence[Route]) -> None: ...
+
+    async def routes_removed(self, routes: Sequence[Route]) -> None: ...
 
 
 def handle_for(network: str, container_id: str, ifname: str) -> str:
@@ -283,6 +287,18 @@ class CniHandler:
                 raise CniError(ERR_WIRING, f"wiring the pod failed: {e}") from e
             undo.append(("removing the veth", lambda: asyncio.to_thread(
                 plumbing.unwire_pod, self.node_netns, host_if, hosts)))
+            if isinstance(self.dataplane, RouteRecorder):
+                # Before the workload endpoint is written: an apply that its watch event
+                # triggers must find the pod's routes already recorded, or it adds them
+                # again, meets EEXIST and reads the whole routing table to adopt them.
+                recorder = self.dataplane
+                try:
+                    await recorder.routes_programmed(wired.routes)
+                except Exception as e:
+                    raise CniError(ERR_DATAPLANE,
+                                   f"programming the dataplane failed: {e}") from e
+                undo.append(("forgetting the pod's routes",
+                             lambda: recorder.routes_removed(wired.routes)))
 
             wep = self._workload(req, namespace, pod, host_if, hosts, wired.container_mac)
             try:
@@ -294,8 +310,6 @@ class CniHandler:
 
             if self.dataplane is not None:
                 try:
-                    if isinstance(self.dataplane, RouteRecorder):
-                        await self.dataplane.routes_programmed(wired.routes)
                     await self.dataplane.endpoint_added(key, wep)
                 except Exception as e:
                     raise CniError(ERR_DATAPLANE, f"programming the dataplane failed: {e}") from e

@@ -15,6 +15,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,33 @@ def test_pod_add_routes_endpoint_metrics_and_del(node: AgentProc, netns: Callabl
     assert not any(r.startswith(f"{ip} ") for r in routes(node.ns))
     assert etcdctl(etcd, "get", "--prefix", "/l3fabric/v1/workloads/") == ""
     assert "fab" not in sh("ip", "-n", node.ns, "-br", "link")
+
+
+def test_pods_added_in_parallel_get_their_route_once(node: AgentProc,
+                                                     netns: Callable[[str], str]) -> None:
+    """The CNI handler installs a pod's /32 and tells the agent before the endpoint is
+    written; applies that run meanwhile (other pods' ADDs, etcd watch events) must not
+    delete it as stale and add it again. Seen from the kernel: one add per pod route,
+    no delete."""
+    pods = [netns(f"pp{i}") for i in range(16)]
+    monitor = subprocess.Popen(["ip", "-n", node.ns, "monitor", "route"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda i: cni(node, "ADD", f"cp{i}", pods[i], f"p{i}"),
+                                    range(len(pods))))
+        time.sleep(1)
+    finally:
+        monitor.terminate()
+    out, _ = monitor.communicate(timeout=10)
+    ips = [r["ips"][0]["address"].split("/")[0] for r in results]
+    events = [ln for ln in out.splitlines() if ln.strip() and "proto kernel" not in ln]
+    for ip in ips:
+        mine = [ln for ln in events if ln.split()[:2] in ([ip, "dev"], ["Deleted", ip])]
+        assert len(mine) == 1 and not mine[0].startswith("Deleted"), (ip, mine, events)
+    rs = routes(node.ns)
+    assert all(any(r.startswith(f"{ip} dev fab") for r in rs) for ip in ips), rs
 
 
 def test_restart_changes_no_route_and_drops_no_ping(node: AgentProc,

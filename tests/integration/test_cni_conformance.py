@@ -707,6 +707,9 @@ class _RecordingRouter:
     async def routes_programmed(self, routes: Any) -> None:
         self.events.append(("routes", tuple(routes)))
 
+    async def routes_removed(self, routes: Any) -> None:
+        self.events.append(("routes removed", tuple(routes)))
+
     async def endpoint_added(self, key: str, wep: Any) -> None:
         self.events.append(("added", key))
 
