@@ -21,6 +21,7 @@ the next ``apply()``; the others still go in.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
@@ -110,10 +111,17 @@ def render_routes(
         r = Route(block, "blackhole", proto=PROTO_L3FABRIC)
         routes[r.dst] = r
     for addr, host_if in sorted(local_endpoints, reverse=True):
-        ip = ipaddress.ip_interface(addr).ip
-        r = Route(f"{ip}/{ip.max_prefixlen}", "local", dev=host_if, proto=PROTO_L3FABRIC)
+        r = _local_route(addr, host_if)
         routes[r.dst] = r
     return set(routes.values())
+
+
+@functools.lru_cache(maxsize=16384)
+def _local_route(addr: str, host_if: str) -> Route:
+    """A pod's /32 (or /128): the agent renders every pod's route on every apply, so
+    the parse and the validation are done once per endpoint (Route is immutable)."""
+    ip = ipaddress.ip_interface(addr).ip
+    return Route(f"{ip}/{ip.max_prefixlen}", "local", dev=host_if, proto=PROTO_L3FABRIC)
 
 
 def register_rt_protos(path: str = RT_PROTOS_CONF) -> bool:
