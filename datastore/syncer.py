@@ -44,7 +44,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast
 
 from datastore.cas import Backoff
@@ -68,11 +68,17 @@ RECONNECT_BACKOFF = Backoff(initial=0.05, maximum=5.0, multiplier=2.0, jitter=0.
 
 @dataclass(frozen=True)
 class Update(Generic[T]):
-    """``key`` now has the (valid, decoded) ``value``, as of ``revision``."""
+    """``key`` now has the (valid, decoded) ``value``, as of ``revision``.
+
+    ``changed`` is False when the key held an equal decoded value already (a value
+    rewritten with the same content, or a change the decoder does not keep): a consumer
+    whose output depends only on the decoded values may skip it.
+    """
 
     key: str
     value: T
     revision: int
+    changed: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -207,8 +213,9 @@ class Syncer(Generic[T]):
             msg = f"{type(e).__name__}: {e}"
         else:
             self.errors.pop(key, None)
+            old = self.current.get(key, _MISSING)
             self.current[key] = value
-            return Update(key, value, rev)
+            return Update(key, value, rev, changed=old is _MISSING or old != value)
         self.errors[key] = msg
         log.warning("invalid value for %s at revision %d (keeping the last good one): %s",
                     key, rev, msg)

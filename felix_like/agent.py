@@ -307,9 +307,9 @@ class Agent:
             if isinstance(ev, Update | Deleted):
                 self.metrics.datastore_events.labels(
                     "update" if isinstance(ev, Update) else "delete").inc()
-                self._overlay.pop(ev.key, None)
-                self.config_errors.pop(ev.key, None)
-                self._dirty.set()
+                had_error = self.config_errors.pop(ev.key, None) is not None
+                if self._changes_state(ev) or had_error:
+                    self._dirty.set()
             elif isinstance(ev, InSync):
                 self.metrics.datastore_events.labels("in_sync").inc()
                 self.metrics.in_sync.set(1)
@@ -327,6 +327,22 @@ class Agent:
                 if not ev.up:
                     log.warning("etcd connection lost: %s", ev.reason)
                     self.health.not_ready_reason = f"etcd: {ev.reason}"
+
+    def _changes_state(self, ev: Update[Any] | Deleted) -> bool:
+        """Whether ``ev`` changes what `state` returns (and drop its key's overlay entry).
+
+        Most events of a pod ADD change nothing the calculation sees: the endpoint the CNI
+        handler already reported (the overlay), the block whose new allocation is not a
+        borrowed one (its decoded summary is equal), the handle (not decoded). Applying
+        for them would recompute and re-check every route and policy twice per ADD.
+        """
+        overlaid = ev.key in self._overlay
+        before = self._overlay.pop(ev.key, None)
+        if isinstance(ev, Deleted):
+            return not (overlaid and before is None)
+        if overlaid:
+            return before is None or before != ev.value
+        return ev.changed
 
     async def _in_netlink(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._netlink, fn)

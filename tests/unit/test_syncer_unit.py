@@ -148,6 +148,24 @@ async def test_snapshot_then_watch_in_order() -> None:
     await it.aclose()  # type: ignore[attr-defined]
 
 
+async def test_an_update_says_whether_the_decoded_value_changed() -> None:
+    """A key rewritten with equal content (or a change its decoder drops) still gives an
+    Update - watchers see every write - but marked ``changed=False``."""
+    fake = FakeDatastore()
+    await fake.put(P + "a", j(v=1))
+    _, it = make(fake)
+    await until(it, lambda e: isinstance(e, InSync))
+    await fake.put(P + "a", j(v=1))  # same content
+    await fake.put(P + "a", b'{"v": 1}')  # same decoded value, other bytes
+    await fake.put(P + "a", j(v=2))
+    await fake.put(P + "b", j(v=2))  # a new key
+    evs = await take(it, 4)
+    assert [(e.key, e.value, e.changed) for e in evs if isinstance(e, Update)] == [
+        (P + "a", {"v": 1}, False), (P + "a", {"v": 1}, False), (P + "a", {"v": 2}, True),
+        (P + "b", {"v": 2}, True)]
+    await it.aclose()  # type: ignore[attr-defined]
+
+
 async def test_invalid_value_keeps_last_good_and_clears() -> None:
     fake = FakeDatastore()
     await fake.put(P + "pool", j(cidr="10.0.0.0/16"))
