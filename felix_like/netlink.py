@@ -19,6 +19,7 @@ namespace the calling thread is in. Nothing here creates a namespace.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -55,6 +56,21 @@ def netns_path(ns: str) -> str:
     if "/" in ns:
         return ns
     return os.path.join(NETNS_RUN_DIR, ns)
+
+
+def delete_netns(name: str) -> None:
+    """Delete namespace ``name`` after killing (SIGKILL) every process still inside it: a
+    namespace is only freed when its last process is gone. A missing namespace is fine.
+    For test and benchmark teardown; the lab stops its processes gently first."""
+    import signal
+    import subprocess
+
+    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True,
+                          text=True, check=False).stdout.split()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid), signal.SIGKILL)
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
 def run_in_netns(ns: str | None, fn: Callable[[], T]) -> T:

@@ -6,7 +6,6 @@ Every fixture removes what it made, also when the test fails. Tests marked
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -16,6 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from datastore.embedded import EmbeddedEtcd
+from felix_like.netlink import delete_netns
 
 IS_ROOT = os.geteuid() == 0
 
@@ -70,10 +70,4 @@ def netns() -> Iterator[Callable[[str], str]]:
         yield make
     finally:
         for name in reversed(made):
-            with contextlib.suppress(subprocess.CalledProcessError):
-                pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True,
-                                      text=True).stdout.split()
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError, ValueError):
-                        os.kill(int(pid), 9)
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            delete_netns(name)

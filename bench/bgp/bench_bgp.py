@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from helpers.bird import Bird, BirdPeer  # noqa: E402
 from helpers.exabgp import SpeakerProcess, link, run, wait_for  # noqa: E402
 
 from bgp.config import NeighborSpec  # noqa: E402
+from felix_like.netlink import delete_netns  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -41,12 +41,7 @@ def namespaces() -> Iterator[list[str]]:
         yield made
     finally:
         for ns in reversed(made):
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True,
-                                  text=True).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), 9)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            delete_netns(ns)
 
 
 def mkns(made: list[str], tag: str) -> str:

@@ -67,7 +67,7 @@ from datastore.client import Datastore, EtcdConfig
 from datastore.embedded import EmbeddedEtcd
 from felix_like.cni_handler import CniHandler
 from felix_like.cni_server import CniServer
-from felix_like.netlink import run_in_netns
+from felix_like.netlink import delete_netns, run_in_netns
 from ipam.allocator import IpamClient
 
 REFERENCE = Path("/usr/lib/cni")
@@ -89,12 +89,7 @@ def _ns(tag: str, made: list[str]) -> str:
 def _del_ns(name: str) -> None:
     """Delete a namespace of ours, killing first any process still inside it (as the tests'
     ``netns`` fixture does): only after a failed run is there one."""
-    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True,
-                          text=True).stdout.split()
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid), signal.SIGKILL)
-    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    delete_netns(name)
 
 
 async def _exec(exe: str, env: dict[str, str], conf: str, node: str) -> float:

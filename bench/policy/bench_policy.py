@@ -40,6 +40,7 @@ from typing import Any
 
 from bench.common import print_table, write_results
 from datastore import model
+from felix_like.netlink import delete_netns
 from felix_like.policy.manager import PolicyManager
 
 NAMESPACES = 50
@@ -210,11 +211,7 @@ def two_pods(tag: str) -> Iterator[tuple[str, str, str, dict[int, str]]]:
         yield node, srv, cli, ifaces
     finally:
         for name in reversed(made):
-            for pid in subprocess.run(["ip", "netns", "pids", name], capture_output=True,
-                                      text=True).stdout.split():
-                with contextlib.suppress(ProcessLookupError, ValueError, PermissionError):
-                    subprocess.run(["kill", "-9", pid], capture_output=True)
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            delete_netns(name)
 
 
 def iperf(srv: str, cli: str) -> float:

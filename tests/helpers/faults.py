@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import signal
 import subprocess
 import time
 import uuid
@@ -34,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from datastore.embedded import EmbeddedEtcd
-from felix_like.netlink import run_in_netns
+from felix_like.netlink import delete_netns, run_in_netns
 from helpers.bird import Bird, BirdPeer
 from helpers.fabric import Fabric, Node, Pod, link, wait_for
 
@@ -113,12 +111,7 @@ class Namespaces:
 
     def close(self) -> None:
         for name in reversed(self.made):
-            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True,
-                                  text=True).stdout.split()
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(pid), signal.SIGKILL)
-            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            delete_netns(name)
         self.made.clear()
 
 
