@@ -104,3 +104,41 @@ spec:
   podSelector: {matchLabels: {role: db}}
   ingress: [{from: [{podSelector: {matchLabels: {role: frontend}}}], ports: [{port: 6379}]}]
 """
+
+# The Kubernetes docs' "namespaceSelector OR podSelector" example, as written there.
+OR_NS_POD = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: or-namespace-pod, namespace: dev}
+spec:
+  podSelector: {matchLabels: {role: db}}
+  ingress:
+  - from:
+    - namespaceSelector: {matchLabels: {project: myproject}}
+    - podSelector: {matchLabels: {role: client}}
+"""
+
+# The same shape, selecting the policy's own namespace (dev, user=alice) instead.
+OR_OWN_NS_POD = OR_NS_POD.replace("{project: myproject}", "{user: alice}")
+
+NAMED_PORT = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: allow-http, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - ports: [{port: http}, {port: dns, protocol: UDP}]
+"""
+
+EGRESS_NAMED_PORT = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-http, namespace: default}
+spec:
+  podSelector: {matchLabels: {role: frontend}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}]
+    ports: [{port: http}]
+"""

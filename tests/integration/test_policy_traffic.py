@@ -33,8 +33,11 @@ from helpers.policy_docs import (
     DEFAULT_DENY_ALL,
     DEFAULT_DENY_EGRESS,
     DEFAULT_DENY_INGRESS,
+    EGRESS_NAMED_PORT,
     GNP_PASS,
     MULTI_PORT_EGRESS,
+    NAMED_PORT,
+    OR_NS_POD,
     TEST_NETWORK_POLICY,
 )
 
@@ -324,35 +327,7 @@ def load(text: str) -> list[model.Resource]:
 
 # --- the table ------------------------------------------------------------------------
 
-OR_NS_POD = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: or-namespace-pod, namespace: dev}
-spec:
-  podSelector: {matchLabels: {role: db}}
-  ingress:
-  - from:
-    - namespaceSelector: {matchLabels: {project: myproject}}
-    - podSelector: {matchLabels: {role: client}}
-"""
-NAMED_PORTS = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-http, namespace: default}
-spec:
-  podSelector: {matchLabels: {app: web}}
-  ingress: [{ports: [{port: http}, {port: dns, protocol: UDP}]}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: egress-http, namespace: default}
-spec:
-  podSelector: {matchLabels: {role: frontend}}
-  policyTypes: [Egress]
-  egress:
-  - to: [{namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}]
-    ports: [{port: http}]
-"""
+NAMED_PORTS = NAMED_PORT + "---" + EGRESS_NAMED_PORT
 INGRESS_AND_EGRESS = """
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy

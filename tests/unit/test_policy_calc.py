@@ -17,8 +17,11 @@ from helpers.policy_docs import (
     DEFAULT_DENY_ALL,
     DEFAULT_DENY_EGRESS,
     DEFAULT_DENY_INGRESS,
+    EGRESS_NAMED_PORT,
     GNP_PASS,
     MULTI_PORT_EGRESS,
+    NAMED_PORT,
+    OR_OWN_NS_POD,
     TEST_NETWORK_POLICY,
 )
 from hypothesis import given, settings
@@ -113,40 +116,6 @@ def both(inputs: PolicyInputs, rs: Ruleset, src: str, dst: str, proto: int = TCP
     return got
 
 
-
-
-OR_NS_POD = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: or-namespace-pod, namespace: dev}
-spec:
-  podSelector: {matchLabels: {role: db}}
-  ingress:
-  - from:
-    - namespaceSelector: {matchLabels: {user: alice}}
-    - podSelector: {matchLabels: {role: client}}
-"""
-
-NAMED_PORT = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: allow-http, namespace: default}
-spec:
-  podSelector: {matchLabels: {app: web}}
-  ingress:
-  - ports: [{port: http}, {port: dns, protocol: UDP}]
-"""
-EGRESS_NAMED_PORT = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: egress-http, namespace: default}
-spec:
-  podSelector: {matchLabels: {role: frontend}}
-  policyTypes: [Egress]
-  egress:
-  - to: [{namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}]
-    ports: [{port: http}]
-"""
 GNP_DENY_BEFORE_ALLOW = """
 apiVersion: l3fabric.io/v1
 kind: GlobalNetworkPolicy
@@ -228,8 +197,8 @@ CASES: list[tuple[str, str, str, str, int, int | None, bool]] = [
     ("and: alice client", AND_NS_POD, "aliceclient", "alicedb", TCP, 1, True),
     ("and: prod client", AND_NS_POD, "prodclient", "alicedb", TCP, 1, False),
     ("and: default frontend", AND_NS_POD, "frontend", "alicedb", TCP, 1, False),
-    ("or: prod client is not in dev", OR_NS_POD, "prodclient", "alicedb", TCP, 1, False),
-    ("or: alice ns any pod", OR_NS_POD, "alicedb", "alicedb", TCP, 1, True),
+    ("or: prod client is not in dev", OR_OWN_NS_POD, "prodclient", "alicedb", TCP, 1, False),
+    ("or: alice ns any pod", OR_OWN_NS_POD, "alicedb", "alicedb", TCP, 1, True),
     ("deny-ingress: pod", DEFAULT_DENY_INGRESS, "frontend", "db", TCP, 6379, False),
     ("deny-ingress: outside", DEFAULT_DENY_INGRESS, OUTSIDE, "db", TCP, 6379, False),
     ("deny-ingress: from node", DEFAULT_DENY_INGRESS, HOST, "db", TCP, 6379, True),
@@ -339,7 +308,7 @@ def test_anti_spoofing_and_unknown_interface() -> None:
 
 
 def test_sets_shared_and_pod_add_changes_elements_only() -> None:
-    text = EGRESS_NAMED_PORT + "---" + NAMED_PORT + "---" + OR_NS_POD + "---" + AND_NS_POD
+    text = EGRESS_NAMED_PORT + "---" + NAMED_PORT + "---" + OR_OWN_NS_POD + "---" + AND_NS_POD
     before = calculate(world(text))
     pods = dict(PODS)
     pods["web2"] = wep("default", "web2", "10.244.1.40", {"app": "web"},
@@ -361,7 +330,7 @@ def test_sets_shared_and_pod_add_changes_elements_only() -> None:
 
 
 def test_label_change_moves_pod_between_sets() -> None:
-    text = OR_NS_POD
+    text = OR_OWN_NS_POD
     pods = dict(PODS)
     rs1 = calculate(world(text, pods=pods))
     pods["alicedb"] = wep("dev", "alicedb", "10.244.1.31", {"role": "cache"})
