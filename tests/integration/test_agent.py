@@ -7,30 +7,23 @@ namespaces the test made; every process and namespace goes at teardown.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.fabric import BIN, Node
 from helpers.procs import running
 
 from datastore.embedded import EmbeddedEtcd
-from felix_like.netlink import run_in_netns
 
-REPO = Path(__file__).resolve().parents[2]
-BIN = REPO / ".venv" / "bin"
 POOL = {"apiVersion": "l3fabric.io/v1", "kind": "IPPool", "metadata": {"name": "p1"},
         "spec": {"cidr": "10.244.0.0/16", "blockSize": 26}}
-METRICS_PORT = 9091
 
 
 def sh(*cmd: str, check: bool = True) -> str:
@@ -41,58 +34,13 @@ def etcdctl(etcd: EmbeddedEtcd, *args: str) -> str:
     return sh("etcdctl", "--endpoints", etcd.endpoint, *args)
 
 
-@dataclass
-class AgentProc:
-    node: str
-    ns: str
-    socket: str
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, etcd: EmbeddedEtcd) -> None:
-        logf = open(self.log, "ab")  # noqa: SIM115 - the child keeps it
-        self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, str(BIN / "fabric-agent"), "--node", self.node,
-             "--etcd-endpoints", etcd.unix_endpoint, "--socket", self.socket,
-             "--metrics-addr", f"127.0.0.1:{METRICS_PORT}", "--node-ip", "10.99.1.1/30"],
-            stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
-        logf.close()
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"agent exited: {self.log.read_text()[-2000:]}")
-            if self.http("/readyz")[0] == 200:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"agent not ready: {self.log.read_text()[-2000:]}")
-
-    def http(self, path: str) -> tuple[int, str]:
-        def get() -> tuple[int, str]:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}{path}",
-                                            timeout=2) as r:
-                    return int(r.status), r.read().decode()
-            except urllib.error.HTTPError as e:
-                return int(e.code), e.read().decode()
-            except OSError:
-                return 0, ""
-        return run_in_netns(self.ns, get)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, sig)
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-
 @pytest.fixture
 def node(netns: Callable[[str], str], etcd: EmbeddedEtcd,
-         tmp_path: Path) -> Iterator[AgentProc]:
+         tmp_path: Path) -> Iterator[Node]:
     etcdctl(etcd, "put", "/l3fabric/v1/config/ippools/p1", json.dumps(POOL))
     ns = netns("node")
     sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-    agent = AgentProc("n1", ns, str(tmp_path / "agent.sock"), tmp_path / "agent.log")
+    agent = Node("n1", ns, "10.99.1.1/30", tmp_path)
     agent.start(etcd)
     try:
         yield agent
@@ -100,7 +48,7 @@ def node(netns: Callable[[str], str], etcd: EmbeddedEtcd,
         agent.kill(signal.SIGTERM)
 
 
-def cni(agent: AgentProc, command: str, container: str, pod_ns: str,
+def cni(agent: Node, command: str, container: str, pod_ns: str,
         pod: str) -> dict[str, Any]:
     conf = {"cniVersion": "1.0.0", "name": "l3net", "type": "l3fabric",
             "agentSocket": agent.socket, "ipam": {"type": "l3fabric-ipam"}}
@@ -118,7 +66,7 @@ def routes(ns: str) -> list[str]:
     return sorted(sh("ip", "-n", ns, "route", "show", "proto", "80").splitlines())
 
 
-def test_pod_add_routes_endpoint_metrics_and_del(node: AgentProc, netns: Callable[[str], str],
+def test_pod_add_routes_endpoint_metrics_and_del(node: Node, netns: Callable[[str], str],
                                                  etcd: EmbeddedEtcd) -> None:
     pod = netns("pod")
     res = cni(node, "ADD", "c1", pod, "web")
@@ -152,7 +100,7 @@ def test_pod_add_routes_endpoint_metrics_and_del(node: AgentProc, netns: Callabl
     assert "fab" not in sh("ip", "-n", node.ns, "-br", "link")
 
 
-def test_pods_added_in_parallel_get_their_route_once(node: AgentProc,
+def test_pods_added_in_parallel_get_their_route_once(node: Node,
                                                      netns: Callable[[str], str]) -> None:
     """The CNI handler installs a pod's /32 and tells the agent before the endpoint is
     written; applies that run meanwhile (other pods' ADDs, etcd watch events) must not
@@ -179,7 +127,7 @@ def test_pods_added_in_parallel_get_their_route_once(node: AgentProc,
     assert all(any(r.startswith(f"{ip} dev fab") for r in rs) for ip in ips), rs
 
 
-def test_restart_changes_no_route_and_drops_no_ping(node: AgentProc,
+def test_restart_changes_no_route_and_drops_no_ping(node: Node,
                                                     netns: Callable[[str], str],
                                                     etcd: EmbeddedEtcd) -> None:
     a, b = netns("pa"), netns("pb")
@@ -208,7 +156,7 @@ def test_restart_changes_no_route_and_drops_no_ping(node: AgentProc,
     assert " 0% packet loss" in out, out
 
 
-def test_stale_route_removed_only_after_sync_and_cleanup(node: AgentProc,
+def test_stale_route_removed_only_after_sync_and_cleanup(node: Node,
                                                          netns: Callable[[str], str],
                                                          etcd: EmbeddedEtcd) -> None:
     pod = netns("pod")
