@@ -33,9 +33,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs root (network namespaces, etcd)"))
 
 
-@pytest.fixture
-def etcd() -> Iterator[EmbeddedEtcd]:
-    """A fresh single-member etcd on a free loopback port; its data dir is removed after."""
+def _etcd_member() -> Iterator[EmbeddedEtcd]:
     if shutil.which("etcd") is None:
         pytest.fail("etcd is not installed: run `make setup` (Debian package etcd-server)")
     member = EmbeddedEtcd.temporary()
@@ -44,6 +42,19 @@ def etcd() -> Iterator[EmbeddedEtcd]:
         yield member
     finally:
         member.stop()
+
+
+@pytest.fixture
+def etcd() -> Iterator[EmbeddedEtcd]:
+    """A fresh single-member etcd on a free loopback port; its data dir is removed after."""
+    yield from _etcd_member()
+
+
+@pytest.fixture(scope="module")
+def module_etcd() -> Iterator[EmbeddedEtcd]:
+    """One etcd for a test module (its tests clean up after themselves or wipe
+    /l3fabric/ first): saves a start per test."""
+    yield from _etcd_member()
 
 
 def _run(*cmd: str) -> None:

@@ -9,13 +9,10 @@ the end of the module, also after a failure.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 
 import pytest
 from helpers.faults import Namespaces
-
-from datastore.embedded import EmbeddedEtcd
 
 IS_ROOT = os.geteuid() == 0
 
@@ -27,18 +24,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(pytest.mark.integration)
         if not IS_ROOT:
             item.add_marker(pytest.mark.skip(reason="needs root (network namespaces, etcd)"))
-
-
-@pytest.fixture(scope="module")
-def module_etcd() -> Iterator[EmbeddedEtcd]:
-    if shutil.which("etcd") is None:
-        pytest.fail("etcd is not installed: run `make setup` (Debian package etcd-server)")
-    member = EmbeddedEtcd.temporary()
-    member.start()
-    try:
-        yield member
-    finally:
-        member.stop()
 
 
 @pytest.fixture(scope="module")

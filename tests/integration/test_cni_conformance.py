@@ -13,7 +13,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,22 +51,11 @@ needs_reference = pytest.mark.skipif(
     reason="reference CNI plugins missing: apt-get install containernetworking-plugins")
 
 
-@pytest.fixture(scope="module")
-def shared_etcd() -> Iterator[EmbeddedEtcd]:
-    """One etcd for the module (each test wipes /l3fabric/ first): saves a start per test."""
-    member = EmbeddedEtcd.temporary()
-    member.start()
-    try:
-        yield member
-    finally:
-        member.stop()
-
-
 @pytest.fixture
-async def fab(shared_etcd: EmbeddedEtcd, netns: Callable[[str], str],
+async def fab(module_etcd: EmbeddedEtcd, netns: Callable[[str], str],
               tmp_path: Path) -> AsyncIterator[Fabric]:
     node = netns("node")
-    async with fabric(shared_etcd.endpoint, node, tmp_path) as f:
+    async with fabric(module_etcd.endpoint, node, tmp_path) as f:
         await f.ds.delete_prefix(keys.PREFIX)
         pool = ippool("default", POOL, 26)
         from datastore import model as m
@@ -718,14 +707,14 @@ class _RecordingRouter:
 
 
 async def test_a_route_recording_dataplane_learns_the_pod_route_before_the_endpoint(
-        shared_etcd: EmbeddedEtcd, netns: Callable[[str], str], tmp_path: Path) -> None:
+        module_etcd: EmbeddedEtcd, netns: Callable[[str], str], tmp_path: Path) -> None:
     from datastore import model as m
     from felix_like.cni_handler import RouteRecorder
 
     router = _RecordingRouter()
     assert isinstance(router, RouteRecorder)
     node, pod = netns("node"), netns("pod")
-    async with fabric(shared_etcd.endpoint, node, tmp_path, dataplane=router) as f:
+    async with fabric(module_etcd.endpoint, node, tmp_path, dataplane=router) as f:
         await f.ds.delete_prefix(keys.PREFIX)
         pool = ippool("default", POOL, 26)
         await f.ds.put(m.key_for(pool), m.encode(pool))
