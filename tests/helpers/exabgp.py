@@ -34,27 +34,32 @@ def run(*cmd: str) -> str:
     return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
 
 
-def link(ns_a: str, ip_a: str, ns_b: str, ip_b: str) -> None:
-    """A veth pair between two namespaces with a CIDR address on each end."""
+def link(ns_a: str, ip_a: str | None, ns_b: str, ip_b: str | None) -> tuple[str, str]:
+    """A veth pair between two namespaces, optionally addressed (CIDR); returns the two
+    names."""
     tag = os.urandom(3).hex()
     a, b = f"fbv{tag}a", f"fbv{tag}b"
     run("ip", "link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b,
         "netns", ns_b)
-    run("ip", "-n", ns_a, "addr", "add", ip_a, "dev", a)
-    run("ip", "-n", ns_b, "addr", "add", ip_b, "dev", b)
-    run("ip", "-n", ns_a, "link", "set", a, "up")
-    run("ip", "-n", ns_b, "link", "set", b, "up")
+    for ns, name, ip in ((ns_a, a, ip_a), (ns_b, b, ip_b)):
+        if ip:
+            run("ip", "-n", ns, "addr", "add", ip, "dev", name)
+        run("ip", "-n", ns, "link", "set", name, "up")
+    return a, b
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 20, what: str = "condition",
-             interval: float = 0.05) -> Any:
+             interval: float = 0.05, detail: Callable[[], str] | None = None) -> Any:
+    """``pred()`` once it is truthy; AssertionError naming ``what`` (and ``detail()``)
+    after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         v = pred()
         if v:
             return v
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            extra = f"\n{detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
         time.sleep(interval)
 
 

@@ -28,7 +28,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -39,6 +38,7 @@ from typing import Any
 from datastore.embedded import EmbeddedEtcd
 from felix_like.netlink import run_in_netns
 from helpers.bird import Bird, BirdPeer, kernel_routes
+from helpers.exabgp import link, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / ".venv" / "bin"
@@ -52,31 +52,6 @@ def sh(*cmd: str, check: bool = True, timeout: float = 60) -> str:
     if check and r.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
     return r.stdout
-
-
-def wait_for(pred: Callable[[], Any], timeout: float = 20, what: str = "condition",
-             interval: float = 0.05, detail: Callable[[], str] | None = None) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            extra = f"\n{detail()}" if detail is not None else ""
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}{extra}")
-        time.sleep(interval)
-
-
-def link(ns_a: str, ip_a: str | None, ns_b: str, ip_b: str | None) -> tuple[str, str]:
-    """A veth pair between two namespaces, optionally addressed; returns the two names."""
-    tag = os.urandom(3).hex()
-    a, b = f"fbf{tag}a", f"fbf{tag}b"
-    sh("ip", "link", "add", a, "netns", ns_a, "type", "veth", "peer", "name", b, "netns", ns_b)
-    for ns, name, ip in ((ns_a, a, ip_a), (ns_b, b, ip_b)):
-        if ip:
-            sh("ip", "-n", ns, "addr", "add", ip, "dev", name)
-        sh("ip", "-n", ns, "link", "set", name, "up")
-    return a, b
 
 
 # -- nodes and pods --------------------------------------------------------------------
