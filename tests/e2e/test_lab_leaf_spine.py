@@ -11,7 +11,6 @@ or being skipped unconditionally.
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import json
 import re
@@ -35,33 +34,9 @@ PODS = [("node1", "a1", "frontend"), ("node2", "a2", "other"), ("node3", "b1", "
         ("node4", "b2", "db")]
 
 
-def _agent_source() -> str:
-    spec = importlib.util.find_spec("felix_like.agent")
-    return Path(spec.origin).read_text() if spec and spec.origin else ""
-
-
-def missing_cni() -> str | None:
-    if importlib.util.find_spec("felix_like.cni_handler") is None:
-        return "the agent has no CNI handler yet (felix_like.cni_handler)"
-    return None
-
-
-def missing_bgp() -> str | None:
-    if re.search(r"^\s*(from bgp\b|import bgp\b)", _agent_source(), re.M) is None:
-        return "the agent does not run a BGP speaker yet (felix_like/agent.py never imports bgp)"
-    return missing_cni()
-
-
-def missing_policy() -> str | None:
-    if re.search(r"felix_like\.policy|from \.?policy|import policy", _agent_source()) is None:
-        return "the agent does not apply policy yet (felix_like/agent.py never uses the engine)"
-    return missing_bgp()
-
-
 pytestmark = [
     pytest.mark.skipif(shutil.which("bird") is None or shutil.which("etcd") is None,
                        reason="needs BIRD 2 (bird2) and etcd (etcd-server)"),
-    pytest.mark.skipif(missing_cni() is not None, reason=str(missing_cni())),
 ]
 
 
@@ -129,7 +104,6 @@ def test_pods_get_addresses_from_the_lab_pool(lab: Lab) -> None:
         assert ipaddress.ip_address(lab.ip(pod)) in lab.topo.pool_cidr
 
 
-@pytest.mark.skipif(missing_bgp() is not None, reason=str(missing_bgp()))
 def test_every_pod_reaches_every_other_across_racks(lab: Lab) -> None:
     def established() -> bool:
         st = runner.status(lab.st)
@@ -148,7 +122,6 @@ def test_every_pod_reaches_every_other_across_racks(lab: Lab) -> None:
     assert re.search(r"nexthop via 10\.77\.1\.1 .*\n\s+nexthop via 10\.77\.3\.1", route), route
 
 
-@pytest.mark.skipif(missing_policy() is not None, reason=str(missing_policy()))
 def test_policy_denies_what_it_should(lab: Lab) -> None:
     from datastore import model
 
@@ -167,7 +140,6 @@ def test_policy_denies_what_it_should(lab: Lab) -> None:
     assert lab.ping("a2", lab.ip("b1")), "pods the policy does not select stay open"
 
 
-@pytest.mark.skipif(missing_bgp() is not None, reason=str(missing_bgp()))
 def test_a_dead_node_has_its_routes_withdrawn_everywhere(lab: Lab) -> None:
     block = str(ipaddress.ip_network(f"{lab.ip('b2')}/{lab.topo.block_size}", strict=False))
     assert wait_for(lambda: block in lab.bird_routes("spine1"), 20)

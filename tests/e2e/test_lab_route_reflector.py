@@ -8,7 +8,6 @@ reflector keeps the fabric up, and `lab down` leaves nothing behind.
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
 import re
 import shutil
@@ -31,18 +30,9 @@ REPO = Path(__file__).parents[2]
 PODS = [("node1", "p1"), ("node1", "p1b"), ("node2", "p2"), ("node3", "p3")]
 
 
-def missing_bgp() -> str | None:
-    spec = importlib.util.find_spec("felix_like.agent")
-    src = Path(spec.origin).read_text() if spec and spec.origin else ""
-    if re.search(r"^\s*(from bgp\b|import bgp\b)", src, re.M) is None:
-        return "the agent does not run a BGP speaker yet (felix_like/agent.py never imports bgp)"
-    return None
-
-
 pytestmark = [
     pytest.mark.skipif(shutil.which("bird") is None or shutil.which("etcd") is None,
                        reason="needs BIRD 2 (bird2) and etcd (etcd-server)"),
-    pytest.mark.skipif(missing_bgp() is not None, reason=str(missing_bgp())),
 ]
 
 
