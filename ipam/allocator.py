@@ -498,30 +498,24 @@ class IpamClient:
         every claim at a random block). A single node's blocks stay in address order.
         """
         count = block_count(pool.cidr, pool.block_size)
-        tries = 0
-        while tries < 16:
-            lost = False
-            for cidr in iter_block_cidrs(pool.cidr, pool.block_size, skip,
-                                         self._claim_cursor.get(pool.name, 0)):
-                tries += 1
-                if await self._claim(cidr):
-                    if pool.name in self._claim_cursor:
-                        step = netaddr.IPNetwork(cidr).size
-                        index = (int(netaddr.IPNetwork(cidr).first)
-                                 - int(pool.network.first)) // step
-                        self._claim_cursor[pool.name] = index + 1
-                    return True
-                existing.add(cidr)
-                self._claim_cursor[pool.name] = random.randrange(count)
-                lost = True
-                break
-            if not lost:
+        for _ in range(16):
+            start = self._claim_cursor.get(pool.name, 0)
+            cidr = next(iter(iter_block_cidrs(pool.cidr, pool.block_size, skip, start)), None)
+            if cidr is None:
                 return False  # every block of the pool is taken
+            if await self._claim(cidr):
+                if pool.name in self._claim_cursor:  # carry on after this block
+                    net = netaddr.IPNetwork(cidr)
+                    self._claim_cursor[pool.name] = \
+                        (int(net.first) - int(pool.network.first)) // int(net.size) + 1
+                return True
+            existing.add(cidr)
+            self._claim_cursor[pool.name] = random.randrange(count)
         return False
 
     @staticmethod
     def _has_blocks_to_spare(pool: PoolSpec, existing: Iterable[str]) -> bool:
-        total = 1 << (pool.block_size - int(pool.network.prefixlen))
+        total = block_count(pool.cidr, pool.block_size)
         taken = sum(1 for c in existing if pool.contains(c))
         return total - taken >= AHEAD_MIN_FREE_BLOCKS
 
