@@ -26,13 +26,28 @@ class Affinity:
     state: str
 
 
+def consumed(key: str) -> bool:
+    """Whether the calculation reads ``key`` at all. The others (IPAM handles, status,
+    keys that hold no resource) decode to None, so writing or deleting them changes
+    nothing the agent computes."""
+    rel = keys.relative(key)
+    if rel.startswith((keys.IPAM_AFFINITIES, keys.IPAM_BLOCKS, keys.IPAM_RESERVATIONS)) \
+            or rel == keys.IPAM_CONFIG:
+        return True
+    if rel.startswith(("ipam/", "status/")):
+        return False
+    return keys.parse(key) is not None
+
+
 def decode_value(key: str, value: bytes) -> Any:
     """The agent's decoder for everything under PREFIX (the syncer calls it).
 
     Modelled resources are validated (ValueError on a bad value, so the syncer keeps the
-    last good one); affinities become `Affinity`; what the agent does not consume
-    (handles, blocks, status of other nodes) decodes to None and is ignored.
+    last good one); affinities become `Affinity`; blocks what BGP exports of them; what
+    the agent does not consume (see `consumed`) decodes to None and is ignored.
     """
+    if not consumed(key):
+        return None
     rel = keys.relative(key)
     if rel.startswith(keys.IPAM_AFFINITIES):
         from ipam.affinity import parse_affinity
@@ -44,10 +59,6 @@ def decode_value(key: str, value: bytes) -> Any:
         from bgp.export import decode_block  # what BGP exports: affinity, borrowed addresses
 
         return decode_block(value)  # BlockFormatError is a ValueError
-    if rel.startswith(("ipam/", "status/")):
-        return None
-    if keys.parse(key) is None:
-        return None
     return model.decode(key, value)
 
 

@@ -50,6 +50,14 @@ def node(netns: Callable[[str], str], etcd: EmbeddedEtcd,
 
 def cni(agent: Node, command: str, container: str, pod_ns: str,
         pod: str) -> dict[str, Any]:
+    code, out = cni_result(agent, command, container, pod_ns, pod)
+    assert code == 0, out
+    return json.loads(out) if out.strip() else {}
+
+
+def cni_result(agent: Node, command: str, container: str, pod_ns: str,
+               pod: str) -> tuple[int, str]:
+    """The shim's exit code and stdout (a result or the error JSON)."""
     conf = {"cniVersion": "1.0.0", "name": "l3net", "type": "l3fabric",
             "agentSocket": agent.socket, "ipam": {"type": "l3fabric-ipam"}}
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container,
@@ -58,8 +66,7 @@ def cni(agent: Node, command: str, container: str, pod_ns: str,
            "CNI_PATH": str(BIN), "PATH": "/usr/bin:/bin"}
     r = subprocess.run([str(BIN / "l3fabric")], input=json.dumps(conf), env=env,
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
-    return json.loads(r.stdout) if r.stdout.strip() else {}
+    return r.returncode, r.stdout + r.stderr
 
 
 def routes(ns: str) -> list[str]:
@@ -125,6 +132,39 @@ def test_pods_added_in_parallel_get_their_route_once(node: Node,
         assert len(mine) == 1 and not mine[0].startswith("Deleted"), (ip, mine, events)
     rs = routes(node.ns)
     assert all(any(r.startswith(f"{ip} dev fab") for r in rs) for ip in ips), rs
+
+
+def test_the_agents_ipam_keeps_reservations_and_ipam_config(
+        netns: Callable[[str], str], etcd: EmbeddedEtcd, tmp_path: Path) -> None:
+    """The agent allocates from its mirror of etcd: IPReservations and the IPAMConfig
+    written with etcdctl must be in it (they were once decoded as "not ours" and
+    ignored). 48 of the first block's 64 addresses are reserved and the node may own one
+    block with strict affinity: 16 pods get the 16 free addresses, the 17th the
+    exhaustion error, and nothing is left of it."""
+    etcdctl(etcd, "put", "/l3fabric/v1/config/ippools/p1", json.dumps(POOL))
+    etcdctl(etcd, "put", "/l3fabric/v1/ipam/reservations/r1", json.dumps({
+        "apiVersion": "l3fabric.io/v1", "kind": "IPReservation", "metadata": {"name": "r1"},
+        "spec": {"reservedCIDRs": ["10.244.0.0/27", "10.244.0.32/28"]}}))
+    etcdctl(etcd, "put", "/l3fabric/v1/ipam/config", json.dumps({
+        "apiVersion": "l3fabric.io/v1", "kind": "IPAMConfig", "metadata": {"name": "default"},
+        "spec": {"strictAffinity": True, "maxBlocksPerHost": 1}}))
+    ns = netns("node")
+    agent = Node("n1", ns, "10.99.1.1/30", tmp_path)
+    agent.start(etcd)
+    try:
+        pods = [netns(f"r{i}") for i in range(17)]
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda i: cni(agent, "ADD", f"cr{i}", pods[i], f"r{i}"),
+                                range(16)))
+        ips = sorted(int(r["ips"][0]["address"].split("/")[0].rsplit(".", 1)[1]) for r in got)
+        assert ips == list(range(48, 64)), ips
+        code, out = cni_result(agent, "ADD", "cr16", pods[16], "r16")
+        assert code != 0 and "maxBlocksPerHost=1" in out, out
+        assert "fab" not in sh("ip", "-n", pods[16], "-br", "link")
+        assert etcdctl(etcd, "get", "--keys-only", "/l3fabric/v1/ipam/handles/l3net.cr16.eth0") \
+            == ""
+    finally:
+        agent.kill(signal.SIGTERM)
 
 
 def test_restart_changes_no_route_and_drops_no_ping(node: Node,

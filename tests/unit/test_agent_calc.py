@@ -55,5 +55,20 @@ def test_decode_value_validates_models_and_ignores_internals() -> None:
     assert calc.decode_value(keys.node_status("n1"), b"garbage") is None
     with pytest.raises(ValueError, match="config/ippools/p"):
         calc.decode_value(keys.ippool("p"), b'{"kind": "IPPool"')
+    # What IPAM decides with is consumed, though it lives under ipam/ too.
+    res = calc.decode_value(keys.ipam_reservation("r1"), json.dumps({
+        "apiVersion": model.API_VERSION, "kind": "IPReservation", "metadata": {"name": "r1"},
+        "spec": {"reservedCIDRs": ["10.0.0.0/30"]}}).encode())
+    assert isinstance(res, model.IPReservation)
+    cfg = calc.decode_value(keys.full(keys.IPAM_CONFIG), json.dumps({
+        "apiVersion": model.API_VERSION, "kind": "IPAMConfig", "metadata": {"name": "default"},
+        "spec": {"strictAffinity": True}}).encode())
+    assert isinstance(cfg, model.IPAMConfig) and cfg.spec.strict_affinity
+    with pytest.raises(ValueError, match="ipam/reservations/r1"):
+        calc.decode_value(keys.ipam_reservation("r1"), b"{")
+    assert not calc.consumed(keys.ipam_handle("net.c1.eth0"))
+    assert not calc.consumed(keys.node_status("n1"))
+    assert calc.consumed(keys.ipam_block("10.0.0.0/26"))
+    assert calc.consumed(keys.ipam_reservation("r1"))
     a = calc.decode_value(keys.ipam_affinity("n1", "fd00::/122"), b'{"state":"confirmed"}')
     assert a == calc.Affinity("n1", "fd00::/122", "confirmed")
