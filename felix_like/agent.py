@@ -151,6 +151,8 @@ class Agent:
         self._last_status: tuple[Any, ...] = ()
         self._applied_once = False
         self._apply_lock = asyncio.Lock()
+        self._apply_requests = 0  # apply() calls so far
+        self._applied_through = 0  # every call up to this one was served by a finished apply
         self.learned: dict[str, tuple[str, ...]] = {}  # BGP-learned prefixes -> nexthops
         self.config_errors: dict[str, str] = {}
         self.cni_server: Any = None
@@ -214,50 +216,66 @@ class Agent:
     # -- dataplane -----------------------------------------------------------------------
 
     async def apply(self) -> None:
-        """Recompute desired state from the mirror and converge the kernel once."""
+        """Recompute desired state from the mirror and converge the kernel once.
+
+        Applies run one at a time, and the callers queued behind a running one share the
+        next: an apply that starts after a caller asked sees everything that caller
+        changed before asking, so it serves all of them (8 ADDs in parallel wait for two
+        or three applies, not eight in a row). A failed apply serves nobody else: each
+        waiter then runs its own.
+        """
+        self._apply_requests += 1
+        ticket = self._apply_requests
         async with self._apply_lock:
-            t0 = time.monotonic()
-            st = self.state()
-            learned: dict[str, tuple[str, ...]] = {}
-            if self.syncer.in_sync:  # a partial snapshot would withdraw our blocks
-                await self.bgp.on_state(st)
-                learned = self.bgp.learned
-            if not self.bgp.in_sync:
-                # Until the import table is complete again (after a restart, before the
-                # route refresh answers), keep the BGP routes already in the kernel.
-                learned = {r.dst: r.via for r in self.routes.programmed.values()
-                           if r.kind == "bgp"} | learned
-            self.learned = learned
-            desired = calc.desired_routes(self.node, st, learned)
-            if self._wiring:
-                taken = {r.dst for r in desired}
-                desired |= {r for dst, r in self._wiring.items() if dst not in taken}
-            self.routes.set_desired(desired)
-            res = await self._in_netlink(self.routes.apply)
-            self.metrics.apply_latency.labels("routes").observe(time.monotonic() - t0)
-            policy_ok = await self._apply_policy(st)
-            if res.failed:
-                self.metrics.route_errors.inc(len(res.failed))
-                self._dirty.set()  # retry on the next pass
-            kinds: dict[str, int] = {"local": 0, "blackhole": 0, "bgp": 0}
-            for r in self.routes.programmed.values():
-                kinds[r.kind] = kinds.get(r.kind, 0) + 1
-            for kind, n in kinds.items():
-                self.metrics.routes_programmed.labels(kind).set(n)
-            blocks = calc.confirmed_blocks(self.node, st)
-            summary = (tuple(blocks), tuple(sorted(kinds.items())), self.syncer.in_sync,
-                       tuple(sorted(self.config_errors)), tuple(self.bgp.max_prefixes.items()))
-            if summary != self._last_status:  # report changes now, not at the next tick
-                self._last_status = summary
-                self._status_dirty.set()
-            self.metrics.blocks_owned.set(len(blocks))
-            self.metrics.addresses_in_use.set(
-                len(calc.endpoint_addresses(calc.local_endpoints(self.node, st))))
-            if (self.syncer.in_sync and not res.failed and policy_ok
-                    and not self._applied_once):
-                self._applied_once = True
-                self.health.ready = True
-                log.info("agent ready: in sync and dataplane programmed")
+            if self._applied_through >= ticket:
+                return
+            start = self._apply_requests
+            await self._apply_locked()
+            self._applied_through = start
+
+    async def _apply_locked(self) -> None:
+        t0 = time.monotonic()
+        st = self.state()
+        learned: dict[str, tuple[str, ...]] = {}
+        if self.syncer.in_sync:  # a partial snapshot would withdraw our blocks
+            await self.bgp.on_state(st)
+            learned = self.bgp.learned
+        if not self.bgp.in_sync:
+            # Until the import table is complete again (after a restart, before the
+            # route refresh answers), keep the BGP routes already in the kernel.
+            learned = {r.dst: r.via for r in self.routes.programmed.values()
+                       if r.kind == "bgp"} | learned
+        self.learned = learned
+        desired = calc.desired_routes(self.node, st, learned)
+        if self._wiring:
+            taken = {r.dst for r in desired}
+            desired |= {r for dst, r in self._wiring.items() if dst not in taken}
+        self.routes.set_desired(desired)
+        res = await self._in_netlink(self.routes.apply)
+        self.metrics.apply_latency.labels("routes").observe(time.monotonic() - t0)
+        policy_ok = await self._apply_policy(st)
+        if res.failed:
+            self.metrics.route_errors.inc(len(res.failed))
+            self._dirty.set()  # retry on the next pass
+        kinds: dict[str, int] = {"local": 0, "blackhole": 0, "bgp": 0}
+        for r in self.routes.programmed.values():
+            kinds[r.kind] = kinds.get(r.kind, 0) + 1
+        for kind, n in kinds.items():
+            self.metrics.routes_programmed.labels(kind).set(n)
+        blocks = calc.confirmed_blocks(self.node, st)
+        summary = (tuple(blocks), tuple(sorted(kinds.items())), self.syncer.in_sync,
+                   tuple(sorted(self.config_errors)), tuple(self.bgp.max_prefixes.items()))
+        if summary != self._last_status:  # report changes now, not at the next tick
+            self._last_status = summary
+            self._status_dirty.set()
+        self.metrics.blocks_owned.set(len(blocks))
+        self.metrics.addresses_in_use.set(
+            len(calc.endpoint_addresses(calc.local_endpoints(self.node, st))))
+        if (self.syncer.in_sync and not res.failed and policy_ok
+                and not self._applied_once):
+            self._applied_once = True
+            self.health.ready = True
+            log.info("agent ready: in sync and dataplane programmed")
 
     async def _apply_policy(self, st: dict[str, Any]) -> bool:
         """Converge the policy dataplane; only from a complete snapshot (the first apply
@@ -331,11 +349,14 @@ class Agent:
     def _changes_state(self, ev: Update[Any] | Deleted) -> bool:
         """Whether ``ev`` changes what `state` returns (and drop its key's overlay entry).
 
-        Most events of a pod ADD change nothing the calculation sees: the endpoint the CNI
-        handler already reported (the overlay), the block whose new allocation is not a
-        borrowed one (its decoded summary is equal), the handle (not decoded). Applying
-        for them would recompute and re-check every route and policy twice per ADD.
+        Most events of a pod ADD or DEL change nothing the calculation sees: the endpoint
+        the CNI handler already reported (the overlay), the block whose new allocation is
+        not a borrowed one (its decoded summary is equal), the handle (a key the
+        calculation does not read: created on ADD, deleted on DEL). Applying for them
+        would recompute and re-check every route and policy again for each.
         """
+        if not calc.consumed(ev.key):
+            return False
         overlaid = ev.key in self._overlay
         before = self._overlay.pop(ev.key, None)
         if isinstance(ev, Deleted):

@@ -100,7 +100,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 class EndpointSink(Protocol):
-    """Who programs routes and policy for endpoints; told before ADD returns."""
+    """Who programs routes and policy for endpoints. An ADD tells it before writing the
+    WorkloadEndpoint (and takes it back with ``endpoint_removed`` if the ADD fails after);
+    a DEL before deleting it."""
 
     async def endpoint_added(self, key: str, wep: m.WorkloadEndpoint) -> None: ...
 
@@ -301,18 +303,23 @@ class CniHandler:
                              lambda: recorder.routes_removed(wired.routes)))
 
             wep = self._workload(req, namespace, pod, host_if, hosts, wired.container_mac)
+            if self.dataplane is not None:
+                # Before the endpoint is written: its watch event then finds the endpoint
+                # already known and changes nothing, instead of a second apply per ADD.
+                sink = self.dataplane
+                undo.append(("forgetting the endpoint", lambda: sink.endpoint_removed(key)))
+                try:
+                    await sink.endpoint_added(key, wep)
+                except Exception as e:
+                    raise CniError(ERR_DATAPLANE, f"programming the dataplane failed: {e}") from e
+
+            # Undone also when the put fails: it may have been written all the same.
+            undo.append(("deleting the workload endpoint", lambda: self._delete_wep(
+                key, req.container_id)))
             try:
                 await self.ds.put(key, m.encode(wep))
             except DatastoreError as e:
                 raise _datastore_error("writing the workload endpoint", e) from e
-            undo.append(("deleting the workload endpoint", lambda: self._delete_wep(
-                key, req.container_id)))
-
-            if self.dataplane is not None:
-                try:
-                    await self.dataplane.endpoint_added(key, wep)
-                except Exception as e:
-                    raise CniError(ERR_DATAPLANE, f"programming the dataplane failed: {e}") from e
         except BaseException:
             for what, step in reversed(undo):
                 try:

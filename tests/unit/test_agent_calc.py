@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from datastore import keys, model
 from felix_like import calc
+from felix_like.agent import Agent, AgentConfig
 from felix_like.routes import PROTO_L3FABRIC, Route
 
 
@@ -72,3 +75,30 @@ def test_decode_value_validates_models_and_ignores_internals() -> None:
     assert calc.consumed(keys.ipam_reservation("r1"))
     a = calc.decode_value(keys.ipam_affinity("n1", "fd00::/122"), b'{"state":"confirmed"}')
     assert a == calc.Affinity("n1", "fd00::/122", "confirmed")
+
+
+async def test_applies_queued_behind_a_running_one_share_the_next(tmp_path: Path) -> None:
+    """8 parallel ADDs each ask for an apply: the first runs, the 7 that queued behind it
+    are all served by the next one, which started after they asked. A failed apply
+    serves nobody else: the next waiter runs its own, which serves the rest."""
+    agent = Agent(AgentConfig(node="n1", socket=str(tmp_path / "agent.sock")))
+    runs: list[int] = []
+    fail_on: set[int] = set()
+
+    async def apply_locked() -> None:
+        runs.append(agent._apply_requests)  # requests made when it started
+        await asyncio.sleep(0.01)
+        if len(runs) in fail_on:
+            raise RuntimeError("apply failed (test)")
+
+    agent._apply_locked = apply_locked  # type: ignore[method-assign]
+    await asyncio.gather(*(agent.apply() for _ in range(8)))
+    assert runs == [1, 8]
+
+    runs.clear()
+    base = agent._apply_requests
+    fail_on.add(2)
+    got = await asyncio.gather(*(agent.apply() for _ in range(4)), return_exceptions=True)
+    assert [type(g).__name__ for g in got] == ["NoneType", "RuntimeError", "NoneType",
+                                                "NoneType"]
+    assert runs == [base + 1, base + 4, base + 4]
