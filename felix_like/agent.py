@@ -269,8 +269,9 @@ class Agent:
             self._last_status = summary
             self._status_dirty.set()
         self.metrics.blocks_owned.set(len(blocks))
-        self.metrics.addresses_in_use.set(
-            len(calc.endpoint_addresses(calc.local_endpoints(self.node, st))))
+        self.metrics.addresses_in_use.set(sum(
+            len(w.spec.ip_networks) for w in calc.local_endpoints(self.node, st)
+            if w.spec.host_interface))
         if (self.syncer.in_sync and not res.failed and policy_ok
                 and not self._applied_once):
             self._applied_once = True
