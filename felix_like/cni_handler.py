@@ -77,6 +77,9 @@ log = logging.getLogger(__name__)
 PLUGIN: Final = "l3fabric"
 IPAM_PLUGIN: Final = "l3fabric-ipam"
 
+# Bound of the cache of written endpoints (one per pod of the node; past it, reads again).
+_WRITTEN_MAX: Final = 4096
+
 #: No free address in the pools this node may use.
 ERR_POOL_EXHAUSTED: Final = 100
 #: A requested address is in use, outside every enabled pool, or reserved.
@@ -185,6 +188,10 @@ class CniHandler:
         self._ipam_lock = asyncio.Lock()
         self._pools: list[PoolSpec] = []
         self._pools_at = -1e18
+        # The WorkloadEndpoints this handler wrote, as written: a DEL finds its endpoint
+        # here instead of reading it back (one etcd request fewer). Its delete compares
+        # the revision, so an endpoint changed or deleted since is read again.
+        self._written: dict[str, tuple[KV, m.WorkloadEndpoint]] = {}
 
     # ------------------------------------------------------------------ entry point
 
@@ -316,10 +323,14 @@ class CniHandler:
             # Undone also when the put fails: it may have been written all the same.
             undo.append(("deleting the workload endpoint", lambda: self._delete_wep(
                 key, req.container_id)))
+            value = m.encode(wep)
             try:
-                await self.ds.put(key, m.encode(wep))
+                rev = await self.ds.put(key, value)
             except DatastoreError as e:
                 raise _datastore_error("writing the workload endpoint", e) from e
+            if len(self._written) >= _WRITTEN_MAX:
+                self._written.clear()
+            self._written[key] = (KV(key, value, rev, rev, 0), wep)
         except BaseException:
             for what, step in reversed(undo):
                 try:
@@ -536,7 +547,7 @@ class CniHandler:
     async def _del(self, req: CniRequest, handle: str) -> None:
         host_if = plumbing.host_veth_name(req.network_name, req.container_id, req.ifname)
         problems: list[str] = []
-        key, wep, wep_kv = await self._find_wep_kv(req, host_if, problems)
+        key, wep, wep_kv = await self._find_wep_kv(req, host_if, problems, written=True)
         hosts: tuple[IPInterface, ...] = ()
         if wep is not None:
             hosts = tuple(ipaddress.ip_interface(str(n)) for n in wep.spec.ip_networks)
@@ -593,10 +604,17 @@ class CniHandler:
         key, wep, _ = await self._find_wep_kv(req, host_if, problems)
         return key, wep
 
-    async def _find_wep_kv(self, req: CniRequest, host_if: str, problems: list[str]
+    async def _find_wep_kv(self, req: CniRequest, host_if: str, problems: list[str],
+                           written: bool = False
                            ) -> tuple[str, m.WorkloadEndpoint | None, KV | None]:
-        """:meth:`_find_wep`, with the KV it was read from (None when not found)."""
+        """:meth:`_find_wep`, with the KV it was read from (None when not found).
+
+        ``written``: an endpoint this handler wrote counts without reading it back (for
+        DEL, whose delete compares the revision; CHECK reads what etcd holds)."""
         key = keys.workload(self.node, req.pod_namespace, pod_name_for(req), req.ifname)
+        mine = self._written.get(key) if written else None
+        if mine is not None and mine[1].spec.container_id == req.container_id:
+            return key, mine[1], mine[0]
         try:
             kv = await self.ds.get(key)
             wep = None if kv is None else _decode_wep(kv.key, kv.value)
@@ -622,6 +640,7 @@ class CniHandler:
 
         ``known``: the endpoint's KV as just read (saves a read; the delete compares its
         revision, so a change since is noticed and decided again)."""
+        self._written.pop(key, None)
         for attempt in range(5):
             kv = known if attempt == 0 and known is not None else await self.ds.get(key)
             if kv is None:

@@ -264,6 +264,27 @@ async def test_late_del_of_old_container_keeps_new_pod(fab: Fabric,
     await _assert_gone(fab)
 
 
+async def test_del_after_the_endpoint_changed_or_went_behind_the_handlers_back(
+        fab: Fabric, netns: Callable[[str], str]) -> None:
+    """DEL takes the endpoint the handler wrote from memory instead of reading it back;
+    one rewritten (labels edited with etcdctl) or deleted since must still be handled:
+    the rewritten one deleted, both pods unwired and their addresses freed."""
+    changed, gone = netns("pod"), netns("pod")
+    (await fab.add(changed, "c-changed")).ok()
+    (await fab.add(gone, "c-gone2")).ok()
+    weps = await fab.workloads()
+    for rel, w in weps.items():
+        if w["spec"]["containerID"] == "c-changed":
+            w["spec"]["labels"] = {"edited": "by-hand"}
+            await fab.ds.put(keys.full(rel), json.dumps(w).encode())
+        else:
+            await fab.ds.delete(keys.full(rel))
+    (await fab.delete(changed, "c-changed")).ok()
+    (await fab.delete(gone, "c-gone2")).ok()
+    await _assert_gone(fab, changed)
+    await _assert_gone(fab, gone)
+
+
 # ------------------------------------------------------------------ failed ADD
 
 
