@@ -467,9 +467,10 @@ class IpamClient:
         for pool in pools:
             if ahead and not self._has_blocks_to_spare(pool, existing):
                 continue
-            def skip(c: str) -> bool:
-                return c in existing or len(self._reserved(c, inputs)) >= \
-                    netaddr.IPNetwork(c).size
+            block_addresses = 1 << ((32 if pool.version == 4 else 128) - pool.block_size)
+
+            def skip(c: str, size: int = block_addresses) -> bool:
+                return c in existing or len(self._reserved(c, inputs)) >= size
             if await self._claim_fresh(pool, skip, existing):
                 if ahead:
                     self.stats.claims_ahead += 1

@@ -583,6 +583,9 @@ def iter_block_cidrs(pool_cidr: str, block_size: int,
     v = pool.version
     start %= count
     for i in range(count):
-        c = f"{netaddr.IPAddress(first + ((start + i) % count) * step, v)}/{block_size}"
+        n = first + ((start + i) % count) * step
+        # A claim walks past every block that exists: IPv4 without netaddr's objects.
+        c = (f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}/{block_size}" if v == 4
+             else f"{netaddr.IPAddress(n, 6)}/{block_size}")
         if skip is None or not skip(c):
             yield c

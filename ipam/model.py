@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -21,6 +21,14 @@ NodeSelector = Callable[[Mapping[str, str]], bool]
 
 def select_all(labels: Mapping[str, str]) -> bool:
     return True
+
+
+@lru_cache(maxsize=65536)
+def _span(address_or_cidr: str) -> tuple[int, int, int]:
+    """(version, first, last) of an address or CIDR. Cached: a claim asks `PoolSpec.contains`
+    about every block in the cluster, and parsing one costs microseconds."""
+    net = netaddr.IPNetwork(address_or_cidr)
+    return int(net.version), int(net.first), int(net.last)
 
 
 @dataclass(frozen=True)
@@ -46,9 +54,9 @@ class PoolSpec:
         return int(net.version), int(net.first), int(net.last)
 
     def contains(self, address_or_cidr: str) -> bool:
-        net = netaddr.IPNetwork(address_or_cidr)
-        version, first, last = self._range
-        return bool(net.version == version and net.first >= first and net.last <= last)
+        version, first, last = _span(address_or_cidr)
+        v, f, la = self._range
+        return version == v and first >= f and last <= la
 
     def describe(self) -> str:
         return f"{self.name} ({self.cidr})"
