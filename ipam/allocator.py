@@ -163,9 +163,10 @@ class IpamClient:
         # Decoded blocks by cidr, tagged with the mod_revision they were decoded at: in the
         # steady state a block is decoded never (we cache what we wrote) or once per change.
         self._decoded: dict[str, tuple[int, Block]] = {}
-        # `_eligible`'s block order for the inputs object it was computed with.
-        self._eligible_memo: tuple[IpamInputs, dict[tuple[int, frozenset[str]],
-                                                     list[str]]] | None = None
+        # `_eligible`'s block orders for the inputs object they were computed with, newest
+        # first: (version, the cidrs they order, the order).
+        self._eligible_memo: tuple[IpamInputs, list[tuple[int, frozenset[str],
+                                                          list[str]]]] | None = None
         # Claims are serialised: one ahead of need (a background task) or on demand.
         self._claim_ahead = claim_ahead
         self._claim_lock = asyncio.Lock()
@@ -586,14 +587,18 @@ class IpamClient:
                   version: int) -> list[tuple[str, KV]]:
         """``blocks`` of usable pools of ``version``, by pool name then address.
 
-        On every allocation, so the order is memoised per (inputs, version, set of cidrs):
-        the blocks' values change with each write, their order does not.
+        On every allocation (twice), so the order is memoised per (inputs, version, set of
+        cidrs): the blocks' values change with each write, their order does not. A lookup
+        compares the cidrs with the dict's keys in place instead of building a set of them.
         """
-        memo_key = (version, frozenset(blocks))
         memo = self._eligible_memo
         if memo is None or memo[0] is not inputs:
-            memo = self._eligible_memo = (inputs, {})
-        order = memo[1].get(memo_key)
+            memo = self._eligible_memo = (inputs, [])
+        order = None
+        for v, cidrs, o in memo[1]:
+            if v == version and len(cidrs) == len(blocks) and blocks.keys() == cidrs:
+                order = o
+                break
         if order is None:
             usable = {p.name for p in inputs.usable_pools(version)}
             found: list[tuple[tuple[str, int], str]] = []
@@ -603,9 +608,8 @@ class IpamClient:
                     blk = self._block(cidr, kv)
                     found.append(((pool.name, blk.first if blk else 0), cidr))
             order = [c for _, c in sorted(found)]
-            if len(memo[1]) > 64:
-                memo[1].clear()
-            memo[1][memo_key] = order
+            memo[1].insert(0, (version, frozenset(blocks), order))
+            del memo[1][16:]
         return [(c, blocks[c]) for c in order]
 
     def _take(self, plan: _Plan, candidates: Iterable[tuple[str, KV]], n: int,
@@ -613,13 +617,18 @@ class IpamClient:
         """Assign up to ``n`` addresses from ``candidates`` into ``plan``; how many taken."""
         taken = 0
         now, cooldown = self._now(), inputs.config.release_cooldown
+        decoded = self._decoded
         for cidr, kv in candidates:
             if taken >= n:
                 break
             if cidr in plan.blocks:
                 blk = plan.blocks[cidr][1]
             else:
-                shared = self._block(cidr, kv)
+                # A node's blocks fill in order, so most candidates are full: skip those
+                # with `_block`'s cache check inlined (this loop is O(blocks of the node)).
+                got = decoded.get(cidr)
+                shared = got[1] if got is not None and got[0] == kv.mod_revision \
+                    else self._block(cidr, kv)
                 if shared is None or not shared.unallocated:
                     continue
                 blk = shared.copy()
@@ -652,12 +661,13 @@ class IpamClient:
         cmps: list[Compare] = []
         succ: list[Op] = []
         fail: list[Op] = []
-        values: dict[str, bytes] = {}
+        values: dict[str, tuple[str, bytes]] = {}
         for cidr, (kv, blk) in plan.blocks.items():
             bkey = keys.ipam_block(cidr)
             cmps.append(Compare(bkey, "mod", "==", kv.mod_revision if kv else 0))
-            values[cidr] = blk.to_json()
-            succ.append(Put(bkey, values[cidr]))
+            value = blk.to_json()
+            values[cidr] = (bkey, value)
+            succ.append(Put(bkey, value))
             fail.append(Get(bkey))
         if handle_kv is None:
             cmps.append(Compare(hkey, "create", "==", 0))
@@ -669,10 +679,10 @@ class IpamClient:
         res = await self._txn(cmps, succ, fail)
         if res.succeeded:
             self.stats.block_writes += len(values)
-            self.stats.block_bytes += sum(len(v) for v in values.values())
+            self.stats.block_bytes += sum(len(v) for _, v in values.values())
             for cidr, (kv, blk) in plan.blocks.items():
-                bkey = keys.ipam_block(cidr)
-                new = KV(bkey, values[cidr], kv.create_revision if kv else res.revision,
+                bkey, value = values[cidr]
+                new = KV(bkey, value, kv.create_revision if kv else res.revision,
                          res.revision, (kv.version if kv else 0) + 1)
                 self._decoded[cidr] = (res.revision, blk)  # what we wrote is the block now
                 self._remember(new, cidr)

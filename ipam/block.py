@@ -42,6 +42,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import groupby
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 import netaddr
@@ -87,13 +88,18 @@ class AllocationAttrs:
             # Milliseconds are plenty for a grace period; a full float repr costs 5 bytes more
             # per address. Rounded down: a stored time never lies in the future, or an
             # address checked within half a millisecond would look younger than it is.
-            row: list[Any] = [self.handle, self.namespace, self.pod,
-                              math.floor(self.time * 1000) / 1000]
-            if self.node != owner or self.extra:
-                row.append(None if self.node == owner else self.node)
-            if self.extra:
-                row.append(dict(self.extra))
-            got = _compact(row)
+            t = math.floor(self.time * 1000) / 1000
+            if self.node == owner and not self.extra:
+                # One per allocation: the bytes `_compact` makes of the row (ASCII strings,
+                # float repr), built directly.
+                q = encode_basestring_ascii
+                got = f"[{q(self.handle)},{q(self.namespace)},{q(self.pod)},{t!r}]"
+            else:
+                row: list[Any] = [self.handle, self.namespace, self.pod, t,
+                                  None if self.node == owner else self.node]
+                if self.extra:
+                    row.append(dict(self.extra))
+                got = _compact(row)
             if len(self._encoded) > 4:
                 self._encoded.clear()
             self._encoded[owner] = got

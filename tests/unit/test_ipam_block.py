@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import math
+from typing import Any
+
 import netaddr
 import pytest
 from hypothesis import given, settings
@@ -11,8 +15,12 @@ from ipam.block import (
     AllocationAttrs,
     Block,
     BlockFormatError,
+    _counts,
+    _runs,
+    _slots,
     block_cidr_for,
     iter_block_cidrs,
+    node_of_affinity,
     reserved_ordinals,
 )
 
@@ -214,3 +222,56 @@ def test_an_allocation_reencodes_only_its_new_attribute_row() -> None:
     assert b'["net.c2.eth0","ns","pod2",2.0]' in c.to_json() and b.to_json() == first
     c.affinity = "node:n2"  # an adopted block writes its old owner's node out
     assert b'["net.c1.eth0","ns","pod",1.0,"n1"]' in c.to_json()
+
+
+def _fresh_json(b: Block) -> bytes:
+    """The block's value encoded from scratch with `json.dumps` (no cached fragment): the
+    format `Block.to_json` must produce byte for byte, however much of it came from caches."""
+    owner = node_of_affinity(b.affinity) or ""
+    rows: list[list[Any]] = []
+    for at in b.attributes:
+        row: list[Any] = [at.handle, at.namespace, at.pod, math.floor(at.time * 1000) / 1000]
+        if at.node != owner or at.extra:
+            row.append(None if at.node == owner else at.node)
+        if at.extra:
+            row.append(dict(at.extra))
+        rows.append(row)
+    d = {"cidr": b.cidr, "affinity": b.affinity, "allocations": _slots(b.allocations),
+         "unallocated": _runs(b.unallocated), "attributes": rows,
+         "sequence": _counts(b.sequence),
+         "releasedAt": {str(k): v for k, v in sorted(b.released_at.items())}}
+    return json.dumps(d, separators=(",", ":")).encode()
+
+
+_attrs = st.builds(
+    AllocationAttrs, handle=st.text(max_size=12), namespace=st.text(max_size=6),
+    pod=st.text(max_size=6), node=st.sampled_from(["n1", "n2", ""]),
+    time=st.floats(0, 4e9, allow_nan=False),
+    extra=st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2)
+    | st.just({}))
+_block_ops = st.one_of(
+    st.tuples(st.just("assign"), st.integers(1, 3), _attrs),
+    st.tuples(st.just("release"), st.integers(0, 15), st.floats(0, 4e9, allow_nan=False)),
+    st.tuples(st.just("copy"), st.none(), st.none()),
+    st.tuples(st.just("affinity"), st.sampled_from(["node:n1", "node:n2", None]), st.none()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_block_ops, max_size=40))
+def test_cached_encoding_equals_a_fresh_one(ops: list[tuple[str, Any, Any]]) -> None:
+    """`to_json` splices cached fragments (attribute rows, the attribute list of the last
+    write, the cidr/affinity head); after any sequence of allocations, releases, copies and
+    affinity changes its bytes are those of an encoding from scratch, for any strings."""
+    b = Block.new("10.0.0.0/28", "node:n1")
+    assert b.to_json() == _fresh_json(b)
+    for op, x, y in ops:
+        if op == "assign":
+            b.assign(x, y)
+        elif op == "release":
+            b.release(x, now=y)
+        elif op == "copy":
+            b = b.copy()  # the allocator's pattern: copy the shared block, change, write
+        else:
+            b.affinity = x
+        assert b.to_json() == _fresh_json(b)
+    assert Block.from_json(b.to_json()).to_json() == _fresh_json(Block.from_json(b.to_json()))
