@@ -167,6 +167,13 @@ class IpamClient:
         # first: (version, the cidrs they order, the order).
         self._eligible_memo: tuple[IpamInputs, list[tuple[int, frozenset[str],
                                                           list[str]]]] | None = None
+        # How many blocks at the head of an `_eligible` order are known full: (the affine
+        # dict and order it was found in, `_affine_gen` then, the count). A node fills its
+        # blocks in order, so without it every allocation would look at every full block.
+        # Only a change of a cached block can free room in one; each bumps `_affine_gen`,
+        # except this node's own committed allocations, which only take room away.
+        self._full_head: tuple[Mapping[str, KV], list[str], int, int] | None = None
+        self._affine_gen = 0
         # Claims are serialised: one ahead of need (a background task) or on demand.
         self._claim_ahead = claim_ahead
         self._claim_lock = asyncio.Lock()
@@ -249,8 +256,13 @@ class IpamClient:
         self._decoded[cidr] = (kv.mod_revision, blk)
         return blk
 
-    def _remember(self, kv: KV | None, cidr: str) -> None:
-        """Put a block just read or written into the right cache (or drop it if gone)."""
+    def _remember(self, kv: KV | None, cidr: str, *, fills: bool = False) -> None:
+        """Put a block just read or written into the right cache (or drop it if gone).
+
+        ``fills``: ``kv`` is this node's own write of an allocation (the block only lost
+        free addresses), so blocks known full stay full (see ``_full_head``)."""
+        if not fills:
+            self._affine_gen += 1
         affine = self._affine if self._affine is not None else {}
         blk = None if kv is None else self._block(cidr, kv)
         if kv is None or blk is None:
@@ -405,6 +417,7 @@ class IpamClient:
         if self._affine is None:
             self._affine = {}
         self._affine[cidr] = bkv
+        self._affine_gen += 1
         self._others.pop(cidr, None)
         log.info("ipam: node %s claimed block %s", self.node, cidr)
         return True
@@ -529,8 +542,8 @@ class IpamClient:
         more) and fewer than 1/AHEAD_FRACTION of a block is free in them. No blocks at all
         is not "short": the first block is claimed on demand."""
         free = size = 0
-        for cidr, kv in reversed(self._eligible(blocks, inputs, version)):
-            blk = self._block(cidr, kv)
+        for cidr in reversed(self._eligible_order(blocks, inputs, version)):
+            blk = self._block(cidr, blocks[cidr])
             if blk is None:
                 continue
             size = max(size, blk.size)
@@ -585,7 +598,12 @@ class IpamClient:
 
     def _eligible(self, blocks: Mapping[str, KV], inputs: IpamInputs,
                   version: int) -> list[tuple[str, KV]]:
-        """``blocks`` of usable pools of ``version``, by pool name then address.
+        """``blocks`` of usable pools of ``version``, by pool name then address."""
+        return [(c, blocks[c]) for c in self._eligible_order(blocks, inputs, version)]
+
+    def _eligible_order(self, blocks: Mapping[str, KV], inputs: IpamInputs,
+                        version: int) -> list[str]:
+        """The cidrs of `_eligible` (shared: do not change the list).
 
         On every allocation (twice), so the order is memoised per (inputs, version, set of
         cidrs): the blocks' values change with each write, their order does not. A lookup
@@ -610,7 +628,28 @@ class IpamClient:
             order = [c for _, c in sorted(found)]
             memo[1].insert(0, (version, frozenset(blocks), order))
             del memo[1][16:]
-        return [(c, blocks[c]) for c in order]
+        return order
+
+    def _take_affine(self, plan: _Plan, affine: Mapping[str, KV], n: int,
+                     attrs: AllocationAttrs, inputs: IpamInputs, version: int) -> int:
+        """`_take` from this node's blocks of ``version``, after those known to be full."""
+        order = self._eligible_order(affine, inputs, version)
+        head = self._full_head
+        i = head[3] if head is not None and head[0] is affine and head[1] is order \
+            and head[2] == self._affine_gen else 0
+        decoded = self._decoded
+        while i < len(order):
+            cidr = order[i]
+            kv = affine[cidr]
+            got = decoded.get(cidr)
+            shared = got[1] if got is not None and got[0] == kv.mod_revision \
+                else self._block(cidr, kv)
+            # Full means no free ordinal at all: cooling or reserved ones are free later.
+            if shared is not None and shared.unallocated:
+                break
+            i += 1
+        self._full_head = (affine, order, self._affine_gen, i)
+        return self._take(plan, [(c, affine[c]) for c in order[i:]], n, attrs, inputs)
 
     def _take(self, plan: _Plan, candidates: Iterable[tuple[str, KV]], n: int,
               attrs: AllocationAttrs, inputs: IpamInputs) -> int:
@@ -651,11 +690,12 @@ class IpamClient:
                            handle=handle) for e in entries]
 
     async def _commit(self, plan: _Plan, handle: str, handle_kv: KV | None,
-                      record: HandleRecord | None) -> tuple[bool, KV | None]:
+                      record: HandleRecord | None, *, fills: bool = False
+                      ) -> tuple[bool, KV | None]:
         """One transaction: every planned block and the handle record (None = delete).
 
         Returns (committed, the handle's KV now). On a lost compare, caches are refreshed
-        from the failure branch's Gets.
+        from the failure branch's Gets. ``fills``: the plan only assigned addresses.
         """
         hkey = keys.ipam_handle(handle)
         cmps: list[Compare] = []
@@ -685,7 +725,7 @@ class IpamClient:
                 new = KV(bkey, value, kv.create_revision if kv else res.revision,
                          res.revision, (kv.version if kv else 0) + 1)
                 self._decoded[cidr] = (res.revision, blk)  # what we wrote is the block now
-                self._remember(new, cidr)
+                self._remember(new, cidr, fills=fills)
             new_h = None if hvalue is None else KV(
                 hkey, hvalue, handle_kv.create_revision if handle_kv else res.revision,
                 res.revision, (handle_kv.version if handle_kv else 0) + 1)
@@ -742,15 +782,14 @@ class IpamClient:
                 n = want[version] - have[version]
                 if n <= 0:
                     continue
-                n -= self._take(plan, self._eligible(affine, inputs, version), n, attrs, inputs)
+                n -= self._take_affine(plan, affine, n, attrs, inputs, version)
                 why: list[str] = []
                 claims = 0
                 while n > 0 and claims < 8 and await self._claim_one(inputs, version, plan,
                                                                      why):
                     claims += 1
                     affine = self._affine or {}
-                    n -= self._take(plan, self._eligible(affine, inputs, version), n, attrs,
-                                    inputs)
+                    n -= self._take_affine(plan, affine, n, attrs, inputs, version)
                 if n > 0 and not inputs.config.strict_affinity:
                     others = await self._all_blocks()
                     # Never a block of ours that is not confirmed (a pending claim).
@@ -767,7 +806,8 @@ class IpamClient:
                 return self._assignments(handle, record.entries)  # already satisfied
             new_record = HandleRecord(handle, record.entries + tuple(plan.entries))
             hooks.reached("before_alloc_txn")
-            ok, handle_kv = await self._commit(plan, handle, handle_kv, new_record)
+            ok, handle_kv = await self._commit(plan, handle, handle_kv, new_record,
+                                               fills=True)
             if ok:
                 hooks.reached("after_alloc_txn")
                 self.stats.allocations += len(plan.entries)
@@ -856,7 +896,8 @@ class IpamClient:
             plan = _Plan({cidr: (kv, blk)}, [entry])
             hooks.reached("before_alloc_txn")
             ok, handle_kv = await self._commit(plan, handle, handle_kv,
-                                               HandleRecord(handle, (*record.entries, entry)))
+                                               HandleRecord(handle, (*record.entries, entry)),
+                                               fills=True)
             if ok:
                 hooks.reached("after_alloc_txn")
                 self.stats.allocations += 1

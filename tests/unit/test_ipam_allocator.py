@@ -303,3 +303,20 @@ def test_block_cidrs_from_a_start_wrap_around() -> None:
     assert list(iter_block_cidrs("10.0.0.0/24", 26, skip=lambda c: c == "10.0.0.0/26",
                                  start=7)) == ["10.0.0.192/26", "10.0.0.64/26",
                                                "10.0.0.128/26"]
+
+
+async def test_an_address_freed_in_a_full_block_is_handed_out_before_later_blocks() -> None:
+    """Allocations skip the node's blocks known to be full; a release (by handle or by
+    address) makes its block a candidate again, in address order as before."""
+    ds = FakeDatastore()
+    (a,) = await setup(ds, cidr="10.0.0.0/27", size=30, nodes=1)  # blocks of 4
+    got = [(await a.auto_assign(f"h{i}", namespace="ns", pod=f"p{i}"))[0].address
+           for i in range(9)]
+    assert got == [f"10.0.0.{i}" for i in range(9)]  # two full blocks and one started
+    assert await a.release_by_handle("h1") == 1
+    (x,) = await a.auto_assign("x", namespace="ns", pod="x")
+    assert x.address == "10.0.0.1"
+    assert await a.release_ips(["10.0.0.6"]) == ["10.0.0.6"]
+    (y,) = await a.auto_assign("y", namespace="ns", pod="y")
+    (z,) = await a.auto_assign("z", namespace="ns", pod="z")
+    assert (y.address, z.address) == ("10.0.0.6", "10.0.0.9")
