@@ -78,6 +78,17 @@ metadata: {name: default-deny-all, namespace: default}
 spec: {podSelector: {}, policyTypes: [Ingress, Egress]}
 """
 
+DB_FROM_FRONTEND = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-from-frontend, namespace: default}
+spec:
+  podSelector: {matchLabels: {role: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {role: frontend}}}], ports: [{port: 6379}]}]
+"""
+
+# Ordered global policies that Log and Pass frontend traffic to DB_FROM_FRONTEND and deny
+# the rest.
 GNP_PASS = """
 apiVersion: l3fabric.io/v1
 kind: GlobalNetworkPolicy
@@ -96,14 +107,7 @@ spec:
   order: 2
   selector: role == "db"
   ingress: [{action: Deny}]
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: db-from-frontend, namespace: default}
-spec:
-  podSelector: {matchLabels: {role: db}}
-  ingress: [{from: [{podSelector: {matchLabels: {role: frontend}}}], ports: [{port: 6379}]}]
-"""
+---""" + DB_FROM_FRONTEND
 
 # The Kubernetes docs' "namespaceSelector OR podSelector" example, as written there.
 OR_NS_POD = """

@@ -30,6 +30,7 @@ from helpers.policy_docs import (
     ALLOW_ALL_EGRESS,
     ALLOW_ALL_INGRESS,
     AND_NS_POD,
+    DB_FROM_FRONTEND,
     DEFAULT_DENY_ALL,
     DEFAULT_DENY_EGRESS,
     DEFAULT_DENY_INGRESS,
@@ -367,14 +368,6 @@ spec:
   order: 20
   selector: role == "db"
   ingress: [{action: Deny}]
-"""
-DB_FROM_FRONTEND = """
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: db-from-frontend, namespace: default}
-spec:
-  podSelector: {matchLabels: {role: db}}
-  ingress: [{from: [{podSelector: {matchLabels: {role: frontend}}}], ports: [{port: 6379}]}]
 """
 
 Y, N = True, False
