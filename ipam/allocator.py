@@ -637,13 +637,10 @@ class IpamClient:
         head = self._full_head
         i = head[3] if head is not None and head[0] is affine and head[1] is order \
             and head[2] == self._affine_gen else 0
-        decoded = self._decoded
         while i < len(order):
             cidr = order[i]
             kv = affine[cidr]
-            got = decoded.get(cidr)
-            shared = got[1] if got is not None and got[0] == kv.mod_revision \
-                else self._block(cidr, kv)
+            shared = self._block(cidr, kv)
             # Full means no free ordinal at all: cooling or reserved ones are free later.
             if shared is not None and shared.unallocated:
                 break
@@ -656,18 +653,13 @@ class IpamClient:
         """Assign up to ``n`` addresses from ``candidates`` into ``plan``; how many taken."""
         taken = 0
         now, cooldown = self._now(), inputs.config.release_cooldown
-        decoded = self._decoded
         for cidr, kv in candidates:
             if taken >= n:
                 break
             if cidr in plan.blocks:
                 blk = plan.blocks[cidr][1]
             else:
-                # A node's blocks fill in order, so most candidates are full: skip those
-                # with `_block`'s cache check inlined (this loop is O(blocks of the node)).
-                got = decoded.get(cidr)
-                shared = got[1] if got is not None and got[0] == kv.mod_revision \
-                    else self._block(cidr, kv)
+                shared = self._block(cidr, kv)
                 if shared is None or not shared.unallocated:
                     continue
                 blk = shared.copy()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property, lru_cache
+from functools import lru_cache
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
@@ -46,16 +46,11 @@ class PoolSpec:
 
     @property
     def version(self) -> int:
-        return int(self.network.version)
-
-    @cached_property
-    def _range(self) -> tuple[int, int, int]:
-        net = self.network
-        return int(net.version), int(net.first), int(net.last)
+        return _span(self.cidr)[0]
 
     def contains(self, address_or_cidr: str) -> bool:
         version, first, last = _span(address_or_cidr)
-        v, f, la = self._range
+        v, f, la = _span(self.cidr)
         return version == v and first >= f and last <= la
 
     def describe(self) -> str:
