@@ -638,16 +638,18 @@ class CniHandler:
     async def _delete_wep(self, key: str, container_id: str, known: KV | None = None) -> bool:
         """Delete the endpoint at ``key`` if it still belongs to ``container_id``.
 
-        ``known``: the endpoint's KV as just read (saves a read; the delete compares its
-        revision, so a change since is noticed and decided again)."""
+        ``known``: the endpoint's KV as just read or written, already found to belong to
+        ``container_id`` (saves a read and a decode; the delete compares its revision, so
+        a change since is noticed and decided again)."""
         self._written.pop(key, None)
         for attempt in range(5):
             kv = known if attempt == 0 and known is not None else await self.ds.get(key)
             if kv is None:
                 return False
-            w = _decode_wep(kv.key, kv.value)
-            if w is not None and w.spec.container_id != container_id:
-                return False  # a newer container of the same pod owns it now
+            if kv is not known:
+                w = _decode_wep(kv.key, kv.value)
+                if w is not None and w.spec.container_id != container_id:
+                    return False  # a newer container of the same pod owns it now
             try:
                 return await self.ds.delete(key, mod_revision=kv.mod_revision)
             except ConflictError:
