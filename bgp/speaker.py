@@ -21,13 +21,22 @@ Lifecycle and failure modes:
 - A crashed ExaBGP is restarted (backoff 1 s → 10 s); peers' routes are then held for the
   graceful-restart time (or dropped when GR is off) until the new sessions send End-of-RIB.
 - ``set_config`` writes the file and signals SIGUSR1 (ExaBGP's reload) only when the text
-  changed; ExaBGP re-establishes only neighbours whose definition changed.
+  changed; ExaBGP re-establishes only neighbours whose definition changed. The signal
+  waits until ExaBGP has its handler installed (``SigCgt``): a config change in the first
+  few hundred ms after a start would otherwise kill it (SIGUSR1's default action). A
+  change while ExaBGP is down, waiting for its restart, starts it; the restart then finds
+  it running and starts no second one.
 - End-of-RIB is ours to send (``manual-eor true`` in every neighbour): a freshly started
   ExaBGP would otherwise send it as soon as a session is up, before the relay has
   attached and we have re-announced, and a graceful-restart peer would flush our stale
   routes and re-add them a few ms later (pings lost). We send ``neighbor X announce eor
   ipv4 unicast`` on every "up" of X, after our announcements (ExaBGP sends queued routes
   before a queued EOR). A replayed "up" (agent restart) sends a redundant EOR: harmless.
+- ExaBGP gives an API route only to the neighbours it has when the command comes, and
+  keeps none while it has no neighbour: a neighbour added later (the first node of a
+  cluster, a node joining, a new BGPPeer) would never get our blocks. So every "up"
+  re-sends all our announcements before the EOR (the neighbours that have them drop the
+  repeats), and nothing is sent for all neighbours while there is none.
 - What peers may make us hold is bounded (`bgp.rib`: only inside the pools, at most the
   peer's max-prefix limit: `NeighborSpec.max_prefixes`, else this speaker's
   ``max_prefixes``). ``set_neighbors`` applies a changed limit to the import table
@@ -58,6 +67,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path as FsPath
@@ -71,6 +81,9 @@ log = logging.getLogger(__name__)
 Learned = dict[str, tuple[str, ...]]
 
 STATE_NAMES = {"up": "Established", "connected": "Connect", "down": "Idle"}
+# What ExaBGP logs when it reloads its config, and how long after the signal we look.
+RELOAD_LOG_LINE = b"performing reload of exabgp"
+RELOAD_SEEN_WITHIN = 2.0
 
 
 def relay_command(socket_path: str, python: str = sys.executable) -> list[str]:
@@ -124,14 +137,26 @@ class BgpSpeaker:
         self.in_sync = False  # import table complete after the last attach
         self.pid: int | None = None
         self.restarts = 0
+        self.reloads_repeated = 0
         self._proc: subprocess.Popen[bytes] | None = None
         self._server: asyncio.AbstractServer | None = None
         self._writer: asyncio.StreamWriter | None = None
+        # Commands sent and not yet answered: ExaBGP acks each one, in order, with
+        # "done" or "error", so an error names its command.
+        self._unanswered: deque[str] = deque(maxlen=10_000)
         self._tasks: list[asyncio.Task[Any]] = []
         self._emit_scheduled = False
         self._stopping = False
         self._attach_time = 0.0
         self._text: str | None = None
+        # A config change that ExaBGP could not be told of yet (it does not handle SIGUSR1
+        # until it has set up, and the signal's default action kills it).
+        self._reload_pending = False
+        # A reload signalled and not yet seen in ExaBGP's log: (log size before the
+        # signal, when to look). ExaBGP drops a reload that comes while updates are
+        # still queued for a peer (its loop re-arms the signal before it checks), so
+        # one not seen is signalled again.
+        self._reload_unseen: tuple[int, float] | None = None
 
     # -- process supervision -------------------------------------------------------------
 
@@ -167,6 +192,9 @@ class BgpSpeaker:
             "exabgp.daemon.drop": "false",
             "exabgp.daemon.daemonize": "false",
             "exabgp.log.destination": "stdout",
+            # RELOAD_LOG_LINE is an INFO line of the "configuration" topic
+            "exabgp.log.level": "INFO",
+            "exabgp.log.configuration": "true",
             "exabgp.api.pipename": f"l3fabric-{self.node}-{os.getpid()}",
         })
         return env
@@ -180,8 +208,54 @@ class BgpSpeaker:
                                           stdout=logf, stderr=subprocess.STDOUT,
                                           start_new_session=True, cwd=self.workdir)
         self.pid = self._proc.pid
+        self._reload_pending = False  # it reads the config as it is now
+        self._reload_unseen = None
         self.pid_path.write_text(f"{self.pid}\n")
         log.info("started exabgp pid %d for node %s", self.pid, self.node)
+
+    def _handles_reload(self, pid: int) -> bool:
+        """Whether ``pid`` has its SIGUSR1 handler installed (``SigCgt`` in its status)."""
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("SigCgt:"):
+                        return bool(int(line.split()[1], 16) >> (signal.SIGUSR1 - 1) & 1)
+        except (OSError, ValueError, IndexError):
+            pass
+        return False
+
+    def _reload(self) -> None:
+        """SIGUSR1 (ExaBGP's reload) now, or once ExaBGP handles it (`_supervise`)."""
+        if self.pid is not None and self._handles_reload(self.pid):
+            log.info("exabgp config changed: reloading (SIGUSR1)")
+            self._reload_unseen = (self._log_size(), self.now() + RELOAD_SEEN_WITHIN)
+            os.kill(self.pid, signal.SIGUSR1)
+            self._reload_pending = False
+        else:
+            self._reload_pending = True
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def _check_reload_seen(self, now: float) -> None:
+        """Signal again a reload that ExaBGP's log does not show (see `_reload_unseen`)."""
+        if self._reload_unseen is None or now < self._reload_unseen[1]:
+            return
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._reload_unseen[0])
+                seen = RELOAD_LOG_LINE in f.read()
+        except OSError:
+            seen = False
+        self._reload_unseen = None
+        if not seen:
+            log.warning("exabgp dropped the reload of its config (it does while updates "
+                        "are queued): signalling it again")
+            self.reloads_repeated += 1
+            self._reload()
 
     def running(self) -> bool:
         if self._proc is not None:
@@ -198,6 +272,11 @@ class BgpSpeaker:
             if (not self.in_sync and self.attached.is_set()
                     and now - self._attach_time > self.sync_timeout):
                 self._mark_in_sync("timeout")
+            if self.running():
+                if self._reload_pending:
+                    self._reload()
+                else:
+                    self._check_reload_seen(now)
             if self._text is None or self.running():
                 continue
             if self.pid is not None:
@@ -209,7 +288,9 @@ class BgpSpeaker:
                 await asyncio.sleep(backoff)
                 backoff = min(10.0, backoff * 2)
                 self.restarts += 1
-            if not self._stopping:
+            # set_config may have started one meanwhile: a second could not bind the BGP
+            # port, and the first would run unsupervised.
+            if not self._stopping and not self.running():
                 self._launch()
 
     def _exabgp_gone(self) -> None:
@@ -308,9 +389,8 @@ class BgpSpeaker:
         tmp.write_text(text)
         os.replace(tmp, self.conf_path)
         self._text = text
-        if self.running() and self.pid is not None:
-            log.info("exabgp config changed: reloading (SIGUSR1)")
-            os.kill(self.pid, signal.SIGUSR1)
+        if self.running():
+            self._reload()
         elif not self._stopping and self._server is not None:
             self._launch()
         return True
@@ -322,7 +402,7 @@ class BgpSpeaker:
                 and any(st.state == "Established" for st in self.peers.values()):
             # Paths inside a new pool were never stored (bgp.rib): ask for them again.
             log.info("pools added: asking the peers for a route refresh")
-            self._send(["announce route-refresh ipv4 unicast"])
+            self._send_to_all(["announce route-refresh ipv4 unicast"])
         self._schedule_emit()
 
     # -- exports -------------------------------------------------------------------------
@@ -355,16 +435,24 @@ class BgpSpeaker:
             if self.announced.get(p) != line:
                 lines.append(line)
                 self.announced[p] = line
-        self._send(lines)
+        self._send_to_all(lines)
         if self._writer is not None:
             with contextlib.suppress(ConnectionError):
                 await self._writer.drain()
+
+    def _send_to_all(self, lines: list[str]) -> None:
+        """Commands for every neighbour: none while there is none (ExaBGP would answer
+        each with an error). Announcements are kept in ``announced`` all the same, and
+        sent to each neighbour when its session comes up."""
+        if self.neighbors:
+            self._send(lines)
 
     def _send(self, lines: list[str]) -> None:
         if not lines or self._writer is None:
             return
         try:
             self._writer.write("".join(line + "\n" for line in lines).encode())
+            self._unanswered.extend(lines)
         except (ConnectionError, RuntimeError):
             self._writer = None
 
@@ -389,6 +477,7 @@ class BgpSpeaker:
             writer.close()
             return
         self._writer = writer
+        self._unanswered.clear()
         self._on_hello(hello)
         await self._sync_exports()
         self.attached.set()
@@ -428,7 +517,7 @@ class BgpSpeaker:
             st.refresh_pending = st.state == "Established"
         # Peers without enhanced route refresh would send no End-of-RIB: the sync timeout
         # covers them.
-        self._send(["announce route-refresh ipv4 unicast"])
+        self._send_to_all(["announce route-refresh ipv4 unicast"])
 
     def _mark_in_sync(self, why: str) -> None:
         if not self.in_sync:
@@ -443,8 +532,11 @@ class BgpSpeaker:
 
     def _on_line(self, raw: bytes) -> None:
         if not raw.startswith(b"{"):
-            if raw.strip() == b"error":
-                log.warning("exabgp rejected a command")
+            ack = raw.strip()
+            if ack in (b"done", b"error"):
+                cmd = self._unanswered.popleft() if self._unanswered else "?"
+                if ack == b"error":
+                    log.warning("exabgp rejected the command %r", cmd)
             return
         msg = json.loads(raw)
         kind = msg.get("type")
@@ -465,10 +557,14 @@ class BgpSpeaker:
                 self._check_sync()
                 self._schedule_emit()
             elif nb.get("state") == "up":
-                # manual-eor: our announcements went out before this line was read (the
-                # relay's hello came first, and _sync_exports answered it), so ExaBGP sends
-                # them, then this End-of-RIB.
-                self._send([f"neighbor {peer} announce eor ipv4 unicast"])
+                # manual-eor: the End-of-RIB follows our announcements. ExaBGP gives a
+                # route from the API only to the neighbours configured when the command
+                # came (and rejects it when there is none): a neighbour added since (a
+                # node joining, a new BGPPeer, a changed definition) has none of our
+                # routes. So every "up" sends them all again; peers that have them drop
+                # the repeats (ExaBGP's adj-rib-out cache), then this End-of-RIB.
+                self._send([*sorted(self.announced.values()),
+                            f"neighbor {peer} announce eor ipv4 unicast"])
                 # A fresh session sends its table and End-of-RIB (no refresh needed).
                 st.refresh_pending = not self.in_sync
                 self._schedule_reflect()

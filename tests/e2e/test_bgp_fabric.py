@@ -64,6 +64,17 @@ def block_of(node_routes: dict[str, str]) -> str:
     return blocks[0]
 
 
+def wait_all_learn_each_other(fab: Fabric) -> None:
+    """Every node learns every other node's block with its owner's address as next hop
+    (straight from it on the LAN, or kept by a reflector)."""
+    blocks = {n: block_of(fab.nodes[n].routes("80")) for n in fab.nodes}
+    for me in fab.nodes.values():
+        want = {b: f"via {fab.nodes[n].address} " for n, b in blocks.items() if n != me.name}
+        wait_for(lambda m=me, w=want: all(  # type: ignore[misc]
+            m.routes("81").get(b, "").startswith(v) for b, v in w.items()), 30,
+            f"{me.name} learns {want}", 0.1, fab.diagnostics)
+
+
 # -- two racks, AS per rack -------------------------------------------------------------
 
 
@@ -232,15 +243,31 @@ def test_full_mesh_three_nodes(fabric: Fabric) -> None:
     fab.pool("p", "10.244.0.0/16")
     fab.start_agents()
     pods = [fab.add_pod(f"n{i}", f"p{i}") for i in (1, 2, 3)]
-    blocks = {n: block_of(fab.nodes[n].routes("80")) for n in ("n1", "n2", "n3")}
-    # Each node learns the two other blocks straight from their owners (next hop on the LAN).
+    wait_all_learn_each_other(fab)
     for me in fab.nodes.values():
-        want = {b: f"via {fab.nodes[n].address} " for n, b in blocks.items() if n != me.name}
-        wait_for(lambda m=me, w=want: all(  # type: ignore[misc]
-            m.routes("81").get(b, "").startswith(v) for b, v in w.items()), 30,
-            f"{me.name} learns {want}", 0.1, fab.diagnostics)
         status = fab.get(f"status/nodes/{me.name}")
         assert sorted(p["type"] for p in status["status"]["bgp"]["peers"]) == ["node-mesh"] * 2
+    assert_all_reach(fab, pods)
+
+
+def test_nodes_joining_later_learn_the_blocks_announced_before_them(fabric: Fabric) -> None:
+    """A cluster grows: n1 starts alone and claims its block with no BGP neighbour at all,
+    then n2 joins, then n3. ExaBGP gives an API route only to the neighbours it has when
+    the command comes, so the joiners once never learned the blocks announced before
+    them (n2 had no route to n1's pod, n3 none to n1's or n2's)."""
+    fab = fabric
+    lan(fab, 3)
+    fab.pool("p", "10.244.0.0/16")
+    joiners = {n: fab.nodes[n] for n in ("n2", "n3")}
+    for n in joiners:
+        fab.delete(f"nodes/{n}")
+    fab.start_agents(["n1"])
+    pods = [fab.add_pod("n1", "p1")]
+    for name, old in joiners.items():
+        fab.add_node(name, old.ns, old.ip)  # the operator adds the node as it joins
+        fab.start_agents([name])
+        pods.append(fab.add_pod(name, f"p{name[1]}"))
+    wait_all_learn_each_other(fab)
     assert_all_reach(fab, pods)
 
 
@@ -250,14 +277,9 @@ def test_route_reflector_four_nodes(fabric: Fabric) -> None:
     fab.pool("p", "10.244.0.0/16")
     fab.start_agents()
     pods = [fab.add_pod(f"n{i}", f"p{i}") for i in (1, 2, 3, 4)]
-    blocks = {n: block_of(fab.nodes[n].routes("80")) for n in fab.nodes}
     # Clients peer only with the reflector, yet learn every block with the owner's address
     # as next hop (the reflector keeps it).
-    for me in fab.nodes.values():
-        want = {b: f"via {fab.nodes[n].address} " for n, b in blocks.items() if n != me.name}
-        wait_for(lambda m=me, w=want: all(  # type: ignore[misc]
-            m.routes("81").get(b, "").startswith(v) for b, v in w.items()), 30,
-            f"{me.name} learns {want}", 0.1, fab.diagnostics)
+    wait_all_learn_each_other(fab)
     for name in ("n2", "n3", "n4"):
         peers = fab.get(f"status/nodes/{name}")["status"]["bgp"]["peers"]
         assert [(p["peerIP"], p["type"]) for p in peers] == [("10.0.0.1", "rr")], peers

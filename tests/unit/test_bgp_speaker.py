@@ -9,8 +9,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import logging
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from bgp.config import NeighborSpec
 from bgp.glue import BgpController
@@ -26,6 +32,9 @@ class Lines:
 
     def write(self, data: bytes) -> None:
         self.sent += data.decode().splitlines()
+
+    async def drain(self) -> None:
+        pass
 
 
 def speaker(tmp_path: Path, **kw: Any) -> tuple[BgpSpeaker, Lines]:
@@ -46,14 +55,45 @@ def event(**nb: Any) -> bytes:
 
 def test_end_of_rib_is_sent_when_the_session_comes_up(tmp_path: Path) -> None:
     sp, w = speaker(tmp_path)
-    sp.exports = {"10.244.1.0/26"}
-    w.sent += [sp._announce_line("10.244.1.0/26")]  # what _sync_exports wrote at attach
+    asyncio.run(sp.set_exports({"10.244.1.0/26"}))
+    assert w.sent == ["announce route 10.244.1.0/26 next-hop self"]
     sp._on_line(event(state="up"))
-    assert w.sent == ["announce route 10.244.1.0/26 next-hop self",
-                      f"neighbor {PEER} announce eor ipv4 unicast"]
+    # The exports again (a neighbour configured after they went out has none of them;
+    # one that has them drops the repeat), then the End-of-RIB.
+    assert w.sent[1:] == ["announce route 10.244.1.0/26 next-hop self",
+                          f"neighbor {PEER} announce eor ipv4 unicast"]
     assert sp.peer_status()[0]["state"] == "Established"
     sp._on_line(event(state="down"))
-    assert w.sent[-1].endswith("announce eor ipv4 unicast") and len(w.sent) == 2
+    assert len(w.sent) == 3
+
+
+def test_exports_wait_for_a_neighbour_and_reach_it_when_it_comes_up(tmp_path: Path) -> None:
+    """The first node of a cluster claims its block before it has any BGP neighbour:
+    ExaBGP would reject the announcement (and forget it), so nothing is sent; the block
+    goes out when the neighbour added later comes up."""
+    sp, w = speaker(tmp_path)
+    sp.neighbors, sp.peers = {}, {}
+    asyncio.run(sp.set_exports({"10.244.1.0/26", "10.244.9.7/32"}))
+    sp.set_filter(["10.244.0.0/16", "10.245.0.0/16"], ["10.244.1.0/26"])
+    assert w.sent == []
+    assert set(sp.announced) == {"10.244.1.0/26", "10.244.9.7/32"}
+    sp.neighbors = {PEER: NeighborSpec(PEER, 65000, 65001, "10.99.1.1", "10.99.1.1", "node")}
+    sp.peers = {PEER: _PeerState(0)}
+    sp._on_line(event(state="up"))
+    assert w.sent == ["announce route 10.244.1.0/26 next-hop self",
+                      "announce route 10.244.9.7/32 next-hop self",
+                      f"neighbor {PEER} announce eor ipv4 unicast"]
+
+
+def test_a_rejected_command_is_named_in_the_log(tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    sp, _ = speaker(tmp_path)
+    asyncio.run(sp.set_exports({"10.244.1.0/26", "10.244.2.0/26"}))
+    with caplog.at_level(logging.WARNING, logger="bgp.speaker"):
+        sp._on_line(b"done\n")
+        sp._on_line(b"error\n")
+    assert "'announce route 10.244.2.0/26 next-hop self'" in caplog.text
+    assert "10.244.1.0/26" not in caplog.text
 
 
 def test_peer_at_max_prefix_shows_it(tmp_path: Path) -> None:
@@ -125,3 +165,101 @@ def test_metrics_show_each_peers_limit_beside_the_drops(tmp_path: Path) -> None:
     text = metrics.render().decode()
     assert f'l3fabric_bgp_max_prefixes{{peer="{PEER}"}} 2.0' in text
     assert f'l3fabric_bgp_prefixes_dropped{{peer="{PEER}"}} 3.0' in text
+
+
+# A stand-in for ExaBGP's signal handling: its SIGUSR1 handler comes only after a start-up
+# delay (before it, the signal's default action kills the process), and the first reload
+# is dropped as ExaBGP drops one while updates are queued; the log is its stdout.
+STAND_IN = """
+import signal, sys, time
+time.sleep(0.5)
+reloads = 0
+def usr1(*_):
+    global reloads
+    reloads += 1
+    print("dropped" if reloads == 1 else "configuration   performing reload of exabgp 5",
+          flush=True)
+signal.signal(signal.SIGUSR1, usr1)
+print("ready", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_a_reload_waits_for_the_handler_and_a_dropped_one_is_signalled_again(
+        tmp_path: Path) -> None:
+    exe = tmp_path / "exabgp"
+    exe.write_text(f"#!{sys.executable}\n{STAND_IN}")
+    exe.chmod(0o755)
+    clock = [0.0]
+    sp = BgpSpeaker("n1", netns=None, socket_path=str(tmp_path / "s.sock"),
+                    workdir=tmp_path, exabgp_bin=str(exe), now=lambda: clock[0])
+    sp._launch()
+    try:
+        sp._reload()  # too early: it would have killed the process
+        assert sp._reload_pending and sp.running()
+
+        def log() -> str:
+            return sp.log_path.read_text()
+
+        deadline = time.monotonic() + 10
+        while "ready" not in log():
+            assert time.monotonic() < deadline and sp.running()
+            time.sleep(0.05)
+        sp._reload()  # what _supervise does while a reload is pending
+        assert not sp._reload_pending
+        time.sleep(0.3)
+        assert log().splitlines()[-1] == "dropped"
+        sp._check_reload_seen(clock[0] + 1)  # too soon to tell
+        assert sp.reloads_repeated == 0
+        clock[0] += 5
+        sp._check_reload_seen(clock[0])  # not in the log: signalled again
+        assert sp.reloads_repeated == 1
+        time.sleep(0.3)
+        clock[0] += 5
+        sp._check_reload_seen(clock[0])
+        assert sp.reloads_repeated == 1 and sp._reload_unseen is None
+        assert log().count("performing reload") == 1 and sp.running()
+    finally:
+        assert sp._proc is not None
+        sp._proc.kill()
+        sp._proc.wait()
+
+
+def test_a_config_change_during_the_restart_backoff_starts_exabgp_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """ExaBGP died and waits for its restart; a config change meanwhile starts it. The
+    restart must then find it running: a second one could not bind the BGP port, would
+    die in a loop, and the first would run unsupervised."""
+    exe = tmp_path / "exabgp"
+    exe.write_text(f"#!{sys.executable}\nimport time\ntime.sleep(60)\n")
+    exe.chmod(0o755)
+    sp = BgpSpeaker("n1", netns=None, socket_path=str(tmp_path / "s.sock"),
+                    workdir=tmp_path, exabgp_bin=str(exe))
+    sp._text = "config"
+    procs: list[subprocess.Popen[bytes]] = []
+
+    async def scenario() -> None:
+        sp._launch()
+        assert sp._proc is not None
+        procs.append(sp._proc)
+        sp._proc.kill()
+        task = asyncio.create_task(sp._supervise())
+        while sp.pid is not None:  # the supervisor saw it die: now in its 1 s backoff
+            await asyncio.sleep(0.05)
+        sp._launch()  # what set_config does when ExaBGP is not running
+        assert sp._proc is not None
+        procs.append(sp._proc)
+        await asyncio.sleep(1.6)
+        sp._stopping = True
+        await task
+
+    with caplog.at_level(logging.INFO, logger="bgp.speaker"):
+        try:
+            asyncio.run(scenario())
+        finally:
+            for p in procs + ([sp._proc] if sp._proc else []):
+                p.kill()
+                p.wait()
+    assert caplog.text.count("started exabgp") == 2
+    assert sp._proc is procs[1] and sp.restarts == 1
