@@ -483,8 +483,11 @@ class IpamClient:
                 continue
             block_addresses = 1 << ((32 if pool.version == 4 else 128) - pool.block_size)
 
-            def skip(c: str, size: int = block_addresses) -> bool:
-                return c in existing or len(self._reserved(c, inputs)) >= size
+            taken = overlaps_existing(existing, pool.block_size, pool.version)
+
+            def skip(c: str, size: int = block_addresses,
+                     taken: Callable[[str], bool] = taken) -> bool:
+                return taken(c) or len(self._reserved(c, inputs)) >= size
             if await self._claim_fresh(pool, skip, existing):
                 if ahead:
                     self.stats.claims_ahead += 1
@@ -862,10 +865,25 @@ class IpamClient:
             if kv is None:
                 kv = await self._get(keys.ipam_block(cidr))
                 if kv is None:
-                    # Nobody owns this block yet: claim it for this node.
-                    async with self._claim_lock:
-                        await self._claim(cidr)
-                    continue
+                    # A block of another size may hold it (the pool's blockSize changed
+                    # while blocks existed): use that one, never one overlapping it.
+                    existing = set(await self._block_cidrs())
+                    ip = netaddr.IPAddress(address)
+                    holder = next((c for c in existing
+                                   if c != cidr and ip in netaddr.IPNetwork(c)), None)
+                    if holder is None:
+                        if overlaps_existing(existing, pool.block_size, pool.version)(cidr):
+                            raise IpamError(
+                                f"{address}: its block {cidr} (blockSize "
+                                f"{pool.block_size} of pool {pool.name}) would overlap "
+                                f"blocks of another size; request an address inside one")
+                        # Nobody owns this block yet: claim it for this node.
+                        async with self._claim_lock:
+                            await self._claim(cidr)
+                        continue
+                    cidr, kv = holder, await self._get(keys.ipam_block(holder))
+                    if kv is None:
+                        continue  # deleted meanwhile: decide again
                 self._remember(kv, cidr)
             shared = self._block(cidr, kv)
             if shared is None:
@@ -1040,6 +1058,35 @@ class IpamClient:
     async def release_node(self, node: str) -> NodeRelease:
         return await self._retrying(f"releasing node {node}",
                                     lambda: release_node(self._ds, node, now=self._now))
+
+
+def overlaps_existing(existing: set[str], block_size: int,
+                      version: int) -> Callable[[str], bool]:
+    """Whether a block cidr of ``block_size`` and ``version`` overlaps a block in ``existing``
+    (read at each call, so cidrs added later of the same size count).
+
+    Blocks of another size exist when a pool's blockSize was changed while it had blocks
+    (etcd takes any valid value); a block overlapping them would hand out their addresses
+    a second time. Without such blocks this is a set lookup."""
+    bigger: set[int] = set()  # prefix lengths of existing blocks that may contain one
+    inside: set[str] = set()  # candidates that contain an existing smaller block
+    for c in existing:
+        net, _, plen = c.rpartition("/")
+        if (":" in net) != (version == 6) or int(plen) == block_size:
+            continue
+        if int(plen) < block_size:
+            bigger.add(int(plen))
+        else:
+            inside.add(str(netaddr.IPNetwork(f"{net}/{block_size}").cidr))
+    if not bigger and not inside:
+        return existing.__contains__
+
+    def overlaps(cidr: str) -> bool:
+        if cidr in existing or cidr in inside:
+            return True
+        net = cidr.rpartition("/")[0]
+        return any(str(netaddr.IPNetwork(f"{net}/{p}").cidr) in existing for p in bigger)
+    return overlaps
 
 
 @dataclass(frozen=True)

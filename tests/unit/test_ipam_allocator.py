@@ -3,6 +3,9 @@ strict affinity, requested addresses, reservations, pools, release, node removal
 
 from __future__ import annotations
 
+import itertools
+
+import netaddr
 import pytest
 
 from datastore import keys
@@ -320,3 +323,23 @@ async def test_an_address_freed_in_a_full_block_is_handed_out_before_later_block
     (y,) = await a.auto_assign("y", namespace="ns", pod="y")
     (z,) = await a.auto_assign("z", namespace="ns", pod="z")
     assert (y.address, z.address) == ("10.0.0.6", "10.0.0.9")
+
+
+@pytest.mark.parametrize(("before", "after"), [(30, 29), (29, 30)])
+async def test_a_pools_block_size_changed_in_use_never_makes_overlapping_blocks(
+        before: int, after: int) -> None:
+    """An IPPool's blockSize rewritten while its blocks exist (etcdctl accepts it): blocks
+    of the new size must not overlap the old ones, or two blocks (two nodes) hand out the
+    same address. Claims skip every candidate that overlaps an existing block, and a
+    requested address is looked up in the block that holds it, whatever its size."""
+    ds = FakeDatastore()
+    (a, b) = await setup(ds, size=before)
+    (held,) = await a.auto_assign("ha", namespace="ns", pod="a")
+    await put_pool(ds, "p", "10.0.0.0/28", after)
+    with pytest.raises(AddressInUseError):
+        await b.assign_ip(held.address, "hb", namespace="ns", pod="b")
+    got = [(await b.auto_assign(f"h{i}", namespace="ns", pod=f"b{i}"))[0] for i in range(3)]
+    assert held.address not in {g.address for g in got}
+    spans = sorted((int(n.first), int(n.last)) for n in
+                   (netaddr.IPNetwork(c) for c in await a._block_cidrs()))
+    assert all(x[1] < y[0] for x, y in itertools.pairwise(spans)), spans
