@@ -135,7 +135,7 @@ class Agent:
         self.routes: RouteManager = RouteManager(_Unopened())
         self.policy: PolicyManager | None = None  # made in the netlink thread by run()
         self._synced = asyncio.Event()
-        self._gen = 0  # bumped on every datastore event
+        self._gen = 0  # bumped on every datastore event and endpoint the handler reports
         self._inputs: IpamInputs | None = None
         self._inputs_gen = -1
         self.syncer: Syncer[Any] = Syncer(self.ds, keys.PREFIX, calc.decode_value,
@@ -186,6 +186,7 @@ class Agent:
         except TimeoutError:
             raise RuntimeError("the datastore snapshot is not complete yet") from None
         self._overlay[key] = wep
+        self._gen += 1  # IPAM's inputs: the addresses in use changed
         for net in wep.spec.ip_networks:  # desired through the endpoint from now on
             self._wiring.pop(str(net), None)
         await self.apply()
@@ -211,6 +212,7 @@ class Agent:
 
     async def endpoint_removed(self, key: str) -> None:
         self._overlay[key] = None
+        self._gen += 1
         await self.apply()
 
     # -- dataplane -----------------------------------------------------------------------
@@ -451,7 +453,7 @@ class Agent:
         except TimeoutError:
             raise UnavailableError("the datastore snapshot is not complete yet") from None
         if self._inputs_gen != self._gen or self._inputs is None:
-            self._inputs = calc.ipam_inputs(self.node, self.syncer.current)
+            self._inputs = calc.ipam_inputs(self.node, self.syncer.current, self._overlay)
             self._inputs_gen = self._gen
         return self._inputs
 

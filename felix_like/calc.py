@@ -91,20 +91,32 @@ def desired_routes(node: str, state: Mapping[str, Any],
                          confirmed_blocks(node, state), learned or {})
 
 
-def ipam_inputs(node: str, state: Mapping[str, Any]) -> IpamInputs:
+def ipam_inputs(node: str, state: Mapping[str, Any],
+                overlay: Mapping[str, model.WorkloadEndpoint | None] | None = None
+                ) -> IpamInputs:
     """What IPAM decides with, from the mirror's last good values (a pool overwritten with
-    garbage stays usable as it was)."""
+    garbage stays usable as it was). ``overlay``: endpoints the CNI handler reported
+    before the watch did (None: removed); with the mirror's, their addresses are in use."""
     pools = []
     reservations: list[str] = []
+    in_use: set[str] = set()
     config = IpamConfig()
     labels: dict[str, str] = {}
     pools_prefix = keys.full(keys.IPPOOLS)
     res_prefix = keys.full(keys.IPAM_RESERVATIONS)
+    weps_prefix = keys.full(keys.WORKLOADS)
+    overlay = overlay or {}
     for k, v in state.items():
-        if k.startswith(pools_prefix) and isinstance(v, model.IPPool):
+        if k.startswith(weps_prefix):
+            if isinstance(v, model.WorkloadEndpoint) and k not in overlay:
+                in_use.update(_addresses(v))
+        elif k.startswith(pools_prefix) and isinstance(v, model.IPPool):
             pools.append(pool_spec(v))
         elif k.startswith(res_prefix) and isinstance(v, model.IPReservation):
             reservations.extend(str(c) for c in v.spec.reserved_cidrs)
+    for w in overlay.values():
+        if w is not None:
+            in_use.update(_addresses(w))
     cfg = state.get(keys.full(keys.IPAM_CONFIG))
     if isinstance(cfg, model.IPAMConfig):
         config = IpamConfig(strict_affinity=cfg.spec.strict_affinity,
@@ -114,4 +126,9 @@ def ipam_inputs(node: str, state: Mapping[str, Any]) -> IpamInputs:
     if isinstance(me, model.Node):
         labels = dict(me.metadata.labels)
     return IpamInputs(pools=tuple(sorted(pools, key=lambda p: p.name)), config=config,
-                      reservations=tuple(sorted(reservations)), node_labels=labels)
+                      reservations=tuple(sorted(reservations)), node_labels=labels,
+                      in_use=frozenset(in_use))
+
+
+def _addresses(wep: model.WorkloadEndpoint) -> Iterable[str]:
+    return (str(n.network_address) for n in wep.spec.ip_networks)

@@ -592,8 +592,10 @@ class IpamClient:
         now, cooldown = self._now(), inputs.config.release_cooldown
         for cidr, kv in self._eligible(blocks, inputs, version):
             blk = plan.blocks[cidr][1] if cidr in plan.blocks else self._block(cidr, kv)
-            if blk is not None and blk.free_ordinals(now=now, cooldown=cooldown,
-                                 reserved=self._reserved(cidr, inputs)):
+            if blk is not None and any(
+                    blk.address(o) not in inputs.in_use
+                    for o in blk.free_ordinals(now=now, cooldown=cooldown,
+                                               reserved=self._reserved(cidr, inputs))):
                 return True
         return False
 
@@ -660,14 +662,23 @@ class IpamClient:
             if taken >= n:
                 break
             if cidr in plan.blocks:
-                blk = plan.blocks[cidr][1]
+                base = plan.blocks[cidr][1]
             else:
                 shared = self._block(cidr, kv)
                 if shared is None or not shared.unallocated:
                     continue
-                blk = shared.copy()
-            ords = blk.assign(n - taken, attrs, now=now, cooldown=cooldown,
-                              reserved=self._reserved(cidr, inputs))
+                base = shared
+            reserved = self._reserved(cidr, inputs)
+            while True:
+                blk = base.copy()
+                ords = blk.assign(n - taken, attrs, now=now, cooldown=cooldown,
+                                  reserved=reserved)
+                # Free in the block but still a workload's (released by an operator while
+                # its pod runs): pick again without them.
+                clash = frozenset(o for o in ords if blk.address(o) in inputs.in_use)
+                if not clash:
+                    break
+                reserved |= clash
             if not ords:
                 continue
             if cooldown > 0:
@@ -891,6 +902,10 @@ class IpamClient:
             blk = shared.copy()
             o = blk.ordinal(address)
             held = blk.attrs(o)
+            if held is None and address in inputs.in_use:
+                raise AddressInUseError(
+                    f"{address} is in use by a workload endpoint (free in block {cidr}: "
+                    f"released while its pod runs?)")
             if held is not None:
                 if held.handle == handle:
                     return self._assignments(handle, [HandleEntry(

@@ -72,6 +72,9 @@ class IpamInputs:
     config: IpamConfig = IpamConfig()
     reservations: tuple[str, ...] = ()  # CIDRs never handed out
     node_labels: Mapping[str, str] = field(default_factory=dict)
+    # Addresses WorkloadEndpoints use (the agent's mirror): never handed out, even when
+    # their block says free (`fabricctl ipam release` of a running pod's address).
+    in_use: frozenset[str] = frozenset()
     _pool_cache: dict[str, PoolSpec | None] = field(default_factory=dict, compare=False,
                                                     repr=False, hash=False)
 

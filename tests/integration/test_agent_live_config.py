@@ -15,9 +15,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from helpers.fabric import Fabric, Node
+from helpers.fabric import API, BIN, Fabric, Node
 from integration import test_agent
-from integration.test_agent import POOL, cni, etcdctl
+from integration.test_agent import POOL, cni, cni_result, etcdctl, routes, sh
 
 from datastore.embedded import EmbeddedEtcd
 
@@ -62,3 +62,35 @@ def test_a_pools_block_size_changed_at_run_time_hands_out_no_address_twice(
     blocks = etcdctl(etcd, "get", "--prefix", "--keys-only", "/l3fabric/v1/ipam/blocks/")
     assert blocks.split() == ["/l3fabric/v1/ipam/blocks/10.244.0.0-26"], blocks
 
+
+def test_an_address_released_by_the_operator_is_not_handed_out_while_its_pod_lives(
+        node: Node, netns: Callable[[str], str], etcd: EmbeddedEtcd) -> None:
+    """``fabricctl ipam release`` frees a running pod's address in its block; the agent
+    must still not hand it to another pod while a WorkloadEndpoint uses it (it did: the
+    ADD that reached it failed "already routed on this node", and another node would have
+    borrowed it). One block, all but .0-.2 reserved: after .0 (pod a's) is released, the
+    next pods get .2 and then "no free address"; pod a's DEL succeeds and leaves the
+    others' routes alone, and then .0 is handed out again."""
+    put(etcd, "ipam/config", {"apiVersion": API, "kind": "IPAMConfig",
+                              "metadata": {"name": "default"},
+                              "spec": {"strictAffinity": True, "maxBlocksPerHost": 1}})
+    put(etcd, "ipam/reservations/r1", {
+        "apiVersion": API, "kind": "IPReservation", "metadata": {"name": "r1"},
+        "spec": {"reservedCIDRs": ["10.244.0.3/32", "10.244.0.4/30", "10.244.0.8/29",
+                                   "10.244.0.16/28", "10.244.0.32/27"]}})
+    pods = {p: netns(p) for p in "abcd"}
+    assert address(cni(node, "ADD", "ca", pods["a"], "a")) == "10.244.0.0"
+    assert address(cni(node, "ADD", "cb", pods["b"], "b")) == "10.244.0.1"
+    out = sh(str(BIN / "fabricctl"), "--etcd-endpoints", etcd.endpoint, "ipam", "release",
+             "10.244.0.0")
+    assert "released 10.244.0.0" in out
+    assert address(cni(node, "ADD", "cc", pods["c"], "c")) == "10.244.0.2"
+    code, answer = cni_result(node, "ADD", "cd", pods["d"], "d")
+    assert code == 1 and json.loads(answer)["code"] == 100, answer
+
+    cni(node, "DEL", "ca", pods["a"], "a")
+    pod_routes = [r.split()[0] for r in routes(node.ns) if " dev fab" in r]
+    assert pod_routes == ["10.244.0.1", "10.244.0.2"], pod_routes
+    assert address(cni(node, "ADD", "cd", pods["d"], "d")) == "10.244.0.0"
+    held = etcdctl(etcd, "get", "--prefix", "--keys-only", "/l3fabric/v1/ipam/handles/")
+    assert held.split() == [f"/l3fabric/v1/ipam/handles/l3net.c{p}.eth0" for p in "bcd"], held

@@ -102,3 +102,15 @@ async def test_applies_queued_behind_a_running_one_share_the_next(tmp_path: Path
     assert [type(g).__name__ for g in got] == ["NoneType", "RuntimeError", "NoneType",
                                                 "NoneType"]
     assert runs == [base + 1, base + 4, base + 4]
+
+
+def test_ipam_inputs_hold_every_endpoints_addresses_with_the_overlays() -> None:
+    """Addresses of WorkloadEndpoints (any node) are in use for IPAM; an endpoint the CNI
+    handler reported removed no longer counts, one it reported added does."""
+    st = dict([wep("n1", "default", "a", "10.0.0.1/32", "fab1"),
+               wep("n2", "default", "b", "10.0.0.2/32", "fab2"),
+               wep("n1", "default", "c", "10.0.0.3/32", "fab3")])
+    added = wep("n1", "default", "d", "10.0.0.4/32", "fab4")
+    overlay = {keys.workload("n1", "default", "c", "eth0"): None, added[0]: added[1]}
+    assert calc.ipam_inputs("n1", st).in_use == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
+    assert calc.ipam_inputs("n1", st, overlay).in_use == {"10.0.0.1", "10.0.0.2", "10.0.0.4"}

@@ -4,6 +4,7 @@ strict affinity, requested addresses, reservations, pools, release, node removal
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import netaddr
 import pytest
@@ -21,6 +22,7 @@ from ipam.model import (
     PoolExhaustedError,
     PoolInUseError,
 )
+from ipam.sources import load_inputs, static_inputs
 from ipam.testing import put_ipam_config, put_nodes, put_pool, put_reservation
 
 
@@ -343,3 +345,21 @@ async def test_a_pools_block_size_changed_in_use_never_makes_overlapping_blocks(
     spans = sorted((int(n.first), int(n.last)) for n in
                    (netaddr.IPNetwork(c) for c in await a._block_cidrs()))
     assert all(x[1] < y[0] for x, y in itertools.pairwise(spans)), spans
+
+
+async def test_an_address_a_workload_uses_is_never_handed_out_though_free_in_its_block(
+        ) -> None:
+    """``IpamInputs.in_use`` (the agent's WorkloadEndpoints): an address released while its
+    pod runs is skipped by automatic assignment and refused when requested."""
+    ds = FakeDatastore()
+    await setup(ds, size=30, nodes=1)
+    inputs = await load_inputs(ds, "n1")
+    a = IpamClient(ds, "n1", inputs=static_inputs(replace(inputs, in_use=frozenset(
+        {"10.0.0.0", "10.0.0.2"}))))
+    got = [(await a.auto_assign(f"h{i}", namespace="ns", pod=f"p{i}"))[0].address
+           for i in range(2)]
+    assert got == ["10.0.0.1", "10.0.0.3"]
+    with pytest.raises(AddressInUseError):
+        await a.assign_ip("10.0.0.2", "hx", namespace="ns", pod="x")
+    (nxt,) = await a.auto_assign("h2", namespace="ns", pod="p2")
+    assert nxt.address == "10.0.0.4"  # a new block, not 10.0.0.0 or 10.0.0.2
