@@ -766,6 +766,7 @@ class IpamClient:
     async def _auto_assign(self, handle: str, namespace: str, pod: str, want: dict[int, int],
                            extra: dict[str, str]) -> list[Assignment]:
         handle_kv = self._handles.get(handle)
+        verified = False  # handle_kv read from etcd by this call
         # Attempts are bounded by count AND time: a block is one CAS unit, so a second
         # allocator writing the same block in a tight loop (two processes of one node) can
         # win many rounds in a row; the loser keeps trying, backing off, for a while.
@@ -808,8 +809,17 @@ class IpamClient:
                     n -= got
                 if n > 0:
                     raise self._exhausted(inputs, version, why)
-            if not plan.blocks:
-                return self._assignments(handle, record.entries)  # already satisfied
+            if not plan.blocks:  # already satisfied, by the record as this client knows it
+                if handle_kv is not None and not verified:
+                    # Another client (fabricctl ipam release, check --fix) may have freed
+                    # its addresses since: read it once before answering from it.
+                    verified = True
+                    fresh = await self._get(keys.ipam_handle(handle))
+                    if fresh is None or fresh.mod_revision != handle_kv.mod_revision:
+                        self._remember_handle(handle, fresh)
+                        handle_kv = fresh
+                        continue
+                return self._assignments(handle, record.entries)
             new_record = HandleRecord(handle, record.entries + tuple(plan.entries))
             hooks.reached("before_alloc_txn")
             ok, handle_kv = await self._commit(plan, handle, handle_kv, new_record,

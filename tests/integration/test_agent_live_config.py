@@ -94,3 +94,19 @@ def test_an_address_released_by_the_operator_is_not_handed_out_while_its_pod_liv
     assert address(cni(node, "ADD", "cd", pods["d"], "d")) == "10.244.0.0"
     held = etcdctl(etcd, "get", "--prefix", "--keys-only", "/l3fabric/v1/ipam/handles/")
     assert held.split() == [f"/l3fabric/v1/ipam/handles/l3net.c{p}.eth0" for p in "bcd"], held
+
+
+def test_an_add_repeated_after_the_operator_released_its_address_holds_what_it_answers(
+        node: Node, netns: Callable[[str], str], etcd: EmbeddedEtcd) -> None:
+    """The agent answers a repeated ADD of one attachment from the IPAM handle it cached;
+    after ``fabricctl ipam release`` emptied that handle, it answered the released
+    address, which nothing held any more. Now the address it answers is in the handle."""
+    pod = netns("a")
+    first = address(cni(node, "ADD", "ca", pod, "a"))
+    sh(str(BIN / "fabricctl"), "--etcd-endpoints", etcd.endpoint, "ipam", "release", first)
+    again = address(cni(node, "ADD", "ca", pod, "a"))
+    record = etcdctl(etcd, "get", "--print-value-only", "/l3fabric/v1/ipam/handles/l3net.ca.eth0")
+    assert record and [e["address"] for e in json.loads(record)["allocations"]] == [again]
+    cni(node, "DEL", "ca", pod, "a")
+    assert etcdctl(etcd, "get", "--prefix", "--keys-only", "/l3fabric/v1/ipam/handles/") == ""
+

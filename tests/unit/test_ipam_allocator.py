@@ -363,3 +363,16 @@ async def test_an_address_a_workload_uses_is_never_handed_out_though_free_in_its
         await a.assign_ip("10.0.0.2", "hx", namespace="ns", pod="x")
     (nxt,) = await a.auto_assign("h2", namespace="ns", pod="p2")
     assert nxt.address == "10.0.0.4"  # a new block, not 10.0.0.0 or 10.0.0.2
+
+
+async def test_a_repeated_assign_after_an_outside_release_holds_what_it_returns() -> None:
+    """`auto_assign` is idempotent per handle from this client's cache of the handle; an
+    operator's release (another client) emptied the handle meanwhile: the repeat must
+    assign again, not return the address the handle no longer holds."""
+    ds = FakeDatastore()
+    (a,) = await setup(ds, size=28, nodes=1)
+    (first,) = await a.auto_assign("h", namespace="ns", pod="p")
+    assert await IpamClient(ds, "n1").release_ips([first.address]) == [first.address]
+    (again,) = await a.auto_assign("h", namespace="ns", pod="p")
+    kv = await ds.get(keys.ipam_handle("h"))
+    assert kv is not None and again.address in kv.value.decode()
