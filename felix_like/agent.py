@@ -342,6 +342,7 @@ class Agent:
             elif isinstance(ev, ConfigError):
                 self.metrics.config_errors.inc()
                 self.config_errors[ev.key] = ev.error
+                self._status_dirty.set()  # NodeStatus lists it now, not at the next tick
                 log.error("config error: %s (last good value kept)", ev.error)
             elif isinstance(ev, ConnectionState):
                 self.metrics.datastore_events.labels("up" if ev.up else "down").inc()

@@ -11,10 +11,12 @@ Fixtures (``netns``, ``etcd``, the ``node`` agent with pool ``p1``) remove every
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from helpers.exabgp import wait_for
 from helpers.fabric import API, BIN, Fabric, Node
 from integration import test_agent
 from integration.test_agent import POOL, cni, cni_result, etcdctl, routes, sh
@@ -110,3 +112,28 @@ def test_an_add_repeated_after_the_operator_released_its_address_holds_what_it_a
     cni(node, "DEL", "ca", pod, "a")
     assert etcdctl(etcd, "get", "--prefix", "--keys-only", "/l3fabric/v1/ipam/handles/") == ""
 
+
+def test_a_malformed_pool_keeps_its_last_good_value_and_is_in_the_node_status_at_once(
+        node: Node, netns: Callable[[str], str], etcd: EmbeddedEtcd) -> None:
+    """A pool overwritten with an invalid value while the agent runs: the agent keeps
+    allocating from its last good value, and its NodeStatus names the key and the
+    problem at once (it waited for the next periodic status write, up to 10 s)."""
+    def status() -> dict[str, Any]:
+        out = etcdctl(etcd, "get", "--print-value-only", "/l3fabric/v1/status/nodes/n1")
+        return dict(json.loads(out)["status"]) if out else {}
+
+    pa, pb = netns("a"), netns("b")
+    assert address(cni(node, "ADD", "ca", pa, "a")) == "10.244.0.0"
+    # The status reports the pod's route: the agent wrote it after the ADD; the writes
+    # that the ADD's watch events cause follow within 0.2 s. Then it writes again only
+    # on a change it reports, or 10 s later.
+    wait_for(lambda: status().get("programmed", {}).get("local") == 1, 20, "status")
+    time.sleep(1)
+    etcdctl(etcd, "put", "/l3fabric/v1/config/ippools/p1",
+            json.dumps({**POOL, "spec": {**POOL["spec"], "blockSize": 99}}))
+    want = ["config/ippools/p1: spec.blockSize: 99 is not between 20 and 32"]
+    wait_for(lambda: status()["errors"] == want, 5, "the error in the NodeStatus", 0.1,
+             lambda: str(status()))
+    assert address(cni(node, "ADD", "cb", pb, "b")) == "10.244.0.1"
+    cni(node, "DEL", "ca", pa, "a")
+    cni(node, "DEL", "cb", pb, "b")
