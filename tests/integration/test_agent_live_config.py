@@ -11,6 +11,7 @@ Fixtures (``netns``, ``etcd``, the ``node`` agent with pool ``p1``) remove every
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,12 +35,13 @@ def address(result: dict[str, Any]) -> str:
     return str(result["ips"][0]["address"].split("/")[0])
 
 
-def add_requesting(fab: Fabric, name: str, ip: str) -> tuple[int, dict[str, Any]]:
-    """ADD of pod ``name`` on n1 asking for ``ip`` (``IP=`` in CNI_ARGS): exit code, answer."""
+def add_requesting(fab: Fabric, name: str, ip: str) -> tuple[int, dict[str, Any], str]:
+    """ADD of pod ``name`` (container ``c-<name>``) on n1 asking for ``ip`` (``IP=`` in
+    CNI_ARGS): exit code, answer, the pod's namespace."""
     pending = fab.spawn_pod("n1", name, ip)
     assert pending.proc.stdout is not None
     out = pending.proc.stdout.read()  # its stdin is closed already
-    return pending.proc.wait(60), json.loads(out)
+    return pending.proc.wait(60), json.loads(out), pending.pod.ns
 
 
 def fabric_of(node: Node, netns: Callable[[str], str], etcd: EmbeddedEtcd,
@@ -58,7 +60,7 @@ def test_a_pools_block_size_changed_at_run_time_hands_out_no_address_twice(
     fab = fabric_of(node, netns, etcd, tmp_path)
     held = address(cni(node, "ADD", "ca", netns("a"), "a"))
     put(etcd, "config/ippools/p1", {**POOL, "spec": {**POOL["spec"], "blockSize": 28}})
-    code, answer = add_requesting(fab, "b", held)
+    code, answer, _ = add_requesting(fab, "b", held)
     assert (code, answer["code"]) == (1, 101), answer
     assert held in answer["details"]
     blocks = etcdctl(etcd, "get", "--prefix", "--keys-only", "/l3fabric/v1/ipam/blocks/")
@@ -137,3 +139,56 @@ def test_a_malformed_pool_keeps_its_last_good_value_and_is_in_the_node_status_at
     assert address(cni(node, "ADD", "cb", pb, "b")) == "10.244.0.1"
     cni(node, "DEL", "ca", pa, "a")
     cni(node, "DEL", "cb", pb, "b")
+
+
+def test_reservations_and_ipam_config_changed_at_run_time_apply_to_the_next_add(
+        node: Node, netns: Callable[[str], str], etcd: EmbeddedEtcd) -> None:
+    """IPReservation and IPAMConfig written, changed and deleted after the node claimed
+    its block: each next ADD follows the configuration as it is then."""
+    def reserve(*cidrs: str) -> None:
+        put(etcd, "ipam/reservations/r1", {"apiVersion": API, "kind": "IPReservation",
+                                           "metadata": {"name": "r1"},
+                                           "spec": {"reservedCIDRs": list(cidrs)}})
+
+    def config(**spec: Any) -> None:
+        put(etcd, "ipam/config", {"apiVersion": API, "kind": "IPAMConfig",
+                                  "metadata": {"name": "default"}, "spec": spec})
+    pods = {p: netns(p) for p in "abcde"}
+    assert address(cni(node, "ADD", "ca", pods["a"], "a")) == "10.244.0.0"
+    reserve("10.244.0.1/32", "10.244.0.2/31")
+    assert address(cni(node, "ADD", "cb", pods["b"], "b")) == "10.244.0.4"
+    reserve("10.244.0.5/32", "10.244.0.6/31", "10.244.0.8/29", "10.244.0.16/28",
+            "10.244.0.32/27")
+    assert address(cni(node, "ADD", "cc", pods["c"], "c")) == "10.244.0.1"
+    etcdctl(etcd, "del", "/l3fabric/v1/ipam/reservations/r1")
+    assert address(cni(node, "ADD", "cd", pods["d"], "d")) == "10.244.0.2"
+    # One block per host and no borrowing; then a cool-down holds a's address back.
+    reserve("10.244.0.3/32", "10.244.0.5/32", "10.244.0.6/31", "10.244.0.8/29",
+            "10.244.0.16/28", "10.244.0.32/27")
+    config(strictAffinity=True, maxBlocksPerHost=1, releaseCooldownSeconds=3600)
+    code, answer = cni_result(node, "ADD", "ce", pods["e"], "e")
+    assert code == 1 and "maxBlocksPerHost=1" in answer, answer
+    cni(node, "DEL", "ca", pods["a"], "a")
+    code, answer = cni_result(node, "ADD", "ce", pods["e"], "e")
+    assert code == 1 and json.loads(answer)["code"] == 100, answer
+    config(strictAffinity=True, maxBlocksPerHost=1)
+    assert address(cni(node, "ADD", "ce", pods["e"], "e")) == "10.244.0.0"
+    for p in "bcde":
+        cni(node, "DEL", f"c{p}", pods[p], p)
+
+
+def test_del_after_an_agent_restart_frees_the_address_and_the_route(
+        node: Node, netns: Callable[[str], str], etcd: EmbeddedEtcd, tmp_path: Path) -> None:
+    """SIGTERM and a new agent between a pod's ADD and DEL: the new agent (empty IPAM
+    caches) frees the pod's address and removes its route and endpoint."""
+    pod = netns("a")
+    ip = address(cni(node, "ADD", "ca", pod, "a"))
+    node.kill(signal.SIGTERM)
+    node.start(etcd)
+    cni(node, "DEL", "ca", pod, "a")
+    assert [r for r in routes(node.ns) if " dev fab" in r] == []
+    assert etcdctl(etcd, "get", "--prefix", "--keys-only", "/l3fabric/v1/ipam/handles/") == ""
+    assert etcdctl(etcd, "get", "--prefix", "--keys-only", "/l3fabric/v1/workloads/") == ""
+    code, answer, ns = add_requesting(fabric_of(node, netns, etcd, tmp_path), "b", ip)
+    assert code == 0 and address(answer) == ip, answer  # free: asked for, it is given
+    cni(node, "DEL", "c-b", ns, "b")
