@@ -163,7 +163,11 @@ class IncrementalCalculation:
         for key, value in state.items():
             old = seen.get(key)
             if old is value:
-                present += 1
+                # The mirror holds None for every key the agent does not consume (IPAM
+                # handles, ...): such a key is not in ``seen`` and must not count, or it
+                # hides the deletion of a relevant one.
+                if old is not None:
+                    present += 1
                 continue
             if not _relevant(key, value, node_key):
                 continue

@@ -1,0 +1,60 @@
+"""Policy state changing under a running agent, without a kernel: what the incremental
+calculation and the manager do with deletions and reused addresses.
+
+The agent's mirror holds ``None`` for every key it does not consume (IPAM handles, ...):
+deletions of policies and pods must be seen whatever else the mirror holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from helpers.policy_docs import DB_FROM_FRONTEND, DEFAULT_DENY_INGRESS
+from test_policy_calc import HOST, NODE, docs, wep
+
+from datastore import model
+from felix_like.policy.calc import calculate, inputs_from_state
+from felix_like.policy.incremental import IncrementalCalculation
+from felix_like.policy.interp import TCP, allowed
+
+DB = wep("default", "db", "10.244.1.10", {"role": "db"})
+FRONTEND = wep("default", "frontend", "10.244.1.11", {"role": "frontend"})
+OTHER = wep("default", "other", "10.244.1.12", {})
+HANDLE = "/l3fabric/v1/ipam/handles/l3net.c-db.eth0"  # decodes to None in the agent
+
+
+def _state(*objs: Any) -> dict[str, Any]:
+    st: dict[str, Any] = {HANDLE: None, "/l3fabric/v1/status/nodes/n1": None}
+    for o in objs:
+        st[model.key_for(o)] = o
+    return st
+
+
+def test_a_deleted_policy_stops_applying_while_the_mirror_holds_unconsumed_keys() -> None:
+    inc = IncrementalCalculation(NODE)
+    deny = docs(DEFAULT_DENY_INGRESS)[0]
+    st = _state(DB, OTHER, deny)
+    assert not allowed(inc.update(dict(st), [HOST]), "10.244.1.12", "10.244.1.10", TCP, 80)
+    del st[model.key_for(deny)]
+    rs = inc.update(dict(st), [HOST])
+    assert allowed(rs, "10.244.1.12", "10.244.1.10", TCP, 80), "the deny policy was deleted"
+    assert rs == calculate(inputs_from_state(st, NODE, [HOST]))
+
+
+def test_a_deleted_pod_leaves_the_selector_sets_while_the_mirror_holds_unconsumed_keys(
+        ) -> None:
+    """Else a new pod given the deleted pod's address inherits what the old one was
+    allowed to reach."""
+    inc = IncrementalCalculation(NODE)
+    policy = docs(DB_FROM_FRONTEND)[0]
+    st = _state(DB, FRONTEND, policy)
+    assert allowed(inc.update(dict(st), [HOST]), "10.244.1.11", "10.244.1.10", TCP, 6379)
+    del st[model.key_for(FRONTEND)]
+    inc.update(dict(st), [HOST])
+    newcomer = wep("default", "newcomer", "10.244.1.11", {"role": "guest"})
+    st[model.key_for(newcomer)] = newcomer
+    st["/l3fabric/v1/ipam/handles/l3net.c-newcomer.eth0"] = None
+    rs = inc.update(dict(st), [HOST])
+    assert not allowed(rs, "10.244.1.11", "10.244.1.10", TCP, 6379), \
+        "the new pod on the old address is not a frontend"
+    assert rs == calculate(inputs_from_state(st, NODE, [HOST]))
