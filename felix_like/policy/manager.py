@@ -13,16 +13,27 @@ Owned: table ``inet l3fabric`` (nftables) or the ``fab-*`` chains and ``fab-*`` 
 allowed) are this namespace's own addresses, read once at start and on ``resync()``, plus
 the Node resource's BGP address.
 
+Connection tracking: replies and established flows are accepted before any policy runs,
+so a flow outlives the endpoint it was allowed for. When a local endpoint goes away (or
+its address moves to another endpoint or interface), ``apply()`` deletes, after the new
+rules are in force, every conntrack entry of the namespace with that address at either
+end (as Calico's Felix does): a new pod given the address is reached only by flows its own
+policy allows. A relabelled pod keeps its flows (established connections survive a policy
+change, by design).
+
 Failure mode: a failed apply raises (the backend's error) and leaves the previous state in
 the kernel; the agent marks itself dirty and retries. A pod whose chains are not yet
 programmed is unreachable (its interface is unknown to the dispatch maps: fail closed).
+A failed conntrack deletion is logged and does not fail the apply (the rules are in force).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from felix_like.policy.calc import Ruleset
@@ -59,6 +70,59 @@ def namespace_addresses(netns: str | None) -> list[str]:
         ipr.close()
 
 
+def forget_flows(netns: str | None, nets: Iterable[str]) -> int:
+    """Delete every conntrack entry of ``netns`` whose original or reply tuple has an
+    address in one of ``nets`` (CIDRs) at either end; returns how many were deleted."""
+    from pyroute2 import Conntrack
+
+    from felix_like.netlink import run_in_netns
+
+    wanted = [ipaddress.ip_network(n, strict=False) for n in nets]
+
+    def hit(addr: Any) -> bool:
+        if not addr:
+            return False
+        ip = ipaddress.ip_address(addr)
+        return any(ip in n for n in wanted if n.version == ip.version)
+
+    def run() -> int:
+        deleted = 0
+        for version, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
+            if not any(n.version == version for n in wanted):
+                continue
+            ct = Conntrack(nfgen_family=family)
+            try:
+                for e in list(ct.dump_entries()):
+                    o, r = e.tuple_orig, e.tuple_reply
+                    if not any(hit(a) for a in (o.saddr, o.daddr, r.saddr, r.daddr)):
+                        continue
+                    try:
+                        ct.delete(e)
+                        deleted += 1
+                    except Exception as exc:  # gone meanwhile (ENOENT)
+                        log.debug("conntrack delete %s: %s", e, exc)
+            finally:
+                ct.close()
+        return deleted
+
+    return run_in_netns(netns, run)
+
+
+def gone_addresses(before: Ruleset | None, after: Ruleset) -> set[str]:
+    """Addresses (CIDRs) of the local endpoints of ``before`` that are not the same
+    endpoint's on the same interface in ``after``: their flows belong to nobody now."""
+    if before is None:
+        return set()
+    gone: set[str] = set()
+    for iface, ep in before.endpoints.items():
+        now = after.endpoints.get(iface)
+        if now is ep:
+            continue
+        kept = set(now.addresses) if now is not None and now.key == ep.key else set()
+        gone.update(a for a in ep.addresses if a not in kept)
+    return gone
+
+
 def make_backend(backend: str, netns: str | None) -> Backend:
     if backend == "nftables":
         from felix_like.policy.nft import NftBackend
@@ -76,11 +140,13 @@ class PolicyManager:
 
     def __init__(self, backend: str, netns: str | None, node: str,
                  host_addresses: Iterable[str] | None = None,
-                 impl: Backend | None = None) -> None:
+                 impl: Backend | None = None,
+                 forget: Callable[[str | None, Iterable[str]], int] | None = None) -> None:
         self.backend_name = backend
         self.netns = netns
         self.node = node
         self.backend = impl or make_backend(backend, netns)
+        self.forget_flows = forget or forget_flows
         self._fixed_hosts = list(host_addresses) if host_addresses is not None else None
         self.host_addresses = self._read_hosts()
         self.state: Mapping[str, Any] = {}
@@ -114,7 +180,15 @@ class PolicyManager:
         rs = self.calculate()
         self.last_calc_seconds = time.perf_counter() - t0
         self.last_commands = self.backend.apply(rs)
+        gone = gone_addresses(self.ruleset, rs)
         self.ruleset = rs
+        if gone:
+            try:
+                n = self.forget_flows(self.netns, gone)
+                log.debug("policy: %d conntrack entries of %s deleted", n, sorted(gone))
+            except Exception as e:  # the rules are in force; stale flows are the leftover
+                log.warning("policy: cannot delete conntrack entries of %s: %s",
+                            sorted(gone), e)
         self.applies += 1
         self.last_apply_seconds = time.perf_counter() - t0
         if self.last_commands:

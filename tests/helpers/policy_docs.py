@@ -146,3 +146,36 @@ spec:
   - to: [{namespaceSelector: {}, podSelector: {matchLabels: {app: web}}}]
     ports: [{port: http}]
 """
+
+# Policies the lifecycle tests change while pods run (placeholders in capitals).
+FROM_TEAM_A = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-team-a, namespace: default}
+spec:
+  podSelector: {matchLabels: {role: db}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {team: a}}}]}]
+"""
+FROM_BLOCK = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-block, namespace: default}
+spec:
+  podSelector: {matchLabels: {role: db}}
+  ingress: [{from: [{ipBlock: {cidr: 172.17.0.0/16, except: [EXCEPT]}}]PORTS}]
+"""
+ORDERED_GNP = """
+apiVersion: l3fabric.io/v1
+kind: GlobalNetworkPolicy
+metadata: {name: NAME}
+spec:
+  order: ORDER
+  selector: role == "db"
+  ingress: [{action: ACTION, protocol: TCP, destination: {ports: [80]}}]
+"""
+VAULT_CLOSED = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: vault-closed, namespace: default}
+spec: {podSelector: {matchLabels: {role: vault}}, policyTypes: [Ingress]}
+"""

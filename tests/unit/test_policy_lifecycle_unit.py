@@ -2,7 +2,9 @@
 calculation and the manager do with deletions and reused addresses.
 
 The agent's mirror holds ``None`` for every key it does not consume (IPAM handles, ...):
-deletions of policies and pods must be seen whatever else the mirror holds.
+deletions of policies and pods must be seen whatever else the mirror holds. A local
+endpoint that goes away takes its connection-tracking entries with it (the manager asks
+for them to be deleted); a relabelled one keeps them.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ from helpers.policy_docs import DB_FROM_FRONTEND, DEFAULT_DENY_INGRESS
 from test_policy_calc import HOST, NODE, docs, wep
 
 from datastore import model
-from felix_like.policy.calc import calculate, inputs_from_state
+from felix_like.policy.calc import Ruleset, calculate, inputs_from_state
 from felix_like.policy.incremental import IncrementalCalculation
 from felix_like.policy.interp import TCP, allowed
+from felix_like.policy.manager import PolicyManager
 
 DB = wep("default", "db", "10.244.1.10", {"role": "db"})
 FRONTEND = wep("default", "frontend", "10.244.1.11", {"role": "frontend"})
@@ -58,3 +61,43 @@ def test_a_deleted_pod_leaves_the_selector_sets_while_the_mirror_holds_unconsume
     assert not allowed(rs, "10.244.1.11", "10.244.1.10", TCP, 6379), \
         "the new pod on the old address is not a frontend"
     assert rs == calculate(inputs_from_state(st, NODE, [HOST]))
+
+
+class _Backend:
+    def apply(self, rs: Ruleset) -> int:
+        return 1
+
+    def forget(self) -> None:
+        pass
+
+    def cleanup(self) -> None:
+        pass
+
+
+def test_the_flows_of_an_endpoint_that_went_away_are_forgotten() -> None:
+    forgotten: list[set[str]] = []
+
+    def forget(netns: str | None, nets: Any) -> int:
+        forgotten.append(set(nets))
+        return 0
+
+    m = PolicyManager("nftables", "node-ns", NODE, host_addresses=[HOST], impl=_Backend(),
+                      forget=forget)
+    st = _state(DB, FRONTEND)
+    m.set_state(dict(st))
+    m.apply()
+    st[model.key_for(DB)] = wep("default", "db", "10.244.1.10", {"role": "cache"})
+    m.set_state(dict(st))
+    m.apply()
+    assert forgotten == [], "a relabelled pod keeps its connections"
+    del st[model.key_for(FRONTEND)]
+    m.set_state(dict(st))
+    m.apply()
+    assert forgotten == [{"10.244.1.11/32"}]
+    # The same address for a new pod in the same batch as the old one's removal.
+    newcomer = wep("default", "newcomer", "10.244.1.10", {})
+    del st[model.key_for(DB)]
+    st[model.key_for(newcomer)] = newcomer
+    m.set_state(dict(st))
+    m.apply()
+    assert forgotten[1:] == [{"10.244.1.10/32"}]
