@@ -59,13 +59,14 @@ from datastore.client import KV, ConflictError, Datastore, DatastoreError, Unava
 from felix_like.metrics import Metrics
 from felix_like.routes import Route
 from ipam.allocator import IpamClient
-from ipam.block import Block, BlockFormatError
+from ipam.block import Block, BlockFormatError, affinity_of, block_count, reserved_ordinals
 from ipam.model import (
     AddressInUseError,
     AddressNotInPoolError,
     AddressReservedError,
     HandleRecord,
     IpamError,
+    IpamInputs,
     IpamUnavailableError,
     PoolExhaustedError,
     PoolSpec,
@@ -795,7 +796,7 @@ class CniHandler:
                 if not pools:
                     raise CniError(proto.ERR_PLUGIN_NOT_AVAILABLE,
                                    f"no enabled IPv{version} pool for node {self.node}")
-                if not await self._has_room(pools):
+                if not await self._has_room(inputs, pools):
                     raise CniError(proto.ERR_PLUGIN_NOT_AVAILABLE,
                                    f"IPv{version} pools exhausted: "
                                    + ", ".join(p.describe() for p in pools))
@@ -803,18 +804,31 @@ class CniHandler:
             raise CniError(proto.ERR_PLUGIN_NOT_AVAILABLE, "etcd cannot serve requests",
                            str(e)) from e
 
-    async def _has_room(self, pools: Iterable[PoolSpec]) -> bool:
+    async def _has_room(self, inputs: IpamInputs, pools: Iterable[PoolSpec]) -> bool:
+        """Whether an ADD could get an address of ``pools`` now, as the allocator decides:
+        a block it may claim (maxBlocksPerHost), or a free address that is neither
+        reserved nor cooling down in a block it may use (only its own and unowned ones
+        under strictAffinity)."""
         kvs, _ = await self.ds.list(keys.full(keys.IPAM_BLOCKS))
         blocks = []
         for kv in kvs:
             with contextlib.suppress(BlockFormatError, ValueError):
                 blocks.append(Block.from_json(kv.value))
+        cfg, me = inputs.config, affinity_of(self.node)
+        may_claim = not cfg.max_blocks_per_host or \
+            sum(b.affinity == me for b in blocks) < cfg.max_blocks_per_host
+        reserved = inputs.reserved_set()
         for p in pools:
             mine = [b for b in blocks if p.contains(b.cidr)]
-            if len(mine) < 2 ** (p.block_size - p.network.prefixlen):
+            if may_claim and len(mine) < block_count(p.cidr, p.block_size):
                 return True
-            if any(b.unallocated for b in mine):
-                return True
+            for b in mine:
+                if cfg.strict_affinity and b.affinity != me \
+                        and not (b.affinity is None and may_claim):
+                    continue
+                if b.free_ordinals(now=self._now(), cooldown=cfg.release_cooldown,
+                                   reserved=reserved_ordinals(b.cidr, reserved)):
+                    return True
         return False
 
 

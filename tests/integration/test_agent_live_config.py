@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +30,18 @@ node = test_agent.node  # the fixture: pool p1 in etcd, then agent n1 in a node 
 
 def put(etcd: EmbeddedEtcd, key: str, obj: dict[str, Any]) -> None:
     etcdctl(etcd, "put", "/l3fabric/v1/" + key, json.dumps(obj))
+
+
+def reserve(etcd: EmbeddedEtcd, *cidrs: str) -> None:
+    """IPReservation r1 of ``cidrs``."""
+    put(etcd, "ipam/reservations/r1", {"apiVersion": API, "kind": "IPReservation",
+                                       "metadata": {"name": "r1"},
+                                       "spec": {"reservedCIDRs": list(cidrs)}})
+
+
+def ipam_config(etcd: EmbeddedEtcd, **spec: Any) -> None:
+    put(etcd, "ipam/config", {"apiVersion": API, "kind": "IPAMConfig",
+                              "metadata": {"name": "default"}, "spec": spec})
 
 
 def address(result: dict[str, Any]) -> str:
@@ -75,13 +88,9 @@ def test_an_address_released_by_the_operator_is_not_handed_out_while_its_pod_liv
     borrowed it). One block, all but .0-.2 reserved: after .0 (pod a's) is released, the
     next pods get .2 and then "no free address"; pod a's DEL succeeds and leaves the
     others' routes alone, and then .0 is handed out again."""
-    put(etcd, "ipam/config", {"apiVersion": API, "kind": "IPAMConfig",
-                              "metadata": {"name": "default"},
-                              "spec": {"strictAffinity": True, "maxBlocksPerHost": 1}})
-    put(etcd, "ipam/reservations/r1", {
-        "apiVersion": API, "kind": "IPReservation", "metadata": {"name": "r1"},
-        "spec": {"reservedCIDRs": ["10.244.0.3/32", "10.244.0.4/30", "10.244.0.8/29",
-                                   "10.244.0.16/28", "10.244.0.32/27"]}})
+    ipam_config(etcd, strictAffinity=True, maxBlocksPerHost=1)
+    reserve(etcd, "10.244.0.3/32", "10.244.0.4/30", "10.244.0.8/29", "10.244.0.16/28",
+            "10.244.0.32/27")
     pods = {p: netns(p) for p in "abcd"}
     assert address(cni(node, "ADD", "ca", pods["a"], "a")) == "10.244.0.0"
     assert address(cni(node, "ADD", "cb", pods["b"], "b")) == "10.244.0.1"
@@ -145,33 +154,25 @@ def test_reservations_and_ipam_config_changed_at_run_time_apply_to_the_next_add(
         node: Node, netns: Callable[[str], str], etcd: EmbeddedEtcd) -> None:
     """IPReservation and IPAMConfig written, changed and deleted after the node claimed
     its block: each next ADD follows the configuration as it is then."""
-    def reserve(*cidrs: str) -> None:
-        put(etcd, "ipam/reservations/r1", {"apiVersion": API, "kind": "IPReservation",
-                                           "metadata": {"name": "r1"},
-                                           "spec": {"reservedCIDRs": list(cidrs)}})
-
-    def config(**spec: Any) -> None:
-        put(etcd, "ipam/config", {"apiVersion": API, "kind": "IPAMConfig",
-                                  "metadata": {"name": "default"}, "spec": spec})
     pods = {p: netns(p) for p in "abcde"}
     assert address(cni(node, "ADD", "ca", pods["a"], "a")) == "10.244.0.0"
-    reserve("10.244.0.1/32", "10.244.0.2/31")
+    reserve(etcd, "10.244.0.1/32", "10.244.0.2/31")
     assert address(cni(node, "ADD", "cb", pods["b"], "b")) == "10.244.0.4"
-    reserve("10.244.0.5/32", "10.244.0.6/31", "10.244.0.8/29", "10.244.0.16/28",
+    reserve(etcd, "10.244.0.5/32", "10.244.0.6/31", "10.244.0.8/29", "10.244.0.16/28",
             "10.244.0.32/27")
     assert address(cni(node, "ADD", "cc", pods["c"], "c")) == "10.244.0.1"
     etcdctl(etcd, "del", "/l3fabric/v1/ipam/reservations/r1")
     assert address(cni(node, "ADD", "cd", pods["d"], "d")) == "10.244.0.2"
     # One block per host and no borrowing; then a cool-down holds a's address back.
-    reserve("10.244.0.3/32", "10.244.0.5/32", "10.244.0.6/31", "10.244.0.8/29",
+    reserve(etcd, "10.244.0.3/32", "10.244.0.5/32", "10.244.0.6/31", "10.244.0.8/29",
             "10.244.0.16/28", "10.244.0.32/27")
-    config(strictAffinity=True, maxBlocksPerHost=1, releaseCooldownSeconds=3600)
+    ipam_config(etcd, strictAffinity=True, maxBlocksPerHost=1, releaseCooldownSeconds=3600)
     code, answer = cni_result(node, "ADD", "ce", pods["e"], "e")
     assert code == 1 and "maxBlocksPerHost=1" in answer, answer
     cni(node, "DEL", "ca", pods["a"], "a")
     code, answer = cni_result(node, "ADD", "ce", pods["e"], "e")
     assert code == 1 and json.loads(answer)["code"] == 100, answer
-    config(strictAffinity=True, maxBlocksPerHost=1)
+    ipam_config(etcd, strictAffinity=True, maxBlocksPerHost=1)
     assert address(cni(node, "ADD", "ce", pods["e"], "e")) == "10.244.0.0"
     for p in "bcde":
         cni(node, "DEL", f"c{p}", pods[p], p)
@@ -192,3 +193,33 @@ def test_del_after_an_agent_restart_frees_the_address_and_the_route(
     code, answer, ns = add_requesting(fabric_of(node, netns, etcd, tmp_path), "b", ip)
     assert code == 0 and address(answer) == ip, answer  # free: asked for, it is given
     cni(node, "DEL", "c-b", ns, "b")
+
+
+def cni_status(agent: Node) -> tuple[int, str]:
+    """The shim's STATUS (CNI 1.1.0) through ``agent``: exit code and output."""
+    conf = {"cniVersion": "1.1.0", "name": "l3net", "type": "l3fabric",
+            "agentSocket": agent.socket, "ipam": {"type": "l3fabric-ipam"}}
+    r = subprocess.run([str(BIN / "l3fabric")], input=json.dumps(conf), capture_output=True,
+                       env={"CNI_COMMAND": "STATUS", "PATH": "/usr/bin:/bin"}, text=True,
+                       timeout=60)
+    return r.returncode, r.stdout
+
+
+def test_status_follows_the_ipam_config_and_reservations_an_add_obeys(
+        node: Node, netns: Callable[[str], str], etcd: EmbeddedEtcd) -> None:
+    """STATUS answers 50 when no ADD could get an address: with strictAffinity and
+    maxBlocksPerHost reached, and every free address of the node's block reserved or
+    taken, it answered 0 (it counted the pool's unclaimed blocks and ignored the
+    reservations) while the ADD failed with 100."""
+    ipam_config(etcd, strictAffinity=True, maxBlocksPerHost=1)
+    reserve(etcd, "10.244.0.1/32", "10.244.0.2/31", "10.244.0.4/30", "10.244.0.8/29",
+            "10.244.0.16/28", "10.244.0.32/27")
+    pa, pb = netns("a"), netns("b")
+    assert cni_status(node)[0] == 0
+    assert address(cni(node, "ADD", "ca", pa, "a")) == "10.244.0.0"
+    code, answer = cni_result(node, "ADD", "cb", pb, "b")
+    assert code == 1 and json.loads(answer)["code"] == 100, answer
+    code, out = cni_status(node)
+    assert code == 1 and json.loads(out)["code"] == 50, out
+    cni(node, "DEL", "ca", pa, "a")
+    assert cni_status(node) == (0, "")
