@@ -72,30 +72,46 @@ def namespace_addresses(netns: str | None) -> list[str]:
 
 def forget_flows(netns: str | None, nets: Iterable[str]) -> int:
     """Delete every conntrack entry of ``netns`` whose original or reply tuple has an
-    address in one of ``nets`` (CIDRs) at either end; returns how many were deleted."""
+    address in one of ``nets`` (CIDRs) at either end; returns how many were deleted.
+
+    A single IPv4 address is looked up with the kernel's dump filters (Linux 5.8 and
+    later; pyroute2 checks each answer again, so an older kernel returns the same,
+    slower): a filtered dump per end and direction costs about what the matches cost,
+    where a full dump of 20,000 entries parsed in Python takes ~10 s. IPv6 (pyroute2
+    0.9.7's filtered IPv6 dump finds nothing) and wider networks take a full dump."""
     from pyroute2 import Conntrack
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
     from felix_like.netlink import run_in_netns
 
     wanted = [ipaddress.ip_network(n, strict=False) for n in nets]
 
-    def hit(addr: Any) -> bool:
-        if not addr:
-            return False
-        ip = ipaddress.ip_address(addr)
-        return any(ip in n for n in wanted if n.version == ip.version)
+    def entries(ct: Any, family: int, net: Any) -> Iterable[Any]:
+        if net.version == 4 and net.num_addresses == 1:
+            ip = str(net.network_address)
+            for side in ("tuple_orig", "tuple_reply"):
+                for end in ("saddr", "daddr"):
+                    yield from ct.dump_entries(**{side: NFCTAttrTuple(family, **{end: ip})})
+            return
+        for e in ct.dump_entries():
+            o, r = e.tuple_orig, e.tuple_reply
+            if any(a and ipaddress.ip_address(a) in net
+                   for a in (o.saddr, o.daddr, r.saddr, r.daddr)):
+                yield e
 
     def run() -> int:
         deleted = 0
         for version, family in ((4, socket.AF_INET), (6, socket.AF_INET6)):
-            if not any(n.version == version for n in wanted):
+            nets_v = [n for n in wanted if n.version == version]
+            if not nets_v:
                 continue
             ct = Conntrack(nfgen_family=family)
             try:
-                for e in list(ct.dump_entries()):
-                    o, r = e.tuple_orig, e.tuple_reply
-                    if not any(hit(a) for a in (o.saddr, o.daddr, r.saddr, r.daddr)):
-                        continue
+                found: dict[Any, Any] = {}  # by conntrack id: an entry can match several dumps
+                for net in nets_v:
+                    for e in entries(ct, family, net):
+                        found.setdefault(e.id if e.id is not None else repr(e.tuple_orig), e)
+                for e in found.values():
                     try:
                         ct.delete(e)
                         deleted += 1
