@@ -295,8 +295,13 @@ class IpamClient:
             self._reserved_cache[key] = got
         return got
 
-    async def _load_affinities(self, inputs: IpamInputs) -> dict[str, KV]:
-        """Re-read this node's affinities: confirmed blocks into the cache, pending resumed."""
+    async def _load_affinities(self, inputs: IpamInputs, *,
+                               refresh: bool = False) -> dict[str, KV]:
+        """Re-read this node's affinities: confirmed blocks into the cache, pending resumed.
+
+        ``refresh``: re-read the cached blocks too (in one transaction). A claim needs it:
+        another client (``ipam release``, ``check --fix``) may have freed addresses in
+        them, and no write of ours would fail its compare to tell us."""
         kvs = await self._list(keys.ipam_affinities_of(self.node))
         self._affinity_count = len(kvs)
         confirmed: list[str] = []
@@ -310,9 +315,13 @@ class IpamClient:
                 pending.append((cidr, kv))
         # Blocks already cached stay as they are: if they changed, the next write's compare
         # fails and its failure branch refreshes them; only new ones are read.
-        cached = self._affine or {}
+        cached = {} if refresh else self._affine or {}
         fetch = [c for c in confirmed if c not in cached]
-        got = await asyncio.gather(*(self._get(keys.ipam_block(c)) for c in fetch))
+        if refresh and fetch:
+            got: Sequence[KV | None] = (await self._txn(
+                [], [Get(keys.ipam_block(c)) for c in fetch])).gets
+        else:
+            got = await asyncio.gather(*(self._get(keys.ipam_block(c)) for c in fetch))
         fetched = dict(zip(fetch, got, strict=True))
         affine: dict[str, KV] = {}
         for cidr in confirmed:
@@ -456,7 +465,8 @@ class IpamClient:
 
     async def _claim_one_locked(self, inputs: IpamInputs, version: int, plan: _Plan,
                                 why: list[str], ahead: bool) -> bool:
-        affine = await self._load_affinities(inputs)  # a sibling may have claimed one
+        # A sibling may have claimed one, another client freed addresses in ours.
+        affine = await self._load_affinities(inputs, refresh=True)
         if ahead:
             if not self._short_of_room(affine, inputs, version):
                 return False

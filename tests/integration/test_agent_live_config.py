@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import netaddr
 from helpers.exabgp import wait_for
 from helpers.fabric import API, BIN, Fabric, Node
 from integration import test_agent
@@ -42,6 +43,19 @@ def reserve(etcd: EmbeddedEtcd, *cidrs: str) -> None:
 def ipam_config(etcd: EmbeddedEtcd, **spec: Any) -> None:
     put(etcd, "ipam/config", {"apiVersion": API, "kind": "IPAMConfig",
                               "metadata": {"name": "default"}, "spec": spec})
+
+
+def one_block_of(etcd: EmbeddedEtcd, free: int) -> None:
+    """strictAffinity, maxBlocksPerHost 1, and all of 10.244.0.0/26 but its first ``free``
+    addresses reserved: the node has exactly ``free`` addresses to hand out."""
+    ipam_config(etcd, strictAffinity=True, maxBlocksPerHost=1)
+    rest = netaddr.IPSet(["10.244.0.0/26"]) - netaddr.IPSet(
+        netaddr.IPRange("10.244.0.0", f"10.244.0.{free - 1}"))
+    reserve(etcd, *(str(c) for c in rest.iter_cidrs()))
+
+
+def fabricctl(etcd: EmbeddedEtcd, *args: str) -> str:
+    return sh(str(BIN / "fabricctl"), "--etcd-endpoints", etcd.endpoint, *args)
 
 
 def address(result: dict[str, Any]) -> str:
@@ -88,14 +102,11 @@ def test_an_address_released_by_the_operator_is_not_handed_out_while_its_pod_liv
     borrowed it). One block, all but .0-.2 reserved: after .0 (pod a's) is released, the
     next pods get .2 and then "no free address"; pod a's DEL succeeds and leaves the
     others' routes alone, and then .0 is handed out again."""
-    ipam_config(etcd, strictAffinity=True, maxBlocksPerHost=1)
-    reserve(etcd, "10.244.0.3/32", "10.244.0.4/30", "10.244.0.8/29", "10.244.0.16/28",
-            "10.244.0.32/27")
+    one_block_of(etcd, 3)
     pods = {p: netns(p) for p in "abcd"}
     assert address(cni(node, "ADD", "ca", pods["a"], "a")) == "10.244.0.0"
     assert address(cni(node, "ADD", "cb", pods["b"], "b")) == "10.244.0.1"
-    out = sh(str(BIN / "fabricctl"), "--etcd-endpoints", etcd.endpoint, "ipam", "release",
-             "10.244.0.0")
+    out = fabricctl(etcd, "ipam", "release", "10.244.0.0")
     assert "released 10.244.0.0" in out
     assert address(cni(node, "ADD", "cc", pods["c"], "c")) == "10.244.0.2"
     code, answer = cni_result(node, "ADD", "cd", pods["d"], "d")
@@ -116,7 +127,7 @@ def test_an_add_repeated_after_the_operator_released_its_address_holds_what_it_a
     address, which nothing held any more. Now the address it answers is in the handle."""
     pod = netns("a")
     first = address(cni(node, "ADD", "ca", pod, "a"))
-    sh(str(BIN / "fabricctl"), "--etcd-endpoints", etcd.endpoint, "ipam", "release", first)
+    fabricctl(etcd, "ipam", "release", first)
     again = address(cni(node, "ADD", "ca", pod, "a"))
     record = etcdctl(etcd, "get", "--print-value-only", "/l3fabric/v1/ipam/handles/l3net.ca.eth0")
     assert record and [e["address"] for e in json.loads(record)["allocations"]] == [again]
@@ -211,9 +222,7 @@ def test_status_follows_the_ipam_config_and_reservations_an_add_obeys(
     maxBlocksPerHost reached, and every free address of the node's block reserved or
     taken, it answered 0 (it counted the pool's unclaimed blocks and ignored the
     reservations) while the ADD failed with 100."""
-    ipam_config(etcd, strictAffinity=True, maxBlocksPerHost=1)
-    reserve(etcd, "10.244.0.1/32", "10.244.0.2/31", "10.244.0.4/30", "10.244.0.8/29",
-            "10.244.0.16/28", "10.244.0.32/27")
+    one_block_of(etcd, 1)
     pa, pb = netns("a"), netns("b")
     assert cni_status(node)[0] == 0
     assert address(cni(node, "ADD", "ca", pa, "a")) == "10.244.0.0"
@@ -223,3 +232,22 @@ def test_status_follows_the_ipam_config_and_reservations_an_add_obeys(
     assert code == 1 and json.loads(out)["code"] == 50, out
     cni(node, "DEL", "ca", pa, "a")
     assert cni_status(node) == (0, "")
+
+
+def test_addresses_freed_by_ipam_check_fix_are_handed_out_by_the_running_agent(
+        node: Node, netns: Callable[[str], str], etcd: EmbeddedEtcd) -> None:
+    """A pod vanished without its DEL (its endpoint deleted behind the agent's back):
+    ``fabricctl ipam check --fix`` frees its leaked address, and the next ADD on the
+    node, whose one block was exhausted, gets it."""
+    one_block_of(etcd, 2)
+    pods = {p: netns(p) for p in "abc"}
+    assert address(cni(node, "ADD", "ca", pods["a"], "a")) == "10.244.0.0"
+    assert address(cni(node, "ADD", "cb", pods["b"], "b")) == "10.244.0.1"
+    code, answer = cni_result(node, "ADD", "cc", pods["c"], "c")
+    assert code == 1 and json.loads(answer)["code"] == 100, answer
+    etcdctl(etcd, "del", "/l3fabric/v1/workloads/n1/default.b.eth0")
+    out = fabricctl(etcd, "ipam", "check", "--fix", "--grace", "0")
+    assert "10.244.0.1" in out and "released" in out, out
+    assert address(cni(node, "ADD", "cc", pods["c"], "c")) == "10.244.0.1"
+    for p in "ac":
+        cni(node, "DEL", f"c{p}", pods[p], p)

@@ -376,3 +376,20 @@ async def test_a_repeated_assign_after_an_outside_release_holds_what_it_returns(
     (again,) = await a.auto_assign("h", namespace="ns", pod="p")
     kv = await ds.get(keys.ipam_handle("h"))
     assert kv is not None and again.address in kv.value.decode()
+
+
+async def test_addresses_another_client_frees_in_a_full_block_are_seen_before_giving_up(
+        ) -> None:
+    """This node's one block is full and it may claim no other; another client (``ipam
+    release``, ``check --fix``) frees an address in it. The next assign finds it instead
+    of answering from its cached, full copy of the block that the pool is exhausted."""
+    ds = FakeDatastore()
+    await setup(ds, size=30, nodes=1)
+    await put_ipam_config(ds, strict_affinity=True, max_blocks_per_host=1)
+    a = IpamClient(ds, "n1")
+    got = [(await a.auto_assign(f"h{i}", namespace="ns", pod=f"p{i}"))[0] for i in range(4)]
+    with pytest.raises(PoolExhaustedError):
+        await a.auto_assign("h4", namespace="ns", pod="p4")
+    assert await IpamClient(ds, "n1").release_ips([got[2].address]) == [got[2].address]
+    (again,) = await a.auto_assign("h4", namespace="ns", pod="p4")
+    assert again.address == got[2].address
