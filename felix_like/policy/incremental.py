@@ -147,6 +147,10 @@ class IncrementalCalculation:
         self._rerender: dict[str, tuple[str, Any, str]] = {}
         self._set_candidates: set[str] = set()  # sets created or that lost a reference
         self._warned: set[str] = set()
+        # Addresses that some endpoint (of any node) held and no longer does under its
+        # key, since the caller last took them (``take_released``): flows to or from
+        # them belong to nobody now.
+        self.released: set[str] = set()
         for v in (4, 6):
             name = HOST_SETS[v]
             spec = SetSpec(name, v, "net", "this node's addresses")
@@ -206,6 +210,11 @@ class IncrementalCalculation:
                        elements=dict(self.elements), from_pod=dict(self.from_pod),
                        to_pod=dict(self.to_pod), endpoints=dict(self.endpoints),
                        host_addresses=self.hosts)
+
+    def take_released(self) -> set[str]:
+        """The addresses released since the last call (see ``released``)."""
+        out, self.released = self.released, set()
+        return out
 
     # --- changes ------------------------------------------------------------------------
 
@@ -289,6 +298,8 @@ class IncrementalCalculation:
                         and old.spec.ports == new.spec.ports)
         previous: _Local | None = None
         if old is not None:
+            kept = set() if new is None else {str(n) for n in new.spec.ip_networks}
+            self.released.update(str(n) for n in old.spec.ip_networks if str(n) not in kept)
             if not same_members:
                 self._withdraw(key)
             ns = ep_namespace(old)

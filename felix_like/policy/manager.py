@@ -15,11 +15,12 @@ the Node resource's BGP address.
 
 Connection tracking: replies and established flows are accepted before any policy runs,
 so a flow outlives the endpoint it was allowed for. When a local endpoint goes away (or
-its address moves to another endpoint or interface), ``apply()`` deletes, after the new
-rules are in force, every conntrack entry of the namespace with that address at either
-end (as Calico's Felix does): a new pod given the address is reached only by flows its own
-policy allows. A relabelled pod keeps its flows (established connections survive a policy
-change, by design).
+its address moves to another endpoint or interface), and when any node's endpoint gives
+up an address, ``apply()`` deletes, after the new rules are in force, every conntrack
+entry of the namespace with that address at either end (Calico's Felix does it for local
+endpoints): a new pod given the address is reached only by flows its own policy, and
+its peers' egress policies, allow. A relabelled pod keeps its flows (established
+connections survive a policy change, by design).
 
 Failure mode: a failed apply raises (the backend's error) and leaves the previous state in
 the kernel; the agent marks itself dirty and retries. A pod whose chains are not yet
@@ -196,7 +197,10 @@ class PolicyManager:
         rs = self.calculate()
         self.last_calc_seconds = time.perf_counter() - t0
         self.last_commands = self.backend.apply(rs)
-        gone = gone_addresses(self.ruleset, rs)
+        # Local endpoints that went, and any endpoint's address released anywhere: a
+        # remote pod's flow through this node (a local client's egress) must not reach
+        # the next pod given that address either.
+        gone = gone_addresses(self.ruleset, rs) | self.calc.take_released()
         self.ruleset = rs
         if gone:
             try:

@@ -179,3 +179,12 @@ kind: NetworkPolicy
 metadata: {name: vault-closed, namespace: default}
 spec: {podSelector: {matchLabels: {role: vault}}, policyTypes: [Ingress]}
 """
+EGRESS_TO_FRONTENDS = """
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress-to-frontends, namespace: default}
+spec:
+  podSelector: {matchLabels: {role: frontend}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {matchLabels: {role: frontend}}}]}]
+"""

@@ -9,7 +9,8 @@ The policy traffic tests configure everything first; users change things later. 
   change made by a fresh manager (an agent restart) as well, so both the incremental and
   the full-converge paths are exercised;
 * a pod deleted and a new pod given its address: a flow the old pod had (a conntrack
-  entry) must not reach the new pod past the new pod's policy;
+  entry) must not reach the new pod past the new pod's policy, nor, the pod on another
+  node, past the client's egress policy (checked only on the client's node);
 * with the real agent and etcd: a pod's WorkloadEndpoint labels rewritten in etcd, a
   malformed value written over a global policy (the last good one stays in force), and
   policies added or deleted while the agent is down (right as soon as it is ready again);
@@ -19,6 +20,7 @@ The policy traffic tests configure everything first; users change things later. 
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import signal
@@ -31,7 +33,13 @@ from typing import Any
 import pytest
 from helpers.exabgp import wait_for
 from helpers.fabric import BIN, Node
-from helpers.policy_docs import FROM_BLOCK, FROM_TEAM_A, ORDERED_GNP, VAULT_CLOSED
+from helpers.policy_docs import (
+    EGRESS_TO_FRONTENDS,
+    FROM_BLOCK,
+    FROM_TEAM_A,
+    ORDERED_GNP,
+    VAULT_CLOSED,
+)
 from test_agent import POOL, cni, etcdctl
 from test_policy_traffic import (
     PODS,
@@ -60,6 +68,15 @@ def answered(flow: socket.socket, payload: bytes) -> bool:
         return flow.recv(16) == b"ok"
     except OSError:
         return False
+
+
+@contextlib.contextmanager
+def flow_from_frontend(lab: Lab, pod: str) -> Iterator[socket.socket]:
+    """A UDP flow from the frontend pod to ``pod``'s port 53, answered once."""
+    with _sock(lab.pods["frontend"], socket.SOCK_DGRAM, None) as flow:
+        flow.connect((PODS[pod][2], 53))
+        assert answered(flow, f"to {pod}".encode()), f"control: {pod} answers the flow"
+        yield flow
 
 
 def gnp(name: str, order: int, action: str) -> list[model.Resource]:
@@ -128,6 +145,30 @@ def test_changes_while_pods_run(lab: Lab) -> None:
     assert not failures, "\n".join(failures)
 
 
+def replace_pod(lab: Lab, netns: Callable[[str], str], old_pod: str, new_pod: str,
+                labels: dict[str, str], policy: list[model.Resource]) -> None:
+    """``old_pod`` goes (its endpoint and its veth, as a CNI DEL does it) and ``new_pod``,
+    with ``labels``, gets its address on the same node; each step applied."""
+    node, _, ip, _, _ = PODS[old_pod]
+    old = lab.base.pop(model.key_for(lab.wep(old_pod)))
+    assert isinstance(old, model.WorkloadEndpoint) and old.spec.host_interface
+    subprocess.run(["ip", "-n", lab.nodes[node], "link", "del", old.spec.host_interface],
+                   check=True)
+    lab.apply(policy)
+    pod_ns = netns(new_pod[:6])
+    veth = host_veth_name("l3fabric", f"c-{new_pod}", "eth0")
+    wire_pod(lab.nodes[node], f"/var/run/netns/{pod_ns}", "eth0", veth,
+             [ipaddress.ip_interface(f"{ip}/32")], 1500)
+    lab.servers.listen(pod_ns)
+    doc = old.to_dict()
+    doc["metadata"]["name"] = f"{new_pod}.eth0"
+    doc["spec"].update(pod=new_pod, containerID=f"c-{new_pod}", hostInterface=veth,
+                       labels=labels, ports=[])
+    new = model.parse_document(doc)
+    lab.base[model.key_for(new)] = new
+    lab.apply(policy)
+
+
 def test_a_new_pod_on_a_reused_address_gets_no_flow_of_the_old_one(
         lab: Lab, netns: Callable[[str], str]) -> None:
     """Replies and established flows are accepted before any policy, so a conntrack entry
@@ -135,31 +176,8 @@ def test_a_new_pod_on_a_reused_address_gets_no_flow_of_the_old_one(
     that flow's packets whatever its own policy says."""
     policy = load(VAULT_CLOSED)
     lab.apply(policy)
-    ip = PODS["db"][2]
-    flow = _sock(lab.pods["frontend"], socket.SOCK_DGRAM, None)
-    with flow:
-        flow.connect((ip, 53))
-        flow.send(b"to db")
-        assert flow.recv(16) == b"ok", "control: db is open"
-        # The db pod goes (its endpoint and its veth), as a CNI DEL does it.
-        old = lab.base.pop(model.key_for(lab.wep("db")))
-        assert isinstance(old, model.WorkloadEndpoint) and old.spec.host_interface
-        subprocess.run(["ip", "-n", lab.nodes["n1"], "link", "del", old.spec.host_interface],
-                       check=True)
-        lab.apply(policy)
-        # A new pod, closed to everyone, gets the same address.
-        vault_ns = netns("vault")
-        veth = host_veth_name("l3fabric", "c-vault", "eth0")
-        wire_pod(lab.nodes["n1"], f"/var/run/netns/{vault_ns}", "eth0", veth,
-                 [ipaddress.ip_interface(f"{ip}/32")], 1500)
-        lab.servers.listen(vault_ns)
-        doc = old.to_dict()
-        doc["metadata"]["name"] = "vault.eth0"
-        doc["spec"].update(pod="vault", containerID="c-vault", hostInterface=veth,
-                           labels={"role": "vault"}, ports=[])
-        vault = model.parse_document(doc)
-        lab.base[model.key_for(vault)] = vault
-        lab.apply(policy)
+    with flow_from_frontend(lab, "db") as flow:
+        replace_pod(lab, netns, "db", "vault", {"role": "vault"}, policy)
         failures = lab.run([("frontend", "db", "udp", 53, N), ("frontend", "db", "tcp", 80, N),
                             ("n1", "db", "udp", 53, Y)])
         assert not failures, failures
@@ -299,3 +317,16 @@ def test_a_policy_made_malformed_stays_in_force_across_an_agent_restart(
     agent.kill(signal.SIGKILL)
     agent.start(etcd)
     assert not ping(a, ip_b), "the last good deny policy is lost with the restart"
+
+
+def test_a_remote_pods_reused_address_gets_no_flow_a_local_client_had(
+        lab: Lab, netns: Callable[[str], str]) -> None:
+    """The client's node must forget the flow too: its egress policy is only checked
+    there, and the new pod's node sees a NEW packet its ingress (open here) accepts."""
+    policy = load(EGRESS_TO_FRONTENDS)
+    lab.apply(policy)
+    with flow_from_frontend(lab, "remote") as flow:
+        replace_pod(lab, netns, "remote", "intruder", {}, policy)
+        assert lab.run([("frontend", "remote", "udp", 53, N), ("other", "remote", "udp", 53, Y)]
+                       ) == []
+        assert not answered(flow, b"to intruder"), "frontend's egress policy was bypassed"

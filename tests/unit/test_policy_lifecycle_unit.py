@@ -74,15 +74,20 @@ class _Backend:
         pass
 
 
-def test_the_flows_of_an_endpoint_that_went_away_are_forgotten() -> None:
+def _manager() -> tuple[PolicyManager, list[set[str]]]:
+    """A manager with no kernel, and the address sets it asks to forget the flows of."""
     forgotten: list[set[str]] = []
 
     def forget(netns: str | None, nets: Any) -> int:
         forgotten.append(set(nets))
         return 0
 
-    m = PolicyManager("nftables", "node-ns", NODE, host_addresses=[HOST], impl=_Backend(),
-                      forget=forget)
+    return PolicyManager("nftables", "node-ns", NODE, host_addresses=[HOST], impl=_Backend(),
+                         forget=forget), forgotten
+
+
+def test_the_flows_of_an_endpoint_that_went_away_are_forgotten() -> None:
+    m, forgotten = _manager()
     st = _state(DB, FRONTEND)
     m.set_state(dict(st))
     m.apply()
@@ -101,3 +106,22 @@ def test_the_flows_of_an_endpoint_that_went_away_are_forgotten() -> None:
     m.set_state(dict(st))
     m.apply()
     assert forgotten[1:] == [{"10.244.1.10/32"}]
+
+
+def test_the_flows_of_a_remote_endpoints_released_address_are_forgotten() -> None:
+    """A local client's flow to a remote pod passed this node's egress check only: it
+    must not reach the next pod given that address."""
+    m, forgotten = _manager()
+    remote = wep("default", "remote", "10.244.2.10", {"role": "db"}, node="n2")
+    st = _state(FRONTEND, remote)
+    m.set_state(dict(st))
+    m.apply()
+    st[model.key_for(remote)] = wep("default", "remote", "10.244.2.10", {"role": "x"},
+                                    node="n2")
+    m.set_state(dict(st))
+    m.apply()
+    assert forgotten == [], "a relabelled pod keeps its connections"
+    del st[model.key_for(remote)]
+    m.set_state(dict(st))
+    m.apply()
+    assert forgotten == [{"10.244.2.10/32"}]
