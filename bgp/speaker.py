@@ -18,6 +18,10 @@ Lifecycle and failure modes:
 - The attach is processed only once the owner has set exports and neighbours (the first
   ``set_neighbors``): a restarting agent that is not in sync yet withdraws nothing and
   loses no state event.
+- ``on_learned`` is called when the import table changes and when it becomes complete
+  (``in_sync``): the owner keeps the routes installed before a restart until then, and
+  a table that is empty before and after (every peer removed meanwhile) changes nothing
+  else, yet those routes must go.
 - A crashed ExaBGP is restarted (backoff 1 s → 10 s); peers' routes are then held for the
   graceful-restart time (or dropped when GR is off) until the new sessions send End-of-RIB.
 - ``set_config`` writes the file and signals SIGUSR1 (ExaBGP's reload) only when the text
@@ -135,6 +139,7 @@ class BgpSpeaker:
         # attaching relay waits, see _on_relay.
         self.configured = asyncio.Event()
         self.in_sync = False  # import table complete after the last attach
+        self._emitted_in_sync = False  # in_sync as the owner last heard of it (_emit)
         self.pid: int | None = None
         self.restarts = 0
         self.reloads_repeated = 0
@@ -623,8 +628,12 @@ class BgpSpeaker:
         self._emit_scheduled = False
         table = self.rib.table()
         self._reflect()
-        if table != self.learned:
+        # The owner also hears of the import table becoming complete: a restarted agent
+        # keeps its predecessor's routes until then, and an empty table (every peer gone
+        # while it was away) is no change of `learned`, yet those routes must go now.
+        if table != self.learned or self.in_sync != self._emitted_in_sync:
             self.learned = table
+            self._emitted_in_sync = self.in_sync
             if self.on_learned is not None:
                 self.on_learned(dict(table))
 

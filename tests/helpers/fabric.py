@@ -268,6 +268,20 @@ class Fabric:
         proc.stdin.close()
         return PendingPod(self, Pod(name, node, ns, "", container), proc)
 
+    def del_pod(self, name: str) -> None:
+        """CNI DEL of a pod through its node's agent (the shim, as a runtime runs it): its
+        address is released; the pod's namespace stays the fixture's."""
+        pod = self.pods.pop(name)
+        conf = {"cniVersion": "1.0.0", "name": "l3net", "type": "l3fabric",
+                "agentSocket": self.nodes[pod.node].socket, "ipam": {"type": "l3fabric-ipam"}}
+        env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": pod.container,
+               "CNI_NETNS": f"/var/run/netns/{pod.ns}", "CNI_IFNAME": "eth0",
+               "CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}",
+               "CNI_PATH": str(BIN), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        r = subprocess.run([str(BIN / "l3fabric")], input=json.dumps(conf), env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, f"DEL {name} on {pod.node}: {r.stdout} {r.stderr}"
+
     def unreachable(self, pairs: Iterable[tuple[Pod, Pod]], count: int = 2) -> list[str]:
         """Ping every (src, dst) pair in parallel; the pairs that got no answer."""
         procs = [(s, d, subprocess.Popen(
@@ -300,6 +314,12 @@ class Fabric:
         for t in self.tors.values():
             out.append(f"--- {t.name} ---\n{t.birdc('show', 'protocols')}")
         return "\n".join(out)
+
+    def __enter__(self) -> Fabric:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         for n in self.nodes.values():

@@ -263,3 +263,24 @@ def test_a_config_change_during_the_restart_backoff_starts_exabgp_once(
                 p.wait()
     assert caplog.text.count("started exabgp") == 2
     assert sp._proc is procs[1] and sp.restarts == 1
+
+
+def test_the_owner_is_told_when_the_import_table_is_in_sync_even_if_it_is_empty(
+        tmp_path: Path) -> None:
+    """A restarted agent keeps the BGP routes its predecessor installed until the import
+    table is in sync (the agent reads ``in_sync``). When nothing is learned any more (the
+    only peer was removed while the agent was down) the table is empty before and after:
+    the owner was not told, and the stale routes stayed in the FIB until the next
+    datastore event or the periodic resync."""
+    calls: list[tuple[dict[str, tuple[str, ...]], bool]] = []
+
+    async def run() -> None:
+        sp, _ = speaker(tmp_path)
+        sp.on_learned = lambda table: calls.append((table, sp.in_sync))
+        sp.neighbors, sp.peers = {}, {}
+        sp._on_hello({"type": "relay-hello", "pid": 1, "announced": []})
+        await asyncio.sleep(0)
+        sp._mark_in_sync("timeout")
+        await asyncio.sleep(0)
+    asyncio.run(run())
+    assert calls and calls[-1] == ({}, True), calls
