@@ -57,7 +57,8 @@ Route reflection: ExaBGP keeps no RIB and reflects nothing. When a neighbour is 
 ``rr_client`` (we are its reflector) we re-announce, per neighbour, the best path of every
 accepted prefix learned over iBGP, with its original next hop, ``originator-id`` and our
 cluster ID prepended to ``cluster-list`` (RFC 4456 rules: client routes go to everyone,
-non-client routes only to clients; never back to the sender).
+non-client routes only to clients; never back to the sender). On every "up" of a
+neighbour its reflected routes are sent again, before its End-of-RIB, like our own.
 """
 
 from __future__ import annotations
@@ -568,11 +569,16 @@ class BgpSpeaker:
                 # node joining, a new BGPPeer, a changed definition) has none of our
                 # routes. So every "up" sends them all again; peers that have them drop
                 # the repeats (ExaBGP's adj-rib-out cache), then this End-of-RIB.
-                self._send([*sorted(self.announced.values()),
-                            f"neighbor {peer} announce eor ipv4 unicast"])
+                # Routes we reflect to this peer likewise, and before the End-of-RIB (a
+                # graceful-restart peer sweeps at it what it held from us): forgotten as
+                # sent, they go out again now, even when this "up" came in the same read
+                # as the "down" (no reflection ran between them to withdraw them).
+                self._send(sorted(self.announced.values()))
+                self.reflected = {k: v for k, v in self.reflected.items() if k[0] != peer}
+                self._reflect()
+                self._send([f"neighbor {peer} announce eor ipv4 unicast"])
                 # A fresh session sends its table and End-of-RIB (no refresh needed).
                 st.refresh_pending = not self.in_sync
-                self._schedule_reflect()
         elif kind == "update":
             message = nb.get("message") or {}
             if "eor" in message:
@@ -622,7 +628,6 @@ class BgpSpeaker:
             with contextlib.suppress(RuntimeError):  # no running loop: emitted on next event
                 asyncio.get_running_loop().call_soon(self._emit)
 
-    _schedule_reflect = _schedule_emit
 
     def _emit(self) -> None:
         self._emit_scheduled = False

@@ -284,3 +284,38 @@ def test_the_owner_is_told_when_the_import_table_is_in_sync_even_if_it_is_empty(
         await asyncio.sleep(0)
     asyncio.run(run())
     assert calls and calls[-1] == ({}, True), calls
+
+
+def test_a_reflector_sends_a_client_the_reflected_routes_before_its_end_of_rib(
+        tmp_path: Path) -> None:
+    """Client B's session resets (a changed definition: ExaBGP gives it a new, empty
+    adj-rib-out). B must get the routes reflected from client A again, and before our
+    End-of-RIB: a graceful-restart B sweeps what it held from us at the End-of-RIB, so
+    routes reflected after it flap (they were sent on a later loop turn, after it), and
+    when the "down" and "up" came in one read they were never sent again at all."""
+    a, b = "10.0.0.2", "10.0.0.3"
+
+    def ev(peer: str, **nb: Any) -> bytes:
+        return json.dumps({"type": nb.pop("type", "state"), "neighbor": {
+            "address": {"local": "10.0.0.1", "peer": peer}, **nb}}).encode()
+
+    async def run() -> list[str]:
+        sp, w = speaker(tmp_path)
+        sp.neighbors = {ip: NeighborSpec(ip, 64512, 64512, "10.0.0.1", "10.0.0.1",
+                                         "rr-client", rr_client=True, cluster_id="1.1.1.1")
+                        for ip in (a, b)}
+        sp.peers = {ip: _PeerState(0) for ip in (a, b)}
+        sp._on_line(ev(a, state="up"))
+        sp._on_line(ev(b, state="up"))
+        sp._on_line(ev(a, type="update", message={"update": {"announce": {
+            "ipv4 unicast": {a: [{"nlri": "10.244.2.0/26"}]}}}}))
+        await asyncio.sleep(0)
+        assert any(f"neighbor {b} announce route 10.244.2.0/26" in x for x in w.sent), w.sent
+        n = len(w.sent)
+        sp._on_line(ev(b, state="down"))
+        sp._on_line(ev(b, state="up"))
+        await asyncio.sleep(0)
+        return w.sent[n:]
+    sent = asyncio.run(run())
+    eor = sent.index(f"neighbor {b} announce eor ipv4 unicast")
+    assert any(f"neighbor {b} announce route 10.244.2.0/26" in x for x in sent[:eor]), sent
