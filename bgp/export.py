@@ -11,7 +11,7 @@ decoder calls `decode_block`, which keeps only what export needs, so that the mi
 not hold every allocation's attributes). Because the agent recomputes on every datastore
 event, an export change goes out as soon as IPAM changes: no timer.
 
-Also here: the import filter's inputs (`enabled_pools`) from the same mirror.
+Also here: the import filter's inputs (`pool_cidrs`) from the same mirror.
 """
 
 from __future__ import annotations
@@ -73,8 +73,10 @@ def export_prefixes(node: str, state: Mapping[str, Any]) -> set[str]:
     return confirmed_blocks(node, state) | borrowed_addresses(node, state)
 
 
-def enabled_pools(state: Mapping[str, Any]) -> list[str]:
+def pool_cidrs(state: Mapping[str, Any]) -> list[str]:
+    """Every pool's CIDR, disabled or not: ``disabled`` stops new addresses, while the
+    pods that hold addresses in the pool must stay reachable from the other nodes (and
+    disabling the pool is the first step before deleting it)."""
     prefix = keys.full(keys.IPPOOLS)
     return sorted(str(v.spec.cidr) for k, v in state.items()
-                  if k.startswith(prefix) and isinstance(v, model.IPPool)
-                  and not v.spec.disabled)
+                  if k.startswith(prefix) and isinstance(v, model.IPPool))

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from bgp.config import desired_neighbors
-from bgp.export import confirmed_blocks, enabled_pools, export_prefixes
+from bgp.export import confirmed_blocks, export_prefixes, pool_cidrs
 from bgp.speaker import BgpSpeaker, Learned
 from datastore import keys, model
 
@@ -96,7 +96,7 @@ class BgpController:
         conf = state.get(keys.bgp_config("default"))
         bgpconf = conf if isinstance(conf, model.BGPConfiguration) else None
         sp = self.speaker
-        sp.set_filter(enabled_pools(state), confirmed_blocks(self.node, state))
+        sp.set_filter(pool_cidrs(state), confirmed_blocks(self.node, state))
         await sp.set_exports(export_prefixes(self.node, state),
                              bgpconf.spec.communities if bgpconf else ())
         await sp.set_neighbors(desired_neighbors(self.node, nodes, bgpconf, peers,

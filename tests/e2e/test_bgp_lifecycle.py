@@ -12,9 +12,9 @@ and in the nodes' FIBs, pings between pods.
   routes its predecessor installed from that peer (they once stayed in the FIB until the
   next datastore event or the 60 s resync: the speaker did not tell the agent its import
   table was in sync when that table was empty, as it had been since the start);
-- on a LAN mesh: holdTime, a node's AS number, nodeToNodeMesh off and on again, and a
-  node's BGP address changed: every node learns every block via its owner's current
-  address, and the pods reach each other.
+- on a LAN mesh: holdTime, a node's AS number, nodeToNodeMesh off and on again, a
+  node's BGP address changed, and the pool disabled: every node learns every block via
+  its owner's current address, and the pods reach each other.
 """
 
 from __future__ import annotations
@@ -223,3 +223,14 @@ def test_mesh_changes_at_run_time(fabric: Fabric) -> None:
         fab, lambda: fab.put("nodes/n3", node_doc("n3", "10.0.0.13/24")), {"n3"})
     addr["n3"] = "10.0.0.13"
     check("n3's address changed")
+    # Disabling the pool (the first step before deleting it) stops new addresses, not
+    # the traffic of the pods holding one: the nodes once dropped the blocks learned in a
+    # disabled pool. Every agent has seen the change when its ADD is refused.
+    fab.put("config/ippools/p", {"apiVersion": API, "kind": "IPPool", "metadata": {"name": "p"},
+                                 "spec": {"cidr": "10.244.0.0/16", "disabled": True}})
+    for n in fab.nodes:
+        proc = fab.spawn_pod(n, f"refused-{n}").proc
+        assert proc.stdout is not None
+        out = proc.stdout.read()  # its stdin is closed already
+        assert proc.wait(60) != 0 and '"code": 100' in out, out
+    check("pool disabled")

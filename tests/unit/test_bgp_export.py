@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bgp.export import BlockSummary, decode_block, enabled_pools, export_prefixes
+from bgp.export import BlockSummary, decode_block, export_prefixes, pool_cidrs
 from datastore import keys, model
 from felix_like.calc import Affinity
 from ipam.block import AllocationAttrs, Block, affinity_of
@@ -42,7 +42,8 @@ def test_exports_confirmed_blocks_and_borrowed_addresses() -> None:
     }
     assert export_prefixes("n1", state) == {"10.244.1.0/26", "10.244.2.3/32"}
     assert export_prefixes("n2", state) == {"10.244.2.0/26"}
-    assert enabled_pools(state) == ["10.244.0.0/16"]
+    # A disabled pool still imports: its pods keep their routes to the other nodes.
+    assert pool_cidrs(state) == ["10.244.0.0/16", "10.245.0.0/16"]
     # The borrowed address is freed: its /32 goes.
     other.release(3)
     state[keys.ipam_block("10.244.2.0/26")] = decode_block(other.to_json())
