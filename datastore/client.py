@@ -337,6 +337,24 @@ class Datastore:
             raise _translate(e) from e
         return None if got is None else _kv(got)
 
+    async def get_at(self, key: str, revision: int) -> KV | None:
+        """``key`` as it was at ``revision`` (etcd's MVCC history), None if absent then.
+
+        aetcd's range builder drops ``revision``, so the request is built here. Raises
+        `CompactedError` when ``revision`` is older than the last compaction.
+        """
+        req = rpc.RangeRequest(key=key.encode(), revision=revision)
+        try:
+            await self._client.connect()
+            resp = await self._client.kvstub.Range(req, timeout=self._client._timeout,
+                                                   metadata=self._client.metadata)
+        except _EXPECTED as e:
+            err = _translate(e)
+            if "compacted" in str(err) and not isinstance(err, CompactedError):
+                raise CompactedError(0) from e
+            raise err from e
+        return _kv(resp.kvs[0]) if resp.count else None
+
     async def list(self, prefix: str, keys_only: bool = False) -> tuple[list[KV], int]:
         """Every key under ``prefix`` and the store revision of that snapshot."""
         try:

@@ -207,6 +207,22 @@ class FakeDatastore(_Datastore):
         self._check()
         return self._data.get(key)
 
+    async def get_at(self, key: str, revision: int) -> KV | None:
+        """``key`` at ``revision``, replayed from the held history (as etcd's MVCC)."""
+        self._check()
+        if revision < self._compacted:
+            raise CompactedError(self._compacted)
+        if revision > self._rev:
+            raise DatastoreError("etcd error OUT_OF_RANGE: required revision is a future "
+                                 "revision")
+        found: KV | None = None
+        for ev in self._history:
+            if ev.revision > revision:
+                break
+            if ev.kv.key == key:
+                found = ev.kv if ev.type == "put" else None
+        return found
+
     async def list(self, prefix: str, keys_only: bool = False) -> tuple[list[KV], int]:
         self._check()
         kvs = [kv for k, kv in sorted(self._data.items()) if k.startswith(prefix)]

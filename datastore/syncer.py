@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# At most this many earlier versions are read to find a malformed key's last good value.
+HISTORY_STEPS = 20
+
 RECONNECT_BACKOFF = Backoff(initial=0.05, maximum=5.0, multiplier=2.0, jitter=0.3)
 
 
@@ -159,7 +162,54 @@ class Syncer(Generic[T]):
     async def resync(self) -> list[SyncEvent[T]]:
         """Step 1: snapshot, diff against `current`, and end with `InSync`."""
         kvs, rev = await self.ds.list(self.prefix)
-        return self.apply_snapshot(kvs, rev)
+        mods = {kv.key: kv for kv in kvs}
+        out: list[SyncEvent[T]] = []
+        for ev in self.apply_snapshot(kvs, rev):
+            if (isinstance(ev, ConfigError) and ev.key not in self.current
+                    and ev.key in mods):
+                out.extend(await self._last_good(mods[ev.key]))
+            out.append(ev)
+        return out
+
+    async def _last_good(self, kv: KV) -> list[SyncEvent[T]]:
+        """The newest earlier value of ``kv.key`` that decodes, as an `Update`.
+
+        Runs when a snapshot finds a malformed value and no last good one is held (the
+        agent restarted, or the key is new to us): etcd keeps each key's history until
+        compaction, so the value in force before the bad write can still be read. The walk
+        stops at the key's create_revision (a deleted and re-created key does not inherit
+        its old life), after `HISTORY_STEPS` reads, or at the compaction point; then
+        nothing is in force, as before. A datastore error ends the walk the same way (the
+        next snapshot does not retry it: the ConfigError still stands and is reported).
+        """
+        rev, why = kv.mod_revision - 1, "the key was created with it"
+        for _ in range(HISTORY_STEPS):
+            if rev < kv.create_revision:
+                break
+            try:
+                old = await self.ds.get_at(kv.key, rev)
+            except CompactedError:
+                why = "older history is compacted"
+                break
+            except DatastoreError as e:
+                why = f"reading history failed: {e}"
+                break
+            if old is None or old.create_revision != kv.create_revision:
+                break
+            try:
+                value = self.decode(kv.key, old.value)
+            except Exception:  # any undecodable value (or a decoder bug): look further back
+                rev = old.mod_revision - 1
+                continue
+            self.current[kv.key] = value
+            log.warning("%s: using its last valid value, from revision %d", kv.key,
+                        old.mod_revision)
+            return [Update(kv.key, value, old.mod_revision)]
+        else:
+            why = f"none in the last {HISTORY_STEPS} versions"
+        log.warning("%s: no earlier valid value exists (%s); nothing is in force for it",
+                    kv.key, why)
+        return []
 
     def apply_snapshot(self, kvs: list[KV], rev: int) -> list[SyncEvent[T]]:
         out: list[SyncEvent[T]] = []

@@ -251,3 +251,25 @@ def test_addresses_freed_by_ipam_check_fix_are_handed_out_by_the_running_agent(
     assert address(cni(node, "ADD", "cc", pods["c"], "c")) == "10.244.0.1"
     for p in "ac":
         cni(node, "DEL", f"c{p}", pods[p], p)
+
+
+def test_a_pool_made_malformed_stays_in_force_across_an_agent_restart(
+        node: Node, netns: Callable[[str], str], etcd: EmbeddedEtcd) -> None:
+    """A pool overwritten with an invalid value, then the agent restarted: the new agent
+    has no last good value in memory and reads it from etcd's history, so the next ADD
+    still gets an address from the pool (it failed with 100 "no enabled IPv4 pool"), and
+    its NodeStatus names the key and the problem."""
+    def errors() -> list[str]:
+        out = etcdctl(etcd, "get", "--print-value-only", "/l3fabric/v1/status/nodes/n1")
+        return list(json.loads(out)["status"]["errors"]) if out else []
+
+    etcdctl(etcd, "put", "/l3fabric/v1/config/ippools/p1",
+            json.dumps({**POOL, "spec": {**POOL["spec"], "blockSize": 99}}))
+    node.kill(signal.SIGTERM)
+    node.start(etcd)
+    want = ["config/ippools/p1: spec.blockSize: 99 is not between 20 and 32"]
+    wait_for(lambda: errors() == want, 20, "the error in the NodeStatus", 0.1,
+             lambda: str(errors()))
+    pod = netns("a")
+    assert address(cni(node, "ADD", "ca", pod, "a")) == "10.244.0.0"
+    cni(node, "DEL", "ca", pod, "a")

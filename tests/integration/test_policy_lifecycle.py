@@ -301,9 +301,6 @@ def test_the_agent_follows_labels_bad_values_and_changes_made_while_it_was_down(
     wait_for(lambda: ping(a, ip_b), 20, "the pod relabelled out of the policy")
 
 
-@pytest.mark.xfail(strict=True, reason="the syncer keeps a last good value only in memory: "
-                   "an agent started with a malformed policy in etcd has none, so the policy "
-                   "is gone (fix belongs in datastore/syncer.py or felix_like/agent.py)")
 def test_a_policy_made_malformed_stays_in_force_across_an_agent_restart(
         agent: Node, netns: Callable[[str], str], etcd: EmbeddedEtcd) -> None:
     a, b = netns("pa"), netns("pb")
