@@ -107,10 +107,24 @@ class Delete:
 
 @dataclass(frozen=True)
 class Get:
+    """Read ``key`` inside a transaction. ``keys_only``: the KV comes back without its value
+    (``b""``), revisions and version intact - enough to tell whether a cached copy is
+    still current without transferring it."""
+
     key: str
+    keys_only: bool = False
 
 
-Op = Put | Delete | Get
+@dataclass(frozen=True)
+class Range:
+    """Every key under ``prefix``, in key order, inside a transaction (``keys_only`` as for
+    `Get`): a read of several prefixes at one revision, in one request."""
+
+    prefix: str
+    keys_only: bool = False
+
+
+Op = Put | Delete | Get | Range
 
 
 @dataclass(frozen=True)
@@ -119,6 +133,8 @@ class TxnResult:
     revision: int
     # One entry per Get in the executed branch: the KV, or None if absent.
     gets: tuple[KV | None, ...] = field(default_factory=tuple)
+    # One entry per Range in the executed branch: its KVs in key order.
+    ranges: tuple[tuple[KV, ...], ...] = field(default_factory=tuple)
 
 
 # -- configuration --------------------------------------------------------------------
@@ -279,7 +295,12 @@ def _op_pb(x: Op) -> Any:
                                                         lease=x.lease or 0))
     if isinstance(x, Delete):
         return rpc.RequestOp(request_delete_range=rpc.DeleteRangeRequest(key=x.key.encode()))
-    return rpc.RequestOp(request_range=rpc.RangeRequest(key=x.key.encode()))
+    if isinstance(x, Range):
+        start = x.prefix.encode()
+        return rpc.RequestOp(request_range=rpc.RangeRequest(
+            key=start, range_end=aetcd.utils.prefix_range_end(start), keys_only=x.keys_only))
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=x.key.encode(),
+                                                        keys_only=x.keys_only))
 
 
 def _translate(exc: BaseException) -> DatastoreError:
@@ -430,11 +451,15 @@ class Datastore:
         except _EXPECTED as e:
             raise _translate(e) from e
         gets: list[KV | None] = []
-        for r in resp.responses:
-            if r.HasField("response_range"):
+        ranges: list[tuple[KV, ...]] = []
+        for op, r in zip(success if resp.succeeded else failure, resp.responses, strict=True):
+            if isinstance(op, Get):
                 kvs = r.response_range.kvs
                 gets.append(_kv(kvs[0]) if kvs else None)
-        return TxnResult(bool(resp.succeeded), int(resp.header.revision), tuple(gets))
+            elif isinstance(op, Range):
+                ranges.append(tuple(_kv(kv) for kv in r.response_range.kvs))
+        return TxnResult(bool(resp.succeeded), int(resp.header.revision), tuple(gets),
+                         tuple(ranges))
 
     # -- leases -----------------------------------------------------------------------
 

@@ -44,6 +44,7 @@ from datastore.client import (
     NotFoundError,
     Op,
     Put,
+    Range,
     TxnResult,
     UnavailableError,
     WatchEvent,
@@ -138,7 +139,8 @@ class FakeDatastore(_Datastore):
         if keys:
             self._commit([Delete(k) for k in keys])
 
-    def _commit(self, ops: Sequence[Op]) -> tuple[int, list[KV | None]]:
+    def _commit(self, ops: Sequence[Op]
+                ) -> tuple[int, list[KV | None], list[tuple[KV, ...]]]:
         """Apply ops atomically; bump the revision once if anything changed."""
         for op in ops:
             if isinstance(op, Put) and op.lease and op.lease not in self._leases:
@@ -146,9 +148,17 @@ class FakeDatastore(_Datastore):
         rev = self._rev + 1
         events: list[WatchEvent] = []
         gets: list[KV | None] = []
+        ranges: list[tuple[KV, ...]] = []
         for op in ops:
-            if isinstance(op, Get):
-                gets.append(self._data.get(op.key))
+            if isinstance(op, Range):
+                ranges.append(tuple(replace(kv, value=b"") if op.keys_only else kv
+                                    for k, kv in sorted(self._data.items())
+                                    if k.startswith(op.prefix)))
+            elif isinstance(op, Get):
+                got = self._data.get(op.key)
+                if got is not None and op.keys_only:
+                    got = replace(got, value=b"")
+                gets.append(got)
             elif isinstance(op, Put):
                 old = self._data.get(op.key)
                 kv = KV(op.key, bytes(op.value),
@@ -169,7 +179,7 @@ class FakeDatastore(_Datastore):
                 for ev in events:
                     if ev.kv.key.startswith(prefix):
                         q.put_nowait(ev)
-        return self._rev, gets
+        return self._rev, gets, ranges
 
     def _compare(self, c: Compare) -> bool:
         kv = self._data.get(c.key)
@@ -244,8 +254,8 @@ class FakeDatastore(_Datastore):
                   failure: Sequence[Op] = ()) -> TxnResult:
         self._check()
         ok = all(self._compare(c) for c in compare)
-        rev, gets = self._commit(success if ok else failure)
-        return TxnResult(ok, rev, tuple(gets))
+        rev, gets, ranges = self._commit(success if ok else failure)
+        return TxnResult(ok, rev, tuple(gets), tuple(ranges))
 
     async def grant_lease(self, ttl: int) -> int:
         self._check()

@@ -54,6 +54,7 @@ from datastore.client import (
     Get,
     Op,
     Put,
+    Range,
     TxnResult,
     UnavailableError,
 )
@@ -157,6 +158,8 @@ class IpamClient:
         self.stats = IpamStats()
         self._affine: dict[str, KV] | None = None  # confirmed blocks of this node
         self._affinity_count = 0  # this node's affinities in any state, at the last read
+        # Every block's cidr and mod_revision, at the last `_load_affinities(refresh=True)`.
+        self._block_heads: dict[str, int] = {}
         self._others: dict[str, KV] = {}  # blocks of other nodes (or none) seen lately
         self._handles: dict[str, KV] = {}
         self._reserved_cache: dict[tuple[str, tuple[str, ...]], frozenset[int]] = {}
@@ -299,10 +302,23 @@ class IpamClient:
                                refresh: bool = False) -> dict[str, KV]:
         """Re-read this node's affinities: confirmed blocks into the cache, pending resumed.
 
-        ``refresh``: re-read the cached blocks too (in one transaction). A claim needs it:
-        another client (``ipam release``, ``check --fix``) may have freed addresses in
-        them, and no write of ours would fail its compare to tell us."""
-        kvs = await self._list(keys.ipam_affinities_of(self.node))
+        ``refresh``: check the cached blocks too. A claim needs it: another client (``ipam
+        release``, ``check --fix``) may have freed addresses in them, and no write of ours
+        would fail its compare to tell us. The affinities then come in one request with a
+        keys-only list of every block (`_block_heads`): its revisions tell which cached
+        blocks changed - only those are read again, so a node with many full blocks does
+        not re-read them all on every claim - and it is the set of taken blocks a fresh
+        claim needs."""
+        heads: dict[str, int] | None = None
+        if refresh:
+            res = await self._txn([], [Range(keys.ipam_affinities_of(self.node)),
+                                       Range(keys.full(keys.IPAM_BLOCKS), keys_only=True)])
+            kvs: Sequence[KV] = res.ranges[0]
+            heads = {keys.segment_to_cidr(kv.key.rsplit("/", 1)[-1]): kv.mod_revision
+                     for kv in res.ranges[1]}
+            self._block_heads = heads
+        else:
+            kvs = await self._list(keys.ipam_affinities_of(self.node))
         self._affinity_count = len(kvs)
         confirmed: list[str] = []
         pending: list[tuple[str, KV]] = []
@@ -313,13 +329,17 @@ class IpamClient:
                 confirmed.append(cidr)
             elif state == PENDING:
                 pending.append((cidr, kv))
-        # Blocks already cached stay as they are: if they changed, the next write's compare
-        # fails and its failure branch refreshes them; only new ones are read.
-        cached = {} if refresh else self._affine or {}
+        # Without ``refresh``, blocks already cached stay as they are: if they changed, the
+        # next write's compare fails and its failure branch refreshes them; only new ones
+        # are read.
+        cached = dict(self._affine or {})
+        if heads is not None:
+            cached = {c: kv for c, kv in cached.items() if heads.get(c) == kv.mod_revision}
         fetch = [c for c in confirmed if c not in cached]
-        if refresh and fetch:
-            got: Sequence[KV | None] = (await self._txn(
-                [], [Get(keys.ipam_block(c)) for c in fetch])).gets
+        got: Sequence[KV | None]
+        if heads is not None:
+            got = (await self._txn([], [Get(keys.ipam_block(c)) for c in fetch])).gets \
+                if fetch else ()
         else:
             got = await asyncio.gather(*(self._get(keys.ipam_block(c)) for c in fetch))
         fetched = dict(zip(fetch, got, strict=True))
@@ -483,10 +503,11 @@ class IpamClient:
             why.append(f"node {self.node} has reached maxBlocksPerHost="
                        f"{cfg.max_blocks_per_host}")
             return False
-        # Which blocks exist is all a fresh claim needs: list keys only (the values of every
-        # block in the cluster would grow with it). Orphans to adopt need values: read them
-        # only when no fresh block could be claimed.
-        existing = set(await self._block_cidrs())
+        # Which blocks exist is all a fresh claim needs: the keys-only list read with the
+        # affinities (the values of every block in the cluster would grow with it), and
+        # the blocks a pending claim of ours just finished. Orphans to adopt need values:
+        # read them only when no fresh block could be claimed.
+        existing = set(self._block_heads) | set(affine)
         blocks: dict[str, KV] | None = None
         for pool in pools:
             if ahead and not self._has_blocks_to_spare(pool, existing):
@@ -567,7 +588,7 @@ class IpamClient:
 
     def _maybe_claim_ahead(self, inputs: IpamInputs, versions: Iterable[int]) -> None:
         """After an allocation: if the node is short of room, claim the next block in a
-        background task, so that claim's five requests are not on an allocation's path.
+        background task, so that claim's four requests are not on an allocation's path.
 
         Failure modes: the task fails or is cancelled (shutdown) - the next allocation
         that needs a block claims on demand, and a claim cut short between its steps is
