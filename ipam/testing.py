@@ -59,11 +59,14 @@ def churn_worker(endpoints: str, node: str, worker: int, count: int, release_eve
                  seed: int = 0) -> dict[str, Any]:
     """One allocator process (tests, benchmark): ``count`` auto-assigns on ``node``, and
     after every ``release_every``-th a release of a random earlier handle of this worker.
+    Handles and pod names have the length of real ones (a CNI handle holds a 64-hex
+    container ID; a Deployment's pod name two hashes), so block values do too.
 
     Runs its own event loop and Datastore. Returns what it was handed (address, seq,
     handle, block), the handles it released, failures, timing and round trips.
     """
     import asyncio
+    import hashlib
     import random
     import time
 
@@ -81,9 +84,11 @@ def churn_worker(endpoints: str, node: str, worker: int, count: int, release_eve
             client = IpamClient(ds, node, inputs=None)
             t0, c0 = time.perf_counter(), time.process_time()
             for i in range(count):
-                handle = f"l3fabric.w{worker}-{i}.eth0"
+                cid = hashlib.sha256(f"{seed}-{worker}-{i}".encode()).hexdigest()
+                handle = f"l3fabric.{cid}.eth0"
                 try:
-                    got = await client.auto_assign(handle, namespace="bench", pod=f"p{i}")
+                    got = await client.auto_assign(handle, namespace="default",
+                                                   pod=f"web-{cid[:10]}-{cid[10:15]}")
                 except IpamError as e:
                     failures.append(f"{handle}: {e}")
                     continue
