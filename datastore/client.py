@@ -107,18 +107,14 @@ class Delete:
 
 @dataclass(frozen=True)
 class Get:
-    """Read ``key`` inside a transaction. ``keys_only``: the KV comes back without its value
-    (``b""``), revisions and version intact - enough to tell whether a cached copy is
-    still current without transferring it."""
-
     key: str
-    keys_only: bool = False
 
 
 @dataclass(frozen=True)
 class Range:
-    """Every key under ``prefix``, in key order, inside a transaction (``keys_only`` as for
-    `Get`): a read of several prefixes at one revision, in one request."""
+    """Every key under ``prefix``, in key order, inside a transaction: a read of several
+    prefixes at one revision, in one request. ``keys_only``: the KVs come back without
+    their values (``b""``), revisions and versions intact."""
 
     prefix: str
     keys_only: bool = False
@@ -299,8 +295,7 @@ def _op_pb(x: Op) -> Any:
         start = x.prefix.encode()
         return rpc.RequestOp(request_range=rpc.RangeRequest(
             key=start, range_end=aetcd.utils.prefix_range_end(start), keys_only=x.keys_only))
-    return rpc.RequestOp(request_range=rpc.RangeRequest(key=x.key.encode(),
-                                                        keys_only=x.keys_only))
+    return rpc.RequestOp(request_range=rpc.RangeRequest(key=x.key.encode()))
 
 
 def _translate(exc: BaseException) -> DatastoreError:

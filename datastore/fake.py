@@ -155,10 +155,7 @@ class FakeDatastore(_Datastore):
                                     for k, kv in sorted(self._data.items())
                                     if k.startswith(op.prefix)))
             elif isinstance(op, Get):
-                got = self._data.get(op.key)
-                if got is not None and op.keys_only:
-                    got = replace(got, value=b"")
-                gets.append(got)
+                gets.append(self._data.get(op.key))
             elif isinstance(op, Put):
                 old = self._data.get(op.key)
                 kv = KV(op.key, bytes(op.value),

@@ -332,7 +332,7 @@ class IpamClient:
         # Without ``refresh``, blocks already cached stay as they are: if they changed, the
         # next write's compare fails and its failure branch refreshes them; only new ones
         # are read.
-        cached = dict(self._affine or {})
+        cached = self._affine or {}
         if heads is not None:
             cached = {c: kv for c, kv in cached.items() if heads.get(c) == kv.mod_revision}
         fetch = [c for c in confirmed if c not in cached]

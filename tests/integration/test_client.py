@@ -83,17 +83,17 @@ async def test_txn_with_gets_and_list_revision(etcd: EmbeddedEtcd) -> None:
         assert (await ds.list(P))[0] == []
 
 
-async def test_keys_only_gets_and_ranges_in_a_txn_and_the_fake_agrees(
+async def test_ranges_in_a_txn_and_the_fake_agrees(
         etcd: EmbeddedEtcd) -> None:
-    """What the IPAM claim reads in one request: a prefix, every key of another prefix
-    without values, a single key without its value; in either branch, beside writes."""
+    """What the IPAM claim reads in one request: a prefix, and every key of another prefix
+    without values; in either branch, beside writes and Gets."""
     async def run(ds: Datastore) -> list[TxnResult]:
         await ds.put(P + "a/1", b"one")
         await ds.put(P + "a/2", b"two")
         await ds.put(P + "b/1", b"three")
         await ds.put(P + "ab", b"not under a/")
         ops = [Range(P + "a/"), Put(P + "a/3", b"x"), Range(P + "b/", keys_only=True),
-               Get(P + "a/1", keys_only=True), Get(P + "none", keys_only=True),
+               Get(P + "a/1"), Get(P + "none"),
                Range(P + "none/")]
         won = await ds.txn([], ops, [])
         lost = await ds.txn([Compare(P + "a/1", "version", ">", 9)], [], ops)
@@ -109,7 +109,7 @@ async def test_keys_only_gets_and_ranges_in_a_txn_and_the_fake_agrees(
         assert [(kv.key, kv.value) for kv in b] == [(P + "b/1", b"")] and empty == ()
         head, none = res.gets
         assert head is not None and none is None
-        assert (head.key, head.value, head.version) == (P + "a/1", b"", 1)
+        assert (head.key, head.value, head.version) == (P + "a/1", b"one", 1)
     assert [kv.key for kv in got[0].ranges[0]] == [P + "a/1", P + "a/2"]  # read before put
     assert [kv.key for kv in got[1].ranges[0]] == [P + "a/1", P + "a/2", P + "a/3"]
     # The fake answers alike (revisions differ: the real store holds other keys).
