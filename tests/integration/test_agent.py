@@ -73,14 +73,29 @@ def routes(ns: str) -> list[str]:
     return sorted(sh("ip", "-n", ns, "route", "show", "proto", "80").splitlines())
 
 
+def routes_with_blackhole(ns: str, timeout: float = 10) -> list[str]:
+    """The node's routes once its block's blackhole is in. The CNI handler installs a
+    pod's /32 before ADD answers; the blackhole (and the BGP announcement) follow the
+    confirmed affinity, which reaches the agent through its etcd watch a moment later,
+    as in Calico, where BIRD programs them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rs = routes(ns)
+        if any(r.startswith("blackhole ") for r in rs) or time.monotonic() > deadline:
+            return rs
+        time.sleep(0.05)
+
+
 def test_pod_add_routes_endpoint_metrics_and_del(node: Node, netns: Callable[[str], str],
                                                  etcd: EmbeddedEtcd) -> None:
     pod = netns("pod")
     res = cni(node, "ADD", "c1", pod, "web")
     ip = res["ips"][0]["address"].split("/")[0]
     assert ip.startswith("10.244.")
-    # The pod's /32 and its block's blackhole are in the node's kernel.
-    rs = routes(node.ns)
+    # The pod's /32 is in the node's kernel when ADD answers; its block's blackhole
+    # follows.
+    assert any(r.startswith(f"{ip} dev fab") for r in routes(node.ns))
+    rs = routes_with_blackhole(node.ns)
     assert any(r.startswith(f"{ip} dev fab") for r in rs), rs
     assert any(r.startswith("blackhole 10.244.") for r in rs), rs
     # Its WorkloadEndpoint is in etcd, with the address.
@@ -173,7 +188,7 @@ def test_restart_changes_no_route_and_drops_no_ping(node: Node,
     a, b = netns("pa"), netns("pb")
     cni(node, "ADD", "ca", a, "a")
     ip_b = cni(node, "ADD", "cb", b, "b")["ips"][0]["address"].split("/")[0]
-    before = routes(node.ns)
+    before = routes_with_blackhole(node.ns)
     monitor = subprocess.Popen(["ip", "-n", node.ns, "monitor", "route"],
                                stdout=subprocess.PIPE, text=True)
     ping = subprocess.Popen(["ip", "netns", "exec", a, "ping", "-q", "-i", "0.01", "-w", "6",
