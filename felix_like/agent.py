@@ -47,7 +47,7 @@ from datastore.schema import ensure_schema
 from datastore.syncer import ConfigError, ConnectionState, Deleted, InSync, Syncer, Update
 from felix_like import calc
 from felix_like.metrics import HealthServer, Metrics
-from felix_like.netlink import open_iproute
+from felix_like.netlink import open_address_monitor, open_iproute
 from felix_like.policy.manager import PolicyManager
 from felix_like.routes import Route, RouteManager, register_rt_protos
 from ipam.model import IpamInputs
@@ -313,12 +313,48 @@ class Agent:
         while True:
             await asyncio.sleep(self.cfg.resync_interval * (0.9 + 0.2 * random.random()))
             self.routes.resync()
-            self.bgp.local_addresses = await self._in_netlink(
-                lambda: interface_addresses(self.ipr))
+            await self._refresh_local_addresses()
             if self.policy is not None:
                 policy = self.policy
                 await self._in_netlink(policy.resync)
             self._dirty.set()
+
+    async def _refresh_local_addresses(self) -> None:
+        addrs = await self._in_netlink(lambda: interface_addresses(self.ipr))
+        if addrs != self.bgp.local_addresses:
+            log.info("interface addresses now: %s", ", ".join(addrs) or "none")
+            self.bgp.local_addresses = addrs
+            self._dirty.set()  # sessions source from the address on their peer's subnet
+
+    async def _watch_addresses(self) -> None:
+        """Read the node's addresses again as soon as one is added or removed: an uplink
+        configured after the agent started (a second NIC that networkd brings up late)
+        must carry its BGP session at once, not after the next periodic resync."""
+        try:
+            sock = open_address_monitor(self.cfg.netns)
+        except OSError as e:  # the periodic resync still re-reads them
+            log.warning("cannot watch interface addresses (%s): re-read every resync", e)
+            await asyncio.Event().wait()  # a task of run() must not end
+        loop = asyncio.get_running_loop()
+        changed = asyncio.Event()
+
+        def readable() -> None:
+            with contextlib.suppress(OSError):  # BlockingIOError: drained; ENOBUFS: re-read
+                while True:
+                    sock.recv(65536)
+            changed.set()
+
+        loop.add_reader(sock.fileno(), readable)
+        try:
+            await self._refresh_local_addresses()  # what changed since run() read them
+            while True:
+                await changed.wait()
+                await asyncio.sleep(0.05)  # an interface brings several addresses at once
+                changed.clear()
+                await self._refresh_local_addresses()
+        finally:
+            loop.remove_reader(sock.fileno())
+            sock.close()
 
     # -- datastore -------------------------------------------------------------------------
 
@@ -500,7 +536,8 @@ class Agent:
             await self.bgp.start()
             tasks = [asyncio.create_task(c, name=n) for n, c in [
                 ("consume", self._consume()), ("applier", self._applier()),
-                ("status", self._status_loop()), ("resync", self._periodic_resync())]]
+                ("status", self._status_loop()), ("resync", self._periodic_resync()),
+                ("addresses", self._watch_addresses())]]
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
             for t in done:

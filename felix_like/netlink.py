@@ -235,6 +235,31 @@ def run_short_in_netns(ns: str | None, fn: Callable[[], T]) -> T:
     return _ns_thread.run(ns, fn)
 
 
+#: rtnetlink multicast group of IPv4 address changes (``ip -4 monitor address``).
+RTMGRP_IPV4_IFADDR = 0x10
+
+
+def open_address_monitor(ns: str | None) -> socket.socket:
+    """A non-blocking rtnetlink socket in ``ns`` that receives a message whenever an IPv4
+    address is added to or removed from an interface there. The messages are not parsed:
+    their reader only learns that the addresses changed and reads them again. IPv4 only:
+    the kernel gives every veth that comes up an IPv6 link-local address, so the IPv6
+    group would fire on each pod ADD; the host side of a pod's veth has no IPv4 address.
+    """
+
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        try:
+            s.bind((0, RTMGRP_IPV4_IFADDR))
+            s.setblocking(False)
+        except BaseException:
+            s.close()
+            raise
+        return s
+
+    return run_short_in_netns(ns, make)
+
+
 # ---------------------------------------------------------------------- raw rtnetlink
 
 NLMSG_ERROR = 2
