@@ -345,13 +345,16 @@ class Agent:
             changed.set()
 
         loop.add_reader(sock.fileno(), readable)
+        changed.set()  # what changed since run() read them
         try:
-            await self._refresh_local_addresses()  # what changed since run() read them
             while True:
                 await changed.wait()
                 await asyncio.sleep(0.05)  # an interface brings several addresses at once
                 changed.clear()
-                await self._refresh_local_addresses()
+                try:
+                    await self._refresh_local_addresses()
+                except Exception:  # the next change or the periodic resync reads them
+                    log.exception("reading the interface addresses failed")
         finally:
             loop.remove_reader(sock.fileno())
             sock.close()
