@@ -31,7 +31,6 @@ from felix_like.netlink import (
     Rtnl,
     _attr,
     _parse_attrs,
-    run_short_in_netns,
 )
 
 NETLINK_NETFILTER = 12
@@ -74,18 +73,7 @@ def _addresses(tuple_payload: bytes, family: int) -> list[bytes]:
 class Ctnl(Rtnl):
     """A ctnetlink socket: `Rtnl`'s transport over ``NETLINK_NETFILTER``."""
 
-    @classmethod
-    def open(cls, ns: str | None) -> Ctnl:
-        def make() -> socket.socket:
-            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-            try:
-                s.bind((0, 0))
-            except BaseException:
-                s.close()
-                raise
-            return s
-
-        return cls(run_short_in_netns(ns, make))
+    protocol = NETLINK_NETFILTER
 
     def entries(self, family: int) -> Iterator[Entry]:
         """Every entry of ``family`` in the namespace (one dump)."""
@@ -140,9 +128,6 @@ def forget(ns: str | None, family: int,
     """Delete the entries of ``family`` in namespace ``ns`` with an address in ``nets``;
     how many were deleted. Call it from the namespace's thread (`run_in_netns`) or with
     ``ns`` None there."""
-    ct = Ctnl.open(ns)
-    try:
+    with Ctnl.open(ns) as ct:
         found = matching(ct.entries(family), list(nets))
         return sum(ct.delete(family, e) for e in found)
-    finally:
-        ct.close()

@@ -29,7 +29,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 from pyroute2 import IPRoute
 
@@ -368,16 +368,19 @@ class Rtnl:
     one thread at a time. Errors raise :class:`NetlinkError` with the kernel's errno.
     """
 
+    #: The netlink family of the socket `open` makes (a subclass may speak another).
+    protocol = NETLINK_ROUTE
+
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._seq = 0
 
     @classmethod
-    def open(cls, ns: str | None) -> Rtnl:
+    def open(cls, ns: str | None) -> Self:
         """A socket bound to namespace ``ns`` (``None``: the calling thread's)."""
 
         def make() -> socket.socket:
-            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, cls.protocol)
             try:
                 s.bind((0, 0))
             except BaseException:
@@ -390,7 +393,7 @@ class Rtnl:
     def close(self) -> None:
         self._sock.close()
 
-    def __enter__(self) -> Rtnl:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
