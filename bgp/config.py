@@ -74,6 +74,9 @@ class NeighborSpec:
     rr_client: bool = False  # we reflect routes to this neighbour (we are its reflector)
     cluster_id: str | None = None  # our cluster ID when we are a reflector
     name: str | None = None  # the node name or BGPPeer name behind the session
+    # IPv6 unicast too, over this IPv4 session (MP-BGP, RFC 4760): the node has a
+    # ``bgp.ipv6Address``, the next hop of its IPv6 blocks.
+    ipv6: bool = False
     # Paths kept from this peer (bgp.rib); None: the speaker's default (10,000).
     max_prefixes: int | None = field(default=None, compare=False)
 
@@ -167,7 +170,9 @@ def desired_neighbors(
                             router_id=my_ip, type=kind, hold_time=spec.hold_time,
                             graceful_restart=gr, md5_password=password, ttl_security=ttl,
                             rr_client=client, cluster_id=my_cluster if client else None,
-                            name=name, max_prefixes=max_prefixes)
+                            name=name, max_prefixes=max_prefixes,
+                            ipv6=me.spec.bgp is not None
+                            and me.spec.bgp.ipv6_address is not None)
 
     out: dict[str, NeighborSpec] = {}
 
@@ -246,7 +251,7 @@ def render_neighbor(n: NeighborSpec, process: str = "relay") -> str:
                                if n.graceful_restart else "")
     lines += [
         f"  capability {{ {cap}}}",
-        "  family { ipv4 unicast; }",
+        "  family { ipv4 unicast; ipv6 unicast; }" if n.ipv6 else "  family { ipv4 unicast; }",
         f"  api {{ processes [ {process} ]; neighbor-changes; "
         "receive { parsed; update; refresh; } }",
         "}",

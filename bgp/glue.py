@@ -96,6 +96,9 @@ class BgpController:
         conf = state.get(keys.bgp_config("default"))
         bgpconf = conf if isinstance(conf, model.BGPConfiguration) else None
         sp = self.speaker
+        me = nodes.get(self.node)
+        v6 = me.spec.bgp.ipv6_address if me is not None and me.spec.bgp is not None else None
+        sp.nexthop6 = None if v6 is None else str(v6.ip)
         sp.set_filter(pool_cidrs(state), confirmed_blocks(self.node, state))
         await sp.set_exports(export_prefixes(self.node, state),
                              bgpconf.spec.communities if bgpconf else ())

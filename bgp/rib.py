@@ -75,6 +75,11 @@ class _PeerRib:
     limited: bool = False  # the limit in force was hit (logged once per limit)
 
 
+def _version(key: str) -> int:
+    """The IP version of a stored prefix (keys are normalised network strings)."""
+    return 6 if ":" in key else 4
+
+
 def _net(prefix: str) -> Network:
     return ipaddress.ip_network(prefix, strict=False)
 
@@ -211,23 +216,28 @@ class ImportTable:
         else:
             del self._peers[peer]
 
-    def mark_stale(self, peer: str, *, until: float | None = None) -> None:
-        """Start of a refresh (or of a restart): paths not re-sent before `sweep` go."""
+    def mark_stale(self, peer: str, *, until: float | None = None,
+                   version: int | None = None) -> None:
+        """Start of a refresh (or of a restart): paths not re-sent before `sweep` go.
+        ``version`` (4 or 6): only that family's paths, as a refresh asks for one family
+        at a time; None: all of them."""
         rib = self._rib(peer)
-        rib.stale = set(rib.paths)
+        rib.stale |= {k for k in rib.paths if version is None or _version(k) == version}
         rib.stale_until = until
 
-    def sweep(self, peer: str) -> int:
-        """End-of-RIB: remove the paths still stale. Returns how many went."""
+    def sweep(self, peer: str, version: int | None = None) -> int:
+        """End-of-RIB (of family ``version``, None: every family): remove the paths still
+        stale. Returns how many went."""
         rib = self._peers.get(peer)
         if rib is None:
             return 0
-        n = len(rib.stale)
-        for key in rib.stale:
+        gone = {k for k in rib.stale if version is None or _version(k) == version}
+        for key in gone:
             rib.paths.pop(key, None)
-        rib.stale.clear()
-        rib.stale_until = None
-        return n
+        rib.stale -= gone
+        if not rib.stale:
+            rib.stale_until = None
+        return len(gone)
 
     def expire(self, now: float) -> bool:
         """Sweep every peer whose stale time ran out. True if something went."""

@@ -130,6 +130,9 @@ class BgpSpeaker:
         self.peers: dict[str, _PeerState] = {}
         self.exports: set[str] = set()
         self.communities: tuple[str, ...] = ()
+        # The next hop of our IPv6 exports (the Node's bgp.ipv6Address): IPv6 prefixes go
+        # out over the IPv4 sessions (MP-BGP) with it; without it they are not announced.
+        self.nexthop6: str | None = None
         self.announced: dict[str, str] = {}  # prefix -> the announce line ExaBGP has
         self.reflected: dict[tuple[str, str], str] = {}  # (neighbor, prefix) -> line
         self.learned: Learned = {}
@@ -381,7 +384,8 @@ class BgpSpeaker:
                 # peer to send them again. Before the relay is attached _send drops it,
                 # and the attach asks every peer for a refresh anyway.
                 log.info("max-prefix limit of %s raised: asking it for a route refresh", ip)
-                self._send([f"neighbor {ip} announce route-refresh ipv4 unicast"])
+                self._send([f"neighbor {ip} announce route-refresh {f}"
+                            for f in self._families(ip)])
         changed = await self.set_config(render_config(
             self.neighbors, relay_command(self.socket_path, self.python)))
         self.configured.set()
@@ -408,13 +412,34 @@ class BgpSpeaker:
                 and any(st.state == "Established" for st in self.peers.values()):
             # Paths inside a new pool were never stored (bgp.rib): ask for them again.
             log.info("pools added: asking the peers for a route refresh")
-            self._send_to_all(["announce route-refresh ipv4 unicast"])
+            self._send_to_all(self._refresh_all())
         self._schedule_emit()
 
     # -- exports -------------------------------------------------------------------------
 
-    def _announce_line(self, prefix: str) -> str:
-        line = f"announce route {prefix} next-hop self"
+    def _families(self, peer: str) -> list[str]:
+        """The address families of the session with ``peer`` (ExaBGP's names)."""
+        n = self.neighbors.get(peer)
+        return ["ipv4 unicast", "ipv6 unicast"] if n is not None and n.ipv6 else ["ipv4 unicast"]
+
+    def _refresh_all(self) -> list[str]:
+        """Route-refresh requests to every neighbour, for each of its families. IPv6 is
+        asked for first: a peer answers in order, and its IPv4 End-of-RIB is what ends
+        the wait for a complete table (`_check_sync`), so IPv6 paths are in by then (a
+        peer without IPv6 only answers that request with an error)."""
+        lines = [f"neighbor {ip} announce route-refresh ipv6 unicast"
+                 for ip, n in sorted(self.neighbors.items()) if n.ipv6]
+        return [*lines, "announce route-refresh ipv4 unicast"]
+
+    def _announce_line(self, prefix: str) -> str | None:
+        """ExaBGP's command announcing ``prefix``; None for an IPv6 prefix while we have no
+        IPv6 next hop (``next-hop self`` would give the peers our IPv4 address)."""
+        if ":" in prefix:
+            if self.nexthop6 is None:
+                return None
+            line = f"announce route {prefix} next-hop {self.nexthop6}"
+        else:
+            line = f"announce route {prefix} next-hop self"
         if self.communities:
             line += f" community [ {' '.join(self.communities)} ]"
         return line
@@ -434,10 +459,14 @@ class BgpSpeaker:
             return
         lines = []
         for p in sorted(self.announced.keys() - self.exports):
-            lines.append(f"withdraw route {p} next-hop self")
+            lines.append(_withdraw_line(p))
             del self.announced[p]
         for p in sorted(self.exports):
             line = self._announce_line(p)
+            if line is None:  # an IPv6 prefix and no IPv6 next hop (any more)
+                if self.announced.pop(p, None) is not None:
+                    lines.append(_withdraw_line(p))
+                continue
             if self.announced.get(p) != line:
                 lines.append(line)
                 self.announced[p] = line
@@ -523,7 +552,7 @@ class BgpSpeaker:
             st.refresh_pending = st.state == "Established"
         # Peers without enhanced route refresh would send no End-of-RIB: the sync timeout
         # covers them.
-        self._send_to_all(["announce route-refresh ipv4 unicast"])
+        self._send_to_all(self._refresh_all())
 
     def _mark_in_sync(self, why: str) -> None:
         if not self.in_sync:
@@ -576,25 +605,29 @@ class BgpSpeaker:
                 self._send(sorted(self.announced.values()))
                 self.reflected = {k: v for k, v in self.reflected.items() if k[0] != peer}
                 self._reflect()
-                self._send([f"neighbor {peer} announce eor ipv4 unicast"])
+                self._send([f"neighbor {peer} announce eor {f}" for f in self._families(peer)])
                 # A fresh session sends its table and End-of-RIB (no refresh needed).
                 st.refresh_pending = not self.in_sync
         elif kind == "update":
             message = nb.get("message") or {}
             if "eor" in message:
-                self.rib.sweep(peer)
-                st.refresh_pending = False
-                self._check_sync()
+                version = _version(message["eor"])
+                self.rib.sweep(peer, version)
+                if version != 6:  # IPv4's comes last (see _refresh_all)
+                    st.refresh_pending = False
+                    self._check_sync()
             else:
                 self._on_update(peer, message.get("update") or {})
             self._schedule_emit()
         elif kind == "refresh":
-            sub = (nb.get("route-refresh") or {}).get("subtype")
+            rr = nb.get("route-refresh") or {}
+            sub = rr.get("subtype")
             if sub == "begin":
-                self.rib.mark_stale(peer)
+                self.rib.mark_stale(peer, version=_version(rr))
             elif sub == "end":
-                self.rib.sweep(peer)
-                st.refresh_pending = False
+                self.rib.sweep(peer, _version(rr))
+                if _version(rr) != 6:  # IPv4's comes last (see _refresh_all)
+                    st.refresh_pending = False
                 self._check_sync()
                 self._schedule_emit()
 
@@ -713,3 +746,14 @@ class BgpSpeaker:
                 row["info"] = "; ".join(info)
             out.append(row)
         return out
+
+
+def _withdraw_line(prefix: str) -> str:
+    return f"withdraw route {prefix}" if ":" in prefix else f"withdraw route {prefix} next-hop self"
+
+
+def _version(marker: Any) -> int | None:
+    """The IP version of an End-of-RIB or route-refresh marker's ``afi`` (ExaBGP's JSON);
+    None when it names none: then it stands for every family, as before IPv6."""
+    afi = marker.get("afi") if isinstance(marker, Mapping) else None
+    return {"ipv4": 4, "ipv6": 6}.get(afi) if isinstance(afi, str) else None

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bgp.config import desired_neighbors, diff_neighbors, render_config
+from bgp.config import desired_neighbors, diff_neighbors, render_config, render_neighbor
 from datastore import model
 
 RELAY = ["/usr/bin/python3", "-m", "bgp.relay", "--socket", "/run/x.sock"]
@@ -154,3 +154,20 @@ def test_max_prefixes_per_peer_else_the_configurations_for_every_session() -> No
     assert render_config(nb, RELAY) == render_config(nb2, RELAY)
     assert "4321" not in render_config(nb2, RELAY)
     assert diff_neighbors(nb, nb2).unchanged
+
+
+def test_a_node_with_an_ipv6_address_carries_ipv6_over_its_sessions() -> None:
+    def node(name: str, v4: str, v6: str | None = None) -> model.Node:
+        bgp: dict[str, object] = {"ipv4Address": v4}
+        if v6:
+            bgp["ipv6Address"] = v6
+        return model.parse_document({"apiVersion": "l3fabric.io/v1", "kind": "Node",
+                                     "metadata": {"name": name}, "spec": {"bgp": bgp}})
+
+    nodes = {"n1": node("n1", "10.99.0.1/30", "fd99::1/64"), "n2": node("n2", "10.99.0.2/30")}
+    mine = desired_neighbors("n1", nodes)["10.99.0.2"]
+    assert mine.ipv6
+    assert "family { ipv4 unicast; ipv6 unicast; }" in render_neighbor(mine)
+    theirs = desired_neighbors("n2", nodes)["10.99.0.1"]
+    assert not theirs.ipv6
+    assert "family { ipv4 unicast; }" in render_neighbor(theirs)

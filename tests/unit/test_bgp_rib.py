@@ -218,3 +218,21 @@ def test_limit_outlives_a_session_reset_and_applies_to_the_new_session() -> None
     for p in nets(4, 1):
         t.announce("a", p, Path("10.0.0.2"))
     assert t.stored("a") == 2
+
+
+def test_refresh_and_end_of_rib_of_one_family_leave_the_other_alone() -> None:
+    """A refresh asks for one family at a time: IPv6's Begin and End of RIB must neither
+    mark nor sweep the peer's IPv4 paths (and a sweep of every family still works)."""
+    t = ImportTable()
+    t.set_filter(["10.244.0.0/16", "fd44::/48"], [], [])
+    t.announce("a", "10.244.2.0/26", Path("10.0.0.2"))
+    t.announce("a", "fd44::/122", Path("fd99::2"))
+    t.announce("a", "fd44::40/122", Path("fd99::2"))
+    t.mark_stale("a", version=6)
+    t.announce("a", "fd44::40/122", Path("fd99::2"))  # re-sent; fd44::/122 was withdrawn
+    assert t.sweep("a", 4) == 0  # IPv4's End-of-RIB: nothing of IPv4 was stale
+    assert set(t.table()) == {"10.244.2.0/26", "fd44::/122", "fd44::40/122"}
+    assert t.sweep("a", 6) == 1
+    assert set(t.table()) == {"10.244.2.0/26", "fd44::40/122"}
+    t.mark_stale("a")
+    assert t.sweep("a") == 2 and t.table() == {}

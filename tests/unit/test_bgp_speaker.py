@@ -319,3 +319,33 @@ def test_a_reflector_sends_a_client_the_reflected_routes_before_its_end_of_rib(
     sent = asyncio.run(run())
     eor = sent.index(f"neighbor {b} announce eor ipv4 unicast")
     assert any(f"neighbor {b} announce route 10.244.2.0/26" in x for x in sent[:eor]), sent
+
+
+def test_ipv6_blocks_go_with_the_nodes_ipv6_next_hop_and_families_are_separate(
+        tmp_path: Path) -> None:
+    """A dual-stack node: IPv6 prefixes are announced with its IPv6 address as next hop
+    (never ``self``, an IPv4-mapped one) and only once it has one; refresh requests ask
+    for IPv6 before IPv4, End-of-RIB goes for both families, and an IPv6 End-of-RIB does
+    not end the wait for a complete table."""
+    sp, w = speaker(tmp_path)
+    sp.neighbors = {PEER: dataclasses.replace(sp.neighbors[PEER], ipv6=True)}
+    sp.set_filter(["10.244.0.0/16", "fd44::/48"], ["10.244.1.0/26", "fd44::/122"])
+    asyncio.run(sp.set_exports({"10.244.1.0/26", "fd44::/122"}))
+    assert w.sent == ["announce route 10.244.1.0/26 next-hop self"]  # no IPv6 next hop yet
+    sp.nexthop6 = "fd99::1"
+    asyncio.run(sp.set_exports({"10.244.1.0/26", "fd44::/122"}))
+    assert w.sent[1:] == ["announce route fd44::/122 next-hop fd99::1"]
+    sp._on_line(event(state="up"))
+    assert w.sent[-2:] == [f"neighbor {PEER} announce eor ipv4 unicast",
+                           f"neighbor {PEER} announce eor ipv6 unicast"]
+    assert sp._refresh_all() == [f"neighbor {PEER} announce route-refresh ipv6 unicast",
+                                 "announce route-refresh ipv4 unicast"]
+    sp.nexthop6 = None  # the Node lost its ipv6Address: the IPv6 block is withdrawn
+    asyncio.run(sp.set_exports({"10.244.1.0/26", "fd44::/122"}))
+    assert w.sent[-1] == "withdraw route fd44::/122"
+    # An IPv6 End-of-RIB leaves the peer pending; IPv4's (asked for last) completes it.
+    sp.peers[PEER].refresh_pending = True
+    sp._on_line(event(type="update", message={"eor": {"afi": "ipv6", "safi": "unicast"}}))
+    assert sp.peers[PEER].refresh_pending
+    sp._on_line(event(type="update", message={"eor": {"afi": "ipv4", "safi": "unicast"}}))
+    assert not sp.peers[PEER].refresh_pending

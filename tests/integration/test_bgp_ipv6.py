@@ -1,0 +1,124 @@
+"""Dual-stack pods on two nodes reach each other over IPv6 too.
+
+Lab: two node namespaces joined by one link (10.99.0.0/30 and fd99::/64), an agent in
+each, the node-to-node mesh, an IPv4 and an IPv6 pool; the Nodes carry
+``bgp.ipv6Address``. The IPv6 blocks travel over the IPv4 BGP session (MP-BGP) with the
+node's IPv6 address as next hop. Expected: each node installs the other's IPv6 block via
+the other's IPv6 address, and a pod pings the pod on the other node at both of its
+addresses. Before, sessions carried only ``ipv4 unicast``: IPv6 pods reached pods of their
+own node only.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers.fabric import BIN, Node
+
+from datastore.embedded import EmbeddedEtcd
+
+pytestmark = pytest.mark.integration
+
+API = "l3fabric.io/v1"
+
+
+def sh(*cmd: str) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60).stdout
+
+
+def put(etcd: EmbeddedEtcd, key: str, kind: str, name: str, spec: dict[str, Any]) -> None:
+    obj = {"apiVersion": API, "kind": kind, "metadata": {"name": name}, "spec": spec}
+    sh("etcdctl", "--endpoints", etcd.endpoint, "put", f"/l3fabric/v1/{key}", json.dumps(obj))
+
+
+def add_pod(node: Node, pod_ns: str, name: str) -> tuple[str, str]:
+    """A dual-stack pod through the real shim; its (IPv4, IPv6) addresses."""
+    conf = {"cniVersion": "1.0.0", "name": "l3net", "type": "l3fabric",
+            "agentSocket": node.socket,
+            "ipam": {"type": "l3fabric-ipam", "assign_ipv4": True, "assign_ipv6": True}}
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"c-{name}",
+           "CNI_NETNS": f"/var/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
+           "CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}",
+           "CNI_PATH": str(BIN), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([str(BIN / "l3fabric")], input=json.dumps(conf), env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ips = [i["address"].split("/")[0] for i in json.loads(r.stdout)["ips"]]
+    v4 = [ip for ip in ips if ":" not in ip]
+    v6 = [ip for ip in ips if ":" in ip]
+    assert len(v4) == 1 and len(v6) == 1, ips
+    return v4[0], v6[0]
+
+
+def bgp_routes(ns: str, family: str) -> dict[str, str]:
+    out = sh("ip", family, "-n", ns, "route", "show", "proto", "81")
+    return {ln.split()[0]: ln for ln in out.splitlines() if ln.strip()}
+
+
+def ping(src_ns: str, ip: str) -> bool:
+    return subprocess.run(["ip", "netns", "exec", src_ns, "ping", "-n", "-q", "-c", "2",
+                           "-i", "0.2", "-W", "2", ip], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def two_nodes(netns: Callable[[str], str], etcd: EmbeddedEtcd,
+              tmp_path: Path) -> Iterator[tuple[Node, Node]]:
+    n1_ns, n2_ns = netns("n1"), netns("n2")
+    sh("ip", "-n", n1_ns, "link", "add", "e0", "type", "veth", "peer", "name", "e0",
+       "netns", n2_ns)
+    for i, ns in ((1, n1_ns), (2, n2_ns)):
+        sh("ip", "-n", ns, "addr", "add", f"10.99.0.{i}/30", "dev", "e0")
+        sh("ip", "-n", ns, "addr", "add", f"fd99::{i}/64", "dev", "e0", "nodad")
+        sh("ip", "-n", ns, "link", "set", "e0", "up")
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+           "net.ipv6.conf.all.forwarding=1")
+        put(etcd, f"nodes/n{i}", "Node", f"n{i}",
+            {"bgp": {"ipv4Address": f"10.99.0.{i}/30", "ipv6Address": f"fd99::{i}/64"}})
+    put(etcd, "config/bgp/default", "BGPConfiguration", "default",
+        {"asNumber": 64512, "holdTime": 9})
+    put(etcd, "config/ippools/v4", "IPPool", "v4", {"cidr": "10.244.0.0/16", "blockSize": 26})
+    put(etcd, "config/ippools/v6", "IPPool", "v6", {"cidr": "fd44::/48", "blockSize": 122})
+    nodes = (Node("n1", n1_ns, "10.99.0.1/30", tmp_path / "n1"),
+             Node("n2", n2_ns, "10.99.0.2/30", tmp_path / "n2"))
+    try:
+        for n in nodes:
+            n.spawn(etcd)
+        deadline = time.monotonic() + 40
+        for n in nodes:
+            while not n.ready():
+                assert time.monotonic() < deadline, n.log_tail()
+                time.sleep(0.1)
+        yield nodes
+    finally:
+        for n in nodes:
+            n.cleanup()
+
+
+def test_dual_stack_pods_reach_each_other_across_nodes(
+        two_nodes: tuple[Node, Node], netns: Callable[[str], str]) -> None:
+    n1, n2 = two_nodes
+    a_ns, b_ns = netns("pa"), netns("pb")
+    a4, a6 = add_pod(n1, a_ns, "a")
+    b4, b6 = add_pod(n2, b_ns, "b")
+    # Each node learns the other's blocks of both families, IPv6 via the IPv6 next hop.
+    deadline = time.monotonic() + 30
+    while True:
+        r1, r2 = bgp_routes(n1.ns, "-6"), bgp_routes(n2.ns, "-6")
+        got1 = [ln for p, ln in r1.items() if p.startswith("fd44:")]
+        got2 = [ln for p, ln in r2.items() if p.startswith("fd44:")]
+        v4 = (any(p.startswith("10.244.") for p in bgp_routes(n1.ns, "-4"))
+              and any(p.startswith("10.244.") for p in bgp_routes(n2.ns, "-4")))
+        if (got1 and got2 and v4) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert got1 and "via fd99::2" in got1[0], (r1, n1.log_tail())
+    assert got2 and "via fd99::1" in got2[0], (r2, n2.log_tail())
+    assert v4, "the IPv4 blocks must still be exchanged"
+    for src, dst in ((a_ns, b6), (b_ns, a6), (a_ns, b4), (b_ns, a4)):
+        assert ping(src, dst), f"{src} cannot reach {dst}"
