@@ -33,6 +33,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="needs root (network namespaces, etcd)"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _remove_tmp_paths(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The session's tmp_path directories go when it ends, passed or failed (pytest keeps
+    the last three sessions'; assertion messages carry the log tails a failure needs).
+    Only this session's own directory: another session running at the same time keeps
+    its own (pytest's ``tmp_path_retention_policy = "none"`` removed those too)."""
+    yield
+    shutil.rmtree(tmp_path_factory.getbasetemp(), ignore_errors=True)
+
+
 def _etcd_member() -> Iterator[EmbeddedEtcd]:
     if shutil.which("etcd") is None:
         pytest.fail("etcd is not installed: run `make setup` (Debian package etcd-server)")
