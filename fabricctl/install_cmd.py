@@ -209,6 +209,7 @@ class InstallSettings:
     policy_backend: str | None = None
     socket: str = DEFAULT_SOCKET
     node_ip: str | None = None
+    node_ip6: str | None = None
     netns: str | None = None
     log_level: str | None = None
     cni: bool = True
@@ -222,7 +223,8 @@ class InstallSettings:
             ("ETCD_CA", self.etcd_ca), ("ETCD_CERT", self.etcd_cert),
             ("ETCD_KEY", self.etcd_key), ("SOCKET", self.socket),
             ("METRICS_ADDR", self.metrics_addr), ("POLICY_BACKEND", self.policy_backend),
-            ("NODE_IP", self.node_ip), ("NETNS", self.netns), ("LOG_LEVEL", self.log_level),
+            ("NODE_IP", self.node_ip), ("NODE_IP6", self.node_ip6), ("NETNS", self.netns),
+            ("LOG_LEVEL", self.log_level),
         ]
         if self.cni:
             pairs += [("CNI_BIN_DIR", self.cni_bin_dir), ("CNI_CONF_DIR", self.cni_conf_dir)]
@@ -310,6 +312,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--socket", default=DEFAULT_SOCKET, help="the agent's CNI socket")
     p.add_argument("--node-ip", default=None, metavar="CIDR",
                    help="the node's BGP address if the agent must register the Node")
+    p.add_argument("--node-ip6", default=None, metavar="CIDR",
+                   help="the node's IPv6 next hop (bgp.ipv6Address) if the agent registers it")
     p.add_argument("--netns", default=None,
                    help="the agent programs this network namespace (labs, tests)")
     p.add_argument("--log-level", default=None)
@@ -354,7 +358,7 @@ def settings_from_args(args: argparse.Namespace) -> InstallSettings:
         python=python, etcd_ca=args.etcd_ca, etcd_cert=args.etcd_cert,
         etcd_key=args.etcd_key, metrics_addr=args.metrics_addr,
         policy_backend=args.policy_backend, socket=args.socket, node_ip=args.node_ip,
-        netns=args.netns, log_level=args.log_level, cni=args.cni,
+        node_ip6=args.node_ip6, netns=args.netns, log_level=args.log_level, cni=args.cni,
         cni_bin_dir=args.cni_bin_dir, cni_conf_dir=args.cni_conf_dir, mtu=args.mtu)
 
 

@@ -77,6 +77,7 @@ class AgentConfig:
     metrics_addr: str = "127.0.0.1:9091"
     policy_backend: str = "nftables"
     node_ip: str | None = None  # CIDR form (10.77.1.1/30) for registering the Node
+    node_ip6: str | None = None  # CIDR form (fd99::1/64): the Node's bgp.ipv6Address
     netns: str | None = None  # dataplane namespace; None: the agent's own
     resync_interval: float = 60.0
     status_interval: float = 10.0
@@ -420,14 +421,18 @@ class Agent:
         if ip is None:
             raise RuntimeError(
                 f"node {self.node} is not registered and no address was found: pass --node-ip")
+        bgp = {"ipv4Address": ip}
+        if self.cfg.node_ip6:
+            bgp["ipv6Address"] = self.cfg.node_ip6
         node = model.parse_document({
             "apiVersion": model.API_VERSION, "kind": "Node",
             "metadata": {"name": self.node},
-            "spec": {"bgp": {"ipv4Address": ip}},
+            "spec": {"bgp": bgp},
         })
         with contextlib.suppress(ConflictError):  # someone registered it meanwhile
             await self.ds.create(key, model.encode(node))
-            log.info("registered node %s with address %s", self.node, ip)
+            log.info("registered node %s with address %s", self.node,
+                     " and ".join(bgp.values()))
 
     def status_object(self) -> dict[str, Any]:
         st = self.state()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -35,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node-ip", default=_env("node-ip"),
                    help="address in CIDR form for registering the Node (default: the "
                         "address of the default route's interface)")
+    p.add_argument("--node-ip6", default=_env("node-ip6"),
+                   help="IPv6 address in CIDR form for registering the Node "
+                        "(bgp.ipv6Address: the next hop of its IPv6 blocks; default: none)")
     p.add_argument("--netns", default=_env("netns"),
                    help="program this network namespace instead of the agent's own")
     p.add_argument("--resync-interval", type=float,
@@ -64,11 +68,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"fabric-agent: --etcd-endpoints: {e}", file=sys.stderr)
         return 2
+    if args.node_ip6:
+        try:
+            if "/" not in args.node_ip6:
+                raise ValueError("no prefix length")
+            ipaddress.IPv6Interface(args.node_ip6)
+        except ValueError:
+            print(f"fabric-agent: --node-ip6: {args.node_ip6!r} is not an IPv6 address in CIDR "
+                  "form (fd99::1/64)", file=sys.stderr)
+            return 2
     from felix_like.agent import Agent, AgentConfig
 
     cfg = AgentConfig(node=args.node, etcd=etcd, socket=args.socket,
                       metrics_addr=args.metrics_addr, policy_backend=args.policy_backend,
-                      node_ip=args.node_ip, netns=args.netns,
+                      node_ip=args.node_ip, node_ip6=args.node_ip6, netns=args.netns,
                       resync_interval=args.resync_interval)
 
     async def run() -> None:

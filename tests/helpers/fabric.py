@@ -75,6 +75,7 @@ class Node:
     ip: str  # CIDR form, the Node's bgp.ipv4Address
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()  # more fabric-agent flags
 
     @property
     def socket(self) -> str:
@@ -99,7 +100,8 @@ class Node:
             self.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns, str(BIN / "fabric-agent"), "--node", self.name,
                  "--etcd-endpoints", etcd.unix_endpoint, "--socket", self.socket,
-                 "--metrics-addr", f"127.0.0.1:{METRICS_PORT}", "--node-ip", self.ip],
+                 "--metrics-addr", f"127.0.0.1:{METRICS_PORT}", "--node-ip", self.ip,
+                 *self.args],
                 stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
 
     def http(self, path: str) -> tuple[int, str]:

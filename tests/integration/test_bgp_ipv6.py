@@ -3,7 +3,8 @@
 Lab: two node namespaces joined by one link (10.99.0.0/30 and fd99::/64), an agent in
 each, the node-to-node mesh, an IPv4 and an IPv6 pool; the Nodes carry
 ``bgp.ipv6Address``. The IPv6 blocks travel over the IPv4 BGP session (MP-BGP) with the
-node's IPv6 address as next hop. Expected: each node installs the other's IPv6 block via
+node's IPv6 address as next hop (n1's Node is written by the operator, n2 registers
+itself with ``--node-ip6``). Expected: each node installs the other's IPv6 block via
 the other's IPv6 address, and a pod pings the pod on the other node at both of its
 addresses. Before, sessions carried only ``ipv4 unicast``: IPv6 pods reached pods of their
 own node only.
@@ -78,14 +79,15 @@ def two_nodes(netns: Callable[[str], str], etcd: EmbeddedEtcd,
         sh("ip", "-n", ns, "link", "set", "e0", "up")
         sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1",
            "net.ipv6.conf.all.forwarding=1")
-        put(etcd, f"nodes/n{i}", "Node", f"n{i}",
-            {"bgp": {"ipv4Address": f"10.99.0.{i}/30", "ipv6Address": f"fd99::{i}/64"}})
+    # n1 as an operator writes it; n2 registers itself (fabric-agent --node-ip6).
+    put(etcd, "nodes/n1", "Node", "n1",
+        {"bgp": {"ipv4Address": "10.99.0.1/30", "ipv6Address": "fd99::1/64"}})
     put(etcd, "config/bgp/default", "BGPConfiguration", "default",
         {"asNumber": 64512, "holdTime": 9})
     put(etcd, "config/ippools/v4", "IPPool", "v4", {"cidr": "10.244.0.0/16", "blockSize": 26})
     put(etcd, "config/ippools/v6", "IPPool", "v6", {"cidr": "fd44::/48", "blockSize": 122})
     nodes = (Node("n1", n1_ns, "10.99.0.1/30", tmp_path / "n1"),
-             Node("n2", n2_ns, "10.99.0.2/30", tmp_path / "n2"))
+             Node("n2", n2_ns, "10.99.0.2/30", tmp_path / "n2", args=("--node-ip6", "fd99::2/64")))
     try:
         for n in nodes:
             n.spawn(etcd)

@@ -50,7 +50,7 @@ def test_dry_run_prints_every_file_and_writes_nothing(tmp_path: Path,
 
 def test_install_writes_the_files_with_their_modes(tmp_path: Path) -> None:
     assert install(tmp_path, "--metrics-addr", "0.0.0.0:9091",
-                   "--policy-backend", "iptables") == 0
+                   "--policy-backend", "iptables", "--node-ip6", "fd99::1/64") == 0
     assert files_under(tmp_path) == {
         "/etc/systemd/system/fabric-agent.service": 0o644,
         "/etc/l3fabric/agent.conf": 0o644,  # no TLS key named
@@ -65,6 +65,7 @@ def test_install_writes_the_files_with_their_modes(tmp_path: Path) -> None:
         "L3FABRIC_SOCKET": "/run/l3fabric/agent.sock",
         "L3FABRIC_METRICS_ADDR": "0.0.0.0:9091",
         "L3FABRIC_POLICY_BACKEND": "iptables",
+        "L3FABRIC_NODE_IP6": "fd99::1/64",
         "L3FABRIC_CNI_BIN_DIR": "/opt/cni/bin",
         "L3FABRIC_CNI_CONF_DIR": "/etc/cni/net.d",
     }
