@@ -1,4 +1,4 @@
-"""Dual-stack pods on two nodes reach each other over IPv6 too.
+"""Dual-stack pods on two nodes reach each other over IPv6 too, under the same policy.
 
 Lab: two node namespaces joined by one link (10.99.0.0/30 and fd99::/64), an agent in
 each, the node-to-node mesh, an IPv4 and an IPv6 pool; the Nodes carry
@@ -38,11 +38,15 @@ def put(etcd: EmbeddedEtcd, key: str, kind: str, name: str, spec: dict[str, Any]
     sh("etcdctl", "--endpoints", etcd.endpoint, "put", f"/l3fabric/v1/{key}", json.dumps(obj))
 
 
-def add_pod(node: Node, pod_ns: str, name: str) -> tuple[str, str]:
+def add_pod(node: Node, pod_ns: str, name: str,
+            labels: dict[str, str] | None = None) -> tuple[str, str]:
     """A dual-stack pod through the real shim; its (IPv4, IPv6) addresses."""
-    conf = {"cniVersion": "1.0.0", "name": "l3net", "type": "l3fabric",
-            "agentSocket": node.socket,
-            "ipam": {"type": "l3fabric-ipam", "assign_ipv4": True, "assign_ipv6": True}}
+    conf: dict[str, Any] = {
+        "cniVersion": "1.0.0", "name": "l3net", "type": "l3fabric", "agentSocket": node.socket,
+        "ipam": {"type": "l3fabric-ipam", "assign_ipv4": True, "assign_ipv6": True}}
+    if labels:
+        conf["args"] = {"cni": {"labels": [{"key": k, "value": v}
+                                           for k, v in labels.items()]}}
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"c-{name}",
            "CNI_NETNS": f"/var/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
            "CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}",
@@ -124,3 +128,27 @@ def test_dual_stack_pods_reach_each_other_across_nodes(
     assert v4, "the IPv4 blocks must still be exchanged"
     for src, dst in ((a_ns, b6), (b_ns, a6), (a_ns, b4), (b_ns, a4)):
         assert ping(src, dst), f"{src} cannot reach {dst}"
+
+
+def test_a_policy_closes_both_addresses_of_a_dual_stack_pod(
+        two_nodes: tuple[Node, Node], netns: Callable[[str], str], etcd: EmbeddedEtcd) -> None:
+    """No policy hole on the second family: a GlobalNetworkPolicy that denies a pod's
+    ingress from another pod closes its IPv6 address as well as its IPv4 one, and its
+    other peers still reach it at both."""
+    n1, n2 = two_nodes
+    a_ns, c_ns, b_ns = netns("pa"), netns("pc"), netns("pb")
+    add_pod(n1, a_ns, "a", {"role": "client"})
+    add_pod(n1, c_ns, "c", {"role": "other"})
+    b4, b6 = add_pod(n2, b_ns, "b", {"role": "db"})
+    deadline = time.monotonic() + 30
+    while not (ping(a_ns, b6) and ping(a_ns, b4)):
+        assert time.monotonic() < deadline, "control: a never reached b"
+    put(etcd, "globalpolicies/deny-client", "GlobalNetworkPolicy", "deny-client",
+        {"order": 10, "selector": 'role == "db"', "types": ["Ingress"],
+         "ingress": [{"action": "Deny", "source": {"selector": 'role == "client"'}},
+                     {"action": "Allow"}]})
+    deadline = time.monotonic() + 20
+    while ping(a_ns, b4) or ping(a_ns, b6):
+        assert time.monotonic() < deadline, "the policy never closed b to a"
+    assert not ping(a_ns, b6) and not ping(a_ns, b4)
+    assert ping(c_ns, b6) and ping(c_ns, b4), "b must stay open to c"
