@@ -152,3 +152,72 @@ def test_a_policy_closes_both_addresses_of_a_dual_stack_pod(
         assert time.monotonic() < deadline, "the policy never closed b to a"
     assert not ping(a_ns, b6) and not ping(a_ns, b4)
     assert ping(c_ns, b6) and ping(c_ns, b4), "b must stay open to c"
+
+
+BIRD_TOR = """
+router id 10.98.0.1;
+protocol device { scan time 10; }
+protocol kernel k6 { ipv6 { import none; export all; }; }
+protocol static s6 { ipv6; route fd44:0:0:ff::/122 blackhole; }
+protocol bgp n1 {
+  local 10.98.0.1 as 65000; neighbor 10.98.0.2 as 64512; direct;
+  hold time 9; keepalive time 3; connect retry time 1; error wait time 1, 5;
+  ipv4 { import all; export none; };
+  ipv6 { import all; export all; next hop address fd98::1; };
+}
+"""
+
+
+def test_ipv6_blocks_reach_a_bird_tor_over_the_ipv4_session(
+        netns: Callable[[str], str], etcd: EmbeddedEtcd, tmp_path: Path) -> None:
+    """Interoperation with BIRD 2 as the ToR: its BGP protocol has an IPv6 channel (next
+    hop address fd98::1) on the IPv4 session. The ToR installs the node's IPv6 block via
+    the node's IPv6 address, and the node installs the ToR's IPv6 route inside the pool via
+    the ToR's."""
+    node_ns, tor_ns = netns("node"), netns("tor")
+    sh("ip", "-n", tor_ns, "link", "add", "down1", "type", "veth", "peer", "name", "up1",
+       "netns", node_ns)
+    for ns, dev, v4, v6 in ((tor_ns, "down1", "10.98.0.1/30", "fd98::1/64"),
+                            (node_ns, "up1", "10.98.0.2/30", "fd98::2/64")):
+        sh("ip", "-n", ns, "addr", "add", v4, "dev", dev)
+        sh("ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad")
+        sh("ip", "-n", ns, "link", "set", dev, "up")
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+    put(etcd, "config/bgp/default", "BGPConfiguration", "default",
+        {"asNumber": 64512, "holdTime": 9, "nodeToNodeMesh": False})
+    put(etcd, "config/bgppeers/tor", "BGPPeer", "tor",
+        {"peerIP": "10.98.0.1", "asNumber": 65000, "node": "n1"})
+    put(etcd, "config/ippools/v4", "IPPool", "v4", {"cidr": "10.244.0.0/16", "blockSize": 26})
+    put(etcd, "config/ippools/v6", "IPPool", "v6", {"cidr": "fd44::/48", "blockSize": 122})
+    conf = tmp_path / "bird.conf"
+    conf.write_text(BIRD_TOR)
+    sock = tmp_path / "bird.ctl"
+    bird = subprocess.Popen(["ip", "netns", "exec", tor_ns, "bird", "-f", "-c", str(conf), "-s",
+                             str(sock), "-P", str(tmp_path / "bird.pid")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    node = Node("n1", node_ns, "10.98.0.2/30", tmp_path / "n1", args=("--node-ip6", "fd98::2/64"))
+    try:
+        node.start(etcd)
+        pod_ns = netns("pod")
+        _, ip6 = add_pod(node, pod_ns, "a")
+        deadline = time.monotonic() + 30
+        while True:
+            tor = {p: ln for p, ln in (
+                (ln.split()[0], ln) for ln in sh("ip", "-6", "-n", tor_ns, "route", "show",
+                                                 "proto", "bird").splitlines())}
+            mine = bgp_routes(node_ns, "-6")
+            if (any(p.startswith("fd44:") and "via fd98::2" in ln for p, ln in tor.items())
+                    and "fd44:0:0:ff::/122" in mine) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert any(p.startswith("fd44:") and "via fd98::2" in ln for p, ln in tor.items()), (
+            tor, subprocess.run(["birdc", "-s", str(sock), "show", "protocols", "all", "n1"],
+                                capture_output=True, text=True).stdout)
+        assert "via fd98::1" in mine.get("fd44:0:0:ff::/122", ""), (mine, node.log_tail())
+        # And traffic follows: the ToR reaches the pod's IPv6 address.
+        assert subprocess.run(["ip", "netns", "exec", tor_ns, "ping", "-n", "-q", "-c", "2",
+                               "-i", "0.2", "-W", "2", ip6], capture_output=True).returncode == 0
+    finally:
+        node.cleanup()
+        bird.kill()
+        bird.wait(10)
