@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -641,7 +642,11 @@ class BgpSpeaker:
         for family, by_nh in (update.get("announce") or {}).items():
             if not family.startswith(("ipv4", "ipv6")) or "unicast" not in family:
                 continue
-            for nexthop, nlris in by_nh.items():
+            # An IPv6 next hop may come as a global and a link-local address (RFC 2545,
+            # BIRD sends both on a direct session); ExaBGP lists the prefix under each.
+            # The global one goes last, so it is the one kept: a link-local gateway is
+            # of no use without the interface, which the update does not name.
+            for nexthop, nlris in sorted(by_nh.items(), key=lambda kv: not _link_local(kv[0])):
                 for n in nlris:
                     self.rib.announce(peer, n["nlri"], Path(
                         nexthop=nexthop, as_path=tuple(as_path),
@@ -757,3 +762,10 @@ def _version(marker: Any) -> int | None:
     None when it names none: then it stands for every family, as before IPv6."""
     afi = marker.get("afi") if isinstance(marker, Mapping) else None
     return {"ipv4": 4, "ipv6": 6}.get(afi) if isinstance(afi, str) else None
+
+
+def _link_local(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_link_local
+    except ValueError:
+        return False

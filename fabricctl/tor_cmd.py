@@ -19,6 +19,9 @@ Policy encoded in the output:
   /32 (/128) — a node can announce its blocks and borrowed /32s and nothing else;
 * export: what the ToR learned over BGP (the other nodes' blocks, and whatever the
   spine sends), with next hop self;
+* IPv6 unicast on a node's IPv4 session too (MP-BGP), when the node has a
+  ``bgp.ipv6Address`` and an IPv6 pool is enabled: the node offers it (``bgp.config``),
+  and the ToR's next hop self is then its own IPv6 address on the link;
 * MD5 ``password``, ``ttlSecurity`` (GTSM) and ``multihop`` when the node's address and
   the ToR's are not on one subnet; graceful restart and hold time from the
   BGPConfiguration ``default``; the ToR is a route reflector for its nodes when they share
@@ -76,6 +79,7 @@ class TorNeighbor:
     ttl_security: int = 0
     multihop: bool = False
     rr_client: bool = False
+    ipv6: bool = False  # IPv6 unicast on this IPv4 session (the node's IPv6 blocks)
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,11 @@ def plan(inputs: TorInputs, group: str, router_id: str | None = None,
                              if isinstance(p.spec.cidr, ipaddress.IPv6Network)), key=str))
     if not enabled:
         notes.append("no enabled IPPool: the import filters accept nothing")
+    if v6_pools:  # IPv6 blocks ride the IPv4 sessions of nodes that have an IPv6 address
+        by_name = {n.metadata.name: n for n in nodes}
+        neighbors = [TorNeighbor(**{**n.__dict__, "ipv6": True}) if n.version == 4
+                     and (nb := by_name[n.node].spec.bgp) is not None
+                     and nb.ipv6_address is not None else n for n in neighbors]
     gr = inputs.bgp.spec.graceful_restart
     return TorPlan(group=group, local_as=local_as, router_id=router_id,
                    neighbors=tuple(neighbors), pools_v4=v4_pools, pools_v6=v6_pools,
@@ -316,6 +325,9 @@ def render_bird(p: TorPlan) -> str:
             out.append("  rr client;")
         out.append(f"  ipv{n.version} {{ import filter l3fabric_import_v{n.version}; "
                    f"export filter l3fabric_export; next hop self; }};")
+        if n.ipv6:
+            out.append("  ipv6 { import filter l3fabric_import_v6; "
+                       "export filter l3fabric_export; next hop self; };")
         out += ["}", ""]
     return "\n".join(out).rstrip("\n") + "\n"
 
@@ -369,7 +381,7 @@ def render_frr(p: TorPlan) -> str:
         elif n.multihop and n.remote_as != p.local_as:
             out.append(f" neighbor {a} ebgp-multihop 255")
     for ver in (4, 6):
-        nbrs = [n for n in p.neighbors if n.version == ver]
+        nbrs = [n for n in p.neighbors if n.version == ver or (ver == 6 and n.ipv6)]
         if not nbrs:
             continue
         out += [" !", f" address-family ipv{ver} unicast", "  maximum-paths 16",

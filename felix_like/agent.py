@@ -148,6 +148,10 @@ class Agent:
         # routes_removed, so an apply in between neither deletes nor re-adds them.
         self._wiring: dict[str, Route] = {}
         self._dirty = asyncio.Event()
+        # Routes the kernel refused are tried again after a pause that doubles (0.5 s to
+        # 30 s) while they keep failing; any event in between applies at once, as always.
+        self._route_retry: asyncio.TimerHandle | None = None
+        self._route_backoff = 0.0
         self._status_dirty = asyncio.Event()
         self._last_status: tuple[Any, ...] = ()
         self._applied_once = False
@@ -259,7 +263,9 @@ class Agent:
         policy_ok = await self._apply_policy(st)
         if res.failed:
             self.metrics.route_errors.inc(len(res.failed))
-            self._dirty.set()  # retry on the next pass
+            self._retry_routes_later()
+        else:
+            self._route_backoff = 0.0
         kinds: dict[str, int] = {"local": 0, "blackhole": 0, "bgp": 0}
         for r in self.routes.programmed.values():
             kinds[r.kind] = kinds.get(r.kind, 0) + 1
@@ -280,6 +286,20 @@ class Agent:
             self._applied_once = True
             self.health.ready = True
             log.info("agent ready: in sync and dataplane programmed")
+
+    def _retry_routes_later(self) -> None:
+        """Apply again after the backoff: a refused route (a gateway not on a link yet, a
+        device that is gone) is retried, but not in a tight loop of full applies and log
+        lines (it was: ~250 per second for as long as the route kept failing)."""
+        if self._route_retry is not None:
+            return  # one is already due
+        self._route_backoff = min(30.0, max(0.5, self._route_backoff * 2))
+
+        def due() -> None:
+            self._route_retry = None
+            self._dirty.set()
+
+        self._route_retry = asyncio.get_running_loop().call_later(self._route_backoff, due)
 
     async def _apply_policy(self, st: dict[str, Any]) -> bool:
         """Converge the policy dataplane; only from a complete snapshot (the first apply
@@ -553,6 +573,8 @@ class Agent:
                     raise t.exception()  # type: ignore[misc]
             stopper.cancel()
         finally:
+            if self._route_retry is not None:
+                self._route_retry.cancel()
             for t in tasks:
                 t.cancel()
             for t in tasks:

@@ -154,70 +154,78 @@ def test_a_policy_closes_both_addresses_of_a_dual_stack_pod(
     assert ping(c_ns, b6) and ping(c_ns, b4), "b must stay open to c"
 
 
-BIRD_TOR = """
-router id 10.98.0.1;
-protocol device { scan time 10; }
-protocol kernel k6 { ipv6 { import none; export all; }; }
-protocol static s6 { ipv6; route fd44:0:0:ff::/122 blackhole; }
-protocol bgp n1 {
-  local 10.98.0.1 as 65000; neighbor 10.98.0.2 as 64512; direct;
-  hold time 9; keepalive time 3; connect retry time 1; error wait time 1, 5;
-  ipv4 { import all; export none; };
-  ipv6 { import all; export all; next hop address fd98::1; };
-}
-"""
 
-
-def test_ipv6_blocks_reach_a_bird_tor_over_the_ipv4_session(
+def test_ipv6_blocks_cross_a_bird_tor_configured_by_tor_config(
         netns: Callable[[str], str], etcd: EmbeddedEtcd, tmp_path: Path) -> None:
-    """Interoperation with BIRD 2 as the ToR: its BGP protocol has an IPv6 channel (next
-    hop address fd98::1) on the IPv4 session. The ToR installs the node's IPv6 block via
-    the node's IPv6 address, and the node installs the ToR's IPv6 route inside the pool via
-    the ToR's."""
-    node_ns, tor_ns = netns("node"), netns("tor")
-    sh("ip", "-n", tor_ns, "link", "add", "down1", "type", "veth", "peer", "name", "up1",
-       "netns", node_ns)
-    for ns, dev, v4, v6 in ((tor_ns, "down1", "10.98.0.1/30", "fd98::1/64"),
-                            (node_ns, "up1", "10.98.0.2/30", "fd98::2/64")):
-        sh("ip", "-n", ns, "addr", "add", v4, "dev", dev)
-        sh("ip", "-n", ns, "addr", "add", v6, "dev", dev, "nodad")
-        sh("ip", "-n", ns, "link", "set", dev, "up")
-        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
+    """Two nodes (one AS each) behind a BIRD 2 ToR whose configuration is what
+    ``fabricctl tor-config`` prints, unedited: the sessions are IPv4, and for nodes with a
+    ``bgp.ipv6Address`` they carry IPv6 too. The ToR installs each node's IPv6 block via
+    that node's IPv6 address and re-advertises it with its own as next hop; each node
+    installs the other's block via the ToR; the pods ping each other over IPv6."""
+    tor_ns = netns("tor")
+    nodes = []
+    for i in (1, 2):
+        ns = netns(f"n{i}")
+        sh("ip", "-n", tor_ns, "link", "add", f"down{i}", "type", "veth", "peer", "name", "up1",
+           "netns", ns)
+        for where, dev, host in ((tor_ns, f"down{i}", 1), (ns, "up1", 2)):
+            sh("ip", "-n", where, "addr", "add", f"10.98.{i}.{host}/30", "dev", dev)
+            sh("ip", "-n", where, "addr", "add", f"fd98:{i}::{host}/64", "dev", dev, "nodad")
+            sh("ip", "-n", where, "link", "set", dev, "up")
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+           "net.ipv6.conf.all.forwarding=1")
+        put(etcd, f"nodes/n{i}", "Node", f"n{i}", {"bgp": {
+            "ipv4Address": f"10.98.{i}.2/30", "ipv6Address": f"fd98:{i}::2/64",
+            "asNumber": 65100 + i}})
+        put(etcd, f"config/bgppeers/rack-n{i}", "BGPPeer", f"rack-n{i}",
+            {"peerIP": f"10.98.{i}.1", "asNumber": 65000, "node": f"n{i}"})
+        nodes.append(Node(f"n{i}", ns, f"10.98.{i}.2/30", tmp_path / f"n{i}"))
+    sh("ip", "netns", "exec", tor_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+       "net.ipv6.conf.all.forwarding=1")
     put(etcd, "config/bgp/default", "BGPConfiguration", "default",
         {"asNumber": 64512, "holdTime": 9, "nodeToNodeMesh": False})
-    put(etcd, "config/bgppeers/tor", "BGPPeer", "tor",
-        {"peerIP": "10.98.0.1", "asNumber": 65000, "node": "n1"})
     put(etcd, "config/ippools/v4", "IPPool", "v4", {"cidr": "10.244.0.0/16", "blockSize": 26})
     put(etcd, "config/ippools/v6", "IPPool", "v6", {"cidr": "fd44::/48", "blockSize": 122})
+    r = subprocess.run([str(BIN / "fabricctl"), "tor-config", "--peer-group", "rack",
+                        "--format", "bird"], capture_output=True, text=True, timeout=60,
+                       env={"L3FABRIC_ETCD_ENDPOINTS": etcd.endpoint, "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
     conf = tmp_path / "bird.conf"
-    conf.write_text(BIRD_TOR)
+    conf.write_text(r.stdout)
     sock = tmp_path / "bird.ctl"
     bird = subprocess.Popen(["ip", "netns", "exec", tor_ns, "bird", "-f", "-c", str(conf), "-s",
                              str(sock), "-P", str(tmp_path / "bird.pid")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    node = Node("n1", node_ns, "10.98.0.2/30", tmp_path / "n1", args=("--node-ip6", "fd98::2/64"))
     try:
-        node.start(etcd)
-        pod_ns = netns("pod")
-        _, ip6 = add_pod(node, pod_ns, "a")
-        deadline = time.monotonic() + 30
+        for n in nodes:
+            n.start(etcd)
+        (a_ns, b_ns) = netns("pa"), netns("pb")
+        _, a6 = add_pod(nodes[0], a_ns, "a")
+        _, b6 = add_pod(nodes[1], b_ns, "b")
+        deadline = time.monotonic() + 40
         while True:
-            tor = {p: ln for p, ln in (
-                (ln.split()[0], ln) for ln in sh("ip", "-6", "-n", tor_ns, "route", "show",
-                                                 "proto", "bird").splitlines())}
-            mine = bgp_routes(node_ns, "-6")
-            if (any(p.startswith("fd44:") and "via fd98::2" in ln for p, ln in tor.items())
-                    and "fd44:0:0:ff::/122" in mine) or time.monotonic() > deadline:
+            tor = {ln.split()[0]: ln for ln in sh("ip", "-6", "-n", tor_ns, "route", "show",
+                                                  "proto", "bird").splitlines()}
+            r1, r2 = bgp_routes(nodes[0].ns, "-6"), bgp_routes(nodes[1].ns, "-6")
+            done = (sum(p.startswith("fd44:") for p in tor) == 2
+                    and any("via fd98:1::1" in ln for p, ln in r1.items() if p.startswith("fd44:"))
+                    and any("via fd98:2::1" in ln for p, ln in r2.items() if p.startswith("fd44:")))
+            if done or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
-        assert any(p.startswith("fd44:") and "via fd98::2" in ln for p, ln in tor.items()), (
-            tor, subprocess.run(["birdc", "-s", str(sock), "show", "protocols", "all", "n1"],
-                                capture_output=True, text=True).stdout)
-        assert "via fd98::1" in mine.get("fd44:0:0:ff::/122", ""), (mine, node.log_tail())
-        # And traffic follows: the ToR reaches the pod's IPv6 address.
-        assert subprocess.run(["ip", "netns", "exec", tor_ns, "ping", "-n", "-q", "-c", "2",
-                               "-i", "0.2", "-W", "2", ip6], capture_output=True).returncode == 0
+        state = subprocess.run(["birdc", "-s", str(sock), "show", "protocols"],
+                               capture_output=True, text=True).stdout
+        assert sorted(ln.split(" via ")[1].split()[0] for p, ln in tor.items()
+                      if p.startswith("fd44:")) == ["fd98:1::2", "fd98:2::2"], (tor, state)
+        routes_at_tor = subprocess.run(["birdc", "-s", str(sock), "show", "route", "all"],
+                                       capture_output=True, text=True).stdout
+        assert any("via fd98:1::1" in ln for p, ln in r1.items() if p.startswith("fd44:")), (
+            r1, state, routes_at_tor, nodes[0].log_tail())
+        assert any("via fd98:2::1" in ln for p, ln in r2.items() if p.startswith("fd44:")), (
+            r2, state, routes_at_tor, nodes[1].log_tail())
+        assert ping(a_ns, b6) and ping(b_ns, a6), "the pods cannot reach each other over IPv6"
     finally:
-        node.cleanup()
+        for n in nodes:
+            n.cleanup()
         bird.kill()
         bird.wait(10)

@@ -114,3 +114,24 @@ def test_ipam_inputs_hold_every_endpoints_addresses_with_the_overlays() -> None:
     overlay = {keys.workload("n1", "default", "c", "eth0"): None, added[0]: added[1]}
     assert calc.ipam_inputs("n1", st).in_use == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
     assert calc.ipam_inputs("n1", st, overlay).in_use == {"10.0.0.1", "10.0.0.2", "10.0.0.4"}
+
+
+async def test_refused_routes_are_retried_after_a_pause_that_doubles(tmp_path: Path) -> None:
+    """A route the kernel keeps refusing (a link-local gateway without its interface was
+    one) is retried after 0.5 s, then 1 s, ... up to 30 s, not by a full apply every few
+    milliseconds; a second failure while a retry is due schedules nothing more."""
+    agent = Agent(AgentConfig(node="n1", socket=str(tmp_path / "agent.sock")))
+    agent._retry_routes_later()
+    agent._retry_routes_later()
+    assert agent._route_backoff == 0.5 and not agent._dirty.is_set()
+    await asyncio.sleep(0.3)
+    assert not agent._dirty.is_set()
+    await asyncio.sleep(0.4)
+    assert agent._dirty.is_set()
+    agent._dirty.clear()
+    for want in (1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0):
+        agent._retry_routes_later()
+        assert agent._route_backoff == want
+        assert agent._route_retry is not None
+        agent._route_retry.cancel()
+        agent._route_retry = None

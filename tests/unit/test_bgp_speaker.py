@@ -349,3 +349,18 @@ def test_ipv6_blocks_go_with_the_nodes_ipv6_next_hop_and_families_are_separate(
     assert sp.peers[PEER].refresh_pending
     sp._on_line(event(type="update", message={"eor": {"afi": "ipv4", "safi": "unicast"}}))
     assert not sp.peers[PEER].refresh_pending
+
+
+@pytest.mark.parametrize("order", [("fe80::1", "fd98::1"), ("fd98::1", "fe80::1")])
+def test_a_global_next_hop_wins_over_its_link_local_twin(tmp_path: Path,
+                                                         order: tuple[str, str]) -> None:
+    """BIRD sends a global and a link-local IPv6 next hop on a direct session and ExaBGP
+    lists the prefix under both: the route is installed via the global one (a link-local
+    gateway needs an interface the update does not name: the kernel said EINVAL)."""
+    sp, _ = speaker(tmp_path)
+    sp.set_filter(["fd44::/48"], [])
+    sp._on_line(event(state="up"))
+    sp._on_line(event(type="update", message={"update": {
+        "attribute": {"as-path": {"0": {"value": [65000]}}},
+        "announce": {"ipv6 unicast": {nh: [{"nlri": "fd44::40/122"}] for nh in order}}}}))
+    assert sp.rib.table() == {"fd44::40/122": ("fd98::1",)}

@@ -34,8 +34,10 @@ def res(kind: str, name: str, spec: dict[str, Any] | None = None,
 
 
 def node(name: str, cidr: str, asn: int | None = None,
-         labels: dict[str, str] | None = None) -> model.Node:
+         labels: dict[str, str] | None = None, v6: str | None = None) -> model.Node:
     bgp: dict[str, Any] = {"ipv4Address": cidr}
+    if v6 is not None:
+        bgp["ipv6Address"] = v6
     if asn is not None:
         bgp["asNumber"] = asn
     n = res("Node", name, {"bgp": bgp}, labels)
@@ -206,7 +208,8 @@ def _rich_plan() -> Any:
                        peer("g-n1", "10.99.0.254", node="n1", password="pw", ttlSecurity=2),
                        peer("g-n3", "10.99.0.254", node="n3", asn=65000, password="pw",
                             ttlSecurity=2),
-                       nodes=(*NODES[:2], node("n3", "10.99.3.1/30", asn=65000)),
+                       nodes=(node("n1", "10.99.1.1/30", v6="fd99:1::1/64"), NODES[1],
+                              node("n3", "10.99.3.1/30", asn=65000)),
                        bgp=bgpconf(gracefulRestart={"enabled": True}, holdTime=9)), "g")
 
 
@@ -224,3 +227,25 @@ def test_frr_vtysh_dry_run_accepts_the_output(tmp_path: Path) -> None:
     conf.write_text(render_frr(_rich_plan()))
     r = subprocess.run(["vtysh", "--dryrun", "-f", str(conf)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr + conf.read_text()
+
+
+def test_a_node_with_an_ipv6_address_gets_ipv6_on_its_ipv4_session() -> None:
+    """The node offers IPv6 unicast on its IPv4 session (MP-BGP) when it has an
+    ipv6Address; the ToR's session to it carries IPv6 too, the others IPv4 only. No IPv6
+    pool: no IPv6 at all."""
+    nodes = (node("n1", "10.99.1.1/30", v6="fd99:1::1/64"), NODES[1])
+    p = plan(inputs(peer("g", "10.99.0.254"), nodes=nodes), "g")
+    assert [(n.node, n.ipv6) for n in p.neighbors] == [("n1", True), ("n2", False)]
+    bird = render_bird(p)
+    n1 = bird[bird.index("protocol bgp l3f_n1 "):bird.index("protocol bgp l3f_n2 ")]
+    assert "ipv6 { import filter l3fabric_import_v6; export filter l3fabric_export; " \
+           "next hop self; };" in n1
+    assert "ipv6 {" not in bird[bird.index("protocol bgp l3f_n2 "):]
+    assert "protocol kernel l3fabric_kernel6" in bird
+    frr = render_frr(p)
+    v6 = frr[frr.index(" address-family ipv6 unicast"):]
+    assert "  neighbor 10.99.1.1 activate" in v6
+    assert "  neighbor 10.99.1.1 route-map L3FABRIC-IMPORT-V6 in" in v6
+    assert "10.99.2.1" not in v6
+    no_v6 = TorInputs((peer("g", "10.99.0.254"),), nodes, bgpconf(), POOLS[:2])
+    assert not any(n.ipv6 for n in plan(no_v6, "g").neighbors)
