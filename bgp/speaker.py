@@ -612,11 +612,7 @@ class BgpSpeaker:
         elif kind == "update":
             message = nb.get("message") or {}
             if "eor" in message:
-                version = _version(message["eor"])
-                self.rib.sweep(peer, version)
-                if version != 6:  # IPv4's comes last (see _refresh_all)
-                    st.refresh_pending = False
-                    self._check_sync()
+                self._end_of_rib(peer, st, _version(message["eor"]))
             else:
                 self._on_update(peer, message.get("update") or {})
             self._schedule_emit()
@@ -626,11 +622,17 @@ class BgpSpeaker:
             if sub == "begin":
                 self.rib.mark_stale(peer, version=_version(rr))
             elif sub == "end":
-                self.rib.sweep(peer, _version(rr))
-                if _version(rr) != 6:  # IPv4's comes last (see _refresh_all)
-                    st.refresh_pending = False
-                self._check_sync()
+                self._end_of_rib(peer, st, _version(rr))
                 self._schedule_emit()
+
+    def _end_of_rib(self, peer: str, st: _PeerState, version: int | None) -> None:
+        """The end of ``peer``'s routes of one family (End-of-RIB, or the end of a
+        refresh): that family's paths still stale go. IPv4's, which comes last (see
+        `_refresh_all`), also ends the wait for the peer's complete table."""
+        self.rib.sweep(peer, version)
+        if version != 6:
+            st.refresh_pending = False
+            self._check_sync()
 
     def _on_update(self, peer: str, update: Mapping[str, Any]) -> None:
         attrs = update.get("attribute") or {}
