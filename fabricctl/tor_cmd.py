@@ -159,6 +159,9 @@ def plan(inputs: TorInputs, group: str, router_id: str | None = None,
             f"their nodes expect that AS and would refuse the session")
 
     notes: list[str] = []
+    # IPv6 blocks ride the IPv4 sessions of nodes that have an IPv6 address.
+    v6_pool = any(isinstance(p.spec.cidr, ipaddress.IPv6Network) and not p.spec.disabled
+                  for p in inputs.pools)
     by_session: dict[str, TorNeighbor] = {}
     taken: set[str] = set()
     nodes = sorted(inputs.nodes, key=lambda n: n.metadata.name)
@@ -185,7 +188,8 @@ def plan(inputs: TorInputs, group: str, router_id: str | None = None,
                 symbol="", node=name, peers=(peer.metadata.name,), address=str(iface.ip),
                 remote_as=remote_as, local_address=str(local), version=local.version,
                 password=peer.spec.password, ttl_security=peer.spec.ttl_security,
-                multihop=local not in iface.network, rr_client=remote_as == local_as)
+                multihop=local not in iface.network, rr_client=remote_as == local_as,
+                ipv6=v6_pool and local.version == 4 and nb.ipv6_address is not None)
             # One router has one session per neighbour address (FRR keys neighbours by
             # it): two BGPPeers selecting the same node must describe the same session.
             prev = by_session.get(session[0])
@@ -229,11 +233,6 @@ def plan(inputs: TorInputs, group: str, router_id: str | None = None,
                              if isinstance(p.spec.cidr, ipaddress.IPv6Network)), key=str))
     if not enabled:
         notes.append("no enabled IPPool: the import filters accept nothing")
-    if v6_pools:  # IPv6 blocks ride the IPv4 sessions of nodes that have an IPv6 address
-        by_name = {n.metadata.name: n for n in nodes}
-        neighbors = [TorNeighbor(**{**n.__dict__, "ipv6": True}) if n.version == 4
-                     and (nb := by_name[n.node].spec.bgp) is not None
-                     and nb.ipv6_address is not None else n for n in neighbors]
     gr = inputs.bgp.spec.graceful_restart
     return TorPlan(group=group, local_as=local_as, router_id=router_id,
                    neighbors=tuple(neighbors), pools_v4=v4_pools, pools_v6=v6_pools,
