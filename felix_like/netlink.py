@@ -247,11 +247,19 @@ def open_address_monitor(ns: str | None) -> socket.socket:
     group would fire on each pod ADD; the host side of a pod's veth has no IPv4 address.
     """
 
+    s = open_netlink_socket(ns, NETLINK_ROUTE, RTMGRP_IPV4_IFADDR)
+    s.setblocking(False)
+    return s
+
+
+def open_netlink_socket(ns: str | None, protocol: int, groups: int = 0) -> socket.socket:
+    """A netlink socket of ``protocol`` in namespace ``ns`` (``None``: the calling
+    thread's), bound to the multicast ``groups``."""
+
     def make() -> socket.socket:
-        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         try:
-            s.bind((0, RTMGRP_IPV4_IFADDR))
-            s.setblocking(False)
+            s.bind((0, groups))
         except BaseException:
             s.close()
             raise
@@ -378,17 +386,7 @@ class Rtnl:
     @classmethod
     def open(cls, ns: str | None) -> Self:
         """A socket bound to namespace ``ns`` (``None``: the calling thread's)."""
-
-        def make() -> socket.socket:
-            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, cls.protocol)
-            try:
-                s.bind((0, 0))
-            except BaseException:
-                s.close()
-                raise
-            return s
-
-        return cls(run_short_in_netns(ns, make))
+        return cls(open_netlink_socket(ns, cls.protocol))
 
     def close(self) -> None:
         self._sock.close()
