@@ -57,6 +57,27 @@ def sh(*cmd: str, check: bool = True, timeout: float = 60) -> str:
 # -- nodes and pods --------------------------------------------------------------------
 
 
+def shim_input(command: str, agent_socket: str, container: str, pod_ns: str, pod: str, *,
+               ip: str | None = None, labels: dict[str, str] | None = None,
+               ipam: dict[str, Any] | None = None) -> tuple[str, dict[str, str]]:
+    """Stdin and environment of the real CNI shim for one call, as a runtime makes them:
+    ``ip`` asks for that address (CNI_ARGS ``IP=``), ``labels`` become the pod's labels
+    (``args.cni.labels``), ``ipam`` adds to the IPAM section (``assign_ipv6``...)."""
+    conf: dict[str, Any] = {"cniVersion": "1.0.0", "name": "l3net", "type": "l3fabric",
+                            "agentSocket": agent_socket,
+                            "ipam": {"type": "l3fabric-ipam", **(ipam or {})}}
+    if labels:
+        conf["args"] = {"cni": {"labels": [{"key": k, "value": v}
+                                           for k, v in labels.items()]}}
+    args = f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}"
+    if ip:
+        args += f";IP={ip}"
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container,
+           "CNI_NETNS": f"/var/run/netns/{pod_ns}", "CNI_IFNAME": "eth0", "CNI_ARGS": args,
+           "CNI_PATH": str(BIN), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    return json.dumps(conf), env
+
+
 @dataclass
 class Pod:
     name: str
@@ -103,6 +124,15 @@ class Node:
                  "--metrics-addr", f"127.0.0.1:{METRICS_PORT}", "--node-ip", self.ip,
                  *self.args],
                 stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def cni_add(self, container: str, pod_ns: str, pod: str, **kw: Any) -> dict[str, Any]:
+        """CNI ADD through this node's agent with the real shim (`shim_input` takes
+        ``ip``, ``labels``, ``ipam``); fails the test unless it succeeds; the result."""
+        stdin, env = shim_input("ADD", self.socket, container, pod_ns, pod, **kw)
+        r = subprocess.run([str(BIN / "l3fabric")], input=stdin, env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return dict(json.loads(r.stdout))
 
     def http(self, path: str) -> tuple[int, str]:
         def get() -> tuple[int, str]:
@@ -254,19 +284,12 @@ class Fabric:
         n = self.nodes[node]
         ns = self.make_ns("pod")
         container = f"c-{name}"
-        conf = {"cniVersion": "1.0.0", "name": "l3net", "type": "l3fabric",
-                "agentSocket": n.socket, "ipam": {"type": "l3fabric-ipam"}}
-        args = f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"
-        if ip:
-            args += f";IP={ip}"
-        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": container,
-               "CNI_NETNS": f"/var/run/netns/{ns}", "CNI_IFNAME": "eth0", "CNI_ARGS": args,
-               "CNI_PATH": str(BIN), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        stdin, env = shim_input("ADD", n.socket, container, ns, name, ip=ip)
         proc = subprocess.Popen([str(BIN / "l3fabric")], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                 text=True)
         assert proc.stdin is not None
-        proc.stdin.write(json.dumps(conf))
+        proc.stdin.write(stdin)
         proc.stdin.close()
         return PendingPod(self, Pod(name, node, ns, "", container), proc)
 
@@ -274,13 +297,9 @@ class Fabric:
         """CNI DEL of a pod through its node's agent (the shim, as a runtime runs it): its
         address is released; the pod's namespace stays the fixture's."""
         pod = self.pods.pop(name)
-        conf = {"cniVersion": "1.0.0", "name": "l3net", "type": "l3fabric",
-                "agentSocket": self.nodes[pod.node].socket, "ipam": {"type": "l3fabric-ipam"}}
-        env = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": pod.container,
-               "CNI_NETNS": f"/var/run/netns/{pod.ns}", "CNI_IFNAME": "eth0",
-               "CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}",
-               "CNI_PATH": str(BIN), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        r = subprocess.run([str(BIN / "l3fabric")], input=json.dumps(conf), env=env,
+        stdin, env = shim_input("DEL", self.nodes[pod.node].socket, pod.container, pod.ns,
+                                name)
+        r = subprocess.run([str(BIN / "l3fabric")], input=stdin, env=env,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, f"DEL {name} on {pod.node}: {r.stdout} {r.stderr}"
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.exabgp import wait_for
 from helpers.fabric import BIN, Node
 
 from datastore.embedded import EmbeddedEtcd
@@ -41,20 +42,9 @@ def put(etcd: EmbeddedEtcd, key: str, kind: str, name: str, spec: dict[str, Any]
 def add_pod(node: Node, pod_ns: str, name: str,
             labels: dict[str, str] | None = None) -> tuple[str, str]:
     """A dual-stack pod through the real shim; its (IPv4, IPv6) addresses."""
-    conf: dict[str, Any] = {
-        "cniVersion": "1.0.0", "name": "l3net", "type": "l3fabric", "agentSocket": node.socket,
-        "ipam": {"type": "l3fabric-ipam", "assign_ipv4": True, "assign_ipv6": True}}
-    if labels:
-        conf["args"] = {"cni": {"labels": [{"key": k, "value": v}
-                                           for k, v in labels.items()]}}
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"c-{name}",
-           "CNI_NETNS": f"/var/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
-           "CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}",
-           "CNI_PATH": str(BIN), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([str(BIN / "l3fabric")], input=json.dumps(conf), env=env,
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
-    ips = [i["address"].split("/")[0] for i in json.loads(r.stdout)["ips"]]
+    res = node.cni_add(f"c-{name}", pod_ns, name, labels=labels,
+                       ipam={"assign_ipv4": True, "assign_ipv6": True})
+    ips = [i["address"].split("/")[0] for i in res["ips"]]
     v4 = [ip for ip in ips if ":" not in ip]
     v6 = [ip for ip in ips if ":" in ip]
     assert len(v4) == 1 and len(v6) == 1, ips
@@ -93,13 +83,10 @@ def two_nodes(netns: Callable[[str], str], etcd: EmbeddedEtcd,
     nodes = (Node("n1", n1_ns, "10.99.0.1/30", tmp_path / "n1"),
              Node("n2", n2_ns, "10.99.0.2/30", tmp_path / "n2", args=("--node-ip6", "fd99::2/64")))
     try:
-        for n in nodes:
+        for n in nodes:  # both start at once, then each must become ready
             n.spawn(etcd)
-        deadline = time.monotonic() + 40
         for n in nodes:
-            while not n.ready():
-                assert time.monotonic() < deadline, n.log_tail()
-                time.sleep(0.1)
+            wait_for(n.ready, 40, f"agent {n.name} ready", 0.1, n.log_tail)
         yield nodes
     finally:
         for n in nodes:

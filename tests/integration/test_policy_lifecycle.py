@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 from helpers.exabgp import wait_for
-from helpers.fabric import BIN, Node
+from helpers.fabric import Node
 from helpers.policy_docs import (
     EGRESS_TO_FRONTENDS,
     FROM_BLOCK,
@@ -207,21 +207,6 @@ def relabel(etcd: EmbeddedEtcd, key: str, labels: dict[str, str]) -> None:
     etcdctl(etcd, "put", key, json.dumps(wep))
 
 
-def add_pod(agent: Node, container: str, pod_ns: str, pod: str, ip: str,
-            labels: dict[str, str]) -> None:
-    """CNI ADD through the real shim asking for ``ip``, with pod labels."""
-    conf = {"cniVersion": "1.0.0", "name": "l3net", "type": "l3fabric",
-            "agentSocket": agent.socket, "ipam": {"type": "l3fabric-ipam"},
-            "args": {"cni": {"labels": [{"key": k, "value": v} for k, v in labels.items()]}}}
-    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": container,
-           "CNI_NETNS": f"/var/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
-           "CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod};IP={ip}",
-           "CNI_PATH": str(BIN), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([str(BIN / "l3fabric")], input=json.dumps(conf), env=env,
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
-
-
 @pytest.fixture
 def agent(netns: Callable[[str], str], etcd: EmbeddedEtcd, tmp_path: Path) -> Iterator[Node]:
     """The real agent in a node namespace; stopped and cleaned up (ExaBGP, nft) after."""
@@ -254,7 +239,7 @@ def test_the_agent_drops_the_flows_of_a_deleted_pod_before_its_address_is_reused
             flow.send(b"to b")
             assert flow.recv(16) == b"ok", "control: b is open"
             cni(agent, "DEL", "cb", b, "b")
-            add_pod(agent, "cc", c, "c", ip_b, {"role": "vault"})
+            agent.cni_add("cc", c, "c", ip=ip_b, labels={"role": "vault"})
             servers.listen(c)
             assert not probe(a, ip_b, "udp", 53), "c is closed to new flows"
             assert probe(c, ip_b, "udp", 53), "control: c's server answers"
