@@ -30,8 +30,11 @@ Wire format (the agent's server reuses :func:`encode_message`/:func:`decode_mess
 Failure mode: agent unreachable (no socket file, connection refused, timeout, a
 connection closed without an answer) is CNI error 11 "try again later", naming the
 socket path, exit 1; the runtime retries, and a pod never half-exists because the
-agent was restarting. Stdin that is not JSON is error 6 and a non-string
-``agentSocket`` error 7, both decided here because the socket cannot be found.
+agent was restarting. STATUS answers 50 "plugin not available" instead: the spec's
+STATUS fails with 50 when the plugin knows an ADD would fail, and runtimes read it as
+"this node's network is not ready" (11 there would mean nothing to them). Stdin that
+is not JSON is error 6 and a non-string ``agentSocket`` error 7, both decided here
+because the socket cannot be found.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ ERR_IO = 5
 ERR_DECODE = 6
 ERR_INVALID_CONFIG = 7
 ERR_TRY_AGAIN_LATER = 11
+ERR_PLUGIN_NOT_AVAILABLE = 50
 
 
 class AgentUnreachable(Exception):
@@ -284,7 +288,7 @@ def run(
         reason = str(e) if isinstance(e, AgentUnreachable) else "the agent's answer has no exit"
         stdout.write(
             _error(
-                ERR_TRY_AGAIN_LATER,
+                ERR_PLUGIN_NOT_AVAILABLE if command == "STATUS" else ERR_TRY_AGAIN_LATER,
                 f"l3fabric agent unreachable at {path}",
                 version,
                 f"{reason}; is fabric-agent running on this node?",

@@ -219,6 +219,19 @@ async def test_agent_unreachable_is_code_11_naming_socket(fab: Fabric,
     assert r.code == 11 and sock in r.json["msg"]
 
 
+async def test_status_with_the_agent_unreachable_is_code_50(fab: Fabric,
+                                                             tmp_path: Path) -> None:
+    """A runtime's readiness probe: with no agent behind the socket no ADD can succeed,
+    so both shims fail STATUS with 50 (plugin not available), naming the socket."""
+    sock = str(tmp_path / "nobody-listens.sock")
+    conf = {**fab.conf("1.1.0"), "agentSocket": sock}
+    for exe in ("l3fabric", "l3fabric-ipam"):
+        r = await exec_plugin(fab.bin_dir / exe, cni_env("STATUS", container_id=None,
+                                                         ifname=None), conf)
+        assert r.exit != 0 and r.code == 50 and sock in r.json["msg"], (exe, r.stdout)
+    (await fab.call("STATUS", fab.conf("1.1.0"))).ok()
+
+
 # ------------------------------------------------------------------ DEL is idempotent
 
 

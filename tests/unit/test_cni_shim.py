@@ -277,6 +277,20 @@ def test_agent_timeout_is_code_11(sock_dir: Path) -> None:
     assert "timed out" in assert_try_again(code, out, path)["details"]
 
 
+@pytest.mark.parametrize("plugin", ["l3fabric", "l3fabric-ipam"])
+def test_status_with_the_agent_unreachable_is_code_50(sock_dir: Path, plugin: str) -> None:
+    """STATUS is the runtime's readiness probe: an unreachable agent means no ADD can
+    succeed, which the spec spells 50; ADD to the same socket stays 11 (retry)."""
+    path = sock_dir / "missing.sock"
+    conf = json.dumps({**CONFIG, "cniVersion": "1.1.0", "agentSocket": str(path)})
+    code, out, _ = call(plugin, {"CNI_COMMAND": "STATUS", "PATH": "/usr/bin"}, conf)
+    assert code == 1
+    obj = json.loads(out)
+    assert (obj["code"], obj["cniVersion"]) == (protocol.ERR_PLUGIN_NOT_AVAILABLE, "1.1.0")
+    assert str(path) in obj["msg"]
+    assert json.loads(call(plugin, ADD_ENV, conf)[1])["code"] == 11
+
+
 def test_default_socket_is_named_when_absent() -> None:
     if os.path.exists(shim.DEFAULT_SOCKET):
         pytest.skip("an agent is listening on the default socket here")
@@ -300,6 +314,7 @@ def test_version_needs_no_agent(stdin: str, version: str) -> None:
 def test_supported_versions_match_protocol() -> None:
     assert shim.SUPPORTED_VERSIONS == protocol.SUPPORTED_VERSIONS
     assert shim.CURRENT_VERSION == protocol.CURRENT_VERSION
+    assert shim.ERR_PLUGIN_NOT_AVAILABLE == protocol.ERR_PLUGIN_NOT_AVAILABLE
 
 
 @pytest.mark.parametrize("stdin", [b"", b"{", b"[1]", b"\xff\xfe"])
