@@ -1600,6 +1600,7 @@ class NodeStatusBody:
     programmed: FrozenMap[int] = field(default_factory=FrozenMap)
     errors: tuple[str, ...] = ()
     in_sync: bool | None = None
+    version: str | None = None  # the agent's l3fabric release (`datastore.version`)
 
     @classmethod
     def from_dict(cls, obj: Any, path: str) -> NodeStatusBody:
@@ -1612,6 +1613,7 @@ class NodeStatusBody:
             programmed=o.get("programmed", _counts, FrozenMap()),
             errors=o.list("errors", _str),
             in_sync=o.opt("inSync", _bool),
+            version=o.opt("version", _str),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -1620,6 +1622,8 @@ class NodeStatusBody:
             out["updated"] = self.updated
         if self.in_sync is not None:
             out["inSync"] = self.in_sync
+        if self.version is not None:
+            out["version"] = self.version
         out["bgp"] = {"peers": [p.to_dict() for p in self.bgp_peers]}
         out["blocks"] = list(self.blocks)
         out["programmed"] = dict(self.programmed)

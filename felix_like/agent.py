@@ -45,6 +45,7 @@ from datastore.client import (
 )
 from datastore.schema import ensure_schema
 from datastore.syncer import ConfigError, ConnectionState, Deleted, InSync, Syncer, Update
+from datastore.version import l3fabric_version
 from felix_like import calc
 from felix_like.metrics import HealthServer, Metrics
 from felix_like.netlink import open_address_monitor, open_iproute
@@ -465,6 +466,7 @@ class Agent:
             "status": {
                 "updated": datetime.fromtimestamp(self.now(), UTC).isoformat(),
                 "inSync": self.syncer.in_sync,
+                "version": l3fabric_version(),
                 "blocks": calc.confirmed_blocks(self.node, st),
                 "programmed": {"routes": sum(kinds.values()), **kinds},
                 "errors": sorted(self.config_errors.values()),

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from datastore.client import EtcdConfig
+from datastore.version import l3fabric_version
 
 
 def _env(flag: str, default: str | None = None) -> str | None:
@@ -24,6 +25,7 @@ def _env(flag: str, default: str | None = None) -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fabric-agent", description="l3fabric node agent")
+    p.add_argument("--version", action="version", version=f"fabric-agent {l3fabric_version()}")
     p.add_argument("--node", default=_env("node"), help="this node's name (required)")
     p.add_argument("--etcd-endpoints", default=_env("etcd-endpoints", "http://127.0.0.1:2379"))
     p.add_argument("--etcd-ca", default=_env("etcd-ca"))
