@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -171,11 +172,15 @@ class EtcdConfig:
             raise ValueError(f"bad etcd endpoint {first!r}")
         return u.hostname
 
-    def grpc_target(self) -> str:
+    def grpc_target(self, resolve: Callable[[str, int], list[str]] | None = None) -> str:
         """A gRPC target naming every endpoint: ``ipv4:a:p1,b:p2`` or ``dns:///h:p``.
 
         gRPC's ``ipv4:`` (and ``ipv6:``) schemes take a comma-separated list of literal
-        addresses and balance over them; a single host name goes through ``dns:``.
+        addresses and balance over them; a single host name goes through ``dns:`` (gRPC
+        re-resolves it on reconnect). gRPC has no target for several names, so each name of
+        a list is resolved here, once, by ``resolve`` (the system resolver by default:
+        /etc/hosts, then DNS) into the addresses of an ``ipv4:``/``ipv6:`` list; a member
+        whose address changes later needs a restart of the client.
         """
         unix = [ep for ep in self.endpoints if ep.startswith("unix://")]
         if unix:
@@ -196,7 +201,48 @@ class EtcdConfig:
             return "ipv6:" + ",".join(f"[{h}]:{p}" for h, p in hostports)
         if len(hostports) == 1:
             return f"dns:///{hostports[0][0]}:{hostports[0][1]}"
-        raise ValueError("several etcd endpoints must all be literal IPv4 or IPv6 addresses")
+        return _resolved_target(hostports, resolve or _system_resolve)
+
+
+def _is_literal(host: str) -> bool:
+    return _is_ipv4(host) or ":" in host
+
+
+def _system_resolve(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _resolved_target(hostports: list[tuple[str, int]],
+                     resolve: Callable[[str, int], list[str]]) -> str:
+    """``ipv4:`` (else ``ipv6:``) list of every address of every endpoint, names resolved.
+    One family for all: a gRPC address list cannot mix them."""
+    v4: list[str] = []
+    v6: list[str] = []
+    for host, port in hostports:
+        if _is_literal(host):
+            addrs = [host]
+        else:
+            try:
+                addrs = resolve(host, port)
+            except OSError as e:
+                raise ValueError(f"etcd endpoint {host!r} does not resolve: {e}") from e
+        four = [a for a in addrs if _is_ipv4(a)]
+        six = [a for a in addrs if ":" in a]
+        if not four and not six:
+            raise ValueError(f"etcd endpoint {host!r} resolves to no address")
+        v4 += [f"{a}:{port}" for a in four]
+        v6 += [f"[{a}]:{port}" for a in six]
+        if not four:
+            v4.append("")  # marks an endpoint with no IPv4 address
+        if not six:
+            v6.append("")
+    if "" not in v4:
+        return "ipv4:" + ",".join(dict.fromkeys(v4))
+    if "" not in v6:
+        return "ipv6:" + ",".join(dict.fromkeys(v6))
+    raise ValueError("several etcd endpoints must share an address family (all reachable "
+                     "over IPv4, or all over IPv6)")
 
 
 def _is_ipv4(host: str) -> bool:

@@ -11,9 +11,13 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from datastore.version import l3fabric_version
 
 from .common import CliError
+from .config import CONFIG_ENV, DEFAULT_CONFIG_PATHS, SETTINGS, resolve
 
 # Sub-command modules; each has add_parser(s)(sub). Optional ones may be absent while a
 # part of l3fabric is not built yet: their commands are then simply not offered.
@@ -37,18 +41,40 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def _add_global_flags(p: argparse.ArgumentParser, default: Any) -> None:
+    """The flags every command takes. On sub-commands their default is SUPPRESS, so a flag
+    given after the command overrides one given before it and an absent one changes
+    nothing: ``fabricctl get node --etcd-endpoints X`` means what it does in front."""
+    taken = p._option_string_actions  # a command may own one already (install-agent)
+    g = p.add_argument_group("global flags")
+    for s in SETTINGS:
+        if s.flag not in taken:
+            g.add_argument(s.flag, default=default, help=s.help, metavar=s.metavar)
+    if "--config" not in taken:
+        g.add_argument("--config", default=default, metavar="FILE",
+                       help=f"config file with L3FABRIC_ETCD_* settings (env {CONFIG_ENV}; "
+                            f"default: the first of {', '.join(DEFAULT_CONFIG_PATHS)})")
+    if "--verbose" not in taken:
+        g.add_argument("-v", "--verbose", action="store_true",
+                       default=False if default is None else default,
+                       help="log what fabricctl does (debug level) on stderr")
+
+
+def _subparsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    out = []
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases map to one parser
+                out.append(child)
+                out.extend(_subparsers(child))
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
-    env = os.environ.get
     p = _Parser(prog="fabricctl", description="Operate an l3fabric network.")
-    p.add_argument("--etcd-endpoints", default=env("L3FABRIC_ETCD_ENDPOINTS",
-                                                    "http://127.0.0.1:2379"),
-                   help="comma-separated etcd URLs (env L3FABRIC_ETCD_ENDPOINTS)")
-    p.add_argument("--etcd-ca", default=env("L3FABRIC_ETCD_CA"))
-    p.add_argument("--etcd-cert", default=env("L3FABRIC_ETCD_CERT"))
-    p.add_argument("--etcd-key", default=env("L3FABRIC_ETCD_KEY"))
-    p.add_argument("--etcd-timeout", type=float, default=float(env("L3FABRIC_ETCD_TIMEOUT",
-                                                                   "3")))
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--version", action="version", version=f"fabricctl {l3fabric_version()}",
+                   help="print fabricctl's version and exit")
+    _add_global_flags(p, None)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
                            parser_class=_Parser)
     for modname, fn in _MODULES:
@@ -59,7 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         getattr(mod, fn)(sub)
+    for child in _subparsers(p):
+        _add_global_flags(child, argparse.SUPPRESS)
     return p
+
+
+def resolve_connection(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """Fill ``args.etcd_*`` from flags, environment and config file (`fabricctl.config`);
+    ``args.etcd_sources`` says where each came from."""
+    flags = {s.dest: getattr(args, s.dest, None) for s in SETTINGS}
+    res = resolve(flags, environ, config=getattr(args, "config", None))
+    for dest, value in res.values.items():
+        setattr(args, dest, value)
+    try:
+        args.etcd_timeout = float(args.etcd_timeout)
+    except ValueError:
+        raise CliError(f"etcd timeout {args.etcd_timeout!r} ({res.sources['etcd_timeout']}) "
+                       "is not a number of seconds", usage=True) from None
+    args.etcd_sources = dict(res.sources)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        resolve_connection(args, os.environ)
         rc = args.func(args)
     except CliError as e:
         print(f"fabricctl: {e}", file=sys.stderr)

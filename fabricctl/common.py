@@ -40,6 +40,8 @@ def run(args: argparse.Namespace, fn: Callable[[Datastore], Awaitable[T]]) -> T:
             try:
                 return await fn(ds)
             except DatastoreError as e:
-                raise CliError(f"etcd at {args.etcd_endpoints}: {e}") from e
+                source = getattr(args, "etcd_sources", {}).get("etcd_endpoints")
+                where = f" ({source})" if source and source != "default" else ""
+                raise CliError(f"etcd at {args.etcd_endpoints}{where}: {e}") from e
 
     return asyncio.run(main())

@@ -48,8 +48,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("etcd", help="run the embedded local etcd (demo, trials)")
     esub = p.add_subparsers(dest="etcd_cmd", required=True, metavar="start|stop|status")
     s = esub.add_parser("start", help="start a single-member etcd on loopback")
-    s.add_argument("--client-port", type=int, default=DEFAULT_CLIENT_PORT)
-    s.add_argument("--peer-port", type=int, default=DEFAULT_PEER_PORT)
+    s.add_argument("--client-port", type=int, default=DEFAULT_CLIENT_PORT,
+                   help=f"loopback port for clients (default {DEFAULT_CLIENT_PORT})")
+    s.add_argument("--peer-port", type=int, default=DEFAULT_PEER_PORT,
+                   help=f"loopback port for peers (default {DEFAULT_PEER_PORT})")
     s.add_argument("--data-dir", type=Path, default=None,
                    help="default: <state dir>/etcd (XDG_STATE_HOME/l3fabric)")
     s.set_defaults(func=cmd_start)

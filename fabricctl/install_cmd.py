@@ -55,6 +55,7 @@ from pathlib import Path
 from cni.shim import pick_interpreter
 from fabricctl.cni_cmd import conflist
 from fabricctl.common import CliError
+from fabricctl.config import parse_env_file  # the inverse of render_agent_conf
 
 UNIT_PATH = "/etc/systemd/system/fabric-agent.service"
 UNIT_NAME = "fabric-agent.service"
@@ -103,30 +104,6 @@ def render_agent_conf(env: Mapping[str, str]) -> str:
     ]
     lines += [f"{k}={_env_value(v)}" for k, v in env.items()]
     return "\n".join(lines) + "\n"
-
-
-def parse_env_file(text: str) -> dict[str, str]:
-    """The inverse of `render_agent_conf` (the subset of systemd's syntax we write:
-    ``KEY=value`` or ``KEY="value"`` with ``\\"`` and ``\\\\``; ``#`` lines are comments)."""
-    out: dict[str, str] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith(("#", ";")):
-            continue
-        key, sep, value = line.partition("=")
-        if not sep:
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] == '"':
-            chars, i, inner = [], 0, value[1:-1]
-            while i < len(inner):
-                if inner[i] == "\\" and i + 1 < len(inner):
-                    i += 1
-                chars.append(inner[i])
-                i += 1
-            value = "".join(chars)
-        out[key.strip()] = value
-    return out
 
 
 def render_unit(exec_start: str) -> str:
@@ -308,7 +285,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                        help=f"TLS {f} file, as a path on the host (referenced, not copied)")
     p.add_argument("--metrics-addr", default=None, metavar="HOST:PORT",
                    help="the agent's /metrics, /livez, /readyz (agent default 127.0.0.1:9091)")
-    p.add_argument("--policy-backend", choices=["nftables", "iptables"], default=None)
+    p.add_argument("--policy-backend", choices=["nftables", "iptables"], default=None,
+                   help="the agent's policy dataplane (default: the agent's, nftables)")
     p.add_argument("--socket", default=DEFAULT_SOCKET, help="the agent's CNI socket")
     p.add_argument("--node-ip", default=None, metavar="CIDR",
                    help="the node's BGP address if the agent must register the Node")
@@ -316,7 +294,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                    help="the node's IPv6 next hop (bgp.ipv6Address) if the agent registers it")
     p.add_argument("--netns", default=None,
                    help="the agent programs this network namespace (labs, tests)")
-    p.add_argument("--log-level", default=None)
+    p.add_argument("--log-level", default=None,
+                   help="the agent's log level: debug, info, warning (default info)")
     p.add_argument("--agent-bin", default=None,
                    help="absolute path of fabric-agent (default: next to this fabricctl)")
     p.add_argument("--python", default=None,
@@ -324,9 +303,11 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                         "if it runs them, it starts fastest; else this one)")
     p.add_argument("--no-cni", dest="cni", action="store_false",
                    help="do not install the CNI plugin and conflist")
-    p.add_argument("--cni-bin-dir", default=env("L3FABRIC_CNI_BIN_DIR", DEFAULT_CNI_BIN_DIR))
+    p.add_argument("--cni-bin-dir", default=env("L3FABRIC_CNI_BIN_DIR", DEFAULT_CNI_BIN_DIR),
+                   help=f"where the CNI plugins go (default {DEFAULT_CNI_BIN_DIR})")
     p.add_argument("--cni-conf-dir", default=env("L3FABRIC_CNI_CONF_DIR",
-                                                 DEFAULT_CNI_CONF_DIR))
+                                                 DEFAULT_CNI_CONF_DIR),
+                   help=f"where the conflist goes (default {DEFAULT_CNI_CONF_DIR})")
     p.add_argument("--mtu", type=int, default=0, help="pod MTU; 0 = the uplink's (default)")
     p.add_argument("--start", action="store_true",
                    help="then `systemctl daemon-reload` and `enable --now` (live system only)")
@@ -336,7 +317,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "uninstall", help="remove l3fabric from this host (agent cleanup, CNI files, unit)",
         description="Remove the conflist, stop the agent, remove its routes, veths and "
                     "nftables table, then the CNI executables, the unit and agent.conf.")
-    u.add_argument("--root", default="/", metavar="DIR")
+    u.add_argument("--root", default="/", metavar="DIR",
+                   help="the installation's root, as given to install-agent (default /)")
     u.add_argument("--dry-run", action="store_true", help="print the steps, change nothing")
     u.add_argument("--netns", default=None,
                    help="clean this namespace (default: L3FABRIC_NETNS from agent.conf)")

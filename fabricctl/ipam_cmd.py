@@ -16,7 +16,7 @@ import netaddr
 
 from datastore.client import Datastore
 from fabricctl.common import CliError, run
-from fabricctl.output import FORMATS, dump, table
+from fabricctl.output import add_output_flag, dump, table
 from ipam.allocator import IpamClient
 from ipam.check import DEFAULT_CLAIM_GRACE, DEFAULT_LEAK_GRACE, FixResult, check
 from ipam.model import IpamError
@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                             parser_class=type(p))
 
     def out_flag(q: argparse.ArgumentParser) -> None:
-        q.add_argument("-o", "--output", choices=FORMATS, default="table")
+        add_output_flag(q)
 
     s = isub.add_parser("show", help="pool (and with --blocks block) utilisation")
     s.add_argument("--blocks", action="store_true", help="one row per block as well")
@@ -49,7 +49,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     c.set_defaults(func=cmd_check)
 
     r = isub.add_parser("release", help="release one address, whoever holds it")
-    r.add_argument("ip")
+    r.add_argument("ip", help="the address to release")
     out_flag(r)
     r.set_defaults(func=cmd_release)
 

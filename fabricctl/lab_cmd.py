@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from .common import CliError
-from .output import FORMATS, dump, table
+from .output import add_output_flag, dump, table
 
 
 def _progress(msg: str) -> None:
@@ -203,7 +203,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
     _need_root()
     st = runner.resolve_lab(args.lab)
-    out = Path(args.output or f"{st.lab}-lab")
+    out = Path(args.file or f"{st.lab}-lab")
     try:
         files = graph.write_images(graph.render_dot(runner.status(st)), out)
     except (RuntimeError, subprocess.CalledProcessError) as e:
@@ -296,36 +296,39 @@ def add_parser(sub: Any) -> None:
     q = lsub.add_parser("pod", help="pods wired by the real CNI plugin")
     psub = q.add_subparsers(dest="pod_command", required=True, metavar="add|del")
     a = psub.add_parser("add", help="make a pod namespace on NODE and run CNI ADD")
-    a.add_argument("node")
-    a.add_argument("pod", metavar="NS/POD")
+    a.add_argument("node", help="the lab node the pod runs on")
+    a.add_argument("pod", metavar="NS/POD", help="the pod, as namespace/name")
     a.add_argument("--labels", help="k=v,k2=v2")
     lab_opt(a)
     a.set_defaults(func=cmd_pod_add)
     d = psub.add_parser("del", help="run CNI DEL and remove the pod namespace")
-    d.add_argument("pod", metavar="NS/POD")
+    d.add_argument("pod", metavar="NS/POD", help="the pod, as namespace/name")
     lab_opt(d)
     d.set_defaults(func=cmd_pod_del)
 
     q = lsub.add_parser("status", help="nodes, BGP sessions and pods")
-    q.add_argument("-o", "--output", choices=FORMATS, default="table")
+    add_output_flag(q)
     lab_opt(q)
     q.set_defaults(func=cmd_status)
 
     q = lsub.add_parser("graph", help="SVG and PNG of the running lab (graphviz)")
-    q.add_argument("-o", "--output", help="file name without suffix (default <lab>-lab)")
+    # Not -o: that is an output format in every fabricctl command.
+    q.add_argument("--file", metavar="FILE",
+                   help="file name without suffix (default <lab>-lab)")
     lab_opt(q)
     q.set_defaults(func=cmd_graph)
 
     q = lsub.add_parser("render", help="BIRD configs and etcd resources for real containerlab")
-    q.add_argument("topology")
+    q.add_argument("topology", help="a *.clab.yml file (or a name in containerlab/)")
     q.add_argument("--dir", help="output directory (default containerlab/configs/<lab>)")
     q.set_defaults(func=cmd_render)
 
     q = lsub.add_parser("demo", help="leaf-spine, 8 pods, a policy and a connectivity matrix")
-    q.add_argument("topology", nargs="?", default="leaf-spine")
+    q.add_argument("topology", nargs="?", default="leaf-spine",
+                   help="the topology to run (default leaf-spine)")
     q.set_defaults(func=cmd_demo)
 
     q = lsub.add_parser("list", help="labs with a state file")
-    q.add_argument("-o", "--output", choices=FORMATS, default="table")
+    add_output_flag(q)
     q.set_defaults(func=cmd_list)
 

@@ -16,7 +16,7 @@ from typing import Any
 from datastore import keys, model
 from datastore.client import Datastore
 from fabricctl.common import CliError, run
-from fabricctl.output import FORMATS, dump, table
+from fabricctl.output import add_output_flag, dump, table
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,8 +24,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     nsub = p.add_subparsers(dest="node_command", required=True, metavar="SUBCOMMAND",
                             parser_class=type(p))
     s = nsub.add_parser("status", help="BGP peers of a node (all nodes when none is named)")
-    s.add_argument("node", nargs="?")
-    s.add_argument("-o", "--output", choices=FORMATS, default="table")
+    s.add_argument("node", nargs="?", help="one node (default: every node)")
+    add_output_flag(s)
     s.set_defaults(func=cmd_status)
 
 

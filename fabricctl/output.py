@@ -6,6 +6,7 @@ Nothing here talks to etcd.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,14 @@ from typing import Any, TextIO
 import yaml
 
 FORMATS = ("table", "json", "yaml")
+
+
+def add_output_flag(p: argparse.ArgumentParser, formats: tuple[str, ...] = FORMATS,
+                    default: str | None = "table") -> None:
+    """``-o/--output FORMAT``: the one meaning of ``-o`` in every fabricctl command."""
+    p.add_argument("-o", "--output", choices=formats, default=default, metavar="FORMAT",
+                   help=f"output format: {', '.join(formats)}"
+                        + (f" (default {default})" if default else ""))
 
 
 def dig(obj: Any, path: str) -> Any:

@@ -16,7 +16,7 @@ from typing import Any
 from datastore import keys, model
 from datastore.client import Datastore
 from fabricctl.common import CliError, run
-from fabricctl.output import FORMATS, dump, table
+from fabricctl.output import add_output_flag, dump, table
 from felix_like.policy.calc import PROTOCOLS, calculate, inputs_from_state
 from felix_like.policy.explain import Conn, decide, selecting_policies
 from felix_like.policy.interp import Interpreter
@@ -31,11 +31,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     psub = p.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND",
                             parser_class=type(p))
     e = psub.add_parser("explain", help="which policies select a pod and what decides a flow")
-    e.add_argument("pod", metavar="NS/POD")
+    e.add_argument("pod", metavar="NS/POD", help="the pod, as namespace/name")
     e.add_argument("--peer", help="the other end: an IP address or NS/POD")
     e.add_argument("--port", default=None, metavar="N/PROTO",
                    help="destination port and protocol, e.g. 6379/tcp (default: tcp, no port)")
-    e.add_argument("-o", "--output", choices=FORMATS, default="table")
+    add_output_flag(e)
     e.set_defaults(func=cmd_explain)
 
 

@@ -22,7 +22,7 @@ from datastore.client import KV, Datastore
 from datastore.schema import SchemaError, ensure_schema
 
 from .common import CliError, run
-from .output import FORMATS, dig, dump, table
+from .output import add_output_flag, dig, dump, table
 
 # Table columns per kind: header -> dotted path into the framed object.
 COLUMNS: dict[str, list[tuple[str, str]]] = {
@@ -57,23 +57,28 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     g = sub.add_parser("get", help="show resources")
     g.add_argument("kind", help="ippool, bgpconfig, bgppeer, node, namespace, networkpolicy, "
                    "globalnetworkpolicy, workloadendpoint, ipreservation, ipamconfig")
-    g.add_argument("name", nargs="?")
-    g.add_argument("-n", "--namespace", default=None)
-    g.add_argument("-A", "--all-namespaces", action="store_true")
-    g.add_argument("-o", "--output", choices=FORMATS, default="table")
+    g.add_argument("name", nargs="?", help="one resource (default: all of the kind)")
+    g.add_argument("-n", "--namespace", default=None,
+                   help="namespace of namespaced kinds (default: default)")
+    g.add_argument("-A", "--all-namespaces", action="store_true",
+                   help="namespaced kinds: list every namespace")
+    add_output_flag(g)
     g.set_defaults(func=cmd_get)
 
     d = sub.add_parser("delete", help="delete a resource")
-    d.add_argument("kind")
-    d.add_argument("name")
-    d.add_argument("-n", "--namespace", default=None)
+    d.add_argument("kind", help="the resource's kind (as for get)")
+    d.add_argument("name", help="the resource's name")
+    d.add_argument("-n", "--namespace", default=None,
+                   help="namespace of namespaced kinds (default: default)")
     d.set_defaults(func=cmd_delete)
 
     lab = sub.add_parser("label", help="set (k=v) or remove (k-) labels")
-    lab.add_argument("target", choices=["workload", "namespace"])
+    lab.add_argument("target", choices=["workload", "namespace"],
+                     help="what to label: workload or namespace")
     lab.add_argument("name", help="NS/POD for a workload, NS for a namespace")
-    lab.add_argument("labels", nargs="+", metavar="key=value|key-")
-    lab.add_argument("-o", "--output", choices=FORMATS, default=None)
+    lab.add_argument("labels", nargs="+", metavar="key=value|key-",
+                     help="labels to set (key=value) or remove (key-)")
+    add_output_flag(lab, default=None)
     lab.set_defaults(func=cmd_label)
 
 

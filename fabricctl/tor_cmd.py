@@ -443,8 +443,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Print the BGP configuration of the top-of-rack router that the "
                     "BGPPeers of one peer group describe: BGPPeers whose name starts with "
                     f"NAME or that carry the label {PEER_GROUP_LABEL}=NAME.")
-    p.add_argument("--peer-group", required=True, metavar="NAME")
-    p.add_argument("--format", choices=FORMATS, default="bird")
+    p.add_argument("--peer-group", required=True, metavar="NAME",
+                   help="the BGPPeers of this ToR: name prefix or peer-group label")
+    p.add_argument("--format", choices=FORMATS, default="bird",
+                   help="the router's configuration language (default bird)")
     p.add_argument("--router-id", default=None,
                    help="the ToR's router ID (default: the group's lowest IPv4 peerIP)")
     p.add_argument("--asn", type=int, default=None,

@@ -198,5 +198,23 @@ async def test_endpoint_forms(etcd: EmbeddedEtcd) -> None:
     assert EtcdConfig.from_strings("http://etcd").grpc_target() == "dns:///etcd:2379"
     with pytest.raises(ValueError):
         EtcdConfig.from_strings(" , ")
-    with pytest.raises(ValueError):
-        EtcdConfig.from_strings("a.example:1,b.example:2").grpc_target()
+    # Several names: each resolved (here by a stand-in resolver, no DNS in tests) into one
+    # address list of one family.
+    names = {"a.example": ["10.0.0.1", "fd00::1"], "b.example": ["10.0.0.2"]}
+    cfg = EtcdConfig.from_strings("a.example:1,https://b.example:2,10.0.0.3")
+    assert cfg.grpc_target(lambda h, _p: names[h]) == (
+        "ipv4:10.0.0.1:1,10.0.0.2:2,10.0.0.3:2379")
+    with pytest.raises(ValueError, match="address family"):
+        EtcdConfig.from_strings("a.example:1,[fd00::9]:2").grpc_target(lambda h, _p: ["10.0.0.1"])
+
+
+async def test_endpoints_by_name(etcd: EmbeddedEtcd) -> None:
+    """Host names reach etcd: one name alone, and a list with a name (localhost, which
+    /etc/hosts answers) and a dead member."""
+    port, dead = etcd.client_port, free_port()
+    for eps in (f"http://localhost:{port}", f"localhost:{dead},http://localhost:{port}"):
+        async with Datastore(EtcdConfig.from_strings(eps)) as ds:
+            for i in range(3):
+                await ds.put(P + "byname", str(i).encode())
+            got = await ds.get(P + "byname")
+            assert got is not None and got.value == b"2"
