@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FABRICCTL := $(VENV)/bin/fabricctl
 
-.PHONY: setup test test-unit test-integration faults lint demo demo-down bench clean
+.PHONY: setup test test-unit test-integration faults lint demo demo-down bench docs clean
 
 setup:
 	@scripts/setup.sh
@@ -41,5 +41,12 @@ bench: setup
 	@echo "== bench.cni.bench_cni --agent fabric-agent"
 	@$(PY) -m bench.cni.bench_cni --agent fabric-agent
 
+## The architecture picture: docs/architecture.svg from its graphviz source (not in git).
+docs: docs/architecture.svg
+
+docs/architecture.svg: docs/architecture.dot
+	@command -v dot >/dev/null || { echo "make docs: graphviz's dot is missing (make setup installs it)" >&2; exit 1; }
+	dot -Tsvg $< -o $@
+
 clean:
-	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis bench/results
+	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis bench/results docs/architecture.svg
