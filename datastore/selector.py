@@ -10,10 +10,12 @@ Grammar (precedence low to high: ``||``, ``&&``, ``!``)::
     unary   := "!" unary | primary
     primary := "(" expr ")" | "all()" | "has(" KEY ")"
              | KEY ("==" | "!=") STRING | KEY ["not"] "in" "{" [STRING ("," STRING)*] "}"
+             | KEY ("contains" | "starts" "with" | "ends" "with") STRING
 
 ``KEY`` is ``[A-Za-z0-9_./-]+`` (so ``kubernetes.io/metadata.name`` is one key), ``STRING`` is
 single- or double-quoted with no escapes. The empty string selects everything, like ``all()``.
-As in Calico, ``k != "v"`` and ``k not in {...}`` also match when ``k`` is absent.
+As in Calico, ``k != "v"`` and ``k not in {...}`` also match when ``k`` is absent, while
+``contains``, ``starts with`` and ``ends with`` (substring tests on the value) need ``k``.
 
 Invariant: the AST is canonical. ``And``/``Or`` flatten nested operands of their own kind and
 set literals are sorted and de-duplicated at construction, so ``parse_selector(str(s)) == s``
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 __all__ = [
     "All",
     "And",
+    "Contains",
+    "EndsWith",
     "Eq",
     "Has",
     "In",
@@ -43,6 +47,7 @@ __all__ = [
     "Or",
     "Selector",
     "SelectorError",
+    "StartsWith",
     "parse_selector",
 ]
 
@@ -144,6 +149,54 @@ class Ne(Selector):
 
     def __str__(self) -> str:
         return f"{self.key} != {_quote(self.value)}"
+
+
+@dataclass(frozen=True)
+class _Substring(Selector):
+    """``k <op> "s"``: a test on the value of ``k``; false when ``k`` is absent (Calico)."""
+
+    key: str
+    value: str
+
+    operator: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        _check_key(self.key)
+        _check_value(self.value)
+
+    def matches(self, labels: Mapping[str, str]) -> bool:
+        v = labels.get(self.key)
+        return v is not None and self._test(v)
+
+    def _test(self, v: str) -> bool:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.operator} {_quote(self.value)}"
+
+
+@dataclass(frozen=True)
+class Contains(_Substring):
+    operator: ClassVar[str] = "contains"
+
+    def _test(self, v: str) -> bool:
+        return self.value in v
+
+
+@dataclass(frozen=True)
+class StartsWith(_Substring):
+    operator: ClassVar[str] = "starts with"
+
+    def _test(self, v: str) -> bool:
+        return v.startswith(self.value)
+
+
+@dataclass(frozen=True)
+class EndsWith(_Substring):
+    operator: ClassVar[str] = "ends with"
+
+    def _test(self, v: str) -> bool:
+        return v.endswith(self.value)
 
 
 def _canonical_set(values: Iterable[str]) -> tuple[str, ...]:
@@ -359,7 +412,15 @@ class _Parser:
             self.i += 1
             self.expect("ident", "in", "'in' after 'not'")
             return NotIn(key.text, self.string_set())
-        raise self.fail("'==', '!=', 'in' or 'not in'")
+        if self.take("ident", "contains"):
+            return Contains(key.text, self.string())
+        if self.take("ident", "starts"):
+            self.expect("ident", "with", "'with' after 'starts'")
+            return StartsWith(key.text, self.string())
+        if self.take("ident", "ends"):
+            self.expect("ident", "with", "'with' after 'ends'")
+            return EndsWith(key.text, self.string())
+        raise self.fail("'==', '!=', 'in', 'not in', 'contains', 'starts with' or 'ends with'")
 
     def function(self, name: _Token) -> Selector:
         if name.text == "all":

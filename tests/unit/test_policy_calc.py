@@ -453,3 +453,28 @@ def test_rendered_program_agrees_with_semantics(nps: list[dict[str, Any]],
             got = got and want.ingress.allowed
         assert got == want.allowed, (src, dst, proto, port, want,
                                      it.evaluate(it.packet(src, dst, proto, port)).trace)
+
+
+GNP_SUBSTRING = """
+apiVersion: l3fabric.io/v1
+kind: GlobalNetworkPolicy
+metadata: {name: only-front-to-d}
+spec:
+  selector: role starts with "d"
+  ingress:
+  - action: Allow
+    source: {selector: role contains "ront" && !(role ends with "client")}
+  - action: Deny
+"""
+
+
+def test_substring_selectors_in_policy() -> None:
+    """``starts with`` picks the protected pods (db, alicedb); ``contains``/``ends with``
+    pick the sources; a pod without the label matches neither."""
+    inputs = world(GNP_SUBSTRING)
+    rs = calculate(inputs)
+    assert both(inputs, rs, "frontend", "db")
+    assert both(inputs, rs, "remote", "alicedb")
+    assert not both(inputs, rs, "prodclient", "db")  # "client": no "ront"
+    assert not both(inputs, rs, "other", "db")  # no role label at all
+    assert both(inputs, rs, "other", "web")  # web is not selected: no policy applies

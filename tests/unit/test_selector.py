@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 from datastore.selector import (
     All,
     And,
+    Contains,
+    EndsWith,
     Eq,
     Has,
     In,
@@ -18,6 +20,7 @@ from datastore.selector import (
     Or,
     Selector,
     SelectorError,
+    StartsWith,
     parse_selector,
 )
 
@@ -151,6 +154,9 @@ _leaves: st.SearchStrategy[Selector] = st.one_of(
     st.builds(Ne, _keys, _values),
     st.builds(In, _keys, st.lists(_values, max_size=3).map(tuple)),
     st.builds(NotIn, _keys, st.lists(_values, max_size=3).map(tuple)),
+    st.builds(Contains, _keys, _values),
+    st.builds(StartsWith, _keys, _values),
+    st.builds(EndsWith, _keys, _values),
 )
 selectors: st.SearchStrategy[Selector] = st.recursive(
     _leaves,
@@ -189,3 +195,39 @@ def test_garbage_never_crashes(text: str) -> None:
         assert 1 <= e.column <= len(text) + 1
     else:
         assert parse_selector(str(sel)) == sel
+
+
+@pytest.mark.parametrize(("text", "ast"), [
+    ('app contains "web"', Contains("app", "web")),
+    ("app starts with 'we'", StartsWith("app", "we")),
+    ('a/b ends  with "-db"', EndsWith("a/b", "-db")),
+    ('!(app contains "x") && has(y)', And((Not(Contains("app", "x")), Has("y")))),
+    ('contains == "k"', Eq("contains", "k")),  # an operator word is still a key
+])
+def test_substring_operators_parse(text: str, ast: Selector) -> None:
+    assert parse_selector(text) == ast
+    assert parse_selector(str(ast)) == ast
+
+
+@pytest.mark.parametrize(("text", "labels", "expected"), [
+    ('app contains "eb"', {"app": "web"}, True),
+    ('app contains ""', {"app": "web"}, True),
+    ('app contains "x"', {"app": "web"}, False),
+    ('app starts with "we"', {"app": "web"}, True),
+    ('app starts with "eb"', {"app": "web"}, False),
+    ('app ends with "eb"', {"app": "web"}, True),
+    ('app ends with "we"', {"app": "web"}, False),
+    # Calico: the substring tests need the label; their negation then matches.
+    ('app contains ""', {}, False),
+    ('app starts with ""', {"other": "x"}, False),
+    ('!(app ends with "b")', {}, True),
+])
+def test_substring_operators_match(text: str, labels: dict[str, str], expected: bool) -> None:
+    assert parse_selector(text).matches(labels) is expected
+
+
+@pytest.mark.parametrize("text", ['app starts "x"', "app ends with", 'app contains x',
+                                  'app with "x"'])
+def test_substring_operator_errors(text: str) -> None:
+    with pytest.raises(SelectorError):
+        parse_selector(text)
