@@ -27,8 +27,20 @@ from bgp.config import desired_neighbors
 from bgp.export import confirmed_blocks, export_prefixes, pool_cidrs
 from bgp.speaker import BgpSpeaker, Learned
 from datastore import keys, model
+from felix_like.netlink import run_in_netns
 
 log = logging.getLogger(__name__)
+
+
+def _interface_holding(address: str) -> str | None:
+    """The name of the interface that has ``address``, in the calling thread's namespace."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        for a in ipr.get_addr(address=address):
+            for link in ipr.get_links(a["index"]):
+                return str(link.get_attr("IFLA_IFNAME"))
+    return None
 
 
 def default_exabgp() -> str:
@@ -43,14 +55,39 @@ class BgpController:
                  exabgp_bin: str | None = None, metrics: Any = None,
                  on_change: Callable[[], None] | None = None) -> None:
         self.node = node
+        self.netns = netns
         self.metrics = metrics
-        # The node's interface addresses (``10.77.4.2/30``): each session's local address
-        # is the one on the peer's subnet (a node with two uplinks). The agent sets them.
-        self.local_addresses: list[str] = []
+        self._local_addresses: list[str] = []
+        self._interfaces: dict[str, str | None] = {}  # address -> interface holding it
         self.on_change = on_change
         self.speaker = BgpSpeaker(node, netns=netns, socket_path=socket_path,
                                   workdir=Path(workdir), exabgp_bin=exabgp_bin or default_exabgp(),
                                   on_learned=self._on_learned)
+        self.speaker.interface_of = self._interface_of
+
+    @property
+    def local_addresses(self) -> list[str]:
+        """The node's interface addresses (``10.77.4.2/30``): each session's local address
+        is the one on the peer's subnet (a node with two uplinks). The agent sets them."""
+        return self._local_addresses
+
+    @local_addresses.setter
+    def local_addresses(self, addrs: list[str]) -> None:
+        self._local_addresses = addrs
+        self._interfaces.clear()  # an address may have moved to another interface
+
+    def _interface_of(self, address: str) -> str | None:
+        """The interface holding ``address`` in the node's namespace (read once per
+        address, again after the addresses change): the device of a link-local next hop
+        learned over a session from that address."""
+        if address not in self._interfaces:
+            try:
+                self._interfaces[address] = run_in_netns(
+                    self.netns, lambda: _interface_holding(address))
+            except Exception as e:  # netlink's errors too: the route waits, the agent runs
+                log.warning("cannot read the interface of %s: %s", address, e)
+                return None
+        return self._interfaces[address]
 
     @classmethod
     def for_agent(cls, node: str, netns: str | None, agent_socket: str, **kw: Any

@@ -5,37 +5,62 @@ ExaBGP runs ``python -m bgp.relay --socket PATH`` as its ``process``: it writes 
 the agent's unix socket and pass lines both ways. Standard library only, so that it starts
 fast and never shares a failure with the agent.
 
-Why a relay (DESIGN §2, §5): ExaBGP outlives the agent. When the agent goes away the relay
-keeps running, keeps ExaBGP fed, and reconnects every ``--retry`` seconds. What it owns:
+Why a relay (DESIGN §2, §5): ExaBGP outlives the agent, and so do we. When the agent goes
+away the relay keeps running, keeps ExaBGP fed, and reconnects every ``--retry`` seconds.
+What it owns:
 
 - the **announced set**: every ``[neighbor X] announce route P ...`` command line still in
   effect (a later ``withdraw route P`` for the same neighbour selector removes it). A
   re-attaching agent gets it in the hello, so it can withdraw what it no longer wants
   without a flap of what it still wants;
-- the **latest state event per peer**, buffered while the agent is away and replayed after
-  the hello (updates received meanwhile are dropped and counted: the agent asks for a
-  route refresh on every attach, which re-sends them).
+- the **latest state event per peer**, replayed after the hello;
+- each peer's **adj-RIB-in** (`AdjRibIn`): every route the peer announced and has not
+  withdrawn, recorded from ExaBGP's parsed updates whether or not the agent is attached.
+  A re-attaching agent gets it replayed after the states, then ``relay-replayed``: it
+  rebuilds its import table without asking the peers (ExaBGP keeps no RIB, and a peer
+  may ignore a route refresh: FRR 8.4 with enhanced route refresh ignores one until it
+  has sent End-of-RIB, which it sends only to graceful-restart peers).
 
 Protocol on the socket, one line each way per message: relay → agent, first
-``{"type": "relay-hello", "pid": N, "announced": [lines], "dropped": N}``, then the buffered
-state events, then whatever ExaBGP writes; agent → relay, ExaBGP command lines.
+``{"type": "relay-hello", "pid": N, "announced": [lines], "dropped": N, "rib": true}``,
+then the states, then the adj-RIB-in as ExaBGP-shaped ``update`` events, then
+``{"type": "relay-replayed", "complete": {peer: [afi, ...]}}`` (the families whose routes
+the relay knows in full: ``"*"`` for all of them), then whatever ExaBGP writes; agent →
+relay, ExaBGP command lines, and ``relay filter {json}`` lines that are ours (`AdjRibIn`).
 
 Failure modes: ExaBGP exits → our stdin closes → we exit. The agent dies mid-line → the
-partial line is discarded with the connection. We die → ExaBGP respawns us (5 times a
-minute), and our announced set is lost: the next attach sees an empty set, re-announces
-its desired routes, and a route it withdrew meanwhile stays announced until ExaBGP restarts.
+partial line is discarded with the connection. An agent that stops reading while it is
+attached is dropped once ``MAX_BACKLOG`` bytes wait for it (it re-attaches and gets the
+replay: nothing is lost). We die → ExaBGP respawns us (5 times a minute), and what we
+held is lost: the next attach sees an empty announced set, re-announces its desired
+routes (a route it withdrew meanwhile stays announced until ExaBGP restarts), and our
+adj-RIB-in lacks what was learned before, so the replay says which peers' routes the new
+relay knows in full (those whose session it saw come up, or a route refresh of which it
+saw end) and the agent asks the others for a refresh.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ipaddress
 import json
 import os
 import selectors
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+#: Bytes queued for an attached agent that does not read, before it is dropped.
+MAX_BACKLOG = 64 << 20
+#: Paths kept per peer before the agent has said its limits (the model's upper bound).
+HARD_LIMIT = 1_000_000
+#: Prefixes per replayed update line.
+REPLAY_CHUNK = 500
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def route_key(line: str) -> tuple[str, str, str] | None:
@@ -49,6 +74,150 @@ def route_key(line: str) -> tuple[str, str, str] | None:
     return None
 
 
+def _afi(prefix: str) -> str:
+    return "ipv6" if ":" in prefix else "ipv4"
+
+
+class AdjRibIn:
+    """Per peer: prefix -> (family, next hops as offered, attributes), from ExaBGP's
+    parsed events. The same bounds as the agent's import table (`bgp.rib`), which the
+    agent sends (``relay filter``): only prefixes inside its pools are kept, at most its
+    limit per peer (a new prefix beyond it is refused; what is held stays when it is
+    lowered); before the first filter, everything up to ``HARD_LIMIT`` per peer. Paths of
+    one update share its attributes (one interned string), so a path costs a dict entry
+    and a tuple: ~2,000 prefixes are a few hundred kB.
+
+    Rules: a session "up" or "down" empties the peer's RIB (a new session sends its whole
+    table); a Begin-of-RIB marks a family's paths stale and its End-of-RIB (enhanced route
+    refresh) drops those not re-sent; withdrawals remove. ``complete`` says which
+    families are known in full: all of them once a session came up under our eyes, one
+    family once a refresh of it ended."""
+
+    def __init__(self) -> None:
+        self.paths: dict[str, dict[str, tuple[str, tuple[str, ...], str]]] = {}
+        self.stale: dict[str, set[str]] = {}
+        self.complete: dict[str, set[str]] = {}
+        self.heads: dict[str, dict[str, Any]] = {}  # peer -> address/asn of its last event
+        self.pools: tuple[Network, ...] | None = None
+        self.limits: dict[str, int] = {}
+        self.default_limit = HARD_LIMIT
+        self.refused = 0
+        self._attrs: dict[str, str] = {}
+
+    # -- the agent's filter ----------------------------------------------------------------
+
+    def set_filter(self, spec: Mapping[str, Any]) -> None:
+        """``{"pools": [cidr], "limits": {peer: n}, "default": n}``: peers not named are
+        no longer configured and their paths go; paths outside every pool go."""
+        self.pools = tuple(ipaddress.ip_network(p, strict=False) for p in spec["pools"])
+        self.limits = {str(k): int(v) for k, v in spec.get("limits", {}).items()}
+        self.default_limit = int(spec.get("default", HARD_LIMIT))
+        for peer in [p for p in self.paths if p not in self.limits]:
+            self._forget(peer)
+        for rib in self.paths.values():
+            for key in [k for k in rib if not self._in_pools(k)]:
+                del rib[key]
+
+    def _in_pools(self, prefix: str) -> bool:
+        if self.pools is None:
+            return True
+        try:
+            net = ipaddress.ip_network(prefix, strict=False)
+        except ValueError:
+            return False
+        return any(net.version == p.version and net.subnet_of(p)  # type: ignore[arg-type]
+                   for p in self.pools)
+
+    def _forget(self, peer: str) -> None:
+        for table in (self.paths, self.stale, self.complete, self.heads):
+            table.pop(peer, None)
+
+    # -- ExaBGP's events ------------------------------------------------------------------
+
+    def on_event(self, msg: Mapping[str, Any]) -> None:
+        nb = msg.get("neighbor") or {}
+        peer = str((nb.get("address") or {}).get("peer", ""))
+        if not peer:
+            return
+        self.heads[peer] = {k: nb[k] for k in ("address", "asn") if k in nb}
+        kind = msg.get("type")
+        if kind == "state":
+            if nb.get("state") in ("up", "down"):
+                self.paths.pop(peer, None)
+                self.stale.pop(peer, None)
+                self.complete[peer] = {"*"}
+        elif kind == "update":
+            message = nb.get("message") or {}
+            self._on_update(peer, message.get("update") or {})
+        elif kind == "refresh":
+            rr = nb.get("route-refresh") or {}
+            afi = str(rr.get("afi", ""))
+            rib = self.paths.get(peer, {})
+            if rr.get("subtype") == "begin":
+                self.stale.setdefault(peer, set()).update(
+                    k for k in rib if _afi(k) == afi)
+            elif rr.get("subtype") == "end":
+                stale = self.stale.get(peer, set())
+                for key in [k for k in stale if _afi(k) == afi]:
+                    rib.pop(key, None)
+                    stale.discard(key)
+                self.complete.setdefault(peer, set()).add(afi)
+
+    def _on_update(self, peer: str, update: Mapping[str, Any]) -> None:
+        rib = self.paths.setdefault(peer, {})
+        stale = self.stale.get(peer, set())
+        for nlris in (update.get("withdraw") or {}).values():
+            for n in nlris:
+                key = str(n.get("nlri"))
+                rib.pop(key, None)
+                stale.discard(key)
+        announce = update.get("announce") or {}
+        if not announce:
+            return
+        text = json.dumps(update.get("attribute") or {}, sort_keys=True)
+        attrs = self._attrs.setdefault(text, text)
+        limit = self.limits.get(peer, self.default_limit)
+        for family, by_nh in announce.items():
+            # A prefix is listed under each of its next hops (an IPv6 global and
+            # link-local pair): keep them all, in order; the agent chooses.
+            offered: dict[str, list[str]] = {}
+            for nexthop, items in by_nh.items():
+                for n in items:
+                    offered.setdefault(str(n.get("nlri")), []).append(str(nexthop))
+            for key, nhs in offered.items():
+                if key not in rib:
+                    if not self._in_pools(key):
+                        continue
+                    if len(rib) >= limit:
+                        self.refused += 1
+                        continue
+                rib[key] = (str(family), tuple(nhs), attrs)
+                stale.discard(key)
+
+    # -- the replay -----------------------------------------------------------------------
+
+    def replay(self) -> Iterator[dict[str, Any]]:
+        """The held routes as ExaBGP ``update`` events (grouped by family, next hops and
+        attributes), then the ``relay-replayed`` marker."""
+        for peer, rib in self.paths.items():
+            groups: dict[tuple[str, tuple[str, ...], str], list[str]] = {}
+            for key, (family, nhs, attrs) in rib.items():
+                groups.setdefault((family, nhs, attrs), []).append(key)
+            for (family, nhs, attrs), keys in groups.items():
+                for i in range(0, len(keys), REPLAY_CHUNK):
+                    chunk = [{"nlri": k} for k in keys[i:i + REPLAY_CHUNK]]
+                    yield {"type": "update", "neighbor": {
+                        **self.heads.get(peer, {"address": {"peer": peer}}),
+                        "direction": "receive", "message": {"update": {
+                            "attribute": json.loads(attrs),
+                            "announce": {family: {nh: chunk for nh in nhs}}}}}}
+        yield {"type": "relay-replayed",
+               "complete": {p: sorted(f) for p, f in self.complete.items()}}
+
+    def size(self) -> int:
+        return sum(len(r) for r in self.paths.values())
+
+
 class Relay:
     def __init__(self, path: str, retry: float = 0.2) -> None:
         self.path = path
@@ -56,9 +225,11 @@ class Relay:
         self.sock: socket.socket | None = None
         self.announced: dict[tuple[str, str], str] = {}
         self.states: dict[str, str] = {}
+        self.rib = AdjRibIn()
         self.dropped = 0
         self._from_exabgp = b""
         self._from_agent = b""
+        self._out = bytearray()  # for the agent, not yet taken by its socket
         self._next_try = 0.0
         self.sel = selectors.DefaultSelector()
 
@@ -72,40 +243,55 @@ class Relay:
             s.close()
             self._next_try = time.monotonic() + self.retry
             return
+        s.setblocking(False)
         hello = {"type": "relay-hello", "pid": os.getpid(),
-                 "announced": list(self.announced.values()), "dropped": self.dropped}
-        s.settimeout(10)
-        try:
-            s.sendall((json.dumps(hello) + "\n").encode()
-                      + b"".join((line + "\n").encode() for line in self.states.values()))
-        except OSError:
-            s.close()
-            self._next_try = time.monotonic() + self.retry
-            return
+                 "announced": list(self.announced.values()), "dropped": self.dropped,
+                 "rib": True}
         self.dropped = 0
         self.sock = s
         self._from_agent = b""
-        self.sel.register(s, selectors.EVENT_READ, "agent")
+        self._out = bytearray(_lines([hello]))
+        self._out += b"".join((line + "\n").encode() for line in self.states.values())
+        self._out += _lines(self.rib.replay())
+        self.sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE, "agent")
 
     def _disconnect(self) -> None:
         if self.sock is not None:
             self.sel.unregister(self.sock)
             self.sock.close()
             self.sock = None
+            self._out = bytearray()
             self._next_try = time.monotonic() + self.retry
 
     def _to_agent(self, data: bytes) -> None:
         if self.sock is None:
             return
+        self._out += data
+        if len(self._out) > MAX_BACKLOG:
+            self._disconnect()
+            return
+        self._flush()
+
+    def _flush(self) -> None:
+        assert self.sock is not None
         try:
-            self.sock.sendall(data)
+            while self._out:
+                n = self.sock.send(self._out)
+                del self._out[:n]
+        except BlockingIOError:
+            pass
         except OSError:
             self._disconnect()
+            return
+        self.sel.modify(self.sock, selectors.EVENT_READ
+                        | (selectors.EVENT_WRITE if self._out else 0), "agent")
 
     def _on_agent(self) -> None:
         assert self.sock is not None
         try:
             data = self.sock.recv(65536)
+        except BlockingIOError:
+            return
         except OSError:
             data = b""
         if not data:
@@ -117,6 +303,9 @@ class Relay:
         for raw in lines:
             line = raw.decode(errors="replace").strip()
             if not line:
+                continue
+            if line.startswith("relay "):
+                self._on_control(line)
                 continue
             key = route_key(line)
             if key is not None:
@@ -130,6 +319,15 @@ class Relay:
             sys.stdout.write("".join(out))
             sys.stdout.flush()
 
+    def _on_control(self, line: str) -> None:
+        """``relay filter {json}``: the bounds of the adj-RIB-in (`AdjRibIn.set_filter`)."""
+        _, verb, arg = [*line.split(None, 2), "", ""][:3]
+        if verb == "filter":
+            try:
+                self.rib.set_filter(json.loads(arg))
+            except (ValueError, KeyError, TypeError) as e:
+                sys.stderr.write(f"bgp.relay: bad filter {arg!r}: {e}\n")
+
     # -- ExaBGP side ---------------------------------------------------------------------
 
     def _on_exabgp(self) -> bool:
@@ -140,12 +338,8 @@ class Relay:
         *lines, self._from_exabgp = self._from_exabgp.split(b"\n")
         forward = []
         for raw in lines:
-            if b'"type": "state"' in raw or b'"type":"state"' in raw:
-                try:
-                    peer = json.loads(raw)["neighbor"]["address"]["peer"]
-                    self.states[str(peer)] = raw.decode()
-                except (ValueError, KeyError, TypeError):
-                    pass
+            if raw.startswith(b"{"):
+                self._record(raw)
             if self.sock is None:
                 if raw.strip() not in (b"done", b"error", b""):
                     self.dropped += 1
@@ -155,6 +349,24 @@ class Relay:
             self._to_agent(b"".join(forward))
         return True
 
+    def _record(self, raw: bytes) -> None:
+        """Keep the latest state per peer and the adj-RIB-in up to date."""
+        if not any(t in raw for t in (b'"state"', b'"update"', b'"refresh"')):
+            return
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            return
+        if not isinstance(msg, dict):
+            return
+        if msg.get("type") == "state":
+            with contextlib.suppress(KeyError, TypeError):
+                self.states[str(msg["neighbor"]["address"]["peer"])] = raw.decode()
+        try:
+            self.rib.on_event(msg)
+        except (AttributeError, TypeError, ValueError) as e:
+            sys.stderr.write(f"bgp.relay: event not recorded ({e}): {raw[:200]!r}\n")
+
     def run(self) -> int:
         self.sel.register(sys.stdin.fileno(), selectors.EVENT_READ, "exabgp")
         while True:
@@ -162,12 +374,19 @@ class Relay:
                 self._connect()
             timeout = None if self.sock is not None else max(
                 0.0, self._next_try - time.monotonic())
-            for key, _ in self.sel.select(timeout):
+            for key, events in self.sel.select(timeout):
                 if key.data == "exabgp":
                     if not self._on_exabgp():
                         return 0
-                elif self.sock is not None:
+                    continue
+                if self.sock is not None and events & selectors.EVENT_WRITE:
+                    self._flush()
+                if self.sock is not None and events & selectors.EVENT_READ:
                     self._on_agent()
+
+
+def _lines(msgs: Iterable[Mapping[str, Any]]) -> bytes:
+    return b"".join((json.dumps(m, separators=(",", ":")) + "\n").encode() for m in msgs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -225,6 +225,16 @@ class ImportTable:
         rib.stale |= {k for k in rib.paths if version is None or _version(k) == version}
         rib.stale_until = until
 
+    def unmark_stale(self, peer: str, version: int | None = None) -> None:
+        """Keep the paths marked by `mark_stale` (of family ``version``, None: all):
+        whether they are still right cannot be known now."""
+        rib = self._peers.get(peer)
+        if rib is None:
+            return
+        rib.stale -= {k for k in rib.stale if version is None or _version(k) == version}
+        if not rib.stale:
+            rib.stale_until = None
+
     def sweep(self, peer: str, version: int | None = None) -> int:
         """End-of-RIB (of family ``version``, None: every family): remove the paths still
         stale. Returns how many went."""

@@ -13,8 +13,16 @@ Lifecycle and failure modes:
   Sessions thus survive an agent restart; the relay re-attaches within ``--retry``.
 - On every attach the relay's hello says what ExaBGP announces; we diff it against the
   desired exports (announce the missing, withdraw the extra: nothing we still want
-  flaps) and send a route refresh, whose Begin/End-of-RIB markers (enhanced route
-  refresh) let the import table sweep what was withdrawn while we were away.
+  flaps). The relay then replays each peer's adj-RIB-in (`bgp.relay.AdjRibIn`: what
+  the peer announced and did not withdraw, recorded while we were away too) and says
+  so (``relay-replayed``): the import table is complete without asking any peer, and
+  what a peer withdrew meanwhile (or all of it, when its session went down) is simply
+  not in the replay. No End-of-RIB or refresh answer is waited for, so a peer that
+  ignores a route refresh (FRR 8.4 without graceful restart) costs nothing. Only the
+  peers whose routes the relay does not know in full (it was respawned while their
+  session was up) are asked for a refresh; what we hold from them stays meanwhile.
+  A relay that replays nothing (no ``rib`` in its hello) gets the refresh of every
+  peer, and the sync timeout covers peers that never answer.
 - The attach is processed only once the owner has set exports and neighbours (the first
   ``set_neighbors``): a restarting agent that is not in sync yet withdraws nothing and
   loses no state event.
@@ -148,6 +156,13 @@ class BgpSpeaker:
         self.pid: int | None = None
         self.restarts = 0
         self.reloads_repeated = 0
+        # The interface holding a local address (``10.99.1.1`` -> ``eth1``): a link-local
+        # IPv6 next hop is installed on the interface of the session it came on. The
+        # owner sets it (it reads the kernel); None: link-local next hops are unusable.
+        self.interface_of: Callable[[str], str | None] | None = None
+        self._replaying = False  # between a relay's hello and its relay-replayed
+        self._relay_filter: str | None = None  # the last filter line the relay got
+        self._no_nexthop_logged: set[str] = set()
         self._proc: subprocess.Popen[bytes] | None = None
         self._server: asyncio.AbstractServer | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -279,7 +294,7 @@ class BgpSpeaker:
             now = self.now()
             if self.rib.expire(now):
                 self._schedule_emit()
-            if (not self.in_sync and self.attached.is_set()
+            if (not self.in_sync and self.attached.is_set() and not self._replaying
                     and now - self._attach_time > self.sync_timeout):
                 self._mark_in_sync("timeout")
             if self.running():
@@ -387,6 +402,7 @@ class BgpSpeaker:
                 log.info("max-prefix limit of %s raised: asking it for a route refresh", ip)
                 self._send([f"neighbor {ip} announce route-refresh {f}"
                             for f in self._families(ip)])
+        self._sync_relay_filter()
         changed = await self.set_config(render_config(
             self.neighbors, relay_command(self.socket_path, self.python)))
         self.configured.set()
@@ -409,8 +425,9 @@ class BgpSpeaker:
     def set_filter(self, pools: Iterable[str], own_blocks: Iterable[str]) -> None:
         """Import only inside ``pools``; never ``own_blocks`` (nor our exports)."""
         self._pools, self._own_blocks = list(pools), list(own_blocks)
-        if self.rib.set_filter(self._pools, self._own_blocks, self.exports) \
-                and any(st.state == "Established" for st in self.peers.values()):
+        grown = self.rib.set_filter(self._pools, self._own_blocks, self.exports)
+        self._sync_relay_filter()  # before a refresh: the relay must keep its answer
+        if grown and any(st.state == "Established" for st in self.peers.values()):
             # Paths inside a new pool were never stored (bgp.rib): ask for them again.
             log.info("pools added: asking the peers for a route refresh")
             self._send_to_all(self._refresh_all())
@@ -483,6 +500,24 @@ class BgpSpeaker:
         if self.neighbors:
             self._send(lines)
 
+    def _sync_relay_filter(self) -> None:
+        """Tell the relay what its adj-RIB-in may hold: what our import table stores
+        (inside the pools, each configured peer's limit), so that a replay brings back
+        what we would have kept, and a flood costs the relay no more than us."""
+        if self._writer is None:
+            return
+        line = "relay filter " + json.dumps({
+            "pools": self._pools, "default": self.rib.max_prefixes,
+            "limits": {ip: self.rib.limit(ip) for ip in sorted(self.neighbors)}},
+            separators=(",", ":"))
+        if line == self._relay_filter:
+            return
+        try:  # the relay's own command: ExaBGP never sees it, nor acks it
+            self._writer.write((line + "\n").encode())
+            self._relay_filter = line
+        except (ConnectionError, RuntimeError):
+            self._writer = None
+
     def _send(self, lines: list[str]) -> None:
         if not lines or self._writer is None:
             return
@@ -514,6 +549,8 @@ class BgpSpeaker:
             return
         self._writer = writer
         self._unanswered.clear()
+        self._relay_filter = None
+        self._sync_relay_filter()
         self._on_hello(hello)
         await self._sync_exports()
         self.attached.set()
@@ -545,15 +582,64 @@ class BgpSpeaker:
                 self.reflected[(sel, prefix)] = line
             else:
                 self.announced[prefix] = line
-        log.info("relay pid %s attached: exabgp announces %d prefixes, %d updates were lost",
-                 hello.get("pid"), len(self.announced), hello.get("dropped", 0))
         self.in_sync = False
         self._attach_time = self.now()
+        if hello.get("rib"):
+            log.info("relay pid %s attached: exabgp announces %d prefixes; replaying the "
+                     "peers' routes (%d events came while detached)", hello.get("pid"),
+                     len(self.announced), hello.get("dropped", 0))
+            # What we hold from a live session (the relay, not we, restarted) is checked
+            # against the replay: what it does not bring back was withdrawn meanwhile.
+            self._replaying = True
+            for ip, st in self.peers.items():
+                st.refresh_pending = False
+                if st.state == "Established":
+                    self.rib.mark_stale(ip)
+            return
+        log.info("relay pid %s attached: exabgp announces %d prefixes, %d updates were lost",
+                 hello.get("pid"), len(self.announced), hello.get("dropped", 0))
         for st in self.peers.values():
             st.refresh_pending = st.state == "Established"
         # Peers without enhanced route refresh would send no End-of-RIB: the sync timeout
         # covers them.
         self._send_to_all(self._refresh_all())
+
+    def _on_replayed(self, complete: Mapping[str, Any]) -> None:
+        """The relay has replayed its adj-RIB-in. For each established peer whose routes
+        it knows in full, what we held and it did not replay is gone (swept); for a peer
+        it knows only in part (it was respawned while the session was up) we keep what we
+        hold and ask for a route refresh (its Begin/End-of-RIB markers sweep, if the peer
+        sends them). Peers not established keep what the down/up rules gave them
+        (graceful restart)."""
+        self._replaying = False
+        asked = []
+        for ip, st in self.peers.items():
+            if st.state != "Established":
+                continue
+            known = {str(f) for f in complete.get(ip, ())}
+            if "*" in known:
+                self.rib.sweep(ip)
+                continue
+            families = []
+            for afi, version in (("ipv6", 6), ("ipv4", 4)):
+                if afi in known:
+                    self.rib.sweep(ip, version)
+                else:
+                    self.rib.unmark_stale(ip, version)
+                    if f"{afi} unicast" in self._families(ip):
+                        families.append(f"{afi} unicast")
+            if families:
+                asked.append(ip)
+                st.refresh_pending = "ipv4 unicast" in families
+                self._send([f"neighbor {ip} announce route-refresh {f}" for f in families])
+        if asked:
+            log.warning("the relay holds only part of the routes of %s (it restarted while "
+                        "their sessions were up): asked them for a route refresh; what they "
+                        "withdrew meanwhile stays until they send it or the session resets",
+                        ", ".join(asked))
+        self._schedule_emit()
+        if not any(st.refresh_pending for st in self.peers.values()):
+            self._mark_in_sync("the relay replayed every peer's routes")
 
     def _mark_in_sync(self, why: str) -> None:
         if not self.in_sync:
@@ -576,6 +662,9 @@ class BgpSpeaker:
             return
         msg = json.loads(raw)
         kind = msg.get("type")
+        if kind == "relay-replayed":
+            self._on_replayed(msg.get("complete") or {})
+            return
         nb = msg.get("neighbor") or {}
         peer = str((nb.get("address") or {}).get("peer", ""))
         if peer not in self.peers:
@@ -607,14 +696,16 @@ class BgpSpeaker:
                 self.reflected = {k: v for k, v in self.reflected.items() if k[0] != peer}
                 self._reflect()
                 self._send([f"neighbor {peer} announce eor {f}" for f in self._families(peer)])
-                # A fresh session sends its table and End-of-RIB (no refresh needed).
-                st.refresh_pending = not self.in_sync
+                # A fresh session sends its table and End-of-RIB (no refresh needed). An
+                # "up" the relay replays is an old session: the replay has its table.
+                st.refresh_pending = not self.in_sync and not self._replaying
         elif kind == "update":
             message = nb.get("message") or {}
             if "eor" in message:
                 self._end_of_rib(peer, st, _version(message["eor"]))
             else:
-                self._on_update(peer, message.get("update") or {})
+                local = str((nb.get("address") or {}).get("local", ""))
+                self._on_update(peer, message.get("update") or {}, local)
             self._schedule_emit()
         elif kind == "refresh":
             rr = nb.get("route-refresh") or {}
@@ -634,26 +725,55 @@ class BgpSpeaker:
             st.refresh_pending = False
             self._check_sync()
 
-    def _on_update(self, peer: str, update: Mapping[str, Any]) -> None:
+    def _session_interface(self, peer: str, local: str) -> str | None:
+        """The interface of the session with ``peer``: the one holding its local
+        address (as the event names it, else as configured)."""
+        n = self.neighbors.get(peer)
+        address = local or (n.local_address if n is not None else "")
+        if not address or self.interface_of is None:
+            return None
+        return self.interface_of(address)
+
+    def _on_update(self, peer: str, update: Mapping[str, Any], local: str = "") -> None:
         attrs = update.get("attribute") or {}
         as_path: list[int] = []
         for seg in (attrs.get("as-path") or {}).values():
             as_path.extend(int(a) for a in seg.get("value", []))
         origin = attrs.get("originator-id")
         clusters = tuple(str(c) for c in attrs.get("cluster-list") or ())
+        interface: list[str | None] = []
+
+        def session_interface() -> str | None:  # looked up once, and only if needed
+            if not interface:
+                interface.append(self._session_interface(peer, local))
+            return interface[0]
+
         for family, by_nh in (update.get("announce") or {}).items():
             if not family.startswith(("ipv4", "ipv6")) or "unicast" not in family:
                 continue
             # An IPv6 next hop may come as a global and a link-local address (RFC 2545,
-            # BIRD sends both on a direct session); ExaBGP lists the prefix under each.
-            # The global one goes last, so it is the one kept: a link-local gateway is
-            # of no use without the interface, which the update does not name.
-            for nexthop, nlris in sorted(by_nh.items(), key=lambda kv: not _link_local(kv[0])):
+            # BIRD sends both on a direct session; FRR may send ``::`` and a link-local
+            # one); ExaBGP lists the prefix under each.
+            offered: dict[str, list[str]] = {}
+            for nexthop, nlris in by_nh.items():
                 for n in nlris:
-                    self.rib.announce(peer, n["nlri"], Path(
-                        nexthop=nexthop, as_path=tuple(as_path),
-                        originator_id=None if origin is None else str(origin),
-                        cluster_list=clusters))
+                    offered.setdefault(n["nlri"], []).append(nexthop)
+            for prefix, nexthops in offered.items():
+                chosen = choose_nexthop(nexthops, session_interface)
+                if chosen is None:
+                    # Replaces what the peer sent before (an implicit withdrawal).
+                    self.rib.withdraw(peer, prefix)
+                    if peer not in self._no_nexthop_logged:
+                        self._no_nexthop_logged.add(peer)
+                        log.warning("peer %s offers no usable next hop for %s (%s; the "
+                                    "session's interface: %s): not installed (logged once "
+                                    "per peer)", peer, prefix, ", ".join(nexthops),
+                                    session_interface())
+                    continue
+                self.rib.announce(peer, prefix, Path(
+                    nexthop=chosen, as_path=tuple(as_path),
+                    originator_id=None if origin is None else str(origin),
+                    cluster_list=clusters))
         for family, nlris in (update.get("withdraw") or {}).items():
             if "unicast" not in family:
                 continue
@@ -766,8 +886,30 @@ def _version(marker: Any) -> int | None:
     return {"ipv4": 4, "ipv6": 6}.get(afi) if isinstance(afi, str) else None
 
 
-def _link_local(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_link_local
-    except ValueError:
-        return False
+def choose_nexthop(offered: Iterable[str],
+                   interface: Callable[[], str | None]) -> str | None:
+    """The next hop to install, of those an update offers for one prefix: a global
+    address (the lowest of several: the choice must not depend on their order), else a
+    link-local one scoped to the session's interface (``fe80::1%eth1``: the kernel
+    refuses a link-local gateway without one), else None: nothing usable (only the
+    unspecified ``::`` or ``0.0.0.0``, or a link-local one and no interface known)."""
+    good: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    local: list[ipaddress.IPv6Address] = []
+    for nh in offered:
+        try:
+            ip = ipaddress.ip_address(nh)
+        except ValueError:
+            continue
+        if ip.is_unspecified or ip.is_multicast:
+            continue
+        if isinstance(ip, ipaddress.IPv6Address) and ip.is_link_local:
+            local.append(ip)
+        else:
+            good.append(ip)
+    if good:
+        return str(min(good, key=lambda a: (a.version, int(a))))
+    if local:
+        dev = interface()
+        if dev:
+            return f"{min(local)}%{dev}"
+    return None

@@ -27,11 +27,15 @@ PEER = "10.99.1.2"
 
 
 class Lines:
+    """ExaBGP's commands in ``sent``; the relay's own (``relay filter``) in ``relay``."""
+
     def __init__(self) -> None:
         self.sent: list[str] = []
+        self.relay: list[str] = []
 
     def write(self, data: bytes) -> None:
-        self.sent += data.decode().splitlines()
+        for line in data.decode().splitlines():
+            (self.relay if line.startswith("relay ") else self.sent).append(line)
 
     async def drain(self) -> None:
         pass
@@ -364,3 +368,47 @@ def test_a_global_next_hop_wins_over_its_link_local_twin(tmp_path: Path,
         "attribute": {"as-path": {"0": {"value": [65000]}}},
         "announce": {"ipv6 unicast": {nh: [{"nlri": "fd44::40/122"}] for nh in order}}}}))
     assert sp.rib.table() == {"fd44::40/122": ("fd98::1",)}
+
+
+@pytest.mark.parametrize(("offered", "interface", "chosen"), [
+    (["fd98::1", "::"], "up1", "fd98::1"),              # `::` never wins
+    (["::", "fd98::1"], "up1", "fd98::1"),              # whatever the order
+    (["::"], "up1", None),                              # `::` alone: nothing usable
+    (["fe80::1"], "up1", "fe80::1%up1"),                # link-local: the session's device
+    (["::", "fe80::1"], "up1", "fe80::1%up1"),
+    (["fe80::1"], None, None),                          # and none without a device
+    (["fe80::1", "fd98::1"], "up1", "fd98::1"),         # a global one is preferred
+    (["fd98::1", "fe80::1"], "up1", "fd98::1"),
+    (["fd98::9", "fd98::1"], "up1", "fd98::1"),         # several: the same one either way
+    (["0.0.0.0", "10.99.1.2"], None, "10.99.1.2"),
+])
+def test_the_next_hop_chosen_for_an_offered_set(offered: list[str], interface: str | None,
+                                                chosen: str | None) -> None:
+    from bgp.speaker import choose_nexthop
+
+    assert choose_nexthop(offered, lambda: interface) == chosen
+
+
+def test_an_unspecified_next_hop_is_never_installed_and_a_link_local_one_gets_its_device(
+        tmp_path: Path) -> None:
+    """FRR lists ``fd98::1`` then ``::`` (the table kept ``('::',)``, which the kernel
+    refused with EINVAL), or only a link-local address while its global one is not ready
+    (installed with no device: refused too). The link-local next hop gets the interface
+    holding the session's local address."""
+    sp, _ = speaker(tmp_path)
+    asked: list[str] = []
+    sp.interface_of = lambda address: asked.append(address) or "up1"
+    sp.set_filter(["fd44::/48"], [])
+    sp._on_line(event(state="up"))
+
+    def offer(prefix: str, *nexthops: str) -> None:
+        sp._on_line(event(type="update", message={"update": {
+            "attribute": {"as-path": {"0": {"value": [65000]}}},
+            "announce": {"ipv6 unicast": {nh: [{"nlri": prefix}] for nh in nexthops}}}}))
+
+    offer("fd44::40/122", "fd98::1", "::")
+    offer("fd44::80/122", "fe80::2")
+    assert sp.rib.table() == {"fd44::40/122": ("fd98::1",), "fd44::80/122": ("fe80::2%up1",)}
+    assert asked == ["10.99.1.1"]  # the session's local address, looked up when needed
+    offer("fd44::40/122", "::")  # replaces the usable one: nothing to install now
+    assert sp.rib.table() == {"fd44::80/122": ("fe80::2%up1",)}
