@@ -61,7 +61,9 @@ def _canonical_net(cidr: str) -> str:
 @dataclass(frozen=True)
 class Route:
     """One route we own. ``dst`` is a canonical CIDR; ``via`` is sorted (ECMP order is
-    irrelevant) and empty for local and blackhole routes; ``dev`` is set only for local."""
+    irrelevant) and empty for local and blackhole routes; ``dev`` is set only for local.
+    A link-local IPv6 next hop carries its interface as a scope (``fe80::1%eth1``): the
+    kernel refuses such a gateway without one."""
 
     dst: str
     kind: RouteKind
@@ -360,9 +362,9 @@ class RouteManager:
         elif r.kind == "blackhole":
             kw.update(type=RTN_BLACKHOLE)
         elif len(r.via) == 1:
-            kw.update(gateway=r.via[0], type=RTN_UNICAST)
+            kw.update(_nexthop(r.via[0], links), type=RTN_UNICAST)
         else:
-            kw.update(multipath=[{"gateway": g} for g in r.via], type=RTN_UNICAST)
+            kw.update(multipath=[_nexthop(g, links) for g in r.via], type=RTN_UNICAST)
         self._ipr.route(command, **kw)
 
     def _dump(self, links: _LinkIndex) -> dict[str, Route]:
@@ -381,6 +383,23 @@ class RouteManager:
         self.last_dump_at = self._now()
         log.debug("dumped %d owned routes", len(found))
         return found
+
+
+def _nexthop(via: str, links: _LinkIndex) -> dict[str, Any]:
+    """A gateway for netlink; ``fe80::1%eth1`` goes out of ``eth1``."""
+    address, _, dev = via.partition("%")
+    if dev:
+        return {"gateway": address, "oif": links.index(dev)}
+    return {"gateway": address}
+
+
+def _scoped(gateway: str, oif: int | None, ifname: Callable[[int], str | None]) -> str:
+    """A dumped gateway as `Route.via` has it: a link-local one with its interface."""
+    if oif is not None and ipaddress.ip_address(gateway).is_link_local:
+        dev = ifname(oif)
+        if dev:
+            return f"{gateway}%{dev}"
+    return gateway
 
 
 class _LinkIndex:
@@ -425,13 +444,14 @@ def route_from_msg(msg: Any, ifname: Callable[[int], str | None]) -> Route | Non
         return Route(dst, "blackhole", proto=proto)
     multipath = msg.get_attr("RTA_MULTIPATH")
     if multipath:
-        via = tuple(nh.get_attr("RTA_GATEWAY") for nh in multipath
-                    if nh.get_attr("RTA_GATEWAY"))
+        via = tuple(_scoped(nh.get_attr("RTA_GATEWAY"), nh.get("oif"), ifname)
+                    for nh in multipath if nh.get_attr("RTA_GATEWAY"))
         if via:
             return Route(dst, "bgp", via=via, proto=proto)
     gateway = msg.get_attr("RTA_GATEWAY")
     if gateway:
-        return Route(dst, "bgp", via=(gateway,), proto=proto)
+        via = (_scoped(gateway, msg.get_attr("RTA_OIF"), ifname),)
+        return Route(dst, "bgp", via=via, proto=proto)
     oif = msg.get_attr("RTA_OIF")
     dev = ifname(oif) if oif is not None else None
     if dev is None:
