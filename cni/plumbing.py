@@ -39,6 +39,7 @@ from typing import Any
 
 from felix_like.netlink import (
     IFLA_ADDRESS,
+    IFLA_IFALIAS,
     IFLA_IFNAME,
     IFLA_MTU,
     RTPROT_STATIC,
@@ -102,6 +103,52 @@ def host_veth_name(network: str, container_id: str, ifname: str) -> str:
     """``fab`` + 11 hex chars of sha1("network.containerID.ifname"): 14 chars, under IFNAMSIZ."""
     digest = hashlib.sha1(f"{network}.{container_id}.{ifname}".encode()).hexdigest()
     return HOST_IF_PREFIX + digest[:11]
+
+
+#: The host veth's alias names its attachment: ``l3fabric/<network>/<containerID>/<ifname>``.
+#: None of the three may hold a ``/`` (CNI's and the kernel's name rules), so it parses back.
+ALIAS_PREFIX = "l3fabric/"
+#: The kernel's limit on an alias (IFALIASZ less the terminating NUL).
+ALIAS_MAX = 255
+
+
+@dataclass(frozen=True)
+class VethAttachment:
+    """The attachment a host veth was made for, read back from the kernel."""
+
+    network: str
+    container_id: str
+    ifname: str
+
+
+def attachment_alias(network: str, container_id: str, ifname: str) -> str:
+    """The alias ``wire_pod`` gives the host veth; empty when it would not fit (the veth
+    is then known by its name only: GC finds it through its WorkloadEndpoint)."""
+    alias = f"{ALIAS_PREFIX}{network}/{container_id}/{ifname}"
+    return alias if len(alias.encode()) <= ALIAS_MAX else ""
+
+
+def parse_alias(name: str, alias: str) -> VethAttachment | None:
+    """The attachment of host veth ``name`` with ``alias``; None unless the alias is ours
+    and names the attachment ``name`` derives from (so a hand-set alias names nothing)."""
+    if not alias.startswith(ALIAS_PREFIX):
+        return None
+    parts = alias[len(ALIAS_PREFIX):].split("/")
+    if len(parts) != 3 or host_veth_name(*parts) != name:
+        return None
+    return VethAttachment(*parts)
+
+
+def host_veths(node_ns: str | None) -> dict[str, VethAttachment | None]:
+    """Every ``fab*`` interface of the node: name -> its attachment (None: no alias of
+    ours). One link dump."""
+    out: dict[str, VethAttachment | None] = {}
+    with Rtnl.open(node_ns) as nl:
+        for _, _, attrs in nl.links():
+            name = attr_str(attrs, IFLA_IFNAME) or ""
+            if name.startswith(HOST_IF_PREFIX):
+                out[name] = parse_alias(name, attr_str(attrs, IFLA_IFALIAS) or "")
+    return out
 
 
 def _host_prefixes(addresses: Sequence[IPInterface]) -> tuple[IPInterface, ...]:
@@ -172,6 +219,7 @@ def wire_pod(
     mtu: int,
     *,
     container_mac: str = "",
+    alias: str = "",
     node_ipr: Any | None = None,
     node_nl: Rtnl | None = None,
 ) -> WiredPod:
@@ -181,6 +229,8 @@ def wire_pod(
     bound to ``node_ns``, when given). ``container_mac`` (lower-case colon form, a unicast
     address: :func:`cni.protocol.normalize_mac`) is given to ``ifname`` when the veth is
     created, so it costs no extra request; empty keeps the kernel's random one.
+    ``alias`` (:func:`attachment_alias`) is set on ``host_if``, so GC can tell from the
+    kernel alone which attachment a veth is for.
     ``node_nl`` lets the caller reuse a raw netlink socket bound to ``node_ns``; otherwise
     one is opened.
     A leftover veth of the same name (an earlier attempt for the same container and
@@ -235,9 +285,9 @@ def wire_pod(
 
         step = f"setting sysctls on {host_if}"
         write_sysctls(node_ns, _host_sysctls(host_if, v4, v6))
-        if v6:
-            step = f"bringing {host_if} up"
-            node.set_up(host_idx)
+        if v6 or alias:
+            step = f"bringing {host_if} up" + (f" with alias {alias}" if alias else "")
+            node.set_up(host_idx, alias=alias)
 
         step = f"configuring {ifname} in the pod"
         pod.set_up(LOOPBACK_IFINDEX)

@@ -459,7 +459,7 @@ def parse_request(env: Mapping[str, str], stdin: str) -> CniRequest:
     if command not in COMMANDS:
         raise CniError(ERR_INVALID_ENV, f"unknown CNI_COMMAND: {command!r}")
     if command == "VERSION":
-        return CniRequest(command="VERSION", cni_version=_requested_version(stdin))
+        return CniRequest(command="VERSION", cni_version=requested_version(stdin))
 
     missing = [name for name in REQUIRED_ENV[command] if not env.get(name)]
     if missing:
@@ -636,7 +636,9 @@ def _cfg_err(msg: str) -> CniError:
     return CniError(ERR_INVALID_CONFIG, msg)
 
 
-def _requested_version(stdin: str) -> str:
+def requested_version(stdin: str) -> str:
+    """The cniVersion of a request's config when we speak it, else ours (an error must be
+    answered in the request's version, also when the rest of the request is unusable)."""
     try:
         obj = json.loads(stdin) if stdin.strip() else {}
     except (ValueError, RecursionError):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from bgp.glue import BgpController
-from cni.protocol import ERR_TRY_AGAIN_LATER, CniError, error_json
+from cni.protocol import ERR_TRY_AGAIN_LATER, CniError, error_json, requested_version
 from datastore import keys, model
 from datastore.client import (
     ConflictError,
@@ -532,7 +532,7 @@ class Agent:
             self.metrics.cni_requests.labels("ADD", "error").inc()
             err = CniError(ERR_TRY_AGAIN_LATER, "etcd is unreachable; try again later",
                            self.health.not_ready_reason)
-            return 1, error_json(err), ""
+            return 1, error_json(err, requested_version(stdin)), ""
         code, out, err_text = await self.handler.handle(plugin, env, stdin)
         return code, out, err_text
 

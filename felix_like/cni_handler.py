@@ -21,14 +21,25 @@ Failure semantics:
 * ADD is all or nothing: whatever step fails, the steps before it are undone in reverse
   (dataplane told, WorkloadEndpoint deleted, veth removed, addresses released) and the
   answer is a CNI error. etcd unavailable is code 11 (try again later).
-* DEL is idempotent and best effort: no netns, an empty ``CNI_NETNS``, a container never
-  added and a repeated DEL all succeed. It fails (11) only when the address could not be
-  freed in etcd, so the runtime retries instead of leaking it.
+* DEL is idempotent: no netns, an empty ``CNI_NETNS``, a container never added and a
+  repeated DEL all succeed. It answers success only when nothing of the attachment is
+  left in etcd: when etcd cannot be read or written (the endpoint, the address) it fails
+  with 11, so the runtime retries. The address is freed only after the endpoint is gone,
+  so a DEL cut short never leaves an endpoint claiming an address IPAM thinks is free.
+* One attachment per endpoint name: a second ADD under a pod name (and interface) in use
+  takes the older attachment over, as Calico's CNI does for a re-created pod: the older
+  endpoint, veth (with the older sandbox's interface), routes and addresses go before the
+  new ones are made. Kubernetes runs one sandbox per pod name; a runtime that passes no
+  pod name gets the container ID as the name. ADDs of one name are serialised, and the
+  endpoint is written only if nobody changed it since it was read.
 * Race, a late DEL after a re-ADD under the same pod name: pod P is re-created with a new
-  container; its ADD overwrites ``workloads/<node>/<ns>.P.eth0``; the old container's DEL
-  then arrives. The WorkloadEndpoint is deleted only while its ``containerID`` is the DEL's
-  (compared on the revision read), and the veth name and IPAM handle are per container,
-  so the new pod keeps everything.
+  container, whose ADD takes over ``workloads/<node>/<ns>.P.eth0``; the old container's
+  DEL then arrives. The WorkloadEndpoint is deleted only while its ``containerID`` is the
+  DEL's (compared on the revision read), and the veth name and IPAM handle are per
+  container, so the new pod keeps everything.
+* GC frees what the runtime no longer lists, found both in etcd (endpoints, IPAM handles)
+  and in the kernel: each host veth carries its attachment in its alias
+  (:func:`cni.plumbing.attachment_alias`), so a veth left without an endpoint goes too.
 * Calls for one attachment are serialised (one asyncio lock per handle); different pods
   proceed in parallel. Netlink work runs in worker threads, so the event loop never
   blocks on it.
@@ -47,7 +58,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol, runtime_checkable
 
 from cni import plumbing
@@ -55,7 +66,16 @@ from cni import protocol as proto
 from cni.protocol import CniError, CniRequest
 from datastore import keys
 from datastore import model as m
-from datastore.client import KV, ConflictError, Datastore, DatastoreError, UnavailableError
+from datastore.client import (
+    KV,
+    Compare,
+    ConflictError,
+    Datastore,
+    DatastoreError,
+    Get,
+    Put,
+    UnavailableError,
+)
 from felix_like.metrics import Metrics
 from felix_like.routes import Route
 from ipam.allocator import IpamClient
@@ -149,6 +169,14 @@ def pod_name_for(req: CniRequest) -> str:
     return name[:200].strip(".-") or "pod"
 
 
+@dataclass
+class _Leftover:
+    """What GC found of one attachment to remove."""
+
+    endpoint: tuple[str, str] | None = None  # (key, containerID)
+    veths: dict[str, tuple[IPInterface, ...]] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class _Ipam:
     """The addresses an ADD got, and how to give them back."""
@@ -183,6 +211,9 @@ class CniHandler:
         self.metrics = metrics
         self._now = now
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # One ADD per endpoint name at a time: the takeover of an older attachment and the
+        # write of the new endpoint are decided on one read.
+        self._name_locks: dict[str, tuple[asyncio.Lock, int]] = {}
         # Every IPAM change of this node compare-and-swaps the same block(s): run in
         # parallel they mostly lose to each other and retry (8 ADDs in flight exhausted
         # the allocator's 25 attempts). One at a time, each commits at its first try.
@@ -204,6 +235,7 @@ class CniHandler:
             verb = "INVALID"
         version: str | None = None
         try:
+            version = proto.requested_version(stdin)
             req = proto.parse_request(env, stdin)
             version = req.cni_version
             out = await self._dispatch(plugin, req)
@@ -247,7 +279,10 @@ class CniHandler:
                 await self._ipam_check(req, handle)
                 return ""
             if req.command == "ADD":
-                return json.dumps(await self._add(req, handle))
+                name = keys.workload(self.node, req.pod_namespace, pod_name_for(req),
+                                     req.ifname)
+                async with self._lock(name, self._name_locks):
+                    return json.dumps(await self._add(req, handle))
             if req.command == "DEL":
                 await self._del(req, handle)
                 return ""
@@ -255,18 +290,24 @@ class CniHandler:
             return ""
 
     @contextlib.asynccontextmanager
-    async def _lock(self, handle: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(handle, (asyncio.Lock(), 0))
-        self._locks[handle] = (lock, users + 1)
+    async def _lock(self, handle: str, table: dict[str, tuple[asyncio.Lock, int]] | None = None
+                    ) -> AsyncIterator[None]:
+        """Serialise on ``handle`` (an attachment; with ``table``, another kind of name).
+
+        Order, where several are held: the endpoint name, the attachment's handle, then
+        the handle of the attachment it takes over. A DEL and GC hold one handle only."""
+        locks = self._locks if table is None else table
+        lock, users = locks.get(handle, (asyncio.Lock(), 0))
+        locks[handle] = (lock, users + 1)
         try:
             async with lock:
                 yield
         finally:
-            lock, users = self._locks[handle]
+            lock, users = locks[handle]
             if users <= 1:
-                del self._locks[handle]
+                del locks[handle]
             else:
-                self._locks[handle] = (lock, users - 1)
+                locks[handle] = (lock, users - 1)
 
     def busy_handles(self) -> frozenset[str]:
         """Attachments with a call in progress (GC leaves them alone)."""
@@ -283,6 +324,15 @@ class CniHandler:
             # The pod's IPv6 link-local would be its own gateway's (fe80::ecee:eeff:feee:eeee).
             raise CniError(proto.ERR_INVALID_CONFIG, f"requested MAC {plumbing.HOST_MAC} is "
                            "the host side's, the pod's gateway: choose another")
+        try:
+            prior = await self._endpoint_at(key)
+            if prior is not None and prior[1].spec.container_id != req.container_id:
+                # Before the addresses are assigned: a re-created pod that asks for its
+                # old address (IP=) gets it back.
+                await self._take_over(req, key, *prior)
+                prior = None
+        except DatastoreError as e:
+            raise _datastore_error("reading the workload endpoint", e) from e
 
         got = await self._assign(req, handle, namespace, pod)
         undo: list[tuple[str, Callable[[], Any]]] = [
@@ -292,7 +342,9 @@ class CniHandler:
             try:
                 wired = await asyncio.to_thread(
                     plumbing.wire_pod, self.node_netns, req.netns, req.ifname, host_if,
-                    hosts, req.mtu or 0, container_mac=req.requested_mac)
+                    hosts, req.mtu or 0, container_mac=req.requested_mac,
+                    alias=plumbing.attachment_alias(req.network_name, req.container_id,
+                                                    req.ifname))
             except plumbing.PlumbingError as e:
                 raise CniError(ERR_WIRING, f"wiring the pod failed: {e}") from e
             undo.append(("removing the veth", lambda: asyncio.to_thread(
@@ -326,7 +378,8 @@ class CniHandler:
                 key, req.container_id)))
             value = m.encode(wep)
             try:
-                rev = await self.ds.put(key, value)
+                rev = await self._put_wep(key, value, None if prior is None else prior[0],
+                                          req.container_id)
             except DatastoreError as e:
                 raise _datastore_error("writing the workload endpoint", e) from e
             if len(self._written) >= _WRITTEN_MAX:
@@ -338,8 +391,14 @@ class CniHandler:
                     res = step()
                     if asyncio.iscoroutine(res) or isinstance(res, asyncio.Future):
                         await res
-                except Exception:
-                    log.exception("failed ADD of %s: %s failed too", handle, what)
+                except Exception as e:
+                    if not _is_outage(e):
+                        log.exception("failed ADD of %s: %s failed too", handle, what)
+                        continue
+                    # Expected while etcd is away; what is left, the runtime's retry or
+                    # DEL of this attachment (or GC) removes.
+                    log.warning("failed ADD of %s: %s failed too: etcd unavailable",
+                                handle, what)
             raise
 
         log.info("ADD %s: %s on %s (%s)", handle, ",".join(map(str, hosts)), host_if, key)
@@ -353,6 +412,81 @@ class CniHandler:
             routes=tuple(_default_routes(hosts)),
         )
         return proto.format_result(_chain(req.prev_result, ours), req.cni_version)
+
+    async def _endpoint_at(self, key: str) -> tuple[KV, m.WorkloadEndpoint] | None:
+        """The endpoint at ``key``: as this handler last wrote it, else read (an invalid
+        one counts as absent: it is overwritten)."""
+        mine = self._written.get(key)
+        if mine is not None:
+            return mine
+        kv = await self.ds.get(key)
+        wep = None if kv is None else _decode_wep(kv.key, kv.value)
+        return None if kv is None or wep is None else (kv, wep)
+
+    async def _put_wep(self, key: str, value: bytes, expected: KV | None,
+                       container_id: str) -> int:
+        """Write the endpoint at ``key`` if it is as read before (``expected``; None: absent
+        or invalid); the revision written. Changed since by the same attachment (a label
+        edit, say): written over. By another attachment: error 11, and the retry decides
+        again (a takeover)."""
+        for _ in range(5):
+            cmp = Compare(key, "mod", "==", expected.mod_revision) if expected is not None \
+                else Compare(key, "create", "==", 0)
+            res = await self.ds.txn([cmp], [Put(key, value)], [Get(key)])
+            if res.succeeded:
+                return res.revision
+            self._written.pop(key, None)
+            expected = res.gets[0] if res.gets else None
+            other = None if expected is None else _decode_wep(expected.key, expected.value)
+            if other is not None and other.spec.container_id != container_id:
+                raise CniError(proto.ERR_TRY_AGAIN_LATER,
+                               f"{keys.relative(key)} was written for container "
+                               f"{other.spec.container_id} meanwhile")
+        raise CniError(proto.ERR_TRY_AGAIN_LATER, f"{keys.relative(key)} keeps changing")
+
+    async def _take_over(self, req: CniRequest, key: str, kv: KV,
+                         wep: m.WorkloadEndpoint) -> None:
+        """Remove the attachment that has endpoint ``key`` now (another container of the
+        same pod name): endpoint, veth (and so its peer in the older sandbox), routes,
+        addresses. Under that attachment's lock, so its own DEL, if it comes, runs before
+        or after, never beside. What is already gone is fine."""
+        s = wep.spec
+        network = await self._network_of(req.network_name, s)
+        old = handle_for(network or req.network_name, s.container_id, s.endpoint)
+        hosts = [ipaddress.ip_interface(str(n)) for n in s.ip_networks]
+        log.info("ADD %s: takes over %s from %s (same pod name)", req.container_id,
+                 keys.relative(key), old)
+        async with self._lock(old):
+            if self.dataplane is not None:
+                try:
+                    await self.dataplane.endpoint_removed(key)
+                except Exception as e:
+                    log.warning("takeover of %s: dataplane: %s", old, e)
+            await self._delete_wep(key, s.container_id, kv)
+            if s.host_interface:
+                await asyncio.to_thread(plumbing.unwire_pod, self.node_netns,
+                                        s.host_interface, hosts)
+            if network is None:
+                log.warning("takeover of %s: its network is unknown (veth %s has no alias); "
+                            "its addresses are left to GC", keys.relative(key),
+                            s.host_interface)
+            elif _delegated(req):
+                await self._exec_ipam(replace(req, container_id=s.container_id,
+                                              ifname=s.endpoint, netns=""), "DEL")
+            else:
+                await self._release(old)
+
+    async def _network_of(self, network: str, spec: m.WorkloadEndpointSpec) -> str | None:
+        """The network of an endpoint's attachment: ``network`` when its veth name says
+        so, else what the veth's alias says (None when neither)."""
+        if spec.host_interface == plumbing.host_veth_name(network, spec.container_id,
+                                                          spec.endpoint):
+            return network
+        if not spec.host_interface:
+            return None
+        veths = await asyncio.to_thread(plumbing.host_veths, self.node_netns)
+        found = veths.get(spec.host_interface)
+        return found.network if found is not None else None
 
     def _workload(self, req: CniRequest, namespace: str, pod: str, host_if: str,
                   hosts: Sequence[IPInterface], mac: str) -> m.WorkloadEndpoint:
@@ -549,6 +683,9 @@ class CniHandler:
         host_if = plumbing.host_veth_name(req.network_name, req.container_id, req.ifname)
         problems: list[str] = []
         key, wep, wep_kv = await self._find_wep_kv(req, host_if, problems, written=True)
+        # Whether etcd may still hold an endpoint of this attachment: then its address
+        # stays allocated and the DEL fails (11), to be retried.
+        unfinished = list(problems)
         hosts: tuple[IPInterface, ...] = ()
         if wep is not None:
             hosts = tuple(ipaddress.ip_interface(str(n)) for n in wep.spec.ip_networks)
@@ -577,12 +714,16 @@ class CniHandler:
                 try:
                     await self._delete_wep(key, req.container_id, wep_kv)
                 except DatastoreError as e:
-                    problems.append(f"deleting {keys.relative(key)}: {e}")
+                    unfinished.append(f"deleting {keys.relative(key)}: {e}")
             waiter = asyncio.ensure_future(routes_gone.wait())
             try:
                 await asyncio.wait({unwire, waiter}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiter.cancel()
+            if unfinished:
+                raise CniError(proto.ERR_TRY_AGAIN_LATER,
+                               "the workload endpoint could not be removed from etcd",
+                               "; ".join(unfinished))
             if _delegated(req):
                 await self._exec_ipam(req, "DEL")
             else:
@@ -592,11 +733,9 @@ class CniHandler:
             try:
                 await unwire
             except Exception as e:
-                problems.append(f"removing {host_if}: {e}")
-            if problems:
-                # The address is free; what is left is ours to clean at GC/restart. Report
-                # it without failing the DEL (kubelet would retry forever on a gone netns).
-                log.warning("DEL %s: %s", handle, "; ".join(problems))
+                # The veth is the kernel's to remove with the netns, or GC's (its alias
+                # names the attachment): no reason to have the runtime retry forever.
+                log.warning("DEL %s: removing %s: %s", handle, host_if, e)
 
     async def _find_wep(self, req: CniRequest, host_if: str,
                         problems: list[str]) -> tuple[str, m.WorkloadEndpoint | None]:
@@ -710,14 +849,17 @@ class CniHandler:
 
     async def _gc(self, req: CniRequest, ipam_only: bool) -> None:
         """Free every attachment of this network on this node that the runtime no longer
-        lists. No list: delete nothing (spec 1.1.0)."""
+        lists, wherever it is found: its endpoint in etcd, its veth in the kernel (by the
+        alias that names the attachment, with or without an endpoint), its IPAM handle.
+        No list: delete nothing (spec 1.1.0)."""
         if req.valid_attachments is None:
             return
         net = req.network_name
         valid = {handle_for(net, a.container_id, a.ifname)
                  for a in req.valid_attachments}
-        busy = self.busy_handles()
-        stale: set[str] = set()
+        # handle -> what of it to remove: its endpoint (key, container) and its veths
+        # (name, addresses of the routes through it).
+        stale: dict[str, _Leftover] = {}
         try:
             if not ipam_only:
                 kvs, _ = await self.ds.list(keys.workloads_of(self.node))
@@ -730,28 +872,52 @@ class CniHandler:
                                                                    s.endpoint):
                         continue  # another network's endpoint
                     h = handle_for(net, s.container_id, s.endpoint)
-                    if h in valid or h in busy:
-                        continue
-                    stale.add(h)
-                    if self.dataplane is not None:
-                        with contextlib.suppress(Exception):
-                            await self.dataplane.endpoint_removed(kv.key)
-                    await asyncio.to_thread(
-                        plumbing.unwire_pod, self.node_netns, s.host_interface,
-                        [ipaddress.ip_interface(str(n)) for n in s.ip_networks])
-                    await self._delete_wep(kv.key, s.container_id)
+                    if h not in valid:
+                        left = stale.setdefault(h, _Leftover())
+                        left.endpoint = (kv.key, s.container_id)
+                        left.veths[s.host_interface] = tuple(
+                            ipaddress.ip_interface(str(n)) for n in s.ip_networks)
+                veths = await asyncio.to_thread(plumbing.host_veths, self.node_netns)
+                for name, att in veths.items():
+                    if att is None or att.network != net:
+                        continue  # another network's, or not known to be ours
+                    h = handle_for(net, att.container_id, att.ifname)
+                    if h not in valid:
+                        stale.setdefault(h, _Leftover()).veths.setdefault(name, ())
             for h in await self._node_handles(net):
-                if h not in valid and h not in busy:
-                    stale.add(h)
-            for h in sorted(stale):
+                if h not in valid:
+                    stale.setdefault(h, _Leftover())
+            freed = 0
+            for h, left in sorted(stale.items()):
+                # Checked and locked with no await between: an ADD or DEL of ``h`` in
+                # progress keeps it; one that comes now waits for this.
+                if h in self.busy_handles():
+                    continue
                 async with self._lock(h):
-                    await self._release(h)
+                    await self._remove_leftover(h, left)
+                freed += 1
         except DatastoreError as e:
             raise _datastore_error("garbage-collecting attachments", e) from e
-        if stale:
-            log.info("GC %s: freed %d stale attachment(s)", net, len(stale))
+        if freed:
+            log.info("GC %s: freed %d stale attachment(s)", net, freed)
         if _delegated(req):
             await self._exec_ipam_quiet(req, "GC")
+
+    async def _remove_leftover(self, handle: str, left: _Leftover) -> None:
+        """GC of one attachment: endpoint, then veths and routes, then addresses."""
+        if left.endpoint is not None:
+            key, container_id = left.endpoint
+            if self.dataplane is not None:
+                try:
+                    await self.dataplane.endpoint_removed(key)
+                except Exception as e:
+                    log.warning("GC of %s: dataplane: %s", handle, e)
+            await self._delete_wep(key, container_id)
+        for name, hosts in sorted(left.veths.items()):
+            if await asyncio.to_thread(plumbing.unwire_pod, self.node_netns, name, hosts) \
+                    and left.endpoint is None:
+                log.info("GC of %s: removed veth %s, which had no endpoint", handle, name)
+        await self._release(handle)
 
     async def _node_handles(self, network: str) -> list[str]:
         """Handles ``<network>.*`` whose addresses are held for this node."""
@@ -899,6 +1065,12 @@ def _decode_wep(key: str, value: bytes) -> m.WorkloadEndpoint | None:
         log.warning("ignoring invalid workload endpoint: %s", e)
         return None
     return res if isinstance(res, m.WorkloadEndpoint) else None
+
+
+def _is_outage(e: BaseException) -> bool:
+    """Whether ``e`` is etcd being away (expected; one log line), not a bug."""
+    return isinstance(e, UnavailableError | IpamUnavailableError) or (
+        isinstance(e, CniError) and e.code == proto.ERR_TRY_AGAIN_LATER)
 
 
 def _datastore_error(what: str, e: Exception) -> CniError:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cni import shim
+from cni.protocol import requested_version
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class CniServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         answer: dict[str, Any]
+        stdin = ""
         try:
             data = await asyncio.wait_for(_read_to_eof(reader), 30)
             try:
@@ -70,7 +72,8 @@ class CniServer:
                 stdin = str(req.get("stdin", ""))
             except (ValueError, TypeError, AttributeError) as e:
                 answer = {"exit": 1, "stderr": "",
-                          "stdout": _error(shim.ERR_DECODE, f"bad request from shim: {e}")}
+                          "stdout": _error(shim.ERR_DECODE, f"bad request from shim: {e}",
+                                           stdin)}
             else:
                 code, out, err = await self.handler(plugin, env, stdin)
                 answer = {"exit": code, "stdout": out, "stderr": err}
@@ -83,7 +86,8 @@ class CniServer:
             with contextlib.suppress(Exception):
                 writer.write(shim.encode_message({
                     "exit": 1, "stderr": "",
-                    "stdout": _error(shim.ERR_TRY_AGAIN_LATER, f"agent error: {e}")}))
+                    "stdout": _error(shim.ERR_TRY_AGAIN_LATER, f"agent error: {e}",
+                                     stdin)}))
                 await writer.drain()
         finally:
             writer.close()
@@ -102,6 +106,7 @@ async def _read_to_eof(reader: asyncio.StreamReader) -> bytes:
     return b"".join(chunks)
 
 
-def _error(code: int, msg: str) -> str:
-
-    return json.dumps({"cniVersion": shim.CURRENT_VERSION, "code": code, "msg": msg})
+def _error(code: int, msg: str, stdin: str) -> str:
+    """A CNI error in the version of the request's config (``stdin``; ours when it has
+    none we speak)."""
+    return json.dumps({"cniVersion": requested_version(stdin), "code": code, "msg": msg})

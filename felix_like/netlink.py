@@ -293,6 +293,7 @@ IFLA_ADDRESS = 1
 IFLA_IFNAME = 3
 IFLA_MTU = 4
 IFLA_LINKINFO = 18
+IFLA_IFALIAS = 20
 IFLA_NET_NS_FD = 28
 IFLA_INFO_KIND = 1
 IFLA_INFO_DATA = 2
@@ -472,8 +473,13 @@ class Rtnl:
                 + _attr(IFLA_LINKINFO, linkinfo))
         self._do(RTM_NEWLINK, body, NLM_F_CREATE | NLM_F_EXCL)
 
-    def set_up(self, index: int) -> None:
-        self._do(RTM_NEWLINK, _IFINFOMSG.pack(0, 0, index, IFF_UP, IFF_UP))
+    def set_up(self, index: int, alias: str = "") -> None:
+        """``ip link set INDEX up [alias ALIAS]`` (the kernel ignores an alias given at
+        creation, so it is set here, in the same request)."""
+        body = _IFINFOMSG.pack(0, 0, index, IFF_UP, IFF_UP)
+        if alias:
+            body += _str(IFLA_IFALIAS, alias)
+        self._do(RTM_NEWLINK, body)
 
     def delete_link(self, index: int) -> None:
         self._do(RTM_DELLINK, _IFINFOMSG.pack(0, 0, index, 0, 0))

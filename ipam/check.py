@@ -8,6 +8,12 @@ Problems found (``kind``):
 
 * ``leaked-address`` - allocated, no WorkloadEndpoint uses it, older than ``leak_grace``;
   fix: release it (by handle and sequence, so a re-assignment in between is not freed);
+* ``endpoint-without-address`` - a WorkloadEndpoint claims an address of an IP pool that
+  IPAM does not hold for it (free, or held for another attachment): a DEL cut short, or
+  an address released by hand. Nothing else ever frees such an address for reuse, and
+  the node routes it to a veth that is gone. Fix: delete the endpoint (compared on its
+  revision; the agent then drops its routes and policy). Every CNI path deletes an
+  endpoint before freeing its address, so no grace period applies;
 * ``orphaned-handle`` - a handle record whose addresses no block holds; fix: delete it;
 * ``handle-mismatch`` / ``missing-handle`` - handle records that disagree with the blocks;
   fix: rewrite the record from the blocks;
@@ -33,6 +39,8 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import netaddr
 
 from datastore import keys
 from datastore.client import KV, Compare, Datastore, Delete, Op, Put
@@ -68,6 +76,34 @@ def _expected_handles(s: Snapshot) -> dict[str, set[tuple[str, int, int]]]:
     return out
 
 
+def _endpoints_without_address(s: Snapshot) -> list[Problem]:
+    """Endpoints whose pool addresses IPAM does not hold for their attachment (a handle
+    ``<network>.<containerID>.<endpoint>``). Addresses outside every pool come from
+    another IPAM (a delegated one): not ours to judge."""
+    held: dict[str, str] = {}
+    for blk in s.parsed.values():
+        for o, at in blk.allocated():
+            held[blk.address(o)] = at.handle
+    out = []
+    for rel, (_kv, wep) in sorted(s.workloads.items()):
+        spec = wep.spec
+        suffix = f".{spec.container_id}.{spec.endpoint}"
+        for net in spec.ip_networks:
+            addr = str(netaddr.IPNetwork(str(net)).ip)
+            if s.pool_of(str(net)) is None or any(
+                    addr in netaddr.IPNetwork(c) for c in s.corrupt_blocks):
+                continue
+            owner = held.get(addr)
+            if owner is not None and owner.endswith(suffix):
+                continue
+            whose = "nobody (it is free)" if owner is None else f"handle {owner}"
+            out.append(Problem("endpoint-without-address", rel,
+                               f"{rel} (container {spec.container_id}) claims {addr}, which "
+                               f"IPAM holds for {whose}"))
+            break
+    return out
+
+
 def find_problems(s: Snapshot, *, now: float, leak_grace: float = DEFAULT_LEAK_GRACE,
                   claim_grace: float = DEFAULT_CLAIM_GRACE) -> list[Problem]:
     """Every inconsistency in ``s`` (pure)."""
@@ -85,6 +121,7 @@ def find_problems(s: Snapshot, *, now: float, leak_grace: float = DEFAULT_LEAK_G
                     "leaked-address", addr,
                     f"{addr} (handle {at.handle}, pod {at.namespace}/{at.pod}, node "
                     f"{at.node}) has no WorkloadEndpoint for {now - at.time:.0f}s"))
+    out += _endpoints_without_address(s)
     expected = _expected_handles(s)
     for handle, _kv in sorted(s.handles.items()):
         rec = s.handle_records.get(handle)
@@ -222,6 +259,10 @@ async def _rollback_claim(ds: Datastore, node: str, cidr: str, akv: KV) -> str:
 
 
 async def _fix_one(ds: Datastore, s: Snapshot, p: Problem) -> tuple[bool, str]:
+    if p.kind == "endpoint-without-address":
+        kv = s.workloads[p.subject][0]
+        res = await ds.txn([Compare(kv.key, "mod", "==", kv.mod_revision)], [Delete(kv.key)])
+        return res.succeeded, "endpoint deleted" if res.succeeded else "changed meanwhile"
     if p.kind == "leaked-address":
         note = await _release_leak(ds, s, p.subject)
         return note in ("released", "already free"), note
@@ -269,10 +310,10 @@ async def check(ds: Datastore, *, fix: bool = False, now: Callable[[], float] = 
     problems = find_problems(snap, now=now(), leak_grace=leak_grace, claim_grace=claim_grace)
     if not fix:
         return [FixResult(p, False) for p in problems]
-    # Releases first (they change blocks and handles), then handle records (rebuilt from
-    # the blocks as they are after the releases), then affinities.
-    order = {"leaked-address": 0, "orphaned-handle": 1, "handle-mismatch": 1,
-             "missing-handle": 1}
+    # Stale endpoints and releases first (they change blocks and handles), then handle
+    # records (rebuilt from the blocks as they are after the releases), then affinities.
+    order = {"endpoint-without-address": 0, "leaked-address": 0, "orphaned-handle": 1,
+             "handle-mismatch": 1, "missing-handle": 1}
     results: list[FixResult] = []
     for p in sorted(problems, key=lambda p: order.get(p.kind, 2)):
         if not p.fixable:

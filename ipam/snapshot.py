@@ -34,6 +34,7 @@ class Snapshot:
     affinities: dict[tuple[str, str], tuple[KV, AffinityState]] = field(default_factory=dict)
     nodes: set[str] = field(default_factory=set)
     workload_ips: set[str] = field(default_factory=set)
+    workloads: dict[str, tuple[KV, model.WorkloadEndpoint]] = field(default_factory=dict)
     pools: list[PoolSpec] = field(default_factory=list)
     reservations: list[str] = field(default_factory=list)
 
@@ -78,6 +79,7 @@ def build_snapshot(kvs: list[KV], revision: int) -> Snapshot:
                 log.warning("ipam: unreadable workload %s: %s", kv.key, e)
                 continue
             if isinstance(res, model.WorkloadEndpoint):
+                s.workloads[rel] = (kv, res)
                 s.workload_ips.update(str(netaddr.IPNetwork(str(n)).ip)
                                       for n in res.spec.ip_networks)
         elif rel.startswith(keys.IPPOOLS):

@@ -33,6 +33,7 @@ from helpers.faults import (
     put_raw,
     shim,
     shim_env,
+    spawn_shims,
 )
 
 from datastore.embedded import EmbeddedEtcd
@@ -181,5 +182,70 @@ def test_database_space_exceeded(namespaces: Namespaces, small_etcd: EmbeddedEtc
         _, metrics = n.http("/metrics")
         print("cni errors counted:", metric(metrics, "l3fabric_cni_requests_total",
                                             'result="error",verb="ADD"'))
+    finally:
+        n.cleanup()
+
+
+def test_del_during_outage_fails_then_the_retry_leaves_nothing(
+        namespaces: Namespaces, etcd: EmbeddedEtcd, tmp_path: Path) -> None:
+    """A DEL while etcd is down cannot remove the pod's WorkloadEndpoint: it answers 11
+    (the runtime retries), in the request's cniVersion, as does the ADD the agent refuses
+    at once meanwhile. The endpoint keeps its address meanwhile (nothing half-freed), and
+    the retry once etcd is back leaves no endpoint, address or veth."""
+    n = _start_agent(namespaces, etcd, tmp_path)
+    try:
+        a = namespaces("pod")
+        assert shim("ADD", n.socket, "ca", a).exit == 0
+        assert etcd.proc is not None
+        os.killpg(etcd.proc.pid, signal.SIGKILL)
+        etcd.proc.wait(10)
+        r = shim("DEL", n.socket, "ca", a, timeout=60)
+        print(f"DEL with etcd down: exit {r.exit}, code {r.code} after {r.seconds:.2f}s: "
+              f"{(r.json or {}).get('msg', r.stdout)[:160]}")
+        assert r.exit != 0 and r.code == 11, r.stdout
+        assert r.json["cniVersion"] == "1.0.0", r.stdout
+        # By now the agent knows etcd is away: the ADD gets its fast answer.
+        add = shim("ADD", n.socket, "cb", namespaces("pod"), timeout=60)
+        assert add.exit != 0 and add.code == 11, add.stdout
+        assert "etcd is unreachable" in add.json["msg"], add.stdout
+        assert add.json["cniVersion"] == "1.0.0", add.stdout
+        etcd.start()
+        # What the failed DEL left is whole: the endpoint with its address held.
+        weps = etcdctl(etcd.endpoint, "get", "--prefix", "--keys-only",
+                       "/l3fabric/v1/workloads/").split()
+        assert len(weps) == 1, weps
+        code, out = ipam_check(etcd.endpoint)
+        assert code == 0, out
+        deadline = time.monotonic() + 30
+        while (r := shim("DEL", n.socket, "ca", a)).exit != 0:
+            assert time.monotonic() < deadline, r.stdout
+            time.sleep(0.5)
+        assert etcdctl(etcd.endpoint, "get", "--prefix", "--keys-only",
+                       "/l3fabric/v1/workloads/").split() == []
+        assert etcdctl(etcd.endpoint, "get", "--prefix", "--keys-only",
+                       "/l3fabric/v1/ipam/handles/").split() == []
+        assert fab_links(n.ns) == []
+        code, out = ipam_check(etcd.endpoint)
+        assert code == 0 and "consistent" in out, out
+
+        # etcd back while a DEL is under way (the endpoint's delete fails, the release of
+        # the address may succeed): success only with nothing left.
+        assert shim("ADD", n.socket, "cc", a).exit == 0
+        os.killpg(etcd.proc.pid, signal.SIGKILL)
+        etcd.proc.wait(10)
+        batch = spawn_shims("DEL", n.socket, [("cc", a)])
+        time.sleep(0.5)
+        etcd.start()
+        [r] = batch.collect()
+        print(f"DEL with etcd back meanwhile: exit {r.exit}, code {r.code}")
+        deadline = time.monotonic() + 30
+        while r.exit != 0:
+            assert r.code == 11 and time.monotonic() < deadline, r.stdout
+            time.sleep(0.5)
+            r = shim("DEL", n.socket, "cc", a)
+        assert etcdctl(etcd.endpoint, "get", "--prefix", "--keys-only",
+                       "/l3fabric/v1/workloads/").split() == []
+        code, out = ipam_check(etcd.endpoint)
+        assert code == 0 and "consistent" in out, out
     finally:
         n.cleanup()

@@ -78,6 +78,20 @@ async def _assert_gone(f: Fabric, pod_ns: str | None = None) -> None:
         assert "eth0" not in links(pod_ns)
 
 
+async def _assert_only(f: Fabric, attachments: dict[str, str]) -> None:
+    """Exactly these attachments (container ID -> address, all with interface eth0) of
+    network NETWORK are on the node: endpoints, IPAM handles and addresses, veths, routes."""
+    weps = await f.workloads()
+    assert sorted((w["spec"]["containerID"], w["spec"]["ipNetworks"]) for w in weps.values()) \
+        == sorted((c, [a]) for c, a in attachments.items())
+    assert sorted(await f.handles()) == sorted(f"{NETWORK}.{c}.eth0" for c in attachments)
+    assert await f.allocated() == sorted(a[:-3] for a in attachments.values())
+    assert sorted(fab_links(f.node)) == sorted(host_veth_name(NETWORK, c, "eth0")
+                                               for c in attachments)
+    assert sorted((r["dst"], r["dev"]) for r in our_routes(f.node)) == sorted(
+        (a[:-3], host_veth_name(NETWORK, c, "eth0")) for c, a in attachments.items())
+
+
 # ------------------------------------------------------------------ ADD / DEL basics
 
 
@@ -267,12 +281,14 @@ async def test_late_del_of_old_container_keeps_new_pod(fab: Fabric,
     args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p"
     old, new = netns("pod"), netns("pod")
     (await fab.add(old, "old-c", args=args)).ok()
-    (await fab.add(new, "new-c", args=args)).ok()
+    new_addr = _addr((await fab.add(new, "new-c", args=args)).ok().json)
+    # The new ADD took the name over: the old attachment is gone whole.
+    await _assert_only(fab, {"new-c": new_addr})
+    assert "eth0" not in links(old)
     (await fab.delete(old, "old-c", args=args)).ok()
-    weps = await fab.workloads()
-    assert [w["spec"]["containerID"] for w in weps.values()] == ["new-c"]
-    assert fab_links(fab.node) == [host_veth_name(NETWORK, "new-c", "eth0")]
-    assert await fab.handles() == [f"{NETWORK}.new-c.eth0"]
+    (await fab.call("DEL", fab.conf(), container_id="old-c", netns="", args=args)).ok()
+    await _assert_only(fab, {"new-c": new_addr})
+    assert "eth0" in links(new)
     (await fab.delete(new, "new-c", args=args)).ok()
     await _assert_gone(fab)
 
@@ -760,3 +776,128 @@ async def test_a_route_recording_dataplane_learns_the_pod_route_before_the_endpo
         assert key.endswith(".c-rr.eth0")
         (await f.delete(pod, "c-rr")).ok()
         assert router.events[-1] == ("removed", key)
+
+
+# ------------------------------------------------------------------ one attachment per pod name
+
+
+async def test_recreated_pod_after_the_old_del_and_its_old_address(
+        fab: Fabric, netns: Callable[[str], str]) -> None:
+    """Pod P re-created under its name, the old sandbox's DEL coming first (and again,
+    late, as containerd repeats it without a netns): the new one is whole. A re-created
+    pod may ask for the address its predecessor still holds (IP=): the takeover frees it
+    before the new ADD assigns."""
+    args = "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=p"
+    old, new = netns("pod"), netns("pod")
+    (await fab.add(old, "old-c", args=args)).ok()
+    (await fab.delete(old, "old-c", args=args)).ok()
+    await _assert_gone(fab, old)
+    addr = _addr((await fab.add(new, "new-c", args=args)).ok().json)
+    (await fab.call("DEL", fab.conf(), container_id="old-c", netns="", args=args)).ok()
+    await _assert_only(fab, {"new-c": addr})
+
+    again = netns("pod")
+    r = (await fab.add(again, "again-c", args=f"{args};IP={addr[:-3]}")).ok()
+    assert _addr(r.json) == addr
+    await _assert_only(fab, {"again-c": addr})
+    assert "eth0" not in links(new) and "eth0" in links(again)
+    (await fab.delete(new, "new-c", args=args)).ok()
+    await _assert_only(fab, {"again-c": addr})
+    (await fab.delete(again, "again-c", args=args)).ok()
+    await _assert_gone(fab, again)
+
+
+async def test_gc_with_same_name_attachments_and_veths_without_endpoints(
+        fab: Fabric, netns: Callable[[str], str]) -> None:
+    """Four ADDs under one pod name leave one attachment (each took over the one before);
+    GC then removes every veth of this network the runtime does not list, found in the
+    kernel whether etcd has an endpoint (or even an address) for it or not, with its
+    route and address; another network's veth stays."""
+    same = "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=p"
+    addrs = {}
+    for i in range(4):
+        addrs[f"g{i}"] = _addr((await fab.add(netns("pod"), f"g{i}", args=same)).ok().json)
+    addrs["q"] = _addr((await fab.add(netns("pod"), "q")).ok().json)
+    await _assert_only(fab, {"g3": addrs["g3"], "q": addrs["q"]})
+    # Attachments etcd lost track of: o1 has no endpoint, o2 neither endpoint nor address.
+    for cid in ("o1", "o2"):
+        addrs[cid] = _addr((await fab.add(netns("pod"), cid)).ok().json)
+        await fab.ds.delete(keys.workload(fab.node, "default", cid, "eth0"))
+    await fab.ipam.release_by_handle(f"{NETWORK}.o2.eth0")
+    other = {**fab.conf(), "name": "othernet"}
+    (await fab.add(netns("pod"), "x", conf=other)).ok()
+    other_veth = host_veth_name("othernet", "x", "eth0")
+
+    conf = fab.conf("1.1.0")
+    conf["cni.dev/valid-attachments"] = [{"containerID": c, "ifname": "eth0"}
+                                         for c in ("g3", "q")]
+    (await fab.call("GC", conf)).ok()
+    assert sorted(fab_links(fab.node)) == sorted(
+        [host_veth_name(NETWORK, "g3", "eth0"), host_veth_name(NETWORK, "q", "eth0"),
+         other_veth])
+    assert sorted(await fab.handles()) == sorted(
+        [f"{NETWORK}.g3.eth0", f"{NETWORK}.q.eth0", "othernet.x.eth0"])
+    # The runtime lists an attachment that was taken over: nothing of it is left to keep.
+    conf["cni.dev/valid-attachments"] = [{"containerID": "g0", "ifname": "eth0"}]
+    (await fab.call("GC", conf)).ok()
+    assert fab_links(fab.node) == [other_veth]
+    assert await fab.handles() == ["othernet.x.eth0"]
+    assert [w["spec"]["containerID"] for w in (await fab.workloads()).values()] == ["x"]
+    (await fab.call("DEL", other, container_id="x", netns=None)).ok()
+    await _assert_gone(fab)
+
+
+async def test_add_with_etcd_gone_before_the_endpoint_write_logs_no_traceback(
+        etcd: EmbeddedEtcd, netns: Callable[[str], str], tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """etcd dies between an ADD's address assignment and its endpoint write: the ADD
+    answers 11 and its roll-back, which cannot reach etcd either, logs one line per step
+    (an expected outage), no traceback. The DEL the runtime sends once etcd is back
+    leaves nothing."""
+    from tests.helpers.cni import RecordingSink
+
+    class StopsEtcd(RecordingSink):
+        async def endpoint_added(self, key: str, wep: Any) -> None:
+            await asyncio.to_thread(etcd.stop)
+            await super().endpoint_added(key, wep)
+
+    caplog.set_level("INFO")
+    node, pod = netns("node"), netns("pod")
+    async with fabric(etcd.endpoint, node, tmp_path, timeout=1.0, dataplane=StopsEtcd(),
+                      pools=[ippool("default", POOL, 26)]) as f:
+        r = await f.add(pod, "c-out")
+        assert r.exit != 0 and r.code == 11 and r.json["cniVersion"] == "1.0.0", r.stdout
+        assert "Traceback" not in caplog.text
+        assert [rec for rec in caplog.records if rec.exc_info] == []
+        assert "etcd unavailable" in caplog.text
+        assert fab_links(node) == [] and "eth0" not in links(pod)
+        etcd.start()
+        (await f.delete(pod, "c-out")).ok()
+        await _assert_gone(f, pod)
+
+
+async def test_ipam_check_reports_and_fixes_an_endpoint_whose_address_is_free(
+        fab: Fabric, module_etcd: EmbeddedEtcd, netns: Callable[[str], str]) -> None:
+    """An endpoint whose address IPAM does not hold for it (here released by hand) is a
+    problem for ``fabricctl ipam check``; ``--fix`` deletes the endpoint."""
+    from tests.helpers.cni import VENV_BIN
+
+    pod = netns("pod")
+    addr = _addr((await fab.add(pod, "c-ipc")).ok().json)[:-3]
+    endpoint = module_etcd.endpoint
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(VENV_BIN / "fabricctl"), "--etcd-endpoints", endpoint,
+                               *args], capture_output=True, text=True, timeout=60)
+
+    assert ctl("ipam", "release", addr).returncode == 0
+    r = ctl("ipam", "check", "--grace", "0")
+    assert r.returncode == 1 and "endpoint-without-address" in r.stdout, r.stdout + r.stderr
+    assert "workloads/" in r.stdout and addr in r.stdout
+    r = ctl("ipam", "check", "--fix", "--grace", "0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert await fab.workloads() == {}
+    r = ctl("ipam", "check", "--grace", "0")
+    assert r.returncode == 0 and "consistent" in r.stdout, r.stdout + r.stderr
+    (await fab.delete(pod, "c-ipc")).ok()
+    await _assert_gone(fab, pod)
