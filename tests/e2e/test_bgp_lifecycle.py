@@ -78,13 +78,16 @@ def test_a_tor_peer_added_changed_and_removed_at_run_time(fabric: Fabric) -> Non
     reach(fab, (pb, pc), (pc, pb), (pa, pb))
 
     # Communities: every route re-announced with them, no session reset.
-    since = {n: tor1.protocol(n)[1] for n in ("r1a", "r1b")}
+    sessions_before = {n: tor1.session_id(n) for n in ("r1a", "r1b")}
+    assert all(sessions_before.values()), sessions_before
     fab.bgp_config(nodeToNodeMesh=False, holdTime=9, communities=["65001:100"])
     for prefix in (R1_BLOCK, host):
         wait_for(lambda p=prefix: "(65001,100)" in tor1.birdc(  # type: ignore[misc]
             "show", "route", "all", p), 20, f"{prefix} with community 65001:100 at tor1",
             0.2, lambda: tor1.birdc("show", "route", "all"))
-    assert {n: tor1.protocol(n)[1] for n in since} == since, "a session was reset"
+    assert {n: tor1.session_id(n) for n in sessions_before} == sessions_before, (
+        "a session was reset")
+    assert all(tor1.established(n) for n in sessions_before)
 
     # The borrowed address released: its /32 goes; given to a pod on r1a it answers there.
     fab.del_pod("pb")

@@ -24,6 +24,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from helpers.procs import tcp_connections
+
 #: ``ip route`` types printed before the prefix (``blackhole 10.244.0.0/26 proto 80``).
 ROUTE_TYPES = {"unicast", "blackhole", "unreachable", "prohibit", "throw", "local",
                "broadcast", "anycast", "multicast", "nat"}
@@ -56,6 +58,9 @@ class Bird:
     # True: ``graceful restart on`` (BIRD could also restart gracefully itself); False:
     # ``aware``, BIRD's default. Either way BIRD keeps a restarting peer's routes.
     graceful_restart: bool = True
+    # BIRD's ``check link``: on (its default for direct sessions) a link down at the ToR
+    # ends the session at once; off, a short flap keeps it (a ToR with BFD or short flaps).
+    check_link: bool = True
     name: str = "bird"
     proc: subprocess.Popen[bytes] | None = None
 
@@ -90,6 +95,8 @@ class Bird:
                 extra += " ttl security on;"
             if p.rr_client:
                 extra += f" rr client; rr cluster id {self.router_id};"
+            if not self.check_link:
+                extra += " check link off;"
             export = "all" if p.bogus else 'where proto != "bogus"'
             lines.append(
                 f"protocol bgp {p.name} {{ local as {self.asn}; neighbor {p.ip} as {p.asn}; "
@@ -145,6 +152,13 @@ class Bird:
 
     def established(self, name: str) -> bool:
         return self.protocol(name)[2].startswith("Established")
+
+    def session_id(self, name: str) -> frozenset[tuple[str, str]]:
+        """The TCP connection of BGP protocol ``name`` (empty when down): it changes only
+        when the session is reset (`helpers.procs.tcp_connections`), unlike the protocol's
+        "since", which can read 1 ms apart for the same session."""
+        peer = next(p for p in self.peers if p.name == name)
+        return tcp_connections(self.ns, peer.ip)
 
     def routes(self, *args: str) -> dict[str, set[str]]:
         """prefix -> next hops in BIRD's table (``show route [ARGS]``; blackhole: "blackhole")."""

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from helpers.procs import tcp_connections
+
 REPO = Path(__file__).resolve().parents[2]
 EXABGP = str(REPO / ".venv" / "bin" / "exabgp")
 PYTHON = str(REPO / ".venv" / "bin" / "python")
@@ -143,6 +145,12 @@ class SpeakerProcess:
         wait_for(got, 5, "status")
         assert self.status is not None
         return self.status
+
+    def session_id(self, peer_ip: str) -> frozenset[tuple[str, str]]:
+        """The TCP connection of the session with ``peer_ip`` (empty when down): it
+        changes only when the session is reset, and has no clock's resolution or jitter
+        (`helpers.procs.tcp_connections`)."""
+        return tcp_connections(self.netns, peer_ip)
 
     def exabgp_pid(self) -> int:
         return int((self.workdir / "exabgp.pid").read_text())

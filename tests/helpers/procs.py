@@ -1,7 +1,8 @@
-"""Process checks shared by the tests."""
+"""Process and connection checks shared by the tests."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 
@@ -12,3 +13,26 @@ def running(pid: int | str) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def tcp_connections(ns: str, peer: str, port: int = 179) -> frozenset[tuple[str, str]]:
+    """The established TCP connections in namespace ``ns`` with ``peer`` on ``port``
+    (either end: 179 is BGP), as (local, remote) ``address:port`` pairs from ``ss``.
+
+    A BGP session's identity: it keeps its connection for as long as it lives, and a
+    reset opens a new one on a new ephemeral port, so the same set before and after
+    means no reset happened. (BIRD's ``show protocols`` "since" is printed from a
+    monotonic clock converted at each call: two reads of one session can differ by 1 ms.)
+    """
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "ss", "-tnH", "state", "established",
+         f"( sport = :{port} or dport = :{port} )"],
+        capture_output=True, text=True, check=True, timeout=10).stdout
+    found = set()
+    for line in out.splitlines():
+        # With one state asked for, ss prints no State column: Recv-Q Send-Q Local Peer.
+        local, remote = line.split()[2:4]
+        host = remote.rsplit(":", 1)[0].strip("[]")
+        if host.removeprefix("::ffff:") == peer:  # an IPv4 peer on a dual-stack socket
+            found.add((local, remote))
+    return frozenset(found)

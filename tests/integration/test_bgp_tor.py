@@ -68,21 +68,22 @@ def test_announce_import_filter_and_survive_owner_and_exabgp_kill(
     assert st[0]["prefixesIn"] == 1 and st[0]["prefixesOut"] == 1
 
     # kill -9 of the owner (the agent): ExaBGP and the BGP session live on.
-    _, since, _ = bird.protocol("n1")
+    session = bird.session_id("n1")
+    assert session, "no TCP connection for the established session"
     exabgp = sp.exabgp_pid()
     sp.kill9()
     time.sleep(1.0)
-    assert bird.protocol("n1")[1] == since and bird.established("n1")
+    assert bird.session_id("n1") == session and bird.established("n1")
     sp.start()  # a new owner adopts the running ExaBGP, the relay re-attaches
     sp.wait_learned({TOR_POOL_PREFIX: ["10.99.1.2"]})
     assert sp.exabgp_pid() == exabgp
-    assert bird.protocol("n1")[1] == since, "the session at the ToR was reset"
+    assert bird.session_id("n1") == session, "the session at the ToR was reset"
     # Exports changed after the re-attach are still incremental.
     sp.send(f"exports {BLOCK},10.244.1.64/26")
     wait_for(lambda: "10.244.1.64/26" in bird.routes(), 10, "second block at the ToR")
     sp.send(f"exports {BLOCK}")
     wait_for(lambda: "10.244.1.64/26" not in bird.routes(), 10, "second block withdrawn")
-    assert bird.protocol("n1")[1] == since
+    assert bird.session_id("n1") == session
 
     # A route the ToR withdraws is removed from the import table.
     bird.statics = [OUTSIDE, PART_OF_OURS]
