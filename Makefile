@@ -4,6 +4,23 @@ VENV := .venv
 PY := $(VENV)/bin/python
 FABRICCTL := $(VENV)/bin/fabricctl
 
+## Every target needs root (Debian packages, network namespaces, etcd, BIRD). Another user
+## gets the same make again through sudo; where there is no sudo, one line says what to run.
+## (USER_ID and SUDO can be given on the command line: tests/unit/test_makefile.py does.)
+USER_ID := $(shell id -u)
+SUDO := $(shell command -v sudo 2>/dev/null)
+GOALS := $(or $(MAKECMDGOALS),setup)
+
+ifneq ($(USER_ID),0)
+ifeq ($(SUDO),)
+$(error `make $(GOALS)` needs root and there is no sudo here: run `su -c 'make $(GOALS)'`)
+endif
+.PHONY: $(GOALS) as-root
+$(GOALS): as-root ; @:
+as-root:
+	@$(SUDO) -- make --no-print-directory -C "$(CURDIR)" $(MAKECMDGOALS)
+else
+
 .PHONY: setup test test-unit test-integration faults lint demo demo-down bench docs clean
 
 setup:
@@ -50,3 +67,5 @@ docs/architecture.svg: docs/architecture.dot
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis bench/results docs/architecture.svg
+
+endif

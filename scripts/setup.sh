@@ -4,6 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Installing Debian packages needs root: another user runs this again through sudo, or,
+# where there is none, gets one line saying what to run.
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1; then
+    exec sudo -- "$PWD/scripts/setup.sh" "$@"
+  fi
+  echo "setup: needs root and there is no sudo here: run \`su -c '$PWD/scripts/setup.sh'\`" >&2
+  exit 1
+fi
+
 DEB_PACKAGES=(
   etcd-server etcd-client bird2 nftables iptables ipset iproute2 libnftables1
   iputils-ping iperf3 tcpdump graphviz procps psmisc openssl util-linux
@@ -16,10 +26,6 @@ for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "setup: missing Debian packages (${missing[*]}); run as root or install them" >&2
-    exit 1
-  fi
   echo "setup: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   # Packages like etcd-server and frr start their daemon on install, in the root
