@@ -28,6 +28,7 @@ __all__ = [
     "check_label_key",
     "check_label_value",
     "check_labels",
+    "parse_label_selector",
     "type_name",
 ]
 
@@ -287,3 +288,83 @@ class LabelSelector:
                     LabelSelectorRequirement.from_dict(item, f"{path}.matchExpressions[{i}]")
                 )
         return cls(labels, tuple(exprs))
+
+
+_SELECTOR_TOKEN = re.compile(r"\s*(?:(?P<op>==|!=|=|!|\(|\)|,)|(?P<word>[A-Za-z0-9_./-]+))")
+
+
+def parse_label_selector(text: str) -> LabelSelector:
+    """The string form of a label selector, as ``kubectl get -l`` takes it: requirements
+    separated by commas, all of which must hold. ``k=v`` (or ``k==v``), ``k!=v``,
+    ``k in (a,b)``, ``k notin (a,b)``, ``k`` (has the label) and ``!k`` (has not). As in
+    Kubernetes, ``k!=v`` and ``k notin (...)`` also hold when ``k`` is absent. ``""``
+    selects everything. Raises `ValidationError` naming the selector and the problem."""
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        if text[pos:].strip() == "":
+            break
+        m = _SELECTOR_TOKEN.match(text, pos)
+        if m is None:
+            raise ValidationError(None, "", f"label selector {text!r}: unexpected "
+                                            f"{text[pos:].strip()[0]!r} at column {pos + 1}")
+        kind = "op" if m.group("op") else "word"
+        tokens.append((kind, m.group(kind)))
+        pos = m.end()
+    reqs: list[LabelSelectorRequirement] = []
+    i = 0
+
+    def fail(what: str) -> ValidationError:
+        got = repr(tokens[i][1]) if i < len(tokens) else "the end"
+        return ValidationError(None, "", f"label selector {text!r}: expected {what}, got {got}")
+
+    def take(kind: str, value: str | None = None) -> str | None:
+        nonlocal i
+        if i < len(tokens) and tokens[i][0] == kind and value in (None, tokens[i][1]):
+            i += 1
+            return tokens[i - 1][1]
+        return None
+
+    def key() -> str:
+        k = take("word")
+        if k is None:
+            raise fail("a label key")
+        check_label_key(k, "selector")
+        return k
+
+    def value() -> str:
+        v = take("word") or ""  # "k=" selects an empty value
+        check_label_value(v, "selector")
+        return v
+
+    def value_set() -> tuple[str, ...]:
+        if take("op", "(") is None:
+            raise fail("'('")
+        values = [value()]
+        while take("op", ","):
+            values.append(value())
+        if take("op", ")") is None:
+            raise fail("',' or ')'")
+        return tuple(values)
+
+    while i < len(tokens):
+        if take("op", "!"):
+            reqs.append(LabelSelectorRequirement(key(), "DoesNotExist"))
+        else:
+            k = key()
+            if take("op", "=") or take("op", "=="):
+                reqs.append(LabelSelectorRequirement(k, "In", (value(),)))
+            elif take("op", "!="):
+                reqs.append(LabelSelectorRequirement(k, "NotIn", (value(),)))
+            elif take("word", "in"):
+                reqs.append(LabelSelectorRequirement(k, "In", value_set()))
+            elif take("word", "notin"):
+                reqs.append(LabelSelectorRequirement(k, "NotIn", value_set()))
+            else:
+                reqs.append(LabelSelectorRequirement(k, "Exists"))
+        if i < len(tokens):
+            if take("op", ",") is None:
+                raise fail("',' or the end")
+            if i == len(tokens):
+                raise fail("a label key")
+    return LabelSelector(FrozenMap(), tuple(reqs))

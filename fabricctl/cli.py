@@ -17,6 +17,7 @@ from typing import Any
 from datastore.version import l3fabric_version
 
 from .common import CliError
+from .completion_cmd import autocomplete
 from .config import CONFIG_ENV, DEFAULT_CONFIG_PATHS, SETTINGS, resolve
 
 # Sub-command modules; each has add_parser(s)(sub). Optional ones may be absent while a
@@ -31,6 +32,8 @@ _MODULES = [
     ("fabricctl.lab_cmd", "add_parser"),
     ("fabricctl.install_cmd", "add_parsers"),
     ("fabricctl.tor_cmd", "add_parser"),
+    ("fabricctl.version_cmd", "add_parser"),
+    ("fabricctl.completion_cmd", "add_parser"),
 ]
 
 
@@ -107,6 +110,7 @@ def resolve_connection(args: argparse.Namespace, environ: Mapping[str, str]) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    autocomplete(parser)  # a completion request from the shell: answered, then exit
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

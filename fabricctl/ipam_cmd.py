@@ -1,4 +1,4 @@
-"""``fabricctl ipam show [--blocks] | check [--fix] | release IP`` (DESIGN §9).
+"""``fabricctl ipam show [--blocks | --ip ADDR] | check [--fix] | release IP`` (DESIGN §9).
 
 Owns only presentation: the data comes from ``ipam.report``, ``ipam.check`` and
 ``ipam.allocator``. ``check`` exits 1 when problems remain (so scripts can gate on it) and
@@ -20,7 +20,7 @@ from fabricctl.output import add_output_flag, dump, table
 from ipam.allocator import IpamClient
 from ipam.check import DEFAULT_CLAIM_GRACE, DEFAULT_LEAK_GRACE, FixResult, check
 from ipam.model import IpamError
-from ipam.report import utilisation
+from ipam.report import address_holder, utilisation
 from ipam.snapshot import load_snapshot
 
 
@@ -32,8 +32,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     def out_flag(q: argparse.ArgumentParser) -> None:
         add_output_flag(q)
 
-    s = isub.add_parser("show", help="pool (and with --blocks block) utilisation")
+    s = isub.add_parser("show", help="pool (and with --blocks block) utilisation; with --ip, "
+                                     "who holds one address")
     s.add_argument("--blocks", action="store_true", help="one row per block as well")
+    s.add_argument("--ip", metavar="ADDR", default=None,
+                   help="who holds ADDR: handle, pod, node, block (exit 1 if nobody)")
     out_flag(s)
     s.set_defaults(func=cmd_show)
 
@@ -54,7 +57,40 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     r.set_defaults(func=cmd_release)
 
 
+def cmd_show_ip(args: argparse.Namespace) -> int:
+    try:
+        netaddr.IPAddress(args.ip)
+    except (netaddr.AddrFormatError, ValueError) as e:
+        raise CliError(f"--ip {args.ip!r} is not an IP address", usage=True) from e
+
+    async def go(ds: Datastore) -> dict[str, Any]:
+        return address_holder(await load_snapshot(ds), args.ip)
+
+    d = run(args, go)
+    if args.output != "table":
+        dump(d, args.output)
+    elif d["allocated"]:
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(d["since"])) if d["since"] else ""
+        pod = f"{d['namespace']}/{d['pod']}" if d["pod"] else ""
+        table(["ADDRESS", "HANDLE", "POD", "NODE", "BLOCK", "BLOCK NODE", "POOL", "SINCE"],
+              [[d["address"], d["handle"], pod, d["node"], d["block"], d["blockNode"],
+                d["pool"], since]])
+        if not d["handleRecord"]:
+            print(f"fabricctl: warning: handle {d['handle']} has no record of {d['address']} "
+                  "(run fabricctl ipam check)", file=sys.stderr)
+    else:
+        where = (f"block {d['block']} (node {d['blockNode']})" if d["block"]
+                 else "no block" if d["pool"] else "no pool")
+        print(f"{d['address']} is not allocated ({where}"
+              f"{', pool ' + d['pool'] if d['pool'] else ''}"
+              f"{', reserved' if d['reserved'] else ''})")
+    return 0 if d["allocated"] else 1
+
+
 def cmd_show(args: argparse.Namespace) -> int:
+    if args.ip is not None:
+        return cmd_show_ip(args)
+
     async def go(ds: Datastore) -> dict[str, Any]:
         return utilisation(await load_snapshot(ds), with_blocks=args.blocks)
 

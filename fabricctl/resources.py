@@ -19,9 +19,11 @@ import yaml
 from datastore import keys, model
 from datastore.cas import cas_retry
 from datastore.client import KV, Datastore
+from datastore.labelselector import parse_label_selector
 from datastore.schema import SchemaError, ensure_schema
 
 from .common import CliError, run
+from .completion_cmd import complete_with
 from .output import add_output_flag, dig, dump, table
 
 # Table columns per kind: header -> dotted path into the framed object.
@@ -48,28 +50,61 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
     "NodeStatus": [("UPDATED", "status.updated")],
 }
 
+# More columns with ``-o wide`` (appended after COLUMNS, before STATUS).
+WIDE_COLUMNS: dict[str, list[tuple[str, str]]] = {
+    "IPPool": [("LABELS", "metadata.labels")],
+    "IPAMConfig": [("RELEASECOOLDOWN", "spec.releaseCooldownSeconds")],
+    "BGPConfiguration": [("GRACEFULRESTART", "spec.gracefulRestart.enabled"),
+                         ("COMMUNITIES", "spec.communities")],
+    "BGPPeer": [("LOCALASN", "spec.localASNumber"), ("TTLSECURITY", "spec.ttlSecurity"),
+                ("RRCLIENT", "spec.routeReflectorClient"), ("LABELS", "metadata.labels")],
+    "Node": [("IPV6", "spec.bgp.ipv6Address")],
+    "Namespace": [],
+    "NetworkPolicy": [("LABELS", "metadata.labels")],
+    "GlobalNetworkPolicy": [("NAMESPACESELECTOR", "spec.namespaceSelector"),
+                            ("LABELS", "metadata.labels")],
+    "WorkloadEndpoint": [("POD", "spec.pod"), ("CONTAINER", "spec.containerID"),
+                         ("MAC", "spec.mac")],
+    "IPReservation": [("LABELS", "metadata.labels")],
+    "NodeStatus": [("INSYNC", "status.inSync"), ("VERSION", "status.version")],
+}
+
+GET_FORMATS = ("table", "wide", "name", "json", "yaml")
+
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a = sub.add_parser("apply", help="create or update resources from YAML/JSON")
     a.add_argument("-f", "--filename", required=True, help="file with one or more documents, or -")
     a.set_defaults(func=cmd_apply)
+    kinds = sorted({k.lower() for k in model.KINDS} | set(model.ALIASES))
 
     g = sub.add_parser("get", help="show resources")
-    g.add_argument("kind", help="ippool, bgpconfig, bgppeer, node, namespace, networkpolicy, "
-                   "globalnetworkpolicy, workloadendpoint, ipreservation, ipamconfig")
+    complete_with(g.add_argument(
+        "kind", help="ippool, bgpconfig, bgppeer, node, namespace, networkpolicy, "
+                     "globalnetworkpolicy, workloadendpoint, ipreservation, ipamconfig, "
+                     "nodestatus"), kinds)
     g.add_argument("name", nargs="?", help="one resource (default: all of the kind)")
     g.add_argument("-n", "--namespace", default=None,
                    help="namespace of namespaced kinds (default: default)")
     g.add_argument("-A", "--all-namespaces", action="store_true",
                    help="namespaced kinds: list every namespace")
-    add_output_flag(g)
+    g.add_argument("-l", "--selector", default=None, metavar="SELECTOR",
+                   help="only resources whose labels match, as kubectl takes it: "
+                        "'k=v,k2!=v2,k3 in (a,b),k4 notin (c),k5,!k6' (workload endpoints: "
+                        "the pod's labels)")
+    add_output_flag(g, GET_FORMATS)
     g.set_defaults(func=cmd_get)
 
-    d = sub.add_parser("delete", help="delete a resource")
-    d.add_argument("kind", help="the resource's kind (as for get)")
-    d.add_argument("name", help="the resource's name")
+    d = sub.add_parser("delete", help="delete resources named on the line or in a file")
+    complete_with(d.add_argument("kind", nargs="?", help="the resource's kind (as for get)"),
+                  kinds)
+    d.add_argument("name", nargs="?", help="the resource's name")
     d.add_argument("-n", "--namespace", default=None,
                    help="namespace of namespaced kinds (default: default)")
+    d.add_argument("-f", "--filename", default=None,
+                   help="delete what this file (or - for stdin) describes, as apply takes it")
+    d.add_argument("--ignore-not-found", action="store_true",
+                   help="a resource that does not exist is not an error")
     d.set_defaults(func=cmd_delete)
 
     lab = sub.add_parser("label", help="set (k=v) or remove (k-) labels")
@@ -135,14 +170,19 @@ def _row_obj(kv: KV) -> dict[str, Any]:
 
 # -- commands --------------------------------------------------------------------------
 
-def cmd_apply(args: argparse.Namespace) -> int:
-    docs = load_documents(args.filename)
+def _parse_all(filename: str) -> list[model.Resource]:
+    """Every document of a file, validated; the first bad one stops everything."""
     resources: list[model.Resource] = []
-    for i, doc in enumerate(docs):
+    for i, doc in enumerate(load_documents(filename)):
         try:
             resources.append(model.parse_document(doc))
         except ValueError as e:
-            raise CliError(f"{args.filename}: document {i + 1}: {e}") from e
+            raise CliError(f"{filename}: document {i + 1}: {e}") from e
+    return resources
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    resources = _parse_all(args.filename)
 
     async def go(ds: Datastore) -> list[str]:
         try:
@@ -177,6 +217,14 @@ def _list_prefix(cls: type[model.Resource], namespace: str | None) -> str:
     return model.key_prefix_for_kind(cls.kind, namespace)
 
 
+def _labels_of(obj: dict[str, Any]) -> dict[str, str]:
+    """The labels ``-l`` matches: a workload endpoint's are its pod's (``spec.labels``)."""
+    if "invalid" in obj:
+        return {}
+    path = "spec.labels" if obj.get("kind") == "WorkloadEndpoint" else "metadata.labels"
+    return dict(dig(obj, path) or {})
+
+
 def cmd_get(args: argparse.Namespace) -> int:
     cls = resolve_kind(args.kind)
     ns = args.namespace
@@ -184,6 +232,12 @@ def cmd_get(args: argparse.Namespace) -> int:
         ns = "default"
     if args.all_namespaces:
         ns = None
+    selector = None
+    if args.selector is not None:
+        try:
+            selector = parse_label_selector(args.selector)
+        except ValueError as e:
+            raise CliError(f"-l: {e}", usage=True) from e
 
     async def go(ds: Datastore) -> list[KV]:
         kvs, _ = await ds.list(_list_prefix(cls, ns))
@@ -200,10 +254,19 @@ def cmd_get(args: argparse.Namespace) -> int:
         if not objs:
             where = f" in namespace {ns}" if cls.namespaced and ns else ""
             raise CliError(f"{cls.kind} {args.name!r} not found{where}")
-    if args.output != "table":
+    if selector is not None:
+        objs = [o for o in objs if selector.matches(_labels_of(o))]
+    if args.output in ("json", "yaml"):
         dump(objs[0] if args.name and len(objs) == 1 else objs, args.output)
+    elif not objs:
+        # As kubectl: a message on stderr, nothing on stdout, success.
+        where = f" in {ns} namespace" if cls.namespaced and ns else ""
+        print(f"No resources found{where}.", file=sys.stderr)
+    elif args.output == "name":
+        for o in objs:
+            print(f"{cls.kind.lower()}/{_name_of(o)}")
     else:
-        _print_table(cls, objs, show_ns=cls.namespaced)
+        _print_table(cls, objs, show_ns=cls.namespaced, wide=args.output == "wide")
     invalid = [o for o in objs if "invalid" in o]
     if args.name and invalid:
         print(f"fabricctl: {invalid[0]['invalid']}", file=sys.stderr)
@@ -220,8 +283,8 @@ def _name_of(obj: dict[str, Any]) -> str:
 
 
 def _print_table(cls: type[model.Resource], objs: Iterable[dict[str, Any]],
-                 show_ns: bool) -> None:
-    cols = COLUMNS.get(cls.kind, [])
+                 show_ns: bool, wide: bool = False) -> None:
+    cols = COLUMNS.get(cls.kind, []) + (WIDE_COLUMNS.get(cls.kind, []) if wide else [])
     headers = (["NAMESPACE"] if show_ns else []) + ["NAME"] + [h for h, _ in cols] + ["STATUS"]
     rows = []
     for o in objs:
@@ -235,41 +298,68 @@ def _print_table(cls: type[model.Resource], objs: Iterable[dict[str, Any]],
     table(headers, rows)
 
 
-def cmd_delete(args: argparse.Namespace) -> int:
+async def _delete_one(ds: Datastore, cls: type[model.Resource], name: str,
+                      ns: str | None) -> bool:
+    """Delete one resource the way its kind needs; False when it does not exist."""
+    if cls.kind == "Node":
+        from ipam.removal import remove_node
+
+        removal = await remove_node(ds, name)
+        print(f"node {name}: {removal}")
+        return removal.node_existed
+    if cls.kind == "IPPool":
+        from ipam.allocator import delete_pool  # refuses while the pool has allocations
+        from ipam.model import IpamError
+
+        if await ds.get(keys.ippool(name)) is None:
+            return False
+        try:
+            await delete_pool(ds, name)
+        except IpamError as e:
+            raise CliError(str(e)) from e
+        return True
+    kvs, _ = await ds.list(_list_prefix(cls, ns))
+    for kv in kvs:
+        parsed = keys.parse(kv.key)
+        if (parsed and parsed.kind == cls.kind and parsed.name == name
+                and (not cls.namespaced or (parsed.namespace or "default") == ns)):
+            return await ds.delete(kv.key, kv.mod_revision)
+    return False
+
+
+def _targets_from_args(args: argparse.Namespace
+                       ) -> list[tuple[type[model.Resource], str, str | None]]:
+    """What ``delete`` removes: KIND NAME on the line, or every document of ``-f``."""
+    if args.filename is not None:
+        if args.kind or args.name:
+            raise CliError("delete takes KIND NAME or -f FILE, not both", usage=True)
+        out: list[tuple[type[model.Resource], str, str | None]] = []
+        for res in _parse_all(args.filename):
+            ns = (res.metadata.namespace or "default") if res.namespaced else None
+            out.append((type(res), res.metadata.name, ns))
+        return out
+    if not args.kind or not args.name:
+        raise CliError("delete needs KIND NAME, or -f FILE", usage=True)
     cls = resolve_kind(args.kind)
-    ns = (args.namespace or "default") if cls.namespaced else None
+    return [(cls, args.name, (args.namespace or "default") if cls.namespaced else None)]
 
-    async def go(ds: Datastore) -> bool:
-        if cls.kind == "Node":
-            from ipam.removal import remove_node
 
-            removal = await remove_node(ds, args.name)
-            print(f"node {args.name}: {removal}")
-            return removal.node_existed
-        if cls.kind == "IPPool":
-            from ipam.allocator import delete_pool  # refuses while the pool has allocations
-            from ipam.model import IpamError
+def cmd_delete(args: argparse.Namespace) -> int:
+    targets = _targets_from_args(args)
 
-            if await ds.get(keys.ippool(args.name)) is None:
-                return False
-            try:
-                await delete_pool(ds, args.name)
-            except IpamError as e:
-                raise CliError(str(e)) from e
-            return True
-        prefix = _list_prefix(cls, ns)
-        kvs, _ = await ds.list(prefix)
-        for kv in kvs:
-            parsed = keys.parse(kv.key)
-            if parsed and parsed.kind == cls.kind and parsed.name == args.name:
-                return await ds.delete(kv.key, kv.mod_revision)
-        return False
+    async def go(ds: Datastore) -> list[bool]:
+        return [await _delete_one(ds, cls, name, ns) for cls, name, ns in targets]
 
-    if not run(args, go):
-        where = f" in namespace {ns}" if ns else ""
-        raise CliError(f"{cls.kind} {args.name!r} not found{where}")
-    print(f"{cls.kind} {(ns + '/') if ns else ''}{args.name} deleted")
-    return 0
+    missing = 0
+    for (cls, name, ns), existed in zip(targets, run(args, go), strict=True):
+        what = f"{cls.kind} {(ns + '/') if ns else ''}{name}"
+        if existed:
+            print(f"{what} deleted")
+        elif not args.ignore_not_found:
+            where = f" in namespace {ns}" if ns else ""
+            print(f"fabricctl: {cls.kind} {name!r} not found{where}", file=sys.stderr)
+            missing += 1
+    return 1 if missing else 0
 
 
 def parse_label_args(items: list[str]) -> tuple[dict[str, str], list[str]]:

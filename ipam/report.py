@@ -67,3 +67,39 @@ def utilisation(s: Snapshot, with_blocks: bool = False) -> dict[str, Any]:
     if with_blocks:
         out["blocks"] = blocks
     return out
+
+
+def address_holder(s: Snapshot, address: str) -> dict[str, Any]:
+    """Who holds ``address`` (``ipam show --ip``): its pool, block and the block's node, and,
+    when allocated, the handle, pod and node stored with it, and whether the handle record
+    and a WorkloadEndpoint agree. ``allocated`` is False for a free address, and ``block``
+    None when no block covers it yet. Raises ValueError for a string that is no address."""
+    ip = netaddr.IPAddress(address)
+    addr = str(ip)
+    pool = next((p for p in s.pools if p.contains(addr)), None)
+    out: dict[str, Any] = {
+        "address": addr, "pool": pool.name if pool else None, "block": None,
+        "blockNode": None, "allocated": False, "handle": None, "namespace": None,
+        "pod": None, "node": None, "since": None, "handleRecord": None,
+        "workloadEndpoint": addr in s.workload_ips,
+        "reserved": bool(s.reservations) and ip in netaddr.IPSet(s.reservations),
+    }
+    for cidr in s.blocks:
+        net = netaddr.IPNetwork(cidr)
+        if ip.version != net.version or ip not in net:
+            continue
+        out["block"] = cidr
+        blk = s.parsed.get(cidr)
+        if blk is None:
+            out["problem"] = f"block {cidr} is corrupt: {s.corrupt_blocks.get(cidr)}"
+            break
+        out["blockNode"] = blk.node
+        at = blk.attrs(blk.ordinal(addr))
+        if at is not None:
+            rec = s.handle_records.get(at.handle)
+            out.update(allocated=True, handle=at.handle, namespace=at.namespace or None,
+                       pod=at.pod or None, node=at.node or blk.node, since=at.time or None,
+                       handleRecord=rec is not None and any(
+                           e.address == addr for e in rec.entries))
+        break
+    return out
