@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from helpers import shims
 
 from datastore.embedded import EmbeddedEtcd
 from felix_like.netlink import delete_netns
@@ -41,6 +42,16 @@ def _remove_tmp_paths(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
     its own (pytest's ``tmp_path_retention_policy = "none"`` removed those too)."""
     yield
     shutil.rmtree(tmp_path_factory.getbasetemp(), ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cni_shims() -> Iterator[None]:
+    """The CNI shims the tests exec are the ones ``fabricctl install-cni`` writes
+    (`helpers.shims`: installed on first use); they go when the session ends."""
+    try:
+        yield
+    finally:
+        shims.remove()
 
 
 def _etcd_member() -> Iterator[EmbeddedEtcd]:

@@ -10,7 +10,8 @@ What it makes, for lab ``L`` (all recorded in the state file *before* being made
   ``net.ipv4.ip_forward=1`` and the node's other ``sysctls`` — inside the namespace;
 * BIRD in every router namespace, an agent (``fabric-agent``) in every node namespace,
   each in its own session, logging under the lab directory;
-* pods (``lab pod add``): ``clab-L-pod-<ns>-<pod>``, wired by the real CNI plugin.
+* pods (``lab pod add``): ``clab-L-pod-<ns>-<pod>``, wired by the real CNI plugin, as
+  ``fabricctl install-cni`` writes it, in the lab directory's ``cni-bin/``.
 
 Safety (PLATFORM.md): nothing is created in, routed through or enabled in the root
 namespace. Veths are created directly inside their namespaces (``ip link add … netns``),
@@ -37,6 +38,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cni.shim import IPAM_PLUGIN, PLUGIN, pick_interpreter, write_executable
 from datastore import keys
 from datastore.embedded import EmbeddedEtcd
 
@@ -475,6 +477,18 @@ def exec_argv(state: LabState, node: str, cmd: Sequence[str]) -> list[str]:
     return in_netns(ns, *cmd)
 
 
+def _cni_bin(state: LabState) -> Path:
+    """The lab's CNI plugins, written on first use exactly as ``fabricctl install-cni``
+    writes them (the runtime's path), into the lab directory, which ``down`` removes."""
+    bin_dir = Path(state.dir) / "cni-bin"
+    if not all((bin_dir / exe).exists() for exe in (PLUGIN, IPAM_PLUGIN)):
+        bin_dir.mkdir(parents=True, exist_ok=True)
+        python = pick_interpreter()
+        for exe in (PLUGIN, IPAM_PLUGIN):
+            write_executable(bin_dir / exe, exe, python)
+    return bin_dir
+
+
 def _cni(state: LabState, command: str, node: str, ns: str, pod: str, netns: str,
          labels: dict[str, str]) -> subprocess.CompletedProcess[str]:
     conf: dict[str, Any] = {
@@ -486,13 +500,13 @@ def _cni(state: LabState, command: str, node: str, ns: str, pod: str, netns: str
         conf["args"] = {"cni": {"labels": [{"key": k, "value": v} for k, v in labels.items()]}}
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": f"lab-{state.lab}-{ns}-{pod}",
            "CNI_NETNS": f"/var/run/netns/{netns}" if netns else "", "CNI_IFNAME": "eth0",
-           "CNI_PATH": str(BIN_DIR),
+           "CNI_PATH": str(_cni_bin(state)),
            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod}",
            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     # Run the plugin the way a runtime on the node would: inside the node's namespace.
     return subprocess.run(
         in_netns(state.nodes[node]["netns"], "env", "-i",
-                 *[f"{k}={v}" for k, v in env.items()], str(BIN_DIR / "l3fabric")),
+                 *[f"{k}={v}" for k, v in env.items()], env["CNI_PATH"] + f"/{PLUGIN}"),
         input=json.dumps(conf), capture_output=True, text=True, timeout=150)
 
 

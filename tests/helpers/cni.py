@@ -36,8 +36,6 @@ from ipam.allocator import IpamClient
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = REPO / ".venv" / "bin"
-PLUGIN_EXE = VENV_BIN / "l3fabric"
-IPAM_EXE = VENV_BIN / "l3fabric-ipam"
 REFERENCE_DIR = Path("/usr/lib/cni")
 NETNS_DIR = "/var/run/netns"
 

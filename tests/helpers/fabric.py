@@ -12,8 +12,8 @@ What a `Fabric` makes and owns (all of it goes in `close()`, also after a failur
   route-reflector clients (Calico's AS-per-rack: a rack's nodes share the ToR's AS), other
   ToRs are eBGP neighbours (several parallel links give ECMP; ``merge paths on``);
 - **links**: veth pairs with an address on each end (/30s to ToRs, /24 on a bridge);
-- **pods**: namespaces wired by the real CNI shim (``.venv/bin/l3fabric``) through the
-  node agent's socket.
+- **pods**: namespaces wired by the real CNI shim (as ``fabricctl install-cni`` installs
+  it: `helpers.shims`) through the node agent's socket.
 
 Builders: `two_racks` (nodes peer only with their ToR: ``nodeToNodeMesh: false`` plus one
 BGPPeer per node) and `lan` (nodes on one bridge: full mesh, or route reflectors).
@@ -37,6 +37,7 @@ from typing import Any
 
 from datastore.embedded import EmbeddedEtcd
 from felix_like.netlink import run_in_netns
+from helpers import shims
 from helpers.bird import Bird, BirdPeer, kernel_routes
 from helpers.exabgp import link, wait_for
 
@@ -74,7 +75,7 @@ def shim_input(command: str, agent_socket: str, container: str, pod_ns: str, pod
         args += f";IP={ip}"
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container,
            "CNI_NETNS": f"/var/run/netns/{pod_ns}", "CNI_IFNAME": "eth0", "CNI_ARGS": args,
-           "CNI_PATH": str(BIN), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+           "CNI_PATH": str(shims.bin_dir()), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     return json.dumps(conf), env
 
 
@@ -129,7 +130,7 @@ class Node:
         """CNI ADD through this node's agent with the real shim (`shim_input` takes
         ``ip``, ``labels``, ``ipam``); fails the test unless it succeeds; the result."""
         stdin, env = shim_input("ADD", self.socket, container, pod_ns, pod, **kw)
-        r = subprocess.run([str(BIN / "l3fabric")], input=stdin, env=env,
+        r = subprocess.run([str(shims.installed())], input=stdin, env=env,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
         return dict(json.loads(r.stdout))
@@ -285,7 +286,7 @@ class Fabric:
         ns = self.make_ns("pod")
         container = f"c-{name}"
         stdin, env = shim_input("ADD", n.socket, container, ns, name, ip=ip)
-        proc = subprocess.Popen([str(BIN / "l3fabric")], stdin=subprocess.PIPE,
+        proc = subprocess.Popen([str(shims.installed())], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
                                 text=True)
         assert proc.stdin is not None
@@ -299,7 +300,7 @@ class Fabric:
         pod = self.pods.pop(name)
         stdin, env = shim_input("DEL", self.nodes[pod.node].socket, pod.container, pod.ns,
                                 name)
-        r = subprocess.run([str(BIN / "l3fabric")], input=stdin, env=env,
+        r = subprocess.run([str(shims.installed())], input=stdin, env=env,
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 0, f"DEL {name} on {pod.node}: {r.stdout} {r.stderr}"
 

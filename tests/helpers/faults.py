@@ -12,8 +12,9 @@ failure:
 - `etcd_in_netns`: an etcd member started *inside* a namespace (its loopback only), for
   agents that must speak TCP/TLS to etcd without any path to the host;
 - `Pinger`: a 10 ms ``ping`` between two pods, read for loss afterwards;
-- shims: `shim` / `shims` exec the real CNI plugin (``.venv/bin/l3fabric``) as runtimes
-  do, one or many at once (each one a process of its own, bounded by a timeout).
+- shims: `shim` / `shims` exec the real CNI plugin (as ``fabricctl install-cni`` installs
+  it: `helpers.shims`) as runtimes do, one or many at once (each one a process of its
+  own, bounded by a timeout).
 
 Nothing here runs in the root namespace except etcd on 127.0.0.1 and the CLI tools.
 """
@@ -33,6 +34,7 @@ from typing import Any
 
 from datastore.embedded import EmbeddedEtcd
 from felix_like.netlink import delete_netns, run_in_netns
+from helpers import shims as cni_shims
 from helpers.bird import Bird, BirdPeer
 from helpers.fabric import Fabric, Node, Pod, link, wait_for
 
@@ -154,7 +156,7 @@ def conf(socket: str, version: str = "1.0.0", **extra: Any) -> dict[str, Any]:
 def shim_env(command: str, container: str, pod_ns: str | None, pod: str) -> dict[str, str]:
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container, "CNI_IFNAME": "eth0",
            "CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}",
-           "CNI_PATH": str(BIN), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+           "CNI_PATH": str(cni_shims.bin_dir()), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     if pod_ns is not None:
         env["CNI_NETNS"] = f"/var/run/netns/{pod_ns}"
     return env
@@ -162,7 +164,8 @@ def shim_env(command: str, container: str, pod_ns: str | None, pod: str) -> dict
 
 def _spawn(command: str, socket: str, container: str, pod_ns: str | None, pod: str,
            netconf: dict[str, Any] | None) -> subprocess.Popen[str]:
-    p = subprocess.Popen([str(BIN / "l3fabric")], env=shim_env(command, container, pod_ns, pod),
+    p = subprocess.Popen([str(cni_shims.installed())],
+                         env=shim_env(command, container, pod_ns, pod),
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
     assert p.stdin is not None
@@ -224,9 +227,10 @@ def gc(socket: str, valid: Sequence[str]) -> ShimResult:
     netconf = conf(socket, "1.1.0")
     netconf["cni.dev/valid-attachments"] = [{"containerID": c, "ifname": "eth0"}
                                             for c in valid]
-    env = {"CNI_COMMAND": "GC", "CNI_PATH": str(BIN), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    env = {"CNI_COMMAND": "GC", "CNI_PATH": str(cni_shims.bin_dir()),
+           "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
     t0 = time.monotonic()
-    r = subprocess.run([str(BIN / "l3fabric")], env=env, input=json.dumps(netconf),
+    r = subprocess.run([str(cni_shims.installed())], env=env, input=json.dumps(netconf),
                        capture_output=True, text=True, timeout=60)
     return ShimResult("", "", r.returncode, r.stdout, r.stderr, time.monotonic() - t0)
 
@@ -341,7 +345,7 @@ def add_pod(fab: Fabric, node: str, name: str, make_ns: Any) -> Pod:
     ns = make_ns("pod")
     n = fab.nodes[node]
     env = shim_env("ADD", f"c-{name}", ns, name)
-    r = subprocess.run([str(BIN / "l3fabric")], env=env, input=json.dumps(conf(n.socket)),
+    r = subprocess.run([str(cni_shims.installed())], env=env, input=json.dumps(conf(n.socket)),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, f"ADD {name} on {node}: {r.stdout} {r.stderr}"
     pod = Pod(name, node, ns, json.loads(r.stdout)["ips"][0]["address"].split("/")[0],

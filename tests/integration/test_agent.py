@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import shims
 from helpers.fabric import BIN, Node
 from helpers.procs import running
 
@@ -63,8 +64,8 @@ def cni_result(agent: Node, command: str, container: str, pod_ns: str,
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container,
            "CNI_NETNS": f"/var/run/netns/{pod_ns}", "CNI_IFNAME": "eth0",
            "CNI_ARGS": f"K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod}",
-           "CNI_PATH": str(BIN), "PATH": "/usr/bin:/bin"}
-    r = subprocess.run([str(BIN / "l3fabric")], input=json.dumps(conf), env=env,
+           "CNI_PATH": str(shims.bin_dir()), "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([str(shims.installed())], input=json.dumps(conf), env=env,
                        capture_output=True, text=True, timeout=60)
     return r.returncode, r.stdout + r.stderr
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import netaddr
+from helpers import shims
 from helpers.exabgp import wait_for
 from helpers.fabric import API, BIN, Fabric, Node
 from integration import test_agent
@@ -210,7 +211,7 @@ def cni_status(agent: Node) -> tuple[int, str]:
     """The shim's STATUS (CNI 1.1.0) through ``agent``: exit code and output."""
     conf = {"cniVersion": "1.1.0", "name": "l3net", "type": "l3fabric",
             "agentSocket": agent.socket, "ipam": {"type": "l3fabric-ipam"}}
-    r = subprocess.run([str(BIN / "l3fabric")], input=json.dumps(conf), capture_output=True,
+    r = subprocess.run([str(shims.installed())], input=json.dumps(conf), capture_output=True,
                        env={"CNI_COMMAND": "STATUS", "PATH": "/usr/bin:/bin"}, text=True,
                        timeout=60)
     return r.returncode, r.stdout

@@ -1,10 +1,10 @@
 """CNI 1.1.0 conformance of l3fabric, against the real executables.
 
-Every test runs the real shims (``.venv/bin/l3fabric`` and the ones install-cni writes)
-as a runtime would: environment + stdin, exec'd. Behind them: a real `CniHandler` and
-`CniServer` in this process, a real etcd with an IPPool, and a throw-away node namespace
-(the agent's node) with pod namespaces. Reference plugins that touch the node (ptp,
-portmap) run inside the node namespace.
+Every test runs the real shims (the ones ``fabricctl install-cni`` writes: `helpers.shims`,
+and the same code's per test) as a runtime would: environment + stdin, exec'd. Behind
+them: a real `CniHandler` and `CniServer` in this process, a real etcd with an IPPool,
+and a throw-away node namespace (the agent's node) with pod namespaces. Reference
+plugins that touch the node (ptp, portmap) run inside the node namespace.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import shims
 
 from cni.plumbing import host_veth_name
 from datastore import keys
 from datastore.embedded import EmbeddedEtcd
 from tests.helpers.cni import (
-    IPAM_EXE,
-    PLUGIN_EXE,
     REFERENCE_DIR,
     Fabric,
     cni_env,
@@ -62,6 +61,10 @@ async def fab(module_etcd: EmbeddedEtcd, netns: Callable[[str], str],
 
         await f.ds.put(m.key_for(pool), m.encode(pool))
         yield f
+
+
+def ipam_exe() -> Path:
+    return shims.installed("l3fabric-ipam")
 
 
 def _addr(result: dict[str, Any]) -> str:
@@ -158,14 +161,15 @@ async def test_labels_ports_and_default_namespace_in_workload(fab: Fabric,
     await _assert_gone(fab, pod)
 
 
-async def test_console_script_executable_and_version(fab: Fabric,
-                                                     netns: Callable[[str], str]) -> None:
+async def test_install_cni_executable_add_version_del(fab: Fabric,
+                                                      netns: Callable[[str], str]) -> None:
     pod = netns("pod")
-    r = (await fab.add(pod, "cid-v", exe=str(PLUGIN_EXE))).ok()
+    exe = str(shims.installed())
+    r = (await fab.add(pod, "cid-v", exe=exe)).ok()
     assert _addr(r.json).startswith("10.244.")
-    v = (await fab.call("VERSION", {"cniVersion": "1.1.0"}, exe=str(PLUGIN_EXE))).ok().json
+    v = (await fab.call("VERSION", {"cniVersion": "1.1.0"}, exe=exe)).ok().json
     assert v["cniVersion"] == "1.1.0" and set(VERSIONS) <= set(v["supportedVersions"])
-    (await fab.delete(pod, "cid-v", exe=str(PLUGIN_EXE))).ok()
+    (await fab.delete(pod, "cid-v", exe=exe)).ok()
     await _assert_gone(fab, pod)
 
 
@@ -229,7 +233,7 @@ async def test_agent_unreachable_is_code_11_naming_socket(fab: Fabric,
     assert r.exit != 0 and r.code == 11 and sock in r.json["msg"]
     ipam_conf = {"cniVersion": "1.0.0", "name": "x", "type": "ptp",
                  "ipam": {"type": "l3fabric-ipam", "agentSocket": sock}}
-    r = await exec_plugin(IPAM_EXE, cni_env("ADD", netns=ns_path(pod)), ipam_conf)
+    r = await exec_plugin(ipam_exe(), cni_env("ADD", netns=ns_path(pod)), ipam_conf)
     assert r.code == 11 and sock in r.json["msg"]
 
 
@@ -515,11 +519,11 @@ async def test_l3fabric_ipam_alone_returns_ipam_result(fab: Fabric,
     conf = {"cniVersion": "0.4.0", "name": "x", "type": "bridge",
             "ipam": {"type": "l3fabric-ipam", "agentSocket": fab.socket}}
     env = cni_env("ADD", container_id="c-ipam", netns=ns_path(pod))
-    res = (await exec_plugin(IPAM_EXE, env, conf)).ok().json
+    res = (await exec_plugin(ipam_exe(), env, conf)).ok().json
     assert "interfaces" not in res and res["ips"][0]["version"] == "4"
     assert res["ips"][0]["address"].endswith("/16")
     assert fab_links(fab.node) == []
-    (await exec_plugin(IPAM_EXE, cni_env("DEL", container_id="c-ipam"), conf)).ok()
+    (await exec_plugin(ipam_exe(), cni_env("DEL", container_id="c-ipam"), conf)).ok()
     assert await fab.handles() == []
 
 

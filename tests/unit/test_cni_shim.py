@@ -385,17 +385,6 @@ def test_write_executable_rejects_bad_arguments(sock_dir: Path) -> None:
         shim.write_executable(sock_dir / "x", "plugin", "python3")
 
 
-def test_console_script_version() -> None:
-    exe = Path(sys.executable).parent / "l3fabric-ipam"
-    if not exe.exists():
-        pytest.skip("console scripts not installed in this environment")
-    proc = subprocess.run(
-        [str(exe)], input=b"", env={"CNI_COMMAND": "VERSION"}, capture_output=True, check=False
-    )
-    assert proc.returncode == 0
-    assert json.loads(proc.stdout)["cniVersion"] == "1.1.0"
-
-
 # ------------------------------------------------------------------ the shims' interpreter
 
 
