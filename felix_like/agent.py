@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import random
@@ -48,9 +49,25 @@ from datastore.syncer import ConfigError, ConnectionState, Deleted, InSync, Sync
 from datastore.version import l3fabric_version
 from felix_like import calc
 from felix_like.metrics import HealthServer, Metrics
-from felix_like.netlink import open_address_monitor, open_iproute
+from felix_like.netlink import (
+    AddressChange,
+    LinkChange,
+    MonitorEvent,
+    RouteDeleted,
+    link_states,
+    open_iproute,
+    open_monitor,
+    parse_monitor,
+)
 from felix_like.policy.manager import PolicyManager
-from felix_like.routes import Route, RouteManager, register_rt_protos
+from felix_like.routes import (
+    OWNED_PROTOS,
+    RT_TABLE_MAIN,
+    ApplyResult,
+    Route,
+    RouteManager,
+    register_rt_protos,
+)
 from ipam.model import IpamInputs
 
 log = logging.getLogger(__name__)
@@ -120,6 +137,34 @@ def detect_node_ip(ipr: Any) -> str | None:
     return candidates[0] if candidates else None
 
 
+def _kernel_changes(batch: Sequence[MonitorEvent], links: dict[int, int]
+                    ) -> tuple[list[str], bool, set[str], set[str]]:
+    """What a batch of notifications means to the agent: the links other than pod veths
+    that came up (a usable bit set that was not: ``links`` is updated), whether an IPv4
+    address changed, the deleted destinations of our protocols in the main table, and
+    the pod veths that appeared."""
+    came_up: list[str] = []
+    addresses = False
+    deleted: set[str] = set()
+    appeared: set[str] = set()
+    for ev in batch:
+        if isinstance(ev, AddressChange):
+            addresses = addresses or ev.family == socket.AF_INET
+        elif isinstance(ev, LinkChange):
+            before = links.pop(ev.index, None)
+            if ev.deleted:
+                continue
+            links[ev.index] = ev.usable
+            if ev.name.startswith("fab"):
+                appeared.add(ev.name)
+            elif ev.usable & ~(before or 0) and ev.name not in came_up:
+                came_up.append(ev.name)
+        elif (isinstance(ev, RouteDeleted) and ev.proto in OWNED_PROTOS
+              and ev.table == RT_TABLE_MAIN):
+            deleted.add(ev.dst)
+    return came_up, addresses, deleted, appeared
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig, ds: Datastore | None = None,
                  now: Callable[[], float] = time.time) -> None:
@@ -155,7 +200,10 @@ class Agent:
         self._route_backoff = 0.0
         self._status_dirty = asyncio.Event()
         self._last_status: tuple[Any, ...] = ()
-        self._applied_once = False
+        self.readiness = self.health.readiness
+        self.etcd_down_reason = ""  # the syncer's last word on a lost connection
+        # Local endpoints (relative key -> host interface) whose interface does not exist.
+        self.without_interface: dict[str, str] = {}
         self._apply_lock = asyncio.Lock()
         self._apply_requests = 0  # apply() calls so far
         self._applied_through = 0  # every call up to this one was served by a finished apply
@@ -261,12 +309,20 @@ class Agent:
         self.routes.set_desired(desired)
         res = await self._in_netlink(self.routes.apply)
         self.metrics.apply_latency.labels("routes").observe(time.monotonic() - t0)
-        policy_ok = await self._apply_policy(st)
+        was_ready = self.readiness.ready
+        if self.syncer.in_sync:
+            if not res.failed:
+                self.readiness.done("routes")
+            elif not self.readiness.is_done("routes"):
+                self.readiness.failed("routes", f"{len(res.failed)} route(s) refused; "
+                                                f"first: {res.error}")
+        await self._apply_policy(st)
         if res.failed:
             self.metrics.route_errors.inc(len(res.failed))
             self._retry_routes_later()
         else:
             self._route_backoff = 0.0
+        self._report_missing_interfaces(st, res)
         kinds: dict[str, int] = {"local": 0, "blackhole": 0, "bgp": 0}
         for r in self.routes.programmed.values():
             kinds[r.kind] = kinds.get(r.kind, 0) + 1
@@ -274,7 +330,8 @@ class Agent:
             self.metrics.routes_programmed.labels(kind).set(n)
         blocks = calc.confirmed_blocks(self.node, st)
         summary = (tuple(blocks), tuple(sorted(kinds.items())), self.syncer.in_sync,
-                   tuple(sorted(self.config_errors)), tuple(self.bgp.max_prefixes.items()))
+                   tuple(sorted(self.config_errors)), tuple(self.bgp.max_prefixes.items()),
+                   tuple(sorted(self.without_interface.items())))
         if summary != self._last_status:  # report changes now, not at the next tick
             self._last_status = summary
             self._status_dirty.set()
@@ -282,11 +339,31 @@ class Agent:
         self.metrics.addresses_in_use.set(sum(
             len(w.spec.ip_networks) for w in calc.local_endpoints(self.node, st)
             if w.spec.host_interface))
-        if (self.syncer.in_sync and not res.failed and policy_ok
-                and not self._applied_once):
-            self._applied_once = True
-            self.health.ready = True
+        if self.readiness.ready and not was_ready:
             log.info("agent ready: in sync and dataplane programmed")
+
+    def _report_missing_interfaces(self, st: dict[str, Any], res: ApplyResult) -> None:
+        """Report the local endpoints whose host interface does not exist (a pod gone
+        while its endpoint stayed in etcd): one log line when one goes missing and one when
+        it is resolved, the gauge, NodeStatus. Their routes do not hold readiness back and
+        are not retried in a loop: the route manager tries them again when the interface
+        appears (`_watch_netlink`)."""
+        devs = {r.dev for r in res.no_interface}
+        if not devs and not self.without_interface:
+            return
+        prefix = keys.workloads_of(self.node)
+        missing: dict[str, str] = {}
+        for k, v in st.items():
+            if (k.startswith(prefix) and isinstance(v, model.WorkloadEndpoint)
+                    and v.spec.host_interface and v.spec.host_interface in devs):
+                missing[keys.relative(k)] = v.spec.host_interface
+        for name, dev in sorted(missing.items() - self.without_interface.items()):
+            log.warning("endpoint %s: its host interface %s does not exist; its routes "
+                        "wait for it (a stale endpoint?)", name, dev)
+        for name, dev in sorted(self.without_interface.items() - missing.items()):
+            log.info("endpoint %s: no longer waiting for interface %s", name, dev)
+        self.without_interface = missing
+        self.metrics.endpoints_without_interface.set(len(missing))
 
     def _retry_routes_later(self) -> None:
         """Apply again after the backoff: a refused route (a gateway not on a link yet, a
@@ -314,9 +391,12 @@ class Agent:
             await self._in_netlink(policy.apply)
         except Exception as e:  # the kernel keeps the previous ruleset; retry
             log.error("policy apply failed (previous rules stay in force): %s", e)
+            if not self.readiness.is_done("policy"):
+                self.readiness.failed("policy", str(e))
             self._dirty.set()
             return False
         self.metrics.apply_latency.labels("policy").observe(time.monotonic() - t0)
+        self.readiness.done("policy")
         return True
 
     async def _applier(self) -> None:
@@ -334,7 +414,7 @@ class Agent:
     async def _periodic_resync(self) -> None:
         while True:
             await asyncio.sleep(self.cfg.resync_interval * (0.9 + 0.2 * random.random()))
-            self.routes.resync()
+            await self._in_netlink(self.routes.resync)
             await self._refresh_local_addresses()
             if self.policy is not None:
                 policy = self.policy
@@ -348,38 +428,104 @@ class Agent:
             self.bgp.local_addresses = addrs
             self._dirty.set()  # sessions source from the address on their peer's subnet
 
-    async def _watch_addresses(self) -> None:
-        """Read the node's addresses again as soon as one is added or removed: an uplink
-        configured after the agent started (a second NIC that networkd brings up late)
-        must carry its BGP session at once, not after the next periodic resync."""
+    async def _watch_netlink(self) -> None:
+        """Follow the kernel's link, address and route notifications (one rtnetlink socket)
+        and bring the dataplane back at once, instead of at the next periodic resync:
+
+        - an IPv4 address added or removed: read the node's addresses again (each BGP
+          session is sourced from the address on its peer's subnet, so an uplink addressed
+          late must carry its session now);
+        - a link other than a pod's veth comes up (administratively, or its carrier): the
+          kernel deleted the routes through it when it went down, for IPv4 without any
+          RTM_DELROUTE, so the route manager re-reads the kernel and the apply restores
+          them (a short flap with the BGP session kept loses no learned route for long);
+        - a route of ours that we still want is deleted (by the kernel or by hand): the
+          route manager forgets it and the apply puts it back. Echoes of our own deletes
+          are for routes we no longer want, so they cause nothing;
+        - a pod veth appears whose endpoint's routes wait for it: they are tried now.
+
+        A burst (a flap brings a dozen messages) is handled once. If the socket overflowed
+        (ENOBUFS: notifications lost) everything is read again.
+        """
         try:
-            sock = open_address_monitor(self.cfg.netns)
-        except OSError as e:  # the periodic resync still re-reads them
-            log.warning("cannot watch interface addresses (%s): re-read every resync", e)
+            sock = open_monitor(self.cfg.netns)
+        except OSError as e:  # the periodic resync still re-reads everything
+            log.warning("cannot watch links, addresses and routes (%s): re-read every "
+                        "resync", e)
             await asyncio.Event().wait()  # a task of run() must not end
         loop = asyncio.get_running_loop()
-        changed = asyncio.Event()
+        pending: list[MonitorEvent] = []
+        lost = False
+        woke = asyncio.Event()
 
         def readable() -> None:
-            with contextlib.suppress(OSError):  # BlockingIOError: drained; ENOBUFS: re-read
-                while True:
-                    sock.recv(65536)
-            changed.set()
+            nonlocal lost
+            while True:
+                try:
+                    data = sock.recv(65536)
+                except BlockingIOError:
+                    break
+                except OSError as e:
+                    if e.errno != errno.ENOBUFS:
+                        log.warning("reading netlink notifications: %s", e)
+                        break
+                    lost = True  # the kernel dropped some: read everything again
+                    continue
+                pending.extend(parse_monitor(data))
+            woke.set()
 
         loop.add_reader(sock.fileno(), readable)
-        changed.set()  # what changed since run() read them
         try:
+            links = await self._in_netlink(lambda: link_states(self.ipr))
+            addresses = True  # what changed since run() read them
             while True:
-                await changed.wait()
-                await asyncio.sleep(0.05)  # an interface brings several addresses at once
-                changed.clear()
-                try:
-                    await self._refresh_local_addresses()
-                except Exception:  # the next change or the periodic resync reads them
-                    log.exception("reading the interface addresses failed")
+                if addresses:
+                    try:
+                        await self._refresh_local_addresses()
+                    except Exception:  # the next change or the periodic resync reads them
+                        log.exception("reading the interface addresses failed")
+                await woke.wait()
+                await asyncio.sleep(0.02)  # the rest of the burst
+                woke.clear()
+                batch = pending.copy()
+                pending.clear()
+                came_up, addresses, deleted, appeared = _kernel_changes(batch, links)
+                everything, lost = lost, False
+                if everything:
+                    log.warning("netlink notifications were lost: reading links, addresses "
+                                "and routes again")
+                    links = await self._in_netlink(lambda: link_states(self.ipr))
+                    addresses = True
+                await self._follow_kernel(came_up, deleted, appeared, everything)
         finally:
             loop.remove_reader(sock.fileno())
             sock.close()
+
+    async def _follow_kernel(self, came_up: list[str], deleted: set[str],
+                             appeared: set[str], everything: bool = False) -> None:
+        """Bring the route manager's record in line with what the kernel did (in the
+        netlink thread, ordered with the applies) and apply if that changed anything.
+        ``everything``: notifications were lost, so re-read all and retry all."""
+        if not (came_up or deleted or everything or (appeared and self.without_interface)):
+            return
+        routes = self.routes
+
+        def update() -> tuple[list[Route], bool]:
+            if came_up or everything:
+                routes.reread()
+            gone = routes.forget(deleted)
+            if everything:
+                return gone, routes.retry_waiting()
+            return gone, any([routes.link_appeared(name) for name in appeared])
+
+        gone, waiting = await self._in_netlink(update)
+        if came_up:
+            log.info("link %s up: routes read again", ", ".join(came_up))
+        if gone:
+            log.info("%d route(s) of ours deleted from the kernel (%s%s): restoring",
+                     len(gone), gone[0].dst, ", ..." if len(gone) > 1 else "")
+        if came_up or everything or gone or waiting:
+            self._dirty.set()
 
     # -- datastore -------------------------------------------------------------------------
 
@@ -395,6 +541,7 @@ class Agent:
             elif isinstance(ev, InSync):
                 self.metrics.datastore_events.labels("in_sync").inc()
                 self.metrics.in_sync.set(1)
+                self.readiness.done("snapshot")
                 self._synced.set()
                 if not self.routes.in_sync:
                     self.routes.mark_in_sync()
@@ -409,7 +556,9 @@ class Agent:
                 self.metrics.datastore_events.labels("up" if ev.up else "down").inc()
                 if not ev.up:
                     log.warning("etcd connection lost: %s", ev.reason)
-                    self.health.not_ready_reason = f"etcd: {ev.reason}"
+                    self.etcd_down_reason = f"etcd: {ev.reason}"
+                    if not self.readiness.is_done("snapshot"):
+                        self.readiness.failed("snapshot", self.etcd_down_reason)
 
     def _changes_state(self, ev: Update[Any] | Deleted) -> bool:
         """Whether ``ev`` changes what `state` returns (and drop its key's overlay entry).
@@ -469,7 +618,9 @@ class Agent:
                 "version": l3fabric_version(),
                 "blocks": calc.confirmed_blocks(self.node, st),
                 "programmed": {"routes": sum(kinds.values()), **kinds},
-                "errors": sorted(self.config_errors.values()),
+                "errors": sorted(self.config_errors.values()) + [
+                    f"endpoint {name}: host interface {dev} does not exist"
+                    for name, dev in sorted(self.without_interface.items())],
                 "bgp": {"peers": self.bgp_peer_status()},
             },
         }
@@ -531,7 +682,7 @@ class Agent:
         if env.get("CNI_COMMAND") == "ADD" and self.syncer.connected is False:
             self.metrics.cni_requests.labels("ADD", "error").inc()
             err = CniError(ERR_TRY_AGAIN_LATER, "etcd is unreachable; try again later",
-                           self.health.not_ready_reason)
+                           self.etcd_down_reason)
             return 1, error_json(err, requested_version(stdin)), ""
         code, out, err_text = await self.handler.handle(plugin, env, stdin)
         return code, out, err_text
@@ -557,17 +708,20 @@ class Agent:
                     # ends run() with its message) rather than misread.
                     await ensure_schema(self.ds)
                     await self.register_node()
+                    self.readiness.done("etcd")
                     break
                 except DatastoreError as e:
                     log.warning("waiting for etcd to register the node: %s", e)
+                    self.readiness.failed("etcd", str(e))
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), 2)
             await self._start_cni()
             await self.bgp.start()
+            self.readiness.done("bgp")
             tasks = [asyncio.create_task(c, name=n) for n, c in [
                 ("consume", self._consume()), ("applier", self._applier()),
                 ("status", self._status_loop()), ("resync", self._periodic_resync()),
-                ("addresses", self._watch_addresses())]]
+                ("netlink", self._watch_netlink())]]
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
             for t in done:

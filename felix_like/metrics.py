@@ -2,14 +2,18 @@
 them with ``/livez`` and ``/readyz``.
 
 Owns: one private CollectorRegistry per agent (tests run several agents in one process)
-and a tiny asyncio HTTP server. Liveness is "the event loop answers"; readiness is "the
-first datastore snapshot is in and the first dataplane apply succeeded".
+and a tiny asyncio HTTP server. Liveness is "the event loop answers"; readiness is "every
+start-up step is done" (`Readiness`: the node registered, the BGP speaker started, the
+first datastore snapshot in, the first route and policy applies succeeded). Until then
+``/readyz`` answers 503 naming the step it waits for and the last error that step met.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import (
@@ -75,21 +79,88 @@ class Metrics:
             ["peer"], registry=r)
         self.bgp_prefixes_advertised = Gauge(
             "l3fabric_bgp_prefixes_advertised", "prefixes advertised to peers", registry=r)
+        self.endpoints_without_interface = Gauge(
+            "l3fabric_endpoints_without_interface",
+            "local WorkloadEndpoints whose host interface does not exist (stale: their "
+            "routes wait for the interface)", registry=r)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))
 
 
+#: The agent's start-up steps in the order it takes them, and what each waits for.
+READINESS_STEPS: Mapping[str, str] = {
+    "etcd": "etcd (schema check and node registration)",
+    "bgp": "the BGP speaker to start",
+    "snapshot": "the first etcd snapshot",
+    "routes": "the first route apply",
+    "policy": "the first policy apply",
+}
+
+
+class Readiness:
+    """Whether the agent is ready and, until it is, why not.
+
+    Each start-up step is marked `done` once, or `failed` with an error as often as it
+    fails; the reason names the first step not done and the last error it met. Once
+    every step is done the agent stays ready: a later etcd outage leaves the dataplane as
+    it was, so ``/readyz`` does not flap with it (the CNI answers code 11 meanwhile).
+    """
+
+    def __init__(self, steps: Mapping[str, str] = READINESS_STEPS,
+                 now: Callable[[], float] = time.monotonic) -> None:
+        self._steps = dict(steps)
+        self._now = now
+        self._done: set[str] = set()
+        self._errors: dict[str, tuple[str, float]] = {}
+
+    def done(self, step: str) -> None:
+        self._check(step)
+        self._done.add(step)
+        self._errors.pop(step, None)
+
+    def failed(self, step: str, error: str) -> None:
+        self._check(step)
+        self._errors[step] = (error, self._now())
+
+    def is_done(self, step: str) -> bool:
+        return step in self._done
+
+    @property
+    def ready(self) -> bool:
+        return self._done >= self._steps.keys()
+
+    def reason(self) -> str:
+        """"waiting for <step>[; last error N s ago: <error>]", or "ready"."""
+        for step, what in self._steps.items():
+            if step in self._done:
+                continue
+            text = f"waiting for {what}"
+            if step in self._errors:
+                error, at = self._errors[step]
+                text += f"; last error {self._now() - at:.0f} s ago: {error}"
+            return text
+        return "ready"
+
+    def _check(self, step: str) -> None:
+        if step not in self._steps:
+            raise ValueError(f"unknown readiness step {step!r}")
+
+
 class HealthServer:
     """``GET /metrics``, ``/livez``, ``/readyz`` on one TCP address."""
 
-    def __init__(self, metrics: Metrics, host: str, port: int) -> None:
+    def __init__(self, metrics: Metrics, host: str, port: int,
+                 readiness: Readiness | None = None) -> None:
         self.metrics = metrics
         self.host = host
         self.port = port
-        self.ready = False
-        self.not_ready_reason = "starting"
+        self.readiness = readiness or Readiness()
         self._server: asyncio.Server | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.readiness.ready
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -114,11 +185,11 @@ class HealthServer:
             elif path == "/livez":
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
             elif path == "/readyz":
-                if self.ready:
+                if self.readiness.ready:
                     status, ctype, body = "200 OK", "text/plain", b"ready\n"
                 else:
                     status, ctype = "503 Service Unavailable", "text/plain"
-                    body = f"not ready: {self.not_ready_reason}\n".encode()
+                    body = f"not ready: {self.readiness.reason()}\n".encode()
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
             writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"

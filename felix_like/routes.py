@@ -14,9 +14,13 @@ view never cuts existing pods off. The kernel is dumped once at start (and on
 ``resync()``); after that deltas are computed against our own record. Nothing is ever
 flushed.
 
-Failure mode: a route that cannot be programmed (missing device, unreachable gateway,
-foreign route in the way) is logged, counted in ``ApplyResult.failed`` and retried on
-the next ``apply()``; the others still go in.
+Failure mode: a route that cannot be programmed (unreachable gateway, foreign route in
+the way) is logged, counted in ``ApplyResult.failed`` and retried on the next
+``apply()``; the others still go in. A pod route whose interface does not exist (a stale
+endpoint whose veth is gone) is not a failure: it waits in ``waiting`` and is tried again
+only after ``link_appeared`` names its interface (or a ``resync``), not on every apply.
+The kernel deletes routes on its own when a link goes down (IPv4 without a notification):
+``reread`` and ``forget`` bring the record back in line, and the next apply restores them.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ RT_SCOPE_LINK = 253
 RT_SCOPE_NOWHERE = 255
 ESRCH = 3
 EEXIST = 17
+ENODEV = 19
 
 RT_PROTOS_CONF = "/etc/iproute2/rt_protos.d/l3fabric.conf"
 
@@ -86,6 +91,14 @@ class Route:
     @property
     def family(self) -> int:
         return socket.AF_INET6 if ":" in self.dst else socket.AF_INET
+
+    def __str__(self) -> str:
+        """As ``ip route`` shows it (log lines, the readiness reason)."""
+        if self.kind == "local":
+            return f"{self.dst} dev {self.dev} proto {self.proto}"
+        if self.kind == "blackhole":
+            return f"blackhole {self.dst} proto {self.proto}"
+        return f"{self.dst} via {','.join(self.via)} proto {self.proto}"
 
 
 def render_routes(
@@ -182,6 +195,10 @@ class ApplyResult:
     failed: tuple[Route, ...] = ()
     #: owned routes not desired, kept because we are not in sync yet.
     kept_stale: int = 0
+    #: local routes whose interface does not exist: waiting for it, not failed.
+    no_interface: tuple[Route, ...] = ()
+    #: the first failure's message ("route add ... failed: ...").
+    error: str = ""
 
     @property
     def changes(self) -> int:
@@ -203,6 +220,19 @@ class _Pass:
     adopted: list[Route] = field(default_factory=list)
     failed: list[Route] = field(default_factory=list)
     kept_stale: int = 0
+    no_interface: list[Route] = field(default_factory=list)
+    error: str = ""
+
+    def fail(self, r: Route, message: str) -> None:
+        log.warning("%s", message)
+        self.failed.append(r)
+        self.error = self.error or message
+
+
+def _no_interface(r: Route, exc: BaseException) -> bool:
+    """Whether ``r`` failed only because its interface is missing (gone before we asked,
+    or between our link read and the kernel's answer)."""
+    return r.kind == "local" and (isinstance(exc, LookupError) or _error_code(exc) == ENODEV)
 
 
 class RouteManager:
@@ -224,6 +254,8 @@ class RouteManager:
         # What we believe is in the kernel, by dst. None: unknown, dump before diffing.
         self._programmed: dict[str, Route] | None = None
         self._in_sync = False
+        # Desired local routes whose interface was missing at the last try, by dst.
+        self._waiting: dict[str, Route] = {}
         self.last_dump_at: float | None = None
         self.last_apply_at: float | None = None
 
@@ -248,8 +280,52 @@ class RouteManager:
         self._desired = desired
 
     def resync(self) -> None:
-        """Forget our record; the next apply() re-reads the kernel (periodic resync)."""
+        """Forget our record; the next apply() re-reads the kernel and tries the routes
+        waiting for an interface once more (periodic resync)."""
         self._programmed = None
+        self._waiting = {}
+
+    def reread(self) -> None:
+        """Take the kernel's owned routes as our record now: a link came up, and the kernel
+        may have deleted routes through it while it was down (IPv4 sends no RTM_DELROUTE
+        for those). Unlike `resync`, the record is never empty in between."""
+        self._programmed = self._dump(_LinkIndex(self._ipr))
+
+    def forget(self, dsts: Iterable[str]) -> list[Route]:
+        """The kernel reported these destinations deleted: drop from our record the ones we
+        still want, so the next apply() puts them back; return those.
+
+        The others are echoes of our own deletes (apply() deletes only routes it no longer
+        wants) or of the CNI handler's, which runs after the endpoint is gone: ignoring
+        them keeps a delete from ever causing another apply."""
+        if self._programmed is None:
+            return []
+        gone = []
+        for dst in dsts:
+            want = self._desired.get(dst)
+            if want is not None and self._programmed.get(dst) == want:
+                del self._programmed[dst]
+                gone.append(want)
+        return gone
+
+    def link_appeared(self, name: str) -> bool:
+        """Interface ``name`` exists now: the routes waiting for it are tried at the next
+        apply(). Whether any was waiting."""
+        found = [dst for dst, r in self._waiting.items() if r.dev == name]
+        for dst in found:
+            del self._waiting[dst]
+        return bool(found)
+
+    def retry_waiting(self) -> bool:
+        """Try every route waiting for an interface at the next apply(); whether any was."""
+        found = bool(self._waiting)
+        self._waiting.clear()
+        return found
+
+    @property
+    def waiting(self) -> Mapping[str, Route]:
+        """Desired local routes whose interface does not exist, by dst."""
+        return dict(self._waiting)
 
     @property
     def programmed(self) -> Mapping[str, Route]:
@@ -265,12 +341,17 @@ class RouteManager:
             first = False
         programmed = self._programmed
         p = _Pass()
+        self._waiting = {dst: r for dst, r in self._waiting.items()
+                         if self._desired.get(dst) == r}
 
         for dst, want in sorted(self._desired.items()):
             have = programmed.get(dst)
             if have == want:
                 if first:
                     p.adopted.append(want)
+                continue
+            if dst in self._waiting:  # its interface is still missing
+                p.no_interface.append(want)
                 continue
             try:
                 if have is None:
@@ -281,9 +362,12 @@ class RouteManager:
                     p.replaced.append(want)
                 programmed[dst] = want
             except Exception as exc:  # one bad route must not stop the rest
-                log.warning("route %s %s failed: %s", "add" if have is None else "replace",
-                            want, exc)
-                p.failed.append(want)
+                if _no_interface(want, exc):
+                    self._waiting[dst] = want
+                    p.no_interface.append(want)
+                    continue
+                p.fail(want, f"route {'add' if have is None else 'replace'} {want} "
+                             f"failed: {exc}")
 
         for dst, have in sorted(programmed.items()):
             if dst in self._desired:
@@ -298,8 +382,7 @@ class RouteManager:
                                 table=RT_TABLE_MAIN, scope=RT_SCOPE_NOWHERE)
             except Exception as exc:
                 if _error_code(exc) != ESRCH:  # already gone: fine
-                    log.warning("route del %s failed: %s", have, exc)
-                    p.failed.append(have)
+                    p.fail(have, f"route del {have} failed: {exc}")
                     continue
             del programmed[dst]
             p.removed.append(have)
@@ -310,13 +393,15 @@ class RouteManager:
                      len(p.added), len(p.removed), len(p.replaced), len(p.failed),
                      len(p.adopted))
         return ApplyResult(tuple(p.added), tuple(p.removed), tuple(p.replaced),
-                           tuple(p.adopted), tuple(p.failed), p.kept_stale)
+                           tuple(p.adopted), tuple(p.failed), p.kept_stale,
+                           tuple(p.no_interface), p.error)
 
     def note_programmed(self, routes: Iterable[Route]) -> None:
         """Record routes someone else in this agent put in the kernel (the CNI handler's
         pod /32s), so that apply() neither re-adds them nor misses them when stale."""
-        if self._programmed is not None:
-            for r in routes:
+        for r in routes:
+            self._waiting.pop(r.dst, None)
+            if self._programmed is not None:
                 self._programmed[r.dst] = r
 
     # -- netlink -------------------------------------------------------------------

@@ -204,15 +204,17 @@ def test_pod_route_from_cni_is_adopted(node: str, ipr: Any, netns: NetnsFactory,
     assert monitor.stop() == ""
 
 
-def test_missing_device_fails_alone_and_is_retried(node: str, ipr: Any) -> None:
+def test_missing_device_waits_alone_and_is_retried_when_it_appears(node: str,
+                                                                   ipr: Any) -> None:
     m = RouteManager(ipr)
     m.set_desired({Route("10.244.1.6/32", "local", dev="fablater", proto=PROTO_L3FABRIC),
                    Route("10.244.1.0/26", "blackhole", proto=PROTO_L3FABRIC)})
     res = m.apply()
-    assert [r.dst for r in res.failed] == ["10.244.1.6/32"]
+    assert [r.dst for r in res.no_interface] == ["10.244.1.6/32"] and not res.failed
     assert "10.244.1.0/26" in by_dst(node)
     sh("ip", "-n", node, "link", "add", "fablater", "up", "type", "veth", "peer", "name",
        "fablatep")
+    assert m.link_appeared("fablater")  # the agent's RTM_NEWLINK
     res = m.apply()
     assert [r.dst for r in res.added] == ["10.244.1.6/32"]
     assert by_dst(node)["10.244.1.6"]["dev"] == "fablater"

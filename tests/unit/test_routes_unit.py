@@ -278,13 +278,86 @@ def test_one_failure_does_not_stop_the_others_and_is_retried() -> None:
                    bgp("10.244.5.0/26", "192.0.2.1"),        # gateway unreachable
                    blackhole("10.244.1.0/26")})
     res = m.apply()
-    assert {r.dst for r in res.failed} == {"10.244.1.5/32", "10.244.5.0/26"}
+    assert [r.dst for r in res.failed] == ["10.244.5.0/26"]
+    assert [r.dst for r in res.no_interface] == ["10.244.1.5/32"]
+    assert res.error.startswith("route add 10.244.5.0/26") and "unreachable" in res.error
     assert [r.dst for r in res.added] == ["10.244.1.0/26"]
     k.links["fabnew"] = 9
+    assert m.link_appeared("fabnew")
     res = m.apply()
     assert [r.dst for r in res.added] == ["10.244.1.5/32"]
     assert [r.dst for r in res.failed] == ["10.244.5.0/26"]
     assert k.forwards("10.244.1.5") == "dev fabnew"
+
+
+def test_a_route_without_its_interface_waits_for_the_link_not_for_the_next_apply() -> None:
+    """A stale endpoint's veth is gone: its route is not a failure, and it is not tried
+    again (a link dump and a log line each time) on every apply until the link appears."""
+    k = FakeKernel()
+    m = manager(k)
+    m.set_desired({local("10.244.1.5/32", "fabgone"), blackhole("10.244.1.0/26")})
+    m.mark_in_sync()
+    res = m.apply()
+    assert not res.failed and [r.dst for r in res.no_interface] == ["10.244.1.5/32"]
+    assert m.waiting == {"10.244.1.5/32": local("10.244.1.5/32", "fabgone")}
+    calls = []
+    k_get_links = k.get_links
+    k.get_links = lambda *a, **kw: calls.append(1) or k_get_links()  # type: ignore[method-assign]
+    for _ in range(3):
+        res = m.apply()
+        assert not res.failed and [r.dst for r in res.no_interface] == ["10.244.1.5/32"]
+    assert calls == [], "the missing interface was looked up again"
+    assert not m.link_appeared("fabother")
+    k.links["fabgone"] = 9
+    assert m.link_appeared("fabgone")
+    res = m.apply()
+    assert [r.dst for r in res.added] == ["10.244.1.5/32"] and not res.no_interface
+    assert k.forwards("10.244.1.5") == "dev fabgone"
+    # An endpoint that goes stops waiting; a resync tries the waiting ones once more.
+    m.set_desired({local("10.244.1.6/32", "fabgone2")})
+    assert [r.dst for r in m.apply().no_interface] == ["10.244.1.6/32"]
+    k.links["fabgone2"] = 10
+    m.resync()
+    assert [r.dst for r in m.apply().added] == ["10.244.1.6/32"]
+    m.set_desired({local("10.244.1.7/32", "fabgone3")})
+    m.apply()
+    m.set_desired(set())
+    m.apply()
+    assert m.waiting == {}
+
+
+def test_routes_the_kernel_dropped_with_a_link_are_restored_after_a_reread() -> None:
+    """A link that goes down takes its IPv4 routes with it and sends no RTM_DELROUTE: our
+    record still lists them, so only a re-read of the kernel (on the link's RTM_NEWLINK)
+    lets the next apply put them back."""
+    k = FakeKernel()
+    m = manager(k)
+    m.set_desired({bgp("10.244.5.0/26", "10.99.0.2"), blackhole("10.244.1.0/26")})
+    m.mark_in_sync()
+    m.apply()
+    del k.table["10.244.5.0/26"]  # the link went down and up
+    assert m.apply().changes == 0 and k.forwards("10.244.5.1") == "unreachable"
+    m.reread()
+    assert m.programmed.keys() == {"10.244.1.0/26"}  # never empty in between
+    assert [r.dst for r in m.apply().added] == ["10.244.5.0/26"]
+    assert k.forwards("10.244.5.1") == "via 10.99.0.2"
+
+
+def test_a_deleted_route_we_want_is_forgotten_and_restored_our_own_deletes_are_not() -> None:
+    k = FakeKernel()
+    m = manager(k)
+    m.set_desired({bgp("10.244.5.0/26", "10.99.0.2"), blackhole("10.244.1.0/26"),
+                   blackhole("10.244.2.0/26")})
+    m.mark_in_sync()
+    m.apply()
+    m.set_desired({bgp("10.244.5.0/26", "10.99.0.2"), blackhole("10.244.1.0/26")})
+    assert [r.dst for r in m.apply().removed] == ["10.244.2.0/26"]
+    del k.table["10.244.5.0/26"]  # deleted by hand: the kernel reports it
+    gone = m.forget({"10.244.5.0/26", "10.244.2.0/26", "10.9.9.0/24"})
+    assert [r.dst for r in gone] == ["10.244.5.0/26"]  # our own delete's echo is ignored
+    res = m.apply()
+    assert [r.dst for r in res.added] == ["10.244.5.0/26"] and not res.removed
+    assert m.forget(set()) == [] and m.apply().changes == 0
 
 
 def test_route_added_behind_our_back_is_adopted_not_failed() -> None:

@@ -1,0 +1,163 @@
+"""The agent recovering on its own: readiness and its reason, endpoints whose interface is
+gone, and routes the kernel dropped. Against a fake kernel (`test_routes_unit.FakeKernel`)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_agent_calc import wep
+from test_routes_unit import FakeKernel
+
+from felix_like.agent import Agent, AgentConfig, _kernel_changes
+from felix_like.metrics import Readiness
+from felix_like.netlink import IFF_LOWER_UP, IFF_UP, AddressChange, LinkChange, RouteDeleted
+from felix_like.routes import PROTO_L3FABRIC, PROTO_L3FABRIC_BGP, RouteManager
+
+
+def test_readiness_names_the_first_step_not_done_and_its_last_error() -> None:
+    t = [100.0]
+    r = Readiness(now=lambda: t[0])
+    assert not r.ready
+    assert r.reason() == "waiting for etcd (schema check and node registration)"
+    r.failed("etcd", "etcd unavailable: connection refused")
+    t[0] += 4
+    assert r.reason() == ("waiting for etcd (schema check and node registration); last error "
+                          "4 s ago: etcd unavailable: connection refused")
+    r.done("etcd")
+    r.done("bgp")
+    r.done("routes")  # out of order: the reason still names the first step not done
+    r.failed("snapshot", "etcd: snapshot failed: deadline exceeded")
+    assert r.reason() == ("waiting for the first etcd snapshot; last error 0 s ago: "
+                          "etcd: snapshot failed: deadline exceeded")
+    r.done("snapshot")
+    assert r.reason() == "waiting for the first policy apply"
+    r.done("policy")
+    assert r.ready and r.reason() == "ready"
+    r.failed("snapshot", "etcd: watch broken")  # later outages keep it ready
+    assert r.ready
+    with pytest.raises(ValueError):
+        r.done("bogus")
+
+
+def test_kernel_changes_a_link_coming_up_routes_deleted_and_veths_appearing() -> None:
+    links = {2: IFF_UP | IFF_LOWER_UP, 7: IFF_UP | IFF_LOWER_UP}
+    up1 = "up1"
+    down = [LinkChange(2, up1, 0), AddressChange(socket.AF_INET6, 2, True),
+            RouteDeleted(socket.AF_INET6, "fd00:1::/122", PROTO_L3FABRIC_BGP, 254)]
+    assert _kernel_changes(down, links) == ([], False, {"fd00:1::/122"}, set())
+    assert links[2] == 0
+    # Administratively up, then the carrier: each is a link coming up.
+    assert _kernel_changes([LinkChange(2, up1, IFF_UP)], links)[0] == [up1]
+    assert _kernel_changes([LinkChange(2, up1, IFF_UP | IFF_LOWER_UP)], links)[0] == [up1]
+    assert _kernel_changes([LinkChange(2, up1, IFF_UP | IFF_LOWER_UP)], links)[0] == []
+    # Pod veths appear: not a reason to read every route again.
+    got = _kernel_changes([LinkChange(9, "fab123", 0), LinkChange(9, "fab123", IFF_UP),
+                           LinkChange(7, "fabold", 0, deleted=True)], links)
+    assert got == ([], False, set(), {"fab123"}) and 7 not in links
+    # Only our protocols in the main table; IPv4 addresses only.
+    other = [RouteDeleted(socket.AF_INET, "10.0.0.0/24", 2, 254),
+             RouteDeleted(socket.AF_INET, "10.244.1.5/32", PROTO_L3FABRIC, 255),
+             AddressChange(socket.AF_INET, 2, False)]
+    assert _kernel_changes(other, links) == ([], True, set(), set())
+
+
+def gauge(agent: Agent) -> float | None:
+    return agent.metrics.registry.get_sample_value("l3fabric_endpoints_without_interface")
+
+
+class FakePolicy:
+    def set_state(self, st: dict[str, Any]) -> None:
+        pass
+
+    def apply(self) -> None:
+        pass
+
+
+def agent_on(kernel: FakeKernel, tmp_path: Path, state: dict[str, Any]) -> Agent:
+    """An agent in sync with ``state`` whose dataplane is ``kernel``; etcd, BGP and the
+    snapshot steps done, as after its start."""
+    agent = Agent(AgentConfig(node="n1", socket=str(tmp_path / "agent.sock")))
+    agent.routes = RouteManager(kernel)
+    agent.routes.mark_in_sync()
+    agent.policy = FakePolicy()  # type: ignore[assignment]
+    agent.syncer.current.update(state)
+    agent.syncer.in_sync = True
+
+    async def no_bgp(st: Any) -> None:
+        pass
+
+    agent.bgp.on_state = no_bgp  # type: ignore[method-assign]
+    for step in ("etcd", "bgp", "snapshot"):
+        agent.readiness.done(step)
+    return agent
+
+
+async def test_an_endpoint_without_its_interface_is_reported_once_and_does_not_block_ready(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    kernel = FakeKernel(links={"lo": 1, "fabok": 7})
+    agent = agent_on(kernel, tmp_path, dict([
+        wep("n1", "default", "a", "10.244.0.1/32", "fabok"),
+        wep("n1", "default", "gone", "10.244.0.2/32", "fabgone")]))
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        await agent._apply_locked()
+    assert agent.readiness.ready, agent.readiness.reason()
+    assert kernel.forwards("10.244.0.1") == "dev fabok"
+    assert agent.without_interface == {"workloads/n1/default.gone.eth0": "fabgone"}
+    assert gauge(agent) == 1
+    assert agent.status_object()["status"]["errors"] == [
+        "endpoint workloads/n1/default.gone.eth0: host interface fabgone does not exist"]
+    lines = [r.getMessage() for r in caplog.records if "fabgone" in r.getMessage()]
+    assert lines == ["endpoint workloads/n1/default.gone.eth0: its host interface fabgone "
+                     "does not exist; its routes wait for it (a stale endpoint?)"]
+    assert agent._route_retry is None, "a missing interface was scheduled for a retry"
+
+    # The veth appears (RTM_NEWLINK): its route goes in at once.
+    kernel.links["fabgone"] = 9
+    await agent._follow_kernel([], set(), {"fabgone"})
+    assert agent._dirty.is_set()
+    await agent._apply_locked()
+    assert kernel.forwards("10.244.0.2") == "dev fabgone"
+    assert agent.without_interface == {}
+    assert gauge(agent) == 0
+    assert "endpoint workloads/n1/default.gone.eth0: no longer waiting for interface " \
+           "fabgone" in caplog.text
+
+
+async def test_a_refused_route_holds_readiness_back_and_the_reason_says_which(
+        tmp_path: Path) -> None:
+    kernel = FakeKernel(links={"lo": 1, "fabok": 7})
+    kernel.put("10.244.0.1/32", 4, oif=1)  # a static route of someone else's in the way
+    agent = agent_on(kernel, tmp_path, dict([
+        wep("n1", "default", "a", "10.244.0.1/32", "fabok")]))
+    await agent._apply_locked()
+    assert not agent.readiness.ready
+    reason = agent.readiness.reason()
+    assert reason.startswith("waiting for the first route apply; last error 0 s ago: "
+                             "1 route(s) refused; first: route add 10.244.0.1/32 dev fabok "
+                             "proto 80 failed: "), reason
+    assert "another protocol" in reason
+    assert agent._route_retry is not None
+    agent._route_retry.cancel()
+    del kernel.table["10.244.0.1/32"]
+    await agent._apply_locked()
+    assert agent.readiness.ready
+
+
+async def test_routes_lost_with_a_link_come_back_when_it_comes_up(tmp_path: Path) -> None:
+    kernel = FakeKernel(links={"lo": 1, "up1": 2})
+    agent = agent_on(kernel, tmp_path, {})
+    agent.routes.set_desired(set())
+    learned = {"10.244.9.0/26": ("10.99.0.2",)}
+    agent.bgp.speaker.learned.update(learned)
+    agent.bgp.speaker.in_sync = True  # type: ignore[misc]
+    await agent._apply_locked()
+    assert kernel.forwards("10.244.9.1") == "via 10.99.0.2"
+    del kernel.table["10.244.9.0/26"]  # up1 went down: the kernel said nothing
+    await agent._follow_kernel(["up1"], set(), set())  # ... and came up
+    await agent._apply_locked()
+    assert kernel.forwards("10.244.9.1") == "via 10.99.0.2"
