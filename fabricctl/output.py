@@ -47,7 +47,11 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO = sys.stdout) -> None:
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]],
+          out: TextIO | None = None) -> None:
+    """Aligned columns on ``out`` (``sys.stdout`` as it is at the call, so redirections of
+    it are honoured)."""
+    out = out or sys.stdout
     cells = [[cell(c) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
@@ -59,8 +63,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO = s
         out.write(fmt.format(*row).rstrip() + "\n")
 
 
-def dump(data: Any, fmt: str, out: TextIO = sys.stdout) -> None:
+def dump(data: Any, fmt: str, out: TextIO | None = None) -> None:
     """JSON or YAML of ``data`` (a list prints as a list, one object as itself)."""
+    out = out or sys.stdout
     if fmt == "json":
         out.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
     elif fmt == "yaml":

@@ -145,3 +145,10 @@ def test_version_flag(capsys: pytest.CaptureFixture[str]) -> None:
         cli.build_parser().parse_args(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out.strip() == f"fabricctl {l3fabric_version()}"
+
+
+def test_examples_are_linked_from_the_docs() -> None:
+    root = Path(__file__).resolve().parents[2]
+    assert sorted(p.name for p in (root / "examples").glob("*.yaml"))
+    assert "](examples/)" in (root / "README.md").read_text()
+    assert "](../examples/)" in (root / "docs/index.md").read_text()
