@@ -135,3 +135,31 @@ async def test_rejected_clients_get_a_typed_error(tls_etcd: EmbeddedEtcd, pki: P
             await ds.get("/l3fabric/v1/test/tls")
         assert time.monotonic() - t0 < 2.0
         assert isinstance(ei.value, UnavailableError), repr(ei.value)
+
+
+def test_fabricctl_takes_tls_from_etcdctl_variables_and_agent_conf(
+        tls_etcd: EmbeddedEtcd, pki: Pki, tmp_path: Path) -> None:
+    """A shell set up for etcdctl works unchanged, and so does a node's agent.conf."""
+    import os
+    import sys
+
+    fabricctl = str(Path(sys.executable).with_name("fabricctl"))
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("L3FABRIC_", "ETCDCTL_"))}
+    base["L3FABRIC_CONFIG"] = str(tmp_path / "none.conf")
+    (tmp_path / "none.conf").write_text("")
+    etcdctl_env = {**base, "ETCDCTL_ENDPOINTS": tls_etcd.endpoint,
+                   "ETCDCTL_CACERT": str(pki.ca), "ETCDCTL_CERT": str(pki.client_cert),
+                   "ETCDCTL_KEY": str(pki.client_key)}
+    conf = tmp_path / "agent.conf"
+    conf.write_text(f"L3FABRIC_NODE=n1\nL3FABRIC_ETCD_ENDPOINTS={tls_etcd.endpoint}\n"
+                    f"L3FABRIC_ETCD_CA={pki.ca}\nL3FABRIC_ETCD_CERT={pki.client_cert}\n"
+                    f"L3FABRIC_ETCD_KEY={pki.client_key}\n")
+    for env in (etcdctl_env, {**base, "L3FABRIC_CONFIG": str(conf)}):
+        r = subprocess.run([fabricctl, "version"], env=env, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0 and "Datastore schema" in r.stdout, r.stderr
+    # Without the client certificate etcd refuses, and fabricctl says so in one line.
+    no_cert = {k: v for k, v in etcdctl_env.items() if k not in ("ETCDCTL_CERT", "ETCDCTL_KEY")}
+    r = subprocess.run([fabricctl, "get", "node", "--etcd-timeout", "1"], env=no_cert,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
