@@ -225,7 +225,17 @@ def _labels_of(obj: dict[str, Any]) -> dict[str, str]:
     return dict(dig(obj, path) or {})
 
 
+def _split_kind_name(args: argparse.Namespace) -> None:
+    """``KIND/NAME`` (what ``get -o name`` prints) as ``KIND NAME``."""
+    if args.kind and "/" in args.kind:
+        if args.name:
+            raise CliError(f"{args.kind} already names the resource; drop {args.name!r}",
+                           usage=True)
+        args.kind, _, args.name = args.kind.partition("/")
+
+
 def cmd_get(args: argparse.Namespace) -> int:
+    _split_kind_name(args)
     cls = resolve_kind(args.kind)
     ns = args.namespace
     if cls.namespaced and ns is None and not args.all_namespaces:
@@ -338,8 +348,9 @@ def _targets_from_args(args: argparse.Namespace
             ns = (res.metadata.namespace or "default") if res.namespaced else None
             out.append((type(res), res.metadata.name, ns))
         return out
+    _split_kind_name(args)
     if not args.kind or not args.name:
-        raise CliError("delete needs KIND NAME, or -f FILE", usage=True)
+        raise CliError("delete needs KIND NAME (or KIND/NAME), or -f FILE", usage=True)
     cls = resolve_kind(args.kind)
     return [(cls, args.name, (args.namespace or "default") if cls.namespaced else None)]
 

@@ -157,6 +157,10 @@ def test_delete_what_a_file_describes(env: dict[str, str]) -> None:
     assert fab(env, "get", "ippool", "-o", "name").stdout == "ippool/default\n"
     r = fab(env, "delete", "-f", "-", stdin=pool)
     assert r.returncode == 0 and "IPPool default deleted" in r.stdout, r.stderr
+    # What get -o name prints, delete takes.
+    (name,) = fab(env, "get", "bgpconfig", "-o", "name").stdout.split()
+    r = fab(env, "delete", name)
+    assert r.returncode == 0 and r.stdout.strip() == "BGPConfiguration default deleted"
 
 
 def test_version_shows_client_schema_agents_and_warns_on_skew(

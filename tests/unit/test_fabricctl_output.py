@@ -73,6 +73,9 @@ def test_get_name_wide_and_selector(ds: FakeDatastore,
     assert header.split() == ["NAME", "IPV4", "ASN", "RRCLUSTERID", "LABELS", "IPV6", "STATUS"]
     assert "fd99::1/64" in n1 and "fd99" not in n2
     assert "IPV6" not in fabricctl(capsys, "get", "node")[1]
+    # What -o name prints names a resource again.
+    assert fabricctl(capsys, "get", "node/n2", "-o", "name") == (0, "node/n2\n", "")
+    assert fabricctl(capsys, "get", "node/n2", "n1")[0] == 2
 
 
 def test_nothing_found_is_a_message_on_stderr(ds: FakeDatastore,
