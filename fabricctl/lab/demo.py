@@ -143,7 +143,7 @@ def run(topo: Topology, say: Say, step: Say) -> int:
     say("  fabricctl lab exec leaf1 -- ip route     # a ToR's routes (ECMP over the spines)")
     say(f"  fabricctl lab exec default/web-1 -- ping {pods['db-2']['ips'][0]}")
     say("  fabricctl lab exec node1 -- fabricctl get workloadendpoints")
-    say(f"  fabricctl lab graph -o {topo.name}       # SVG + PNG of the fabric")
+    say(f"  fabricctl lab graph --file {topo.name}   # SVG + PNG of the fabric")
     say(f"  fabricctl lab down {topo.name}           # remove everything (make demo-down)")
     if wrong:
         say(f"{wrong} of {len(obs)} pairs disagree with the expectation (see above)")
