@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -36,3 +38,17 @@ def tcp_connections(ns: str, peer: str, port: int = 179) -> frozenset[tuple[str,
         if host.removeprefix("::ffff:") == peer:  # an IPv4 peer on a dual-stack socket
             found.add((local, remote))
     return frozenset(found)
+
+
+def stop_all(procs: Iterable[subprocess.Popen[bytes]], timeout: float = 10) -> None:
+    """SIGTERM every process, then wait for each (SIGKILL after ``timeout``)."""
+    procs = list(procs)
+    for p in procs:
+        with contextlib.suppress(ProcessLookupError):
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()

@@ -12,48 +12,20 @@ own node only.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from helpers.exabgp import wait_for
-from helpers.fabric import BIN, Node
+from helpers.fabric import Node
+from helpers.tor_rack import add_dual_stack_pod as add_pod
+from helpers.tor_rack import bgp_routes, dual_stack_rack, put, sh
 
 from datastore.embedded import EmbeddedEtcd
 
 pytestmark = pytest.mark.integration
-
-API = "l3fabric.io/v1"
-
-
-def sh(*cmd: str) -> str:
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=60).stdout
-
-
-def put(etcd: EmbeddedEtcd, key: str, kind: str, name: str, spec: dict[str, Any]) -> None:
-    obj = {"apiVersion": API, "kind": kind, "metadata": {"name": name}, "spec": spec}
-    sh("etcdctl", "--endpoints", etcd.endpoint, "put", f"/l3fabric/v1/{key}", json.dumps(obj))
-
-
-def add_pod(node: Node, pod_ns: str, name: str,
-            labels: dict[str, str] | None = None) -> tuple[str, str]:
-    """A dual-stack pod through the real shim; its (IPv4, IPv6) addresses."""
-    res = node.cni_add(f"c-{name}", pod_ns, name, labels=labels,
-                       ipam={"assign_ipv4": True, "assign_ipv6": True})
-    ips = [i["address"].split("/")[0] for i in res["ips"]]
-    v4 = [ip for ip in ips if ":" not in ip]
-    v6 = [ip for ip in ips if ":" in ip]
-    assert len(v4) == 1 and len(v6) == 1, ips
-    return v4[0], v6[0]
-
-
-def bgp_routes(ns: str, family: str) -> dict[str, str]:
-    out = sh("ip", family, "-n", ns, "route", "show", "proto", "81")
-    return {ln.split()[0]: ln for ln in out.splitlines() if ln.strip()}
 
 
 def ping(src_ns: str, ip: str) -> bool:
@@ -149,36 +121,10 @@ def test_ipv6_blocks_cross_a_bird_tor_configured_by_tor_config(
     ``bgp.ipv6Address`` they carry IPv6 too. The ToR installs each node's IPv6 block via
     that node's IPv6 address and re-advertises it with its own as next hop; each node
     installs the other's block via the ToR; the pods ping each other over IPv6."""
-    tor_ns = netns("tor")
-    nodes = []
-    for i in (1, 2):
-        ns = netns(f"n{i}")
-        sh("ip", "-n", tor_ns, "link", "add", f"down{i}", "type", "veth", "peer", "name", "up1",
-           "netns", ns)
-        for where, dev, host in ((tor_ns, f"down{i}", 1), (ns, "up1", 2)):
-            sh("ip", "-n", where, "addr", "add", f"10.98.{i}.{host}/30", "dev", dev)
-            sh("ip", "-n", where, "addr", "add", f"fd98:{i}::{host}/64", "dev", dev, "nodad")
-            sh("ip", "-n", where, "link", "set", dev, "up")
-        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1",
-           "net.ipv6.conf.all.forwarding=1")
-        put(etcd, f"nodes/n{i}", "Node", f"n{i}", {"bgp": {
-            "ipv4Address": f"10.98.{i}.2/30", "ipv6Address": f"fd98:{i}::2/64",
-            "asNumber": 65100 + i}})
-        put(etcd, f"config/bgppeers/rack-n{i}", "BGPPeer", f"rack-n{i}",
-            {"peerIP": f"10.98.{i}.1", "asNumber": 65000, "node": f"n{i}"})
-        nodes.append(Node(f"n{i}", ns, f"10.98.{i}.2/30", tmp_path / f"n{i}"))
-    sh("ip", "netns", "exec", tor_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1",
-       "net.ipv6.conf.all.forwarding=1")
-    put(etcd, "config/bgp/default", "BGPConfiguration", "default",
-        {"asNumber": 64512, "holdTime": 9, "nodeToNodeMesh": False})
-    put(etcd, "config/ippools/v4", "IPPool", "v4", {"cidr": "10.244.0.0/16", "blockSize": 26})
-    put(etcd, "config/ippools/v6", "IPPool", "v6", {"cidr": "fd44::/48", "blockSize": 122})
-    r = subprocess.run([str(BIN / "fabricctl"), "tor-config", "--peer-group", "rack",
-                        "--format", "bird"], capture_output=True, text=True, timeout=60,
-                       env={"L3FABRIC_ETCD_ENDPOINTS": etcd.endpoint, "PATH": "/usr/bin:/bin"})
-    assert r.returncode == 0, r.stderr
+    rack = dual_stack_rack(netns, etcd, tmp_path)
+    tor_ns, nodes = rack.tor_ns, rack.nodes
     conf = tmp_path / "bird.conf"
-    conf.write_text(r.stdout)
+    conf.write_text(rack.tor_config("bird"))
     sock = tmp_path / "bird.ctl"
     bird = subprocess.Popen(["ip", "netns", "exec", tor_ns, "bird", "-f", "-c", str(conf), "-s",
                              str(sock), "-P", str(tmp_path / "bird.pid")],

@@ -11,13 +11,11 @@ and re-advertises n1's block to n2 with itself as next hop.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,11 +23,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.frr import Frr, frr_missing
+from helpers.procs import stop_all
 
 from datastore.embedded import EmbeddedEtcd
 
 FABRICCTL = str(Path(sys.executable).with_name("fabricctl"))
-FRR_DIR = Path("/usr/lib/frr")
 PASSWORD = "s3cret-md5"
 
 RESOURCES = [
@@ -70,7 +69,7 @@ class Lab:
     n2: str
     tmp: Path
     procs: list[subprocess.Popen[bytes]]
-    scratch: list[Path]
+    frr: list[Frr]
 
     def bird(self, ns: str, name: str, conf: str) -> Path:
         path = self.tmp / f"{name}.conf"
@@ -99,17 +98,9 @@ def lab(netns: Callable[[str], str], tmp_path: Path) -> Iterator[Lab]:
     try:
         yield lab
     finally:
-        for p in lab.procs:
-            with contextlib.suppress(ProcessLookupError):
-                p.terminate()
-        for p in lab.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
-        for d in lab.scratch:
-            shutil.rmtree(d, ignore_errors=True)
+        stop_all(lab.procs)
+        for frr in lab.frr:
+            frr.stop()
 
 
 def node_bird(i: int, asn: int, announces: dict[str, bool]) -> str:
@@ -202,50 +193,18 @@ def test_bird_tor_from_tor_config(etcd: EmbeddedEtcd, lab: Lab) -> None:
     check_node_side(lab, n1, n2)
 
 
-def _frr_ok() -> str | None:
-    if not (FRR_DIR / "bgpd").exists() or shutil.which("vtysh") is None:
-        return "FRR is not installed (Debian package frr)"
-    try:
-        sh("id", "frr")
-    except subprocess.CalledProcessError:
-        return "FRR's user 'frr' does not exist"
-    return None
-
-
-@pytest.mark.skipif(_frr_ok() is not None, reason=str(_frr_ok()))
+@pytest.mark.skipif(frr_missing() is not None, reason=str(frr_missing()))
 def test_frr_tor_from_tor_config(etcd: EmbeddedEtcd, lab: Lab) -> None:
     conf = apply_and_render(etcd, lab.tmp, "frr")
-    # FRR's daemons drop to the frr user, which cannot enter pytest's 0700 tmp dirs.
-    d = Path(tempfile.mkdtemp(prefix="l3fabric-frr-"))
-    lab.scratch.append(d)
-    d.chmod(0o755)
-    (d / "bgpd.conf").write_text(conf)
-    (d / "zebra.conf").write_text("")
-    sh("chown", "-R", "frr:frr", str(d))
-    # The daemons run as FRR's own user (root is not in the vty group frrvty); their
-    # sockets, pid files and logs stay in that scratch directory.
-    for daemon in ("zebra", "bgpd"):
-        log = (lab.tmp / f"{daemon}.out").open("w")
-        lab.procs.append(subprocess.Popen(
-            ["ip", "netns", "exec", lab.tor, str(FRR_DIR / daemon), "-z", str(d / "zserv.api"),
-             "-i", str(d / f"{daemon}.pid"), "--vty_socket", str(d), "-P", "0",
-             "-f", str(d / f"{daemon}.conf"), "--log", f"file:{d / daemon}.log"],
-            stdout=log, stderr=subprocess.STDOUT))
-        vty, out = d / f"{daemon}.vty", lab.tmp / f"{daemon}.out"
-        wait_for(f"{daemon} to start", vty.exists, timeout=15, debug=out.read_text)
+    frr = Frr(lab.tor, lab.tmp)
+    lab.frr.append(frr)
+    frr.start(conf)
     n1 = lab.bird(lab.n1, "n1", node_bird(1, 65001, N1_ANNOUNCES))
     n2 = lab.bird(lab.n2, "n2", node_bird(2, 65002, N2_ANNOUNCES))
-
-    def vtysh(cmd: str) -> str:
-        return subprocess.run(["vtysh", "--vty_socket", str(d), "-c", cmd],
-                              capture_output=True, text=True, timeout=15).stdout
+    vtysh = frr.vtysh
 
     def established() -> bool:
-        try:
-            peers = json.loads(vtysh("show bgp ipv4 unicast summary json") or "{}")["peers"]
-        except (KeyError, json.JSONDecodeError):
-            return False
-        return [p["state"] for p in peers.values()] == ["Established", "Established"]
+        return list(frr.peers().values()) == ["Established", "Established"]
 
     wait_for("both FRR sessions Established", established,
              debug=lambda: vtysh("show bgp summary") + vtysh("show running-config"))
