@@ -10,10 +10,17 @@ converges the kernel to them, coalescing bursts. Stale routes are removed only o
 first snapshot is complete (``in sync``), so an agent restart never drops a running pod's
 route. The CNI handler tells the agent about a pod it just wired *before* answering ADD,
 through `endpoint_added`, so a pod's dataplane state never waits for the etcd round trip.
+The kernel's notifications (links, IPv4 addresses, routes of our protocols; one rtnetlink
+socket, `_watch_netlink`) mark the dataplane dirty too: routes the kernel dropped with a
+link that went down are restored as it comes up, not at the next periodic resync.
 
 Failure modes: etcd unreachable — the syncer retries with backoff, the dataplane keeps its
 last state, CNI ADD fails with code 11 from the handler; a bad value in etcd — counted in
-``l3fabric_config_errors_total``, logged once, listed in NodeStatus, last good value kept.
+``l3fabric_config_errors_total``, logged once, listed in NodeStatus, last good value kept;
+a local endpoint whose host veth is gone (stale) — logged once, counted in
+``l3fabric_endpoints_without_interface``, listed in NodeStatus, its route programmed when
+the interface appears; readiness is not held back by it. Until ready, ``/readyz`` names the
+start-up step it waits for and that step's last error (`felix_like.metrics.Readiness`).
 """
 
 from __future__ import annotations
