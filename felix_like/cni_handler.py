@@ -860,6 +860,7 @@ class CniHandler:
         # handle -> what of it to remove: its endpoint (key, container) and its veths
         # (name, addresses of the routes through it).
         stale: dict[str, _Leftover] = {}
+        veths: dict[str, plumbing.VethAttachment | None] = {}
         try:
             if not ipam_only:
                 kvs, _ = await self.ds.list(keys.workloads_of(self.node))
@@ -884,9 +885,14 @@ class CniHandler:
                     h = handle_for(net, att.container_id, att.ifname)
                     if h not in valid:
                         stale.setdefault(h, _Leftover()).veths.setdefault(name, ())
+            unnamed = {name for name, att in veths.items() if att is None}
             for h in await self._node_handles(net):
                 if h not in valid:
-                    stale.setdefault(h, _Leftover())
+                    left = stale.setdefault(h, _Leftover())
+                    # A veth with no alias (wired by an older l3fabric): its name is the
+                    # hash of the handle's parts.
+                    left.veths.update((name, ()) for name in _veths_of_handle(net, h)
+                                      if name in unnamed)
             freed = 0
             for h, left in sorted(stale.items()):
                 # Checked and locked with no await between: an ADD or DEL of ``h`` in
@@ -999,6 +1005,14 @@ class CniHandler:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _veths_of_handle(network: str, handle: str) -> list[str]:
+    """The host veth names handle ``<network>.<containerID>.<ifname>`` may have: both
+    parts may hold dots, so every split is a candidate."""
+    rest = handle[len(network) + 1:] if handle.startswith(f"{network}.") else ""
+    return [plumbing.host_veth_name(network, rest[:i], rest[i + 1:])
+            for i, c in enumerate(rest) if c == "."]
 
 
 def _delegated(req: CniRequest) -> bool:

@@ -823,11 +823,14 @@ async def test_gc_with_same_name_attachments_and_veths_without_endpoints(
         addrs[f"g{i}"] = _addr((await fab.add(netns("pod"), f"g{i}", args=same)).ok().json)
     addrs["q"] = _addr((await fab.add(netns("pod"), "q")).ok().json)
     await _assert_only(fab, {"g3": addrs["g3"], "q": addrs["q"]})
-    # Attachments etcd lost track of: o1 has no endpoint, o2 neither endpoint nor address.
-    for cid in ("o1", "o2"):
+    # Attachments etcd lost track of: o1 has no endpoint, o2 neither endpoint nor address;
+    # o3 has no endpoint and its veth no alias (as an older l3fabric wired it).
+    for cid in ("o1", "o2", "o3.x"):
         addrs[cid] = _addr((await fab.add(netns("pod"), cid)).ok().json)
         await fab.ds.delete(keys.workload(fab.node, "default", cid, "eth0"))
     await fab.ipam.release_by_handle(f"{NETWORK}.o2.eth0")
+    sh("ip", "-n", fab.node, "link", "set", host_veth_name(NETWORK, "o3.x", "eth0"),
+       "alias", "")
     other = {**fab.conf(), "name": "othernet"}
     (await fab.add(netns("pod"), "x", conf=other)).ok()
     other_veth = host_veth_name("othernet", "x", "eth0")
