@@ -108,3 +108,16 @@ def test_check_finds_endpoints_whose_address_ipam_does_not_hold_for_them() -> No
     detail = {p.subject: p.detail for p in problems}
     assert "free" in detail["workloads/n1/default.freed.eth0"]
     assert "l3net.c-other.eth0" in detail["workloads/n1/default.stale.eth0"]
+
+
+def test_a_veths_alias_names_its_attachment_only_when_its_name_agrees() -> None:
+    """GC trusts an alias only when the veth's name is the hash of what it names."""
+    from cni import plumbing
+
+    name = plumbing.host_veth_name("l3net", "c.1", "eth0")
+    alias = plumbing.attachment_alias("l3net", "c.1", "eth0")
+    assert plumbing.parse_alias(name, alias) == plumbing.VethAttachment("l3net", "c.1", "eth0")
+    assert plumbing.parse_alias("fab00000000000", alias) is None  # set by hand elsewhere
+    assert plumbing.parse_alias(name, "uplink to rack 3") is None
+    assert plumbing.parse_alias(name, "l3fabric/l3net/c.1") is None
+    assert plumbing.attachment_alias("l3net", "c" * 300, "eth0") == ""  # over IFALIASZ
