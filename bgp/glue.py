@@ -15,9 +15,12 @@ the blocks, borrowed addresses are not exported (blocks still are).
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,19 +30,20 @@ from bgp.config import desired_neighbors
 from bgp.export import confirmed_blocks, export_prefixes, pool_cidrs
 from bgp.speaker import BgpSpeaker, Learned
 from datastore import keys, model
-from felix_like.netlink import run_in_netns
 
 log = logging.getLogger(__name__)
 
 
-def _interface_holding(address: str) -> str | None:
-    """The name of the interface that has ``address``, in the calling thread's namespace."""
-    from pyroute2 import IPRoute
-
-    with IPRoute() as ipr:
-        for a in ipr.get_addr(address=address):
-            for link in ipr.get_links(a["index"]):
-                return str(link.get_attr("IFLA_IFNAME"))
+def interface_holding(address: str, netns: str | None = None) -> str | None:
+    """The name of the interface that has ``address`` (in namespace ``netns``, else ours).
+    ``ip`` rather than pyroute2: this runs on the agent's event loop, where pyroute2's
+    synchronous API refuses to run (it drives an event loop of its own)."""
+    ip = ipaddress.ip_address(address)
+    cmd = ["ip", *(["-n", netns] if netns else []), "-j", "addr", "show", "to",
+           f"{ip}/{ip.max_prefixlen}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=True).stdout
+    for link in json.loads(out or "[]"):
+        return str(link["ifname"])
     return None
 
 
@@ -82,9 +86,8 @@ class BgpController:
         learned over a session from that address."""
         if address not in self._interfaces:
             try:
-                self._interfaces[address] = run_in_netns(
-                    self.netns, lambda: _interface_holding(address))
-            except Exception as e:  # netlink's errors too: the route waits, the agent runs
+                self._interfaces[address] = interface_holding(address, self.netns)
+            except (OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
                 log.warning("cannot read the interface of %s: %s", address, e)
                 return None
         return self._interfaces[address]
