@@ -144,32 +144,38 @@ def detect_node_ip(ipr: Any) -> str | None:
     return candidates[0] if candidates else None
 
 
-def _kernel_changes(batch: Sequence[MonitorEvent], links: dict[int, int]
-                    ) -> tuple[list[str], bool, set[str], set[str]]:
-    """What a batch of notifications means to the agent: the links other than pod veths
-    that came up (a usable bit set that was not: ``links`` is updated), whether an IPv4
-    address changed, the deleted destinations of our protocols in the main table, and
-    the pod veths that appeared."""
-    came_up: list[str] = []
-    addresses = False
-    deleted: set[str] = set()
-    appeared: set[str] = set()
+@dataclass
+class KernelChanges:
+    """What a batch of rtnetlink notifications means to the agent."""
+
+    came_up: list[str] = field(default_factory=list)  # links, not pod veths, now usable
+    addresses: bool = False  # an IPv4 address was added or removed
+    deleted: set[str] = field(default_factory=set)  # our protocols' dsts gone from main
+    appeared: set[str] = field(default_factory=set)  # pod veths that exist now
+    vanished: set[str] = field(default_factory=set)  # pod veths deleted
+    everything: bool = False  # notifications were lost: read and retry everything
+
+
+def _kernel_changes(batch: Sequence[MonitorEvent], links: dict[int, int]) -> KernelChanges:
+    """Sort a batch of notifications; ``links`` (ifindex -> usable bits) is updated, and a
+    link "comes up" when a usable bit is set that was not."""
+    out = KernelChanges()
     for ev in batch:
         if isinstance(ev, AddressChange):
-            addresses = addresses or ev.family == socket.AF_INET
+            out.addresses = out.addresses or ev.family == socket.AF_INET
         elif isinstance(ev, LinkChange):
             before = links.pop(ev.index, None)
-            if ev.deleted:
-                continue
-            links[ev.index] = ev.usable
-            if ev.name.startswith("fab"):
-                appeared.add(ev.name)
-            elif ev.usable & ~(before or 0) and ev.name not in came_up:
-                came_up.append(ev.name)
+            if not ev.deleted:
+                links[ev.index] = ev.usable
+            if ev.name.startswith("fab"):  # the last word on a veth counts
+                (out.vanished if ev.deleted else out.appeared).add(ev.name)
+                (out.appeared if ev.deleted else out.vanished).discard(ev.name)
+            elif ev.usable & ~(before or 0) and ev.name not in out.came_up:
+                out.came_up.append(ev.name)
         elif (isinstance(ev, RouteDeleted) and ev.proto in OWNED_PROTOS
               and ev.table == RT_TABLE_MAIN):
-            deleted.add(ev.dst)
-    return came_up, addresses, deleted, appeared
+            out.deleted.add(ev.dst)
+    return out
 
 
 class Agent:
@@ -449,7 +455,10 @@ class Agent:
         - a route of ours that we still want is deleted (by the kernel or by hand): the
           route manager forgets it and the apply puts it back. Echoes of our own deletes
           are for routes we no longer want, so they cause nothing;
-        - a pod veth appears whose endpoint's routes wait for it: they are tried now.
+        - a pod veth appears whose endpoint's routes wait for it: they are tried now;
+        - a pod veth is deleted (not by a DEL, which removes its endpoint first): its
+          routes went with it, silently for IPv4; the apply finds them missing and its
+          endpoint is reported as without interface at once.
 
         A burst (a flap brings a dozen messages) is handled once. If the socket overflowed
         (ENOBUFS: notifications lost) everything is read again.
@@ -496,42 +505,43 @@ class Agent:
                 woke.clear()
                 batch = pending.copy()
                 pending.clear()
-                came_up, addresses, deleted, appeared = _kernel_changes(batch, links)
-                everything, lost = lost, False
-                if everything:
+                changes = _kernel_changes(batch, links)
+                addresses = changes.addresses
+                if lost:
+                    lost = False
                     log.warning("netlink notifications were lost: reading links, addresses "
                                 "and routes again")
                     links = await self._in_netlink(lambda: link_states(self.ipr))
-                    addresses = True
-                await self._follow_kernel(came_up, deleted, appeared, everything)
+                    changes.everything = addresses = True
+                await self._follow_kernel(changes)
         finally:
             loop.remove_reader(sock.fileno())
             sock.close()
 
-    async def _follow_kernel(self, came_up: list[str], deleted: set[str],
-                             appeared: set[str], everything: bool = False) -> None:
+    async def _follow_kernel(self, ch: KernelChanges) -> None:
         """Bring the route manager's record in line with what the kernel did (in the
-        netlink thread, ordered with the applies) and apply if that changed anything.
-        ``everything``: notifications were lost, so re-read all and retry all."""
-        if not (came_up or deleted or everything or (appeared and self.without_interface)):
+        netlink thread, ordered with the applies) and apply if that changed anything."""
+        appeared = ch.appeared if self.without_interface else set()
+        if not (ch.came_up or ch.deleted or ch.everything or appeared or ch.vanished):
             return
         routes = self.routes
 
         def update() -> tuple[list[Route], bool]:
-            if came_up or everything:
+            if ch.came_up or ch.everything:
                 routes.reread()
-            gone = routes.forget(deleted)
-            if everything:
-                return gone, routes.retry_waiting()
-            return gone, any([routes.link_appeared(name) for name in appeared])
+            gone = routes.forget(ch.deleted)
+            changed = any([routes.link_gone(name) for name in ch.vanished])
+            if ch.everything:
+                return gone, routes.retry_waiting() or changed
+            return gone, any([routes.link_appeared(name) for name in appeared]) or changed
 
-        gone, waiting = await self._in_netlink(update)
-        if came_up:
-            log.info("link %s up: routes read again", ", ".join(came_up))
+        gone, changed = await self._in_netlink(update)
+        if ch.came_up:
+            log.info("link %s up: routes read again", ", ".join(ch.came_up))
         if gone:
             log.info("%d route(s) of ours deleted from the kernel (%s%s): restoring",
                      len(gone), gone[0].dst, ", ..." if len(gone) > 1 else "")
-        if came_up or everything or gone or waiting:
+        if ch.came_up or ch.everything or gone or changed:
             self._dirty.set()
 
     # -- datastore -------------------------------------------------------------------------

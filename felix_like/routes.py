@@ -316,6 +316,18 @@ class RouteManager:
             del self._waiting[dst]
         return bool(found)
 
+    def link_gone(self, name: str) -> bool:
+        """Interface ``name`` was deleted and the kernel deleted every route through it
+        (IPv4 without a notification): drop them from our record, so that the next apply()
+        finds the ones still desired missing (and waiting for the interface). Whether any
+        of them is desired."""
+        if self._programmed is None:
+            return False
+        found = [dst for dst, r in self._programmed.items() if r.dev == name]
+        for dst in found:
+            del self._programmed[dst]
+        return any(dst in self._desired for dst in found)
+
     def retry_waiting(self) -> bool:
         """Try every route waiting for an interface at the next apply(); whether any was."""
         found = bool(self._waiting)

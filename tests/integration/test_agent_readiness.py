@@ -4,7 +4,8 @@ it back.
 - Stale WorkloadEndpoints (their pods' veths gone while the agent was stopped) do not
   keep a restarted agent unready: their routes wait for their interfaces, each is
   reported once (log, ``l3fabric_endpoints_without_interface``, NodeStatus errors), and
-  one is programmed as soon as its interface appears. A restart with such endpoints
+  one is programmed as soon as its interface appears. A veth deleted while the agent
+  runs is reported at once. A restart with such endpoints
   logged ``route add … failed: no interface`` on every retry and stayed 503 "not ready:
   starting" for a minute or more.
 - With etcd down at the start, ``/readyz`` names the step it waits for and the last
@@ -110,6 +111,14 @@ def test_a_restart_with_stale_endpoints_is_ready_in_seconds_and_reports_them_onc
              3, f"the route through {back}", 0.02, node.log_tail)
     wait_for(lambda: metric(node, "l3fabric_endpoints_without_interface") == STALE - 1, 5,
              "one endpoint less without interface")
+
+    # The live pod's veth deleted while the agent runs (no DEL): reported at once.
+    live_if = str(results[0]["interfaces"][0]["name"])
+    sh("ip", "-n", node.ns, "link", "del", live_if)
+    wait_for(lambda: metric(node, "l3fabric_endpoints_without_interface") == STALE, 3,
+             f"the endpoint of {live_if} without interface", 0.02, node.log_tail)
+    assert f"endpoint workloads/n1/default.p00.eth0: its host interface {live_if} does not " \
+           "exist" in node.log.read_text()[log_from:]
 
 
 def test_readyz_names_the_step_it_waits_for_and_the_last_error(

@@ -12,7 +12,7 @@ import pytest
 from test_agent_calc import wep
 from test_routes_unit import FakeKernel
 
-from felix_like.agent import Agent, AgentConfig, _kernel_changes
+from felix_like.agent import Agent, AgentConfig, KernelChanges, _kernel_changes
 from felix_like.metrics import Readiness
 from felix_like.netlink import IFF_LOWER_UP, IFF_UP, AddressChange, LinkChange, RouteDeleted
 from felix_like.routes import PROTO_L3FABRIC, PROTO_L3FABRIC_BGP, RouteManager
@@ -43,26 +43,29 @@ def test_readiness_names_the_first_step_not_done_and_its_last_error() -> None:
         r.done("bogus")
 
 
-def test_kernel_changes_a_link_coming_up_routes_deleted_and_veths_appearing() -> None:
+def test_kernel_changes_a_link_coming_up_routes_deleted_and_veths_coming_and_going() -> None:
     links = {2: IFF_UP | IFF_LOWER_UP, 7: IFF_UP | IFF_LOWER_UP}
     up1 = "up1"
     down = [LinkChange(2, up1, 0), AddressChange(socket.AF_INET6, 2, True),
             RouteDeleted(socket.AF_INET6, "fd00:1::/122", PROTO_L3FABRIC_BGP, 254)]
-    assert _kernel_changes(down, links) == ([], False, {"fd00:1::/122"}, set())
+    assert _kernel_changes(down, links) == KernelChanges(deleted={"fd00:1::/122"})
     assert links[2] == 0
     # Administratively up, then the carrier: each is a link coming up.
-    assert _kernel_changes([LinkChange(2, up1, IFF_UP)], links)[0] == [up1]
-    assert _kernel_changes([LinkChange(2, up1, IFF_UP | IFF_LOWER_UP)], links)[0] == [up1]
-    assert _kernel_changes([LinkChange(2, up1, IFF_UP | IFF_LOWER_UP)], links)[0] == []
-    # Pod veths appear: not a reason to read every route again.
+    assert _kernel_changes([LinkChange(2, up1, IFF_UP)], links).came_up == [up1]
+    assert _kernel_changes([LinkChange(2, up1, IFF_UP | IFF_LOWER_UP)], links).came_up == [up1]
+    assert _kernel_changes([LinkChange(2, up1, IFF_UP | IFF_LOWER_UP)], links).came_up == []
+    # Pod veths come and go: not a reason to read every route again; the last word counts.
     got = _kernel_changes([LinkChange(9, "fab123", 0), LinkChange(9, "fab123", IFF_UP),
-                           LinkChange(7, "fabold", 0, deleted=True)], links)
-    assert got == ([], False, set(), {"fab123"}) and 7 not in links
+                           LinkChange(7, "fabold", 0, deleted=True),
+                           LinkChange(8, "fabshort", 0), LinkChange(8, "fabshort", 0, True)],
+                          links)
+    assert got == KernelChanges(appeared={"fab123"}, vanished={"fabold", "fabshort"})
+    assert 7 not in links and 8 not in links
     # Only our protocols in the main table; IPv4 addresses only.
     other = [RouteDeleted(socket.AF_INET, "10.0.0.0/24", 2, 254),
              RouteDeleted(socket.AF_INET, "10.244.1.5/32", PROTO_L3FABRIC, 255),
              AddressChange(socket.AF_INET, 2, False)]
-    assert _kernel_changes(other, links) == ([], True, set(), set())
+    assert _kernel_changes(other, links) == KernelChanges(addresses=True)
 
 
 def gauge(agent: Agent) -> float | None:
@@ -118,7 +121,7 @@ async def test_an_endpoint_without_its_interface_is_reported_once_and_does_not_b
 
     # The veth appears (RTM_NEWLINK): its route goes in at once.
     kernel.links["fabgone"] = 9
-    await agent._follow_kernel([], set(), {"fabgone"})
+    await agent._follow_kernel(KernelChanges(appeared={"fabgone"}))
     assert agent._dirty.is_set()
     await agent._apply_locked()
     assert kernel.forwards("10.244.0.2") == "dev fabgone"
@@ -126,6 +129,16 @@ async def test_an_endpoint_without_its_interface_is_reported_once_and_does_not_b
     assert gauge(agent) == 0
     assert "endpoint workloads/n1/default.gone.eth0: no longer waiting for interface " \
            "fabgone" in caplog.text
+
+    # A pod's veth deleted behind the agent's back (no DEL): the kernel takes its route
+    # silently; on the RTM_DELLINK the endpoint is reported at once.
+    del kernel.links["fabok"]
+    del kernel.table["10.244.0.1/32"]
+    await agent._follow_kernel(KernelChanges(vanished={"fabok"}))
+    assert agent._dirty.is_set()
+    await agent._apply_locked()
+    assert agent.without_interface == {"workloads/n1/default.a.eth0": "fabok"}
+    assert gauge(agent) == 1
 
 
 async def test_a_refused_route_holds_readiness_back_and_the_reason_says_which(
@@ -158,6 +171,6 @@ async def test_routes_lost_with_a_link_come_back_when_it_comes_up(tmp_path: Path
     await agent._apply_locked()
     assert kernel.forwards("10.244.9.1") == "via 10.99.0.2"
     del kernel.table["10.244.9.0/26"]  # up1 went down: the kernel said nothing
-    await agent._follow_kernel(["up1"], set(), set())  # ... and came up
+    await agent._follow_kernel(KernelChanges(came_up=["up1"]))  # ... and came up
     await agent._apply_locked()
     assert kernel.forwards("10.244.9.1") == "via 10.99.0.2"

@@ -326,6 +326,21 @@ def test_a_route_without_its_interface_waits_for_the_link_not_for_the_next_apply
     assert m.waiting == {}
 
 
+def test_routes_through_a_deleted_link_leave_the_record_and_wait_for_it() -> None:
+    k = FakeKernel(links={"lo": 1, "fabaaa": 7})
+    m = manager(k)
+    m.set_desired({local("10.244.1.5/32", "fabaaa"), blackhole("10.244.1.0/26")})
+    m.mark_in_sync()
+    m.apply()
+    del k.links["fabaaa"]
+    del k.table["10.244.1.5/32"]  # the kernel took it with the link, silently
+    assert not m.link_gone("fabother")
+    assert m.link_gone("fabaaa")
+    res = m.apply()
+    assert [r.dst for r in res.no_interface] == ["10.244.1.5/32"] and not res.failed
+    assert m.programmed.keys() == {"10.244.1.0/26"}
+
+
 def test_routes_the_kernel_dropped_with_a_link_are_restored_after_a_reread() -> None:
     """A link that goes down takes its IPv4 routes with it and sends no RTM_DELROUTE: our
     record still lists them, so only a re-read of the kernel (on the link's RTM_NEWLINK)
