@@ -26,7 +26,8 @@ Protocol on the socket, one line each way per message: relay → agent, first
 then the states, then the adj-RIB-in as ExaBGP-shaped ``update`` events, then
 ``{"type": "relay-replayed", "complete": {peer: [afi, ...]}}`` (the families whose routes
 the relay knows in full: ``"*"`` for all of them), then whatever ExaBGP writes; agent →
-relay, ExaBGP command lines, and ``relay filter {json}`` lines that are ours (`AdjRibIn`).
+relay, ExaBGP command lines, and ``relay filter {json}`` and ``relay replay`` lines that
+are ours (`AdjRibIn`).
 
 Failure modes: ExaBGP exits → our stdin closes → we exit. The agent dies mid-line → the
 partial line is discarded with the connection. An agent that stops reading while it is
@@ -57,6 +58,9 @@ from typing import Any
 MAX_BACKLOG = 64 << 20
 #: Paths kept per peer before the agent has said its limits (the model's upper bound).
 HARD_LIMIT = 1_000_000
+#: Paths a peer may make us keep beyond what the agent keeps (outside its pools, or past
+#: its limit), for the agent to get from us when a pool is added or a limit raised.
+SPARE = 10_000
 #: Prefixes per replayed update line.
 REPLAY_CHUNK = 500
 
@@ -80,12 +84,15 @@ def _afi(prefix: str) -> str:
 
 class AdjRibIn:
     """Per peer: prefix -> (family, next hops as offered, attributes), from ExaBGP's
-    parsed events. The same bounds as the agent's import table (`bgp.rib`), which the
-    agent sends (``relay filter``): only prefixes inside its pools are kept, at most its
-    limit per peer (a new prefix beyond it is refused; what is held stays when it is
-    lowered); before the first filter, everything up to ``HARD_LIMIT`` per peer. Paths of
-    one update share its attributes (one interned string), so a path costs a dict entry
-    and a tuple: ~2,000 prefixes are a few hundred kB.
+    parsed events, bounded like the agent's import table (`bgp.rib`) by what the agent
+    sends (``relay filter``: its pools and each peer's limit) plus ``SPARE``: a new
+    prefix is kept while the peer has fewer than its limit inside the pools (those the
+    agent keeps), or fewer than limit + ``SPARE`` in all (outside the pools or past the
+    limit: what the agent asks for again, ``relay replay``, when it adds a pool or raises
+    a limit, since a peer may ignore its route refresh). Before the first filter:
+    everything, up to ``HARD_LIMIT`` per peer. Only prefixes inside the pools are
+    replayed. Paths of one update share its attributes (one interned string), so a path
+    costs a dict entry and a tuple: ~2,000 prefixes are a few hundred kB.
 
     Rules: a session "up" or "down" empties the peer's RIB (a new session sends its whole
     table); a Begin-of-RIB marks a family's paths stale and its End-of-RIB (enhanced route
@@ -95,6 +102,7 @@ class AdjRibIn:
 
     def __init__(self) -> None:
         self.paths: dict[str, dict[str, tuple[str, tuple[str, ...], str]]] = {}
+        self.inside: dict[str, int] = {}  # per peer: how many of its paths are in the pools
         self.stale: dict[str, set[str]] = {}
         self.complete: dict[str, set[str]] = {}
         self.heads: dict[str, dict[str, Any]] = {}  # peer -> address/asn of its last event
@@ -114,9 +122,8 @@ class AdjRibIn:
         self.default_limit = int(spec.get("default", HARD_LIMIT))
         for peer in [p for p in self.paths if p not in self.limits]:
             self._forget(peer)
-        for rib in self.paths.values():
-            for key in [k for k in rib if not self._in_pools(k)]:
-                del rib[key]
+        for peer, rib in self.paths.items():
+            self.inside[peer] = sum(1 for k in rib if self._in_pools(k))
 
     def _in_pools(self, prefix: str) -> bool:
         if self.pools is None:
@@ -129,7 +136,7 @@ class AdjRibIn:
                    for p in self.pools)
 
     def _forget(self, peer: str) -> None:
-        for table in (self.paths, self.stale, self.complete, self.heads):
+        for table in (self.paths, self.inside, self.stale, self.complete, self.heads):
             table.pop(peer, None)
 
     # -- ExaBGP's events ------------------------------------------------------------------
@@ -143,8 +150,8 @@ class AdjRibIn:
         kind = msg.get("type")
         if kind == "state":
             if nb.get("state") in ("up", "down"):
-                self.paths.pop(peer, None)
-                self.stale.pop(peer, None)
+                for table in (self.paths, self.inside, self.stale):
+                    table.pop(peer, None)
                 self.complete[peer] = {"*"}
         elif kind == "update":
             message = nb.get("message") or {}
@@ -159,22 +166,29 @@ class AdjRibIn:
             elif rr.get("subtype") == "end":
                 stale = self.stale.get(peer, set())
                 for key in [k for k in stale if _afi(k) == afi]:
-                    rib.pop(key, None)
+                    self._remove(peer, rib, key)
                     stale.discard(key)
                 self.complete.setdefault(peer, set()).add(afi)
+
+    def _remove(self, peer: str, rib: dict[str, Any], key: str) -> None:
+        if rib.pop(key, None) is not None and self._in_pools(key):
+            self.inside[peer] -= 1
 
     def _on_update(self, peer: str, update: Mapping[str, Any]) -> None:
         rib = self.paths.setdefault(peer, {})
         stale = self.stale.get(peer, set())
+        self.inside.setdefault(peer, 0)
         for nlris in (update.get("withdraw") or {}).values():
             for n in nlris:
                 key = str(n.get("nlri"))
-                rib.pop(key, None)
+                self._remove(peer, rib, key)
                 stale.discard(key)
         announce = update.get("announce") or {}
         if not announce:
             return
         text = json.dumps(update.get("attribute") or {}, sort_keys=True)
+        if len(self._attrs) > 2 * self.size() + 1000:  # drop the ones no path uses
+            self._attrs = {a: a for rib_ in self.paths.values() for _, _, a in rib_.values()}
         attrs = self._attrs.setdefault(text, text)
         limit = self.limits.get(peer, self.default_limit)
         for family, by_nh in announce.items():
@@ -186,11 +200,12 @@ class AdjRibIn:
                     offered.setdefault(str(n.get("nlri")), []).append(str(nexthop))
             for key, nhs in offered.items():
                 if key not in rib:
-                    if not self._in_pools(key):
-                        continue
-                    if len(rib) >= limit:
+                    inside = self._in_pools(key)
+                    if not ((inside and self.inside[peer] < limit)
+                            or len(rib) < limit + (SPARE if self.pools is not None else 0)):
                         self.refused += 1
                         continue
+                    self.inside[peer] += inside
                 rib[key] = (str(family), tuple(nhs), attrs)
                 stale.discard(key)
 
@@ -202,7 +217,8 @@ class AdjRibIn:
         for peer, rib in self.paths.items():
             groups: dict[tuple[str, tuple[str, ...], str], list[str]] = {}
             for key, (family, nhs, attrs) in rib.items():
-                groups.setdefault((family, nhs, attrs), []).append(key)
+                if self._in_pools(key):
+                    groups.setdefault((family, nhs, attrs), []).append(key)
             for (family, nhs, attrs), keys in groups.items():
                 for i in range(0, len(keys), REPLAY_CHUNK):
                     chunk = [{"nlri": k} for k in keys[i:i + REPLAY_CHUNK]]
@@ -320,9 +336,12 @@ class Relay:
             sys.stdout.flush()
 
     def _on_control(self, line: str) -> None:
-        """``relay filter {json}``: the bounds of the adj-RIB-in (`AdjRibIn.set_filter`)."""
+        """``relay filter {json}``: the bounds of the adj-RIB-in (`AdjRibIn.set_filter`);
+        ``relay replay``: the adj-RIB-in again (a pool was added, a limit raised)."""
         _, verb, arg = [*line.split(None, 2), "", ""][:3]
-        if verb == "filter":
+        if verb == "replay":
+            self._to_agent(_lines(self.rib.replay()))
+        elif verb == "filter":
             try:
                 self.rib.set_filter(json.loads(arg))
             except (ValueError, KeyError, TypeError) as e:

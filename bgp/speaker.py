@@ -53,8 +53,10 @@ Lifecycle and failure modes:
   peer's max-prefix limit: `NeighborSpec.max_prefixes`, else this speaker's
   ``max_prefixes``). ``set_neighbors`` applies a changed limit to the import table
   without touching ExaBGP (the limit is not in its configuration: no reload, no session
-  reset); a raised limit of a peer that had prefixes refused sends that peer a route
-  refresh so they come now, a lowered one keeps what is held and refuses new prefixes.
+  reset); a raised limit of a peer that had prefixes refused (or a pool added) asks the
+  relay to replay what it kept beyond our bounds and the peer for a route refresh, so
+  they come now; a lowered one keeps what is held and refuses new prefixes. The relay
+  is told those bounds (``relay filter``) whenever they change.
   ``peer_status`` shows each peer's limit (``maxPrefixes``) and, in ``info``, a peer at
   it; ``prefixes_dropped`` counts the refused announcements.
 - ``stop(drain=False)`` is an agent restart: ExaBGP keeps running. ``stop(drain=True)``
@@ -394,15 +396,20 @@ class BgpSpeaker:
                 del self.peers[ip]
                 self.rib.forget(ip)
                 self._schedule_emit()
-        for ip, n in self.neighbors.items():
-            if self.rib.set_limit(ip, n.max_prefixes) and self.peers[ip].state == "Established":
-                # Prefixes refused under the old limit are not stored (bgp.rib): ask this
-                # peer to send them again. Before the relay is attached _send drops it,
-                # and the attach asks every peer for a refresh anyway.
-                log.info("max-prefix limit of %s raised: asking it for a route refresh", ip)
+        raised = [ip for ip, n in self.neighbors.items()
+                  if self.rib.set_limit(ip, n.max_prefixes)
+                  and self.peers[ip].state == "Established"]
+        self._sync_relay_filter()
+        if raised:
+            # Prefixes refused under the old limit are not stored (bgp.rib): the relay
+            # keeps some beyond it (`bgp.relay.AdjRibIn`) and replays them; the peers are
+            # asked too, for what it could not keep (one may ignore the request).
+            log.info("max-prefix limit of %s raised: asking the relay for its routes and "
+                     "the peers for a route refresh", ", ".join(raised))
+            self._send_relay("relay replay")
+            for ip in raised:
                 self._send([f"neighbor {ip} announce route-refresh {f}"
                             for f in self._families(ip)])
-        self._sync_relay_filter()
         changed = await self.set_config(render_config(
             self.neighbors, relay_command(self.socket_path, self.python)))
         self.configured.set()
@@ -428,8 +435,11 @@ class BgpSpeaker:
         grown = self.rib.set_filter(self._pools, self._own_blocks, self.exports)
         self._sync_relay_filter()  # before a refresh: the relay must keep its answer
         if grown and any(st.state == "Established" for st in self.peers.values()):
-            # Paths inside a new pool were never stored (bgp.rib): ask for them again.
-            log.info("pools added: asking the peers for a route refresh")
+            # Paths inside a new pool were never stored (bgp.rib): the relay kept some
+            # outside the pools and replays them; the peers are asked again too.
+            log.info("pools added: asking the relay for its routes and the peers for a "
+                     "route refresh")
+            self._send_relay("relay replay")
             self._send_to_all(self._refresh_all())
         self._schedule_emit()
 
@@ -510,11 +520,16 @@ class BgpSpeaker:
             "pools": self._pools, "default": self.rib.max_prefixes,
             "limits": {ip: self.rib.limit(ip) for ip in sorted(self.neighbors)}},
             separators=(",", ":"))
-        if line == self._relay_filter:
-            return
-        try:  # the relay's own command: ExaBGP never sees it, nor acks it
-            self._writer.write((line + "\n").encode())
+        if line != self._relay_filter:
+            self._send_relay(line)
             self._relay_filter = line
+
+    def _send_relay(self, line: str) -> None:
+        """A command of the relay's own: ExaBGP never sees it, nor acks it."""
+        if self._writer is None:
+            return
+        try:
+            self._writer.write((line + "\n").encode())
         except (ConnectionError, RuntimeError):
             self._writer = None
 
@@ -663,7 +678,8 @@ class BgpSpeaker:
         msg = json.loads(raw)
         kind = msg.get("type")
         if kind == "relay-replayed":
-            self._on_replayed(msg.get("complete") or {})
+            if self._replaying:  # the end of the attach's replay, not of one we asked for
+                self._on_replayed(msg.get("complete") or {})
             return
         nb = msg.get("neighbor") or {}
         peer = str((nb.get("address") or {}).get("peer", ""))

@@ -16,8 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from test_bgp_speaker import PEER, Lines, speaker
 
+from bgp import relay
 from bgp.relay import AdjRibIn
 from bgp.speaker import BgpSpeaker
 
@@ -89,16 +91,38 @@ def test_a_session_that_went_down_meanwhile_takes_its_routes_with_it(tmp_path: P
     assert [m["neighbor"]["address"]["peer"] for m in replay[:-1]] == [PEER]
 
 
-def test_the_relay_keeps_what_the_agent_would_keep(tmp_path: Path) -> None:
-    """Only inside the pools, at most each peer's limit (the agent's filter); a peer no
-    longer configured is forgotten; a refresh's end sweeps what it did not re-send."""
+def test_the_relay_keeps_what_the_agent_keeps_and_a_bounded_spare(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside the pools up to each peer's limit (the agent's filter), and ``SPARE`` more
+    of any kind: only what is inside the pools is replayed, a pool added later is served
+    from the spare (a peer may ignore the refresh), a peer no longer configured is
+    forgotten, and a refresh's end sweeps what it did not re-send."""
+    monkeypatch.setattr(relay, "SPARE", 2)
     rib = AdjRibIn()
     rib.set_filter({"pools": ["10.244.0.0/16"], "limits": {PEER: 2}, "default": 10})
     rib.on_event(ev("state", state="up"))
-    rib.on_event(update({"ipv4 unicast": {PEER: ["0.0.0.0/0", "10.244.1.0/26", "10.244.2.0/26",
-                                                 "10.244.3.0/26", "192.168.0.0/24"]}}))
-    assert sorted(rib.paths[PEER]) == ["10.244.1.0/26", "10.244.2.0/26"]
-    assert rib.refused == 1
+    rib.on_event(update({"ipv4 unicast": {PEER: [
+        "0.0.0.0/0", "10.245.1.0/26", "10.244.1.0/26", "10.244.2.0/26", "10.244.3.0/26",
+        "192.168.0.0/24"]}}))
+    # 10.244.1/2: inside, within the limit; then two spares: 0.0.0.0/0 and 10.245.1.0/26
+    # came first; 10.244.3.0/26 (past the limit) and 192.168.0.0/24 found no room.
+    assert sorted(rib.paths[PEER]) == ["0.0.0.0/0", "10.244.1.0/26", "10.244.2.0/26",
+                                       "10.245.1.0/26"]
+    assert rib.refused == 2
+    replayed = {n["nlri"] for m in rib.replay() if m["type"] == "update"
+                for by in m["neighbor"]["message"]["update"]["announce"].values()
+                for ns in by.values() for n in ns}
+    assert replayed == {"10.244.1.0/26", "10.244.2.0/26"}
+
+    sp, w = speaker(tmp_path)
+    feed(sp, [ev("state", state="up")])
+    feed(sp, [m for m in rib.replay() if m["type"] == "update"])
+    sp.set_filter(["10.244.0.0/16", "10.245.0.0/16"], ["10.244.1.0/26"])  # a pool added
+    assert w.relay[-1] == "relay replay" and "route-refresh" in w.sent[-1]
+    rib.set_filter(json.loads(w.relay[-2].split(None, 2)[2]))
+    feed(sp, list(rib.replay()))  # the relay's answer; the peer's never comes
+    assert set(sp.rib.table()) == {"10.244.2.0/26", "10.245.1.0/26"}
+
     rib.on_event(ev("refresh", **{"route-refresh": {"afi": "ipv4", "safi": "unicast",
                                                     "subtype": "begin"}}))
     rib.on_event(update({"ipv4 unicast": {PEER: ["10.244.2.0/26"]}}))
