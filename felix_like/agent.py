@@ -513,7 +513,10 @@ class Agent:
                                 "and routes again")
                     links = await self._in_netlink(lambda: link_states(self.ipr))
                     changes.everything = addresses = True
-                await self._follow_kernel(changes)
+                try:
+                    await self._follow_kernel(changes)
+                except Exception:  # the next change or the periodic resync reads them
+                    log.exception("following the kernel's link and route changes failed")
         finally:
             loop.remove_reader(sock.fileno())
             sock.close()

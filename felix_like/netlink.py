@@ -647,23 +647,34 @@ def parse_monitor(data: bytes) -> list[MonitorEvent]:
             break
         body = data[offset + _NLMSGHDR.size:offset + size]
         offset += (size + 3) & ~3
-        if mtype in (RTM_NEWLINK, RTM_DELLINK) and len(body) >= _IFINFOMSG.size:
-            _, _, index, flags, _ = _IFINFOMSG.unpack_from(body)
-            attrs = _parse_attrs(body, _IFINFOMSG.size)
-            out.append(LinkChange(index, attr_str(attrs, IFLA_IFNAME) or "", flags,
-                                  mtype == RTM_DELLINK))
-        elif mtype in (RTM_NEWADDR, RTM_DELADDR) and len(body) >= _IFADDRMSG.size:
-            family, _, _, _, index = _IFADDRMSG.unpack_from(body)
-            out.append(AddressChange(family, index, mtype == RTM_DELADDR))
-        elif mtype == RTM_DELROUTE and len(body) >= _RTMSG.size:
-            family, dst_len, _, _, table, proto, _, _, _ = _RTMSG.unpack_from(body)
-            if family not in (socket.AF_INET, socket.AF_INET6):
-                continue
-            attrs = _parse_attrs(body, _RTMSG.size)
-            table = attr_u32(attrs, RTA_TABLE) or table
-            raw = attrs.get(RTA_DST)
-            zero = b"\0" * (4 if family == socket.AF_INET else 16)
-            addr = socket.inet_ntop(family, raw if raw is not None else zero)
-            dst = str(ipaddress.ip_network(f"{addr}/{dst_len}", strict=False))
-            out.append(RouteDeleted(family, dst, proto, table))
+        try:
+            event = _monitor_event(mtype, body)
+        except (struct.error, ValueError):  # malformed: not ours to interpret
+            continue
+        if event is not None:
+            out.append(event)
     return out
+
+
+def _monitor_event(mtype: int, body: bytes) -> MonitorEvent | None:
+    """One notification's event, or None for a type the agent does not follow."""
+    if mtype in (RTM_NEWLINK, RTM_DELLINK) and len(body) >= _IFINFOMSG.size:
+        _, _, index, flags, _ = _IFINFOMSG.unpack_from(body)
+        attrs = _parse_attrs(body, _IFINFOMSG.size)
+        return LinkChange(index, attr_str(attrs, IFLA_IFNAME) or "", flags,
+                          mtype == RTM_DELLINK)
+    if mtype in (RTM_NEWADDR, RTM_DELADDR) and len(body) >= _IFADDRMSG.size:
+        family, _, _, _, index = _IFADDRMSG.unpack_from(body)
+        return AddressChange(family, index, mtype == RTM_DELADDR)
+    if mtype == RTM_DELROUTE and len(body) >= _RTMSG.size:
+        family, dst_len, _, _, table, proto, _, _, _ = _RTMSG.unpack_from(body)
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        attrs = _parse_attrs(body, _RTMSG.size)
+        table = attr_u32(attrs, RTA_TABLE) or table
+        raw = attrs.get(RTA_DST)
+        zero = b"\0" * (4 if family == socket.AF_INET else 16)
+        addr = socket.inet_ntop(family, raw if raw is not None else zero)
+        dst = str(ipaddress.ip_network(f"{addr}/{dst_len}", strict=False))
+        return RouteDeleted(family, dst, proto, table)
+    return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,15 @@ from test_routes_unit import FakeKernel
 
 from felix_like.agent import Agent, AgentConfig, KernelChanges, _kernel_changes
 from felix_like.metrics import Readiness
-from felix_like.netlink import IFF_LOWER_UP, IFF_UP, AddressChange, LinkChange, RouteDeleted
+from felix_like.netlink import (
+    IFF_LOWER_UP,
+    IFF_UP,
+    RTM_DELROUTE,
+    AddressChange,
+    LinkChange,
+    RouteDeleted,
+    parse_monitor,
+)
 from felix_like.routes import PROTO_L3FABRIC, PROTO_L3FABRIC_BGP, RouteManager
 
 
@@ -174,3 +183,19 @@ async def test_routes_lost_with_a_link_come_back_when_it_comes_up(tmp_path: Path
     await agent._follow_kernel(KernelChanges(came_up=["up1"]))  # ... and came up
     await agent._apply_locked()
     assert kernel.forwards("10.244.9.1") == "via 10.99.0.2"
+
+
+def test_a_malformed_notification_is_skipped_and_the_next_one_read() -> None:
+    def msg(mtype: int, body: bytes) -> bytes:
+        size = 16 + len(body)
+        return struct.pack("=IHHII", size, mtype, 0, 0, 0) + body + b"\0" * (-size % 4)
+
+    def rta(kind: int, payload: bytes) -> bytes:
+        return struct.pack("=HH", 4 + len(payload), kind) + payload + b"\0" * (-len(payload) % 4)
+
+    rtmsg = struct.pack("=BBBBBBBBI", socket.AF_INET, 26, 0, 0, 254, PROTO_L3FABRIC_BGP,
+                        0, 1, 0)
+    bad = msg(RTM_DELROUTE, rtmsg + rta(1, b"\x0a\xf4\x01"))  # a 3-byte IPv4 address
+    good = msg(RTM_DELROUTE, rtmsg + rta(1, bytes([10, 244, 1, 0])))
+    assert parse_monitor(bad + good) == [
+        RouteDeleted(socket.AF_INET, "10.244.1.0/26", PROTO_L3FABRIC_BGP, 254)]
