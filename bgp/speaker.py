@@ -830,8 +830,8 @@ class BgpSpeaker:
                 continue
             src, path = cands[0]
             sn = self.neighbors.get(src)
-            if sn is None or not sn.ibgp:
-                continue
+            if sn is None or not sn.ibgp or "%" in path.nexthop:
+                continue  # (a link-local next hop means nothing on another client's link)
             cluster = next((n.cluster_id for n in self.neighbors.values() if n.cluster_id),
                            None)
             if cluster is None or cluster in path.cluster_list:

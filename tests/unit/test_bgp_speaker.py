@@ -412,3 +412,36 @@ def test_an_unspecified_next_hop_is_never_installed_and_a_link_local_one_gets_it
     assert asked == ["10.99.1.1"]  # the session's local address, looked up when needed
     offer("fd44::40/122", "::")  # replaces the usable one: nothing to install now
     assert sp.rib.table() == {"fd44::80/122": ("fe80::2%up1",)}
+
+
+def test_a_route_with_a_link_local_next_hop_is_not_reflected(tmp_path: Path) -> None:
+    """Its next hop means something only on the link it came over: reflected to another
+    client it would be a gateway that client cannot reach (and ExaBGP refuses the
+    scoped address)."""
+    a, b = "10.0.0.2", "10.0.0.3"
+
+    def ev(peer: str, **nb: Any) -> bytes:
+        return json.dumps({"type": nb.pop("type", "state"), "neighbor": {
+            "address": {"local": "10.0.0.1", "peer": peer}, **nb}}).encode()
+
+    async def run() -> list[str]:
+        sp, w = speaker(tmp_path)
+        sp.interface_of = lambda address: "eth0"
+        sp.set_filter(["fd44::/48"], [])
+        sp.neighbors = {ip: NeighborSpec(ip, 64512, 64512, "10.0.0.1", "10.0.0.1",
+                                         "rr-client", rr_client=True, cluster_id="1.1.1.1",
+                                         ipv6=True)
+                        for ip in (a, b)}
+        sp.peers = {ip: _PeerState(0) for ip in (a, b)}
+        sp._on_line(ev(a, state="up"))
+        sp._on_line(ev(b, state="up"))
+        sp._on_line(ev(a, type="update", message={"update": {"announce": {
+            "ipv6 unicast": {"fe80::2": [{"nlri": "fd44::40/122"}],
+                             "fd98::2": [{"nlri": "fd44::80/122"}]}}}}))
+        await asyncio.sleep(0)
+        assert sp.rib.table() == {"fd44::40/122": ("fe80::2%eth0",),
+                                  "fd44::80/122": ("fd98::2",)}
+        return w.sent
+    sent = asyncio.run(run())
+    assert any(f"neighbor {b} announce route fd44::80/122 next-hop fd98::2" in x for x in sent)
+    assert not any("fd44::40/122" in x for x in sent), sent
