@@ -13,7 +13,9 @@ reaches an address of each prefix.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -93,6 +95,22 @@ def test_a_link_local_next_hop_is_installed_on_the_sessions_interface(
             r = subprocess.run(["ip", "netns", "exec", node_ns, "ping", "-n", "-c", "2", "-i",
                                 "0.2", "-W", "2", dst], capture_output=True, text=True)
             assert r.returncode == 0, (dst, r.stdout, routes)
+        # A restarted agent reads the route back with its device and adopts it: the
+        # kernel sees no change of it (it would be replaced by an equal one otherwise).
+        monitor = subprocess.Popen(["ip", "-n", node_ns, "-6", "monitor", "route"],
+                                   stdout=subprocess.PIPE, text=True)
+        try:
+            offset = node.log.stat().st_size
+            node.kill(signal.SIGKILL)
+            node.start(etcd)
+            wait_for(lambda: b"import table in sync" in node.log.read_bytes()[offset:], 10,
+                     "the restarted agent in sync", 0.1, node.log_tail)
+            time.sleep(1)
+        finally:
+            monitor.terminate()
+        events = monitor.communicate(timeout=5)[0]
+        assert "fd44::40/122" not in events, events
+        assert bgp_routes(node_ns, "-6") == routes
     finally:
         node.cleanup()
         stop_all([peer])
