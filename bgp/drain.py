@@ -27,7 +27,7 @@ import os
 import socket
 import time
 
-from bgp.relay import route_key
+from bgp.relay import route_key, withdraw_line
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def withdraw_lines(announced: list[str]) -> list[str]:
             continue
         sel, _, prefix = key
         out.append(f"neighbor {sel} withdraw route {prefix}" if sel
-                   else f"withdraw route {prefix} next-hop self")
+                   else withdraw_line(prefix))
     return out
 
 

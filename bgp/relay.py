@@ -78,6 +78,13 @@ def route_key(line: str) -> tuple[str, str, str] | None:
     return None
 
 
+def withdraw_line(prefix: str) -> str:
+    """ExaBGP's command withdrawing one of our announcements: an IPv4 one names ``next-hop
+    self`` as it was announced; an IPv6 one (announced with an address) names none,
+    since ExaBGP refuses ``self`` there."""
+    return f"withdraw route {prefix}" if ":" in prefix else f"withdraw route {prefix} next-hop self"
+
+
 def _afi(prefix: str) -> str:
     return "ipv6" if ":" in prefix else "ipv4"
 

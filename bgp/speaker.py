@@ -90,6 +90,7 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from bgp.config import NeighborSpec, render_config
+from bgp.relay import route_key, withdraw_line
 from bgp.rib import DEFAULT_MAX_PREFIXES, ImportTable, Path
 
 log = logging.getLogger(__name__)
@@ -487,13 +488,13 @@ class BgpSpeaker:
             return
         lines = []
         for p in sorted(self.announced.keys() - self.exports):
-            lines.append(_withdraw_line(p))
+            lines.append(withdraw_line(p))
             del self.announced[p]
         for p in sorted(self.exports):
             line = self._announce_line(p)
             if line is None:  # an IPv6 prefix and no IPv6 next hop (any more)
                 if self.announced.pop(p, None) is not None:
-                    lines.append(_withdraw_line(p))
+                    lines.append(withdraw_line(p))
                 continue
             if self.announced.get(p) != line:
                 lines.append(line)
@@ -584,8 +585,6 @@ class BgpSpeaker:
             writer.close()
 
     def _on_hello(self, hello: Mapping[str, Any]) -> None:
-        from bgp.relay import route_key
-
         self.announced.clear()
         self.reflected.clear()
         for line in hello.get("announced", []):
@@ -889,10 +888,6 @@ class BgpSpeaker:
                 row["info"] = "; ".join(info)
             out.append(row)
         return out
-
-
-def _withdraw_line(prefix: str) -> str:
-    return f"withdraw route {prefix}" if ":" in prefix else f"withdraw route {prefix} next-hop self"
 
 
 def _version(marker: Any) -> int | None:

@@ -8,7 +8,8 @@ IPv6.
 
 Expected: no ping lost in either family; the BGP session is the same TCP connection
 (its 4-tuple in ``ss``) before and after; n1 keeps every route it learned, in both
-families. FRR with enhanced route refresh ignores a refresh request until it has sent
+families. Then n2 is removed while n1's agent is down again: its routes leave n1 when
+the agent is back. FRR with enhanced route refresh ignores a refresh request until it has sent
 its End-of-RIB, which it sends only to graceful-restart peers: the restarted agent got
 no answer, took that as "no routes", and removed them all (the relay's replay of each
 peer's adj-RIB-in now rebuilds the table without asking).
@@ -97,10 +98,30 @@ def test_agent_kill9_behind_frr_keeps_routes_session_and_pings(
         assert after == before, (before, after, n1.log_tail())
         assert tcp_connections(n1.ns, "10.98.1.1") == sessions, "the session was reset"
         assert {p for p in after if p.startswith("fd44:")}, "no IPv6 route kept"
+
+        # What goes away while the agent is down still goes: n2 is removed (its agent
+        # drains: FRR withdraws its blocks from n1) while n1's agent is dead.
+        log_from = n1.log.stat().st_size
+        n1.kill(signal.SIGKILL)
+        n2.cleanup()
+        wait_for(lambda: not frr_routes(frr) & before.keys(), 10,
+                 "FRR to withdraw n2's blocks", 0.1,
+                 lambda: frr.vtysh("show bgp ipv4 unicast", "show bgp ipv6 unicast"))
+        n1.start(etcd)
+        wait_for(lambda: "bgp import table in sync" in log_since(n1.log, log_from), 10,
+                 "the restarted agent's import table in sync", 0.1, n1.log_tail)
+        wait_for(lambda: not learned(n1.ns), 5, "n2's routes gone from n1", 0.1,
+                 lambda: str(learned(n1.ns)) + n1.log_tail())
     finally:
         for n in rack.nodes:
             n.cleanup()
         frr.stop()
+
+
+def frr_routes(frr: Frr) -> set[str]:
+    """The prefixes in FRR's BGP tables, both families."""
+    return {p for afi in ("ipv4", "ipv6")
+            for p in frr.vtysh_json(f"show bgp {afi} unicast json").get("routes", {})}
 
 
 def log_since(log: Path, offset: int) -> str:

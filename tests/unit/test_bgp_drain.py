@@ -23,6 +23,11 @@ def test_withdraw_lines_undo_ours_and_reflected() -> None:
         "withdraw route 10.244.1.0/26 next-hop self",
         "withdraw route 10.244.9.7/32 next-hop self",
         "neighbor 10.0.0.3 withdraw route 10.244.2.0/26"]
+    # An IPv6 block goes out with an address as next hop: its withdrawal names none
+    # (ExaBGP refuses "next-hop self" there, and a graceful-restart peer then kept the
+    # drained node's block for the restart time).
+    assert withdraw_lines(["announce route fd44::/122 next-hop fd98:2::2"]) == [
+        "withdraw route fd44::/122"]
 
 
 def fake_relay(path: str, got: list[str]) -> threading.Thread:
