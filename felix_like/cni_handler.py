@@ -61,7 +61,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol, runtime_checkable
 
-from cni import plumbing
 from cni import protocol as proto
 from cni.protocol import CniError, CniRequest
 from datastore import keys
@@ -76,6 +75,7 @@ from datastore.client import (
     Put,
     UnavailableError,
 )
+from felix_like import plumbing
 from felix_like.metrics import Metrics
 from felix_like.routes import Route
 from ipam.allocator import IpamClient

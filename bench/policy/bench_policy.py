@@ -19,7 +19,7 @@ edits one policy's ingress rules; the selector change moves a policy to other po
 Everything runs in throw-away namespaces (``ip netns add fabb-pol-*``), removed at the end:
 the policy benchmark programs a namespace with no interfaces (dispatch is by interface
 name, so the endpoints' interfaces need not exist); the throughput part wires two real pods
-(``cni.plumbing``) into a node namespace and runs iperf3 bound to the pod addresses, with
+(``felix_like.plumbing``) into a node namespace and runs iperf3 bound to the pod addresses, with
 no route out of the lab. Needs root. Under a minute here.
 
     .venv/bin/python -m bench.policy.bench_policy [--policies 1,100,1000] [--endpoints 500]
@@ -190,7 +190,7 @@ def _sh(*cmd: str) -> str:
 def two_pods(tag: str) -> Iterator[tuple[str, str, str, dict[int, str]]]:
     """A node namespace with pods 0 (server) and 1 (client) of the workload wired into it
     the Calico way. Yields (node ns, server ns, client ns, pod index -> host interface)."""
-    from cni.plumbing import host_veth_name, wire_pod
+    from felix_like.plumbing import host_veth_name, wire_pod
 
     made: list[str] = []
     try:

@@ -28,7 +28,7 @@ from helpers.faults import Namespaces, sh
 
 from bgp.config import NeighborSpec
 from bgp.rib import DEFAULT_MAX_PREFIXES
-from cni.plumbing import host_veth_name, unwire_pod, wire_pod
+from felix_like.plumbing import host_veth_name, unwire_pod, wire_pod
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not bird_available(), reason="BIRD 2 is not installed")]

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from helpers import shims
 
-from cni.plumbing import host_veth_name
 from datastore import keys
 from datastore.embedded import EmbeddedEtcd
+from felix_like.plumbing import host_veth_name
 from tests.helpers.cni import (
     REFERENCE_DIR,
     Fabric,

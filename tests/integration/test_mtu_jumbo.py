@@ -14,7 +14,7 @@ import json
 import subprocess
 from collections.abc import Callable
 
-from cni.plumbing import detect_uplink_mtu, host_veth_name, unwire_pod, wire_pod
+from felix_like.plumbing import detect_uplink_mtu, host_veth_name, unwire_pod, wire_pod
 
 
 def sh(*cmd: str) -> subprocess.CompletedProcess[str]:

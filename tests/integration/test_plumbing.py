@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from cni.plumbing import (
+from felix_like.netlink import read_sysctl
+from felix_like.plumbing import (
     GATEWAY_V4,
     GATEWAY_V6,
     HOST_MAC,
@@ -26,7 +27,6 @@ from cni.plumbing import (
     unwire_pod,
     wire_pod,
 )
-from felix_like.netlink import read_sysctl
 from felix_like.routes import PROTO_L3FABRIC
 
 NetnsFactory = Callable[[str], str]

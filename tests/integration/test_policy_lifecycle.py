@@ -53,9 +53,9 @@ from test_policy_traffic import (
 )
 from test_policy_traffic import lab as lab  # the fixture, re-exported by its name
 
-from cni.plumbing import host_veth_name, wire_pod
 from datastore import model
 from datastore.embedded import EmbeddedEtcd
+from felix_like.plumbing import host_veth_name, wire_pod
 from felix_like.policy.manager import PolicyManager
 
 Y, N = True, False

@@ -1,5 +1,5 @@
 """Policy with real packets: two "node" namespaces joined by a veth with static routes, pods
-wired the Calico way (cni.plumbing), an "outside" namespace holding addresses outside the
+wired the Calico way (felix_like.plumbing), an "outside" namespace holding addresses outside the
 pools, and one PolicyManager per node. The SAME table of cases runs on both backends.
 
 Probes are TCP connects and UDP request/replies made from sockets created inside the
@@ -42,9 +42,9 @@ from helpers.policy_docs import (
     TEST_NETWORK_POLICY,
 )
 
-from cni.plumbing import host_veth_name, wire_pod
 from datastore import model
 from felix_like.netlink import run_in_netns
+from felix_like.plumbing import host_veth_name, wire_pod
 from felix_like.policy.manager import PolicyManager
 
 NetnsFactory = Callable[[str], str]

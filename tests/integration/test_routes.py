@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from cni.plumbing import wire_pod
 from felix_like.netlink import open_iproute
+from felix_like.plumbing import wire_pod
 from felix_like.routes import (
     PROTO_L3FABRIC,
     PROTO_L3FABRIC_BGP,

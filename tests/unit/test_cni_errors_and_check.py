@@ -112,7 +112,7 @@ def test_check_finds_endpoints_whose_address_ipam_does_not_hold_for_them() -> No
 
 def test_a_veths_alias_names_its_attachment_only_when_its_name_agrees() -> None:
     """GC trusts an alias only when the veth's name is the hash of what it names."""
-    from cni import plumbing
+    from felix_like import plumbing
 
     name = plumbing.host_veth_name("l3net", "c.1", "eth0")
     alias = plumbing.attachment_alias("l3net", "c.1", "eth0")

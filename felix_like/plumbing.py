@@ -1,4 +1,4 @@
-"""Pod wiring, Calico's model (DESIGN §4): a veth per pod, routed, no bridge.
+"""Pod wiring, Calico's model (docs/architecture.md §5): a veth per pod, routed, no bridge.
 
 Node side: veth ``fab<11 hex>`` with MAC ``ee:ee:ee:ee:ee:ee``, no address, proxy-ARP
 (``proxy_delay=0``) and forwarding on, and a ``<podIP>/32 dev <veth> scope link proto
