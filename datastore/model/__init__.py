@@ -1,149 +1,149 @@
-"""The typed resource model of l3fabric; see the package modules for each domain."""
+"""The typed resource model of l3fabric (DESIGN §3): every kind stored in etcd, validated.
 
-from datastore.model.policy import (
-    ALIASES as ALIASES,
+The package's modules, one room each: ``fields`` (the validator kit), ``resource`` (the
+framing and metadata every kind shares), ``ipam``, ``bgp``, ``policy``, ``node``
+(Node, Namespace, NodeStatus) and ``workload`` (one module per domain of kinds), and
+``codec`` (the registry of kinds, their keys, bytes <-> resource). Import from here:
+``from datastore import model``; ``model.WorkloadEndpoint``.
+
+Owned here: one frozen dataclass per kind, the ``apiVersion``/``kind``/``metadata``/``spec``
+framing, strict validation (unknown fields, wrong types and out-of-range values are errors
+naming the JSON field path), and the bytes <-> resource codec used for etcd values.
+
+Invariants:
+
+* A resource object that exists is valid: the only ways to build one from data are
+  ``from_dict``/``parse_document``/``decode``, and they validate everything.
+* ``Cls.from_dict(res.to_dict()) == res`` for every resource, and ``to_dict`` is the framed
+  object written to etcd (``encode``) and shown by ``fabricctl get -o yaml``.
+* Everything is immutable and hashable (labels are :class:`FrozenMap`, lists are tuples,
+  selectors are canonical ASTs), so the calculation layer can use resources as dict keys
+  and compare old with new cheaply.
+
+Failure mode: a bad value raises :class:`ValidationError` ``"<key>: <path>: <message>"``
+(key relative to ``/l3fabric/v1/``). The agent then keeps the last good version of that key
+(DESIGN §3); nothing here logs or counts, that is the caller's job.
+
+Conventions of the wire format: JSON ``null`` is the same as an absent field (as in
+Kubernetes); namespaced kinds without ``metadata.namespace`` are in ``default`` (as with
+kubectl); Kubernetes server-populated metadata (``uid``, ``resourceVersion``,
+``creationTimestamp``, ...) is accepted and dropped so ``kubectl get -o yaml`` output
+applies unchanged.
+"""
+
+from datastore.labelselector import FrozenMap, ValidationError
+from datastore.model.bgp import (
+    DEFAULT_MAX_PREFIXES,
+    MAX_PREFIXES_LIMIT,
+    BGPConfiguration,
+    BGPConfigurationSpec,
+    BGPPeer,
+    BGPPeerSpec,
+    GracefulRestart,
+)
+from datastore.model.codec import (
+    ALIASES,
+    KINDS,
+    MAX_VALUE_BYTES,
+    decode,
+    encode,
+    key_for,
+    key_prefix_for_kind,
+    parse_document,
+    resolve_kind,
+)
+from datastore.model.ipam import (
+    IPAMConfig,
+    IPAMConfigSpec,
+    IPPool,
+    IPPoolSpec,
+    IPReservation,
+    IPReservationSpec,
+)
+from datastore.model.node import (
+    BGPPeerStatus,
+    Namespace,
+    Node,
+    NodeBGPSpec,
+    NodeSpec,
+    NodeStatus,
+    NodeStatusBody,
 )
 from datastore.model.policy import (
-    API_VERSION as API_VERSION,
+    EntityRule,
+    GlobalNetworkPolicy,
+    GlobalNetworkPolicySpec,
+    ICMPMatch,
+    IPBlock,
+    NetworkPolicy,
+    NetworkPolicyPeer,
+    NetworkPolicyPort,
+    NetworkPolicyRule,
+    NetworkPolicySpec,
+    PortMatch,
+    Rule,
 )
-from datastore.model.policy import (
-    DEFAULT_MAX_PREFIXES as DEFAULT_MAX_PREFIXES,
+from datastore.model.resource import (
+    API_VERSION,
+    Metadata,
+    Resource,
+    SpecResource,
 )
-from datastore.model.policy import (
-    KINDS as KINDS,
+from datastore.model.workload import (
+    EndpointPort,
+    WorkloadEndpoint,
+    WorkloadEndpointSpec,
 )
-from datastore.model.policy import (
-    MAX_PREFIXES_LIMIT as MAX_PREFIXES_LIMIT,
-)
-from datastore.model.policy import (
-    MAX_VALUE_BYTES as MAX_VALUE_BYTES,
-)
-from datastore.model.policy import (
-    BGPConfiguration as BGPConfiguration,
-)
-from datastore.model.policy import (
-    BGPConfigurationSpec as BGPConfigurationSpec,
-)
-from datastore.model.policy import (
-    BGPPeer as BGPPeer,
-)
-from datastore.model.policy import (
-    BGPPeerSpec as BGPPeerSpec,
-)
-from datastore.model.policy import (
-    BGPPeerStatus as BGPPeerStatus,
-)
-from datastore.model.policy import (
-    EndpointPort as EndpointPort,
-)
-from datastore.model.policy import (
-    EntityRule as EntityRule,
-)
-from datastore.model.policy import (
-    FrozenMap as FrozenMap,
-)
-from datastore.model.policy import (
-    GlobalNetworkPolicy as GlobalNetworkPolicy,
-)
-from datastore.model.policy import (
-    GlobalNetworkPolicySpec as GlobalNetworkPolicySpec,
-)
-from datastore.model.policy import (
-    GracefulRestart as GracefulRestart,
-)
-from datastore.model.policy import (
-    ICMPMatch as ICMPMatch,
-)
-from datastore.model.policy import (
-    IPAMConfig as IPAMConfig,
-)
-from datastore.model.policy import (
-    IPAMConfigSpec as IPAMConfigSpec,
-)
-from datastore.model.policy import (
-    IPBlock as IPBlock,
-)
-from datastore.model.policy import (
-    IPPool as IPPool,
-)
-from datastore.model.policy import (
-    IPPoolSpec as IPPoolSpec,
-)
-from datastore.model.policy import (
-    IPReservation as IPReservation,
-)
-from datastore.model.policy import (
-    IPReservationSpec as IPReservationSpec,
-)
-from datastore.model.policy import (
-    Metadata as Metadata,
-)
-from datastore.model.policy import (
-    Namespace as Namespace,
-)
-from datastore.model.policy import (
-    NetworkPolicy as NetworkPolicy,
-)
-from datastore.model.policy import (
-    NetworkPolicyPeer as NetworkPolicyPeer,
-)
-from datastore.model.policy import (
-    NetworkPolicyPort as NetworkPolicyPort,
-)
-from datastore.model.policy import (
-    NetworkPolicyRule as NetworkPolicyRule,
-)
-from datastore.model.policy import (
-    NetworkPolicySpec as NetworkPolicySpec,
-)
-from datastore.model.policy import (
-    Node as Node,
-)
-from datastore.model.policy import (
-    NodeBGPSpec as NodeBGPSpec,
-)
-from datastore.model.policy import (
-    NodeSpec as NodeSpec,
-)
-from datastore.model.policy import (
-    NodeStatus as NodeStatus,
-)
-from datastore.model.policy import (
-    NodeStatusBody as NodeStatusBody,
-)
-from datastore.model.policy import (
-    PortMatch as PortMatch,
-)
-from datastore.model.policy import (
-    Resource as Resource,
-)
-from datastore.model.policy import (
-    Rule as Rule,
-)
-from datastore.model.policy import (
-    ValidationError as ValidationError,
-)
-from datastore.model.policy import (
-    WorkloadEndpoint as WorkloadEndpoint,
-)
-from datastore.model.policy import (
-    WorkloadEndpointSpec as WorkloadEndpointSpec,
-)
-from datastore.model.policy import (
-    decode as decode,
-)
-from datastore.model.policy import (
-    encode as encode,
-)
-from datastore.model.policy import (
-    key_for as key_for,
-)
-from datastore.model.policy import (
-    key_prefix_for_kind as key_prefix_for_kind,
-)
-from datastore.model.policy import (
-    parse_document as parse_document,
-)
-from datastore.model.policy import (
-    resolve_kind as resolve_kind,
-)
+
+__all__ = [
+    "ALIASES",
+    "API_VERSION",
+    "DEFAULT_MAX_PREFIXES",
+    "KINDS",
+    "MAX_PREFIXES_LIMIT",
+    "MAX_VALUE_BYTES",
+    "BGPConfiguration",
+    "BGPConfigurationSpec",
+    "BGPPeer",
+    "BGPPeerSpec",
+    "BGPPeerStatus",
+    "EndpointPort",
+    "EntityRule",
+    "FrozenMap",
+    "GlobalNetworkPolicy",
+    "GlobalNetworkPolicySpec",
+    "GracefulRestart",
+    "ICMPMatch",
+    "IPAMConfig",
+    "IPAMConfigSpec",
+    "IPBlock",
+    "IPPool",
+    "IPPoolSpec",
+    "IPReservation",
+    "IPReservationSpec",
+    "Metadata",
+    "Namespace",
+    "NetworkPolicy",
+    "NetworkPolicyPeer",
+    "NetworkPolicyPort",
+    "NetworkPolicyRule",
+    "NetworkPolicySpec",
+    "Node",
+    "NodeBGPSpec",
+    "NodeSpec",
+    "NodeStatus",
+    "NodeStatusBody",
+    "PortMatch",
+    "Resource",
+    "Rule",
+    "SpecResource",
+    "ValidationError",
+    "WorkloadEndpoint",
+    "WorkloadEndpointSpec",
+    "decode",
+    "encode",
+    "key_for",
+    "key_prefix_for_kind",
+    "parse_document",
+    "resolve_kind",
+]
