@@ -19,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from felix_like.netlink import open_iproute, run_in_netns
+from felix_like.owned import HOST_IF_PREFIX
 from felix_like.routes import OWNED_PROTOS, RT_TABLE_MAIN
 
 log = logging.getLogger(__name__)
-
-VETH_PREFIX = "fab"
 
 
 @dataclass
@@ -104,7 +103,7 @@ def cleanup(netns: str | None = None, socket_path: str | None = None) -> Cleanup
             info = link.get_attr("IFLA_LINKINFO")
             if info is not None:
                 kind = info.get_attr("IFLA_INFO_KIND")
-            if name.startswith(VETH_PREFIX) and kind == "veth":
+            if name.startswith(HOST_IF_PREFIX) and kind == "veth":
                 with contextlib.suppress(Exception):
                     ipr.link("del", index=link["index"])
                     rep.veths += 1

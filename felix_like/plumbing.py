@@ -52,6 +52,7 @@ from felix_like.netlink import (
     open_iproute,
     write_sysctls,
 )
+from felix_like.owned import HOST_IF_PREFIX
 from felix_like.routes import (
     PROTO_L3FABRIC,
     RT_SCOPE_LINK,
@@ -67,7 +68,6 @@ HOST_MAC = "ee:ee:ee:ee:ee:ee"
 GATEWAY_V4 = "169.254.1.1"
 #: EUI-64 link-local of ee:ee:ee:ee:ee:ee: the host veth has it without configuration.
 GATEWAY_V6 = "fe80::ecee:eeff:feee:eeee"
-HOST_IF_PREFIX = "fab"
 DEFAULT_MTU = 1500
 
 RT_SCOPE_UNIVERSE = 0

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from felix_like.netlink import netns_path
+from felix_like.owned import HOST_IF_PREFIX
 from felix_like.policy.calc import (
     MARK_ALLOW,
     MARK_MASK,
@@ -53,6 +54,8 @@ log = logging.getLogger(__name__)
 
 PREFIX = "fab-"
 FWD, INPUT, FROM_PODS, TO_PODS = "fab-fwd", "fab-input", "fab-from-pods", "fab-to-pods"
+#: iptables' wildcard for every pod's host veth.
+PODS = HOST_IF_PREFIX + "+"
 
 Runner = Callable[[Sequence[str], str], str]
 
@@ -198,10 +201,10 @@ def render_chains(rs: Ruleset, version: int, cache: RenderCache | None = None,
     clear = f"-j MARK --set-xmark 0x0/{MARK_MASK:#x}"
     out: dict[str, tuple[str, ...]] = {
         FWD: (f"-A {FWD} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-              f"-A {FWD} {clear}", f"-A {FWD} -i fab+ -j {FROM_PODS}",
-              f"-A {FWD} {clear}", f"-A {FWD} -o fab+ -j {TO_PODS}"),
+              f"-A {FWD} {clear}", f"-A {FWD} -i {PODS} -j {FROM_PODS}",
+              f"-A {FWD} {clear}", f"-A {FWD} -o {PODS} -j {TO_PODS}"),
         INPUT: (f"-A {INPUT} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-                f"-A {INPUT} {clear}", f"-A {INPUT} -i fab+ -j {FROM_PODS}"),
+                f"-A {INPUT} {clear}", f"-A {INPUT} -i {PODS} -j {FROM_PODS}"),
         FROM_PODS: (*(f"-A {FROM_PODS} -i {i} -g {chain_name(c)}"
                       for i, c in sorted(rs.from_pod.items())), f"-A {FROM_PODS} -j DROP"),
         TO_PODS: (*(f"-A {TO_PODS} -o {i} -g {chain_name(c)}"

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from felix_like.owned import HOST_IF_PREFIX
 from felix_like.policy.calc import (
     MARK_ALLOW,
     MARK_MASK,
@@ -186,8 +187,8 @@ def _elem(spec: SetSpec, e: Any) -> Any:
 def base_chain_rules() -> dict[str, list[list[dict[str, Any]]]]:
     """The fixed part: hooks, dispatch by interface (fail closed), replies accepted."""
     est = _match({"ct": {"key": "state"}}, ["established", "related"], "in")
-    fab_in = _match(_meta("iifname"), "fab*")
-    fab_out = _match(_meta("oifname"), "fab*")
+    fab_in = _match(_meta("iifname"), HOST_IF_PREFIX + "*")
+    fab_out = _match(_meta("oifname"), HOST_IF_PREFIX + "*")
     return {
         "forward": [[est, {"accept": None}],
                     [CLEAR_MARKS], [fab_in, {"jump": {"target": FROM_PODS}}],
