@@ -1,30 +1,29 @@
-"""What a node announces (DESIGN §5), computed from the agent's mirror of etcd. Pure.
+"""What a node announces (DESIGN §5), computed from the agent's `ClusterState`. Pure.
 
 - every block affine to the node with a *confirmed* affinity → its prefix;
 - every address the node holds inside a block whose affinity is not this node (a
   borrowed address) → a /32 (/128 for IPv6).
 
-The inputs are what ``felix_like.calc.decode_value`` puts in the mirror: affinities as
-``calc.Affinity`` (anything with ``node``, ``cidr``, ``state``) under
-``ipam/affinities/<node>/``, and blocks as `BlockSummary` under ``ipam/blocks/`` (the agent's
-decoder calls `decode_block`, which keeps only what export needs, so that the mirror does
-not hold every allocation's attributes). Because the agent recomputes on every datastore
-event, an export change goes out as soon as IPAM changes: no timer.
+Blocks reach the state as `BlockSummary` (the agent's decoder calls `decode_block`, which
+keeps only what export needs, so that the state does not hold every allocation's
+attributes); the state indexes confirmed affinities and borrowed addresses by node, so
+each call costs what the node holds, not what the cluster holds. Because the agent
+recomputes on every datastore event, an export change goes out as soon as IPAM changes:
+no timer.
 
-Also here: the import filter's inputs (`pool_cidrs`) from the same mirror.
+Also here: the import filter's inputs (`pool_cidrs`) from the same state.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
-from datastore import keys, model
 from ipam.block import Block, node_of_affinity
 
-CONFIRMED = "confirmed"
+if TYPE_CHECKING:  # the state imports this module for BlockSummary
+    from felix_like.state import ClusterState
 
 
 @dataclass(frozen=True)
@@ -45,38 +44,18 @@ def decode_block(value: bytes | str) -> BlockSummary:
     return BlockSummary(cidr=blk.cidr, node=owner, holders=holders)
 
 
-def _host(addr: str) -> str:
-    ip = ipaddress.ip_address(addr)
-    return f"{ip}/{ip.max_prefixlen}"
+def confirmed_blocks(node: str, state: ClusterState) -> set[str]:
+    """``node``'s confirmed blocks, as normalised prefixes."""
+    return {str(ipaddress.ip_network(c, strict=False)) for c in state.confirmed_blocks(node)}
 
 
-def confirmed_blocks(node: str, state: Mapping[str, Any]) -> set[str]:
-    prefix = keys.ipam_affinities_of(node)
-    out: set[str] = set()
-    for k, v in state.items():
-        if k.startswith(prefix) and getattr(v, "state", None) == CONFIRMED:
-            out.add(str(ipaddress.ip_network(v.cidr, strict=False)))
-    return out
-
-
-def borrowed_addresses(node: str, state: Mapping[str, Any]) -> set[str]:
-    blocks_prefix = keys.full(keys.IPAM_BLOCKS)
-    out: set[str] = set()
-    for k, v in state.items():
-        if k.startswith(blocks_prefix) and isinstance(v, BlockSummary) and v.node != node:
-            out.update(_host(addr) for addr, holder in v.holders if holder == node)
-    return out
-
-
-def export_prefixes(node: str, state: Mapping[str, Any]) -> set[str]:
+def export_prefixes(node: str, state: ClusterState) -> set[str]:
     """Everything ``node`` announces: its confirmed blocks and its borrowed addresses."""
-    return confirmed_blocks(node, state) | borrowed_addresses(node, state)
+    return confirmed_blocks(node, state) | state.borrowed_addresses(node)
 
 
-def pool_cidrs(state: Mapping[str, Any]) -> list[str]:
+def pool_cidrs(state: ClusterState) -> list[str]:
     """Every pool's CIDR, disabled or not: ``disabled`` stops new addresses, while the
     pods that hold addresses in the pool must stay reachable from the other nodes (and
     disabling the pool is the first step before deleting it)."""
-    prefix = keys.full(keys.IPPOOLS)
-    return sorted(str(v.spec.cidr) for k, v in state.items()
-                  if k.startswith(prefix) and isinstance(v, model.IPPool))
+    return sorted(str(p.spec.cidr) for p in state.pools.values())

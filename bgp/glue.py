@@ -1,16 +1,15 @@
 """The one object the agent holds for BGP: datastore mirror in, speaker updates out.
 
-`BgpController.on_state(state)` takes the agent's decoded mirror of ``/l3fabric/v1/`` and
+`BgpController.on_state(state)` takes the agent's `felix_like.state.ClusterState` and
 makes the node's ExaBGP match it: neighbours (`bgp.config.desired_neighbors`), exports
 (`bgp.export.export_prefixes`) and the import filter (enabled pools, own blocks). Calling it
 again with the same state does nothing (level-triggered, idempotent). What the peers send
 comes back through ``on_change`` (the agent re-applies its routes) and the ``learned``
 property (prefix → next hops, the argument of ``calc.desired_routes``).
 
-Needs in the mirror (``felix_like.calc.decode_value``): Node, BGPConfiguration, BGPPeer and
-IPPool resources (already decoded), ``calc.Affinity`` for affinities, and
-`bgp.export.BlockSummary` for ``ipam/blocks/`` (``bgp.export.decode_block``) — without
-the blocks, borrowed addresses are not exported (blocks still are).
+Reads from the state: its nodes, BGP configurations and peers, pools, the node's
+confirmed affinities and the addresses it borrows (indexed by node: the cost of a call
+follows what the node holds, plus the node list the full mesh is drawn from).
 """
 
 from __future__ import annotations
@@ -22,14 +21,16 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bgp.config import desired_neighbors
 from bgp.export import confirmed_blocks, export_prefixes, pool_cidrs
 from bgp.speaker import BgpSpeaker, Learned
-from datastore import keys, model
+
+if TYPE_CHECKING:
+    from felix_like.state import ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +125,10 @@ class BgpController:
     async def stop(self, drain: bool = False) -> None:
         await self.speaker.stop(drain=drain)
 
-    async def on_state(self, state: Mapping[str, Any]) -> None:
-        nodes: dict[str, model.Node] = {}
-        peers: list[model.BGPPeer] = []
-        nodes_prefix, peers_prefix = keys.full(keys.NODES), keys.full(keys.BGP_PEERS)
-        for k, v in state.items():
-            if k.startswith(nodes_prefix) and isinstance(v, model.Node):
-                nodes[v.metadata.name] = v
-            elif k.startswith(peers_prefix) and isinstance(v, model.BGPPeer):
-                peers.append(v)
-        conf = state.get(keys.bgp_config("default"))
-        bgpconf = conf if isinstance(conf, model.BGPConfiguration) else None
+    async def on_state(self, state: ClusterState) -> None:
+        nodes = state.nodes
+        peers = [state.peers[k] for k in sorted(state.peers)]
+        bgpconf = state.bgp_configs.get("default")
         sp = self.speaker
         me = nodes.get(self.node)
         v6 = me.spec.bgp.ipv6_address if me is not None and me.spec.bgp is not None else None

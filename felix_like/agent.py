@@ -1,12 +1,14 @@
 """The node agent's composition root: datastore syncer -> calculation -> dataplane managers.
 
-Owns, for one node: the syncer's mirror of ``/l3fabric/v1/``, the RouteManager of the
-node's namespace, the IPAM client, the CNI socket, the health/metrics endpoint and the
-node's NodeStatus (kept under a lease, so a dead agent's status expires).
+Owns, for one node: the syncer of ``/l3fabric/v1/`` and the `ClusterState` its events
+feed (what the calculation reads), the RouteManager of the node's namespace, the IPAM
+client, the CNI socket, the health/metrics endpoint and the node's NodeStatus (kept under
+a lease, so a dead agent's status expires).
 
-Event flow (level-triggered, STYLE rules 2 and 3): every datastore event marks the
-dataplane dirty; one applier task recomputes the desired routes from the whole mirror and
-converges the kernel to them, coalescing bursts. Stale routes are removed only once the
+Event flow (level-triggered, STYLE rules 2 and 3): every datastore event that changes the
+cluster state marks the dataplane dirty; one applier task recomputes the desired routes
+from the state's indexes of this node and converges the kernel to them, coalescing
+bursts. Stale routes are removed only once the
 first snapshot is complete (``in sync``), so an agent restart never drops a running pod's
 route. The CNI handler tells the agent about a pod it just wired *before* answering ADD,
 through `endpoint_added`, so a pod's dataplane state never waits for the etcd round trip.
@@ -75,6 +77,7 @@ from felix_like.routes import (
     RouteManager,
     register_rt_protos,
 )
+from felix_like.state import ClusterState, decode_value
 from ipam.model import IpamInputs
 
 log = logging.getLogger(__name__)
@@ -195,13 +198,13 @@ class Agent:
         self.routes: RouteManager = RouteManager(_Unopened())
         self.policy: PolicyManager | None = None  # made in the netlink thread by run()
         self._synced = asyncio.Event()
-        self._gen = 0  # bumped on every datastore event and endpoint the handler reports
         self._inputs: IpamInputs | None = None
         self._inputs_gen = -1
-        self.syncer: Syncer[Any] = Syncer(self.ds, keys.PREFIX, calc.decode_value,
+        self.syncer: Syncer[Any] = Syncer(self.ds, keys.PREFIX, decode_value,
                                           resync_interval=cfg.resync_interval)
-        # Endpoints the CNI handler told us about before etcd's watch did (None: removed).
-        self._overlay: dict[str, model.WorkloadEndpoint | None] = {}
+        # What the calculation reads: fed by the syncer's events and by the endpoints the
+        # CNI handler reports before etcd's watch echoes them (the echo then changes nothing).
+        self.cluster = ClusterState()
         # Pod routes the CNI handler installed whose ADD is still in progress (no
         # WorkloadEndpoint in the state yet): desired until endpoint_added or
         # routes_removed, so an apply in between neither deletes nor re-adds them.
@@ -232,17 +235,6 @@ class Agent:
                                  workdir=base / f"bgp-{self.node}", metrics=self.metrics,
                                  on_change=self._dirty.set)
 
-    # -- the view the calculation sees -------------------------------------------------
-
-    def state(self) -> dict[str, Any]:
-        st = dict(self.syncer.current)
-        for k, v in self._overlay.items():
-            if v is None:
-                st.pop(k, None)
-            else:
-                st[k] = v
-        return st
-
     # -- EndpointSink (called by the CNI handler) ----------------------------------------
 
     async def endpoint_added(self, key: str, wep: model.WorkloadEndpoint) -> None:
@@ -252,8 +244,7 @@ class Agent:
             await asyncio.wait_for(self._synced.wait(), 15)
         except TimeoutError:
             raise RuntimeError("the datastore snapshot is not complete yet") from None
-        self._overlay[key] = wep
-        self._gen += 1  # IPAM's inputs: the addresses in use changed
+        self.cluster.put(key, wep)
         for net in wep.spec.ip_networks:  # desired through the endpoint from now on
             self._wiring.pop(str(net), None)
         await self.apply()
@@ -278,8 +269,7 @@ class Agent:
         self._dirty.set()  # the next apply drops them from the record
 
     async def endpoint_removed(self, key: str) -> None:
-        self._overlay[key] = None
-        self._gen += 1
+        self.cluster.remove(key)
         await self.apply()
 
     # -- dataplane -----------------------------------------------------------------------
@@ -304,7 +294,7 @@ class Agent:
 
     async def _apply_locked(self) -> None:
         t0 = time.monotonic()
-        st = self.state()
+        st = self.cluster
         learned: dict[str, tuple[str, ...]] = {}
         if self.syncer.in_sync:  # a partial snapshot would withdraw our blocks
             await self.bgp.on_state(st)
@@ -341,7 +331,7 @@ class Agent:
             kinds[r.kind] = kinds.get(r.kind, 0) + 1
         for kind, n in kinds.items():
             self.metrics.routes_programmed.labels(kind).set(n)
-        blocks = calc.confirmed_blocks(self.node, st)
+        blocks = st.confirmed_blocks(self.node)
         summary = (tuple(blocks), tuple(sorted(kinds.items())), self.syncer.in_sync,
                    tuple(sorted(self.config_errors)), tuple(self.bgp.max_prefixes.items()),
                    tuple(sorted(self.without_interface.items())))
@@ -350,12 +340,12 @@ class Agent:
             self._status_dirty.set()
         self.metrics.blocks_owned.set(len(blocks))
         self.metrics.addresses_in_use.set(sum(
-            len(w.spec.ip_networks) for w in calc.local_endpoints(self.node, st)
+            len(w.spec.ip_networks) for w in st.endpoints_of(self.node).values()
             if w.spec.host_interface))
         if self.readiness.ready and not was_ready:
             log.info("agent ready: in sync and dataplane programmed")
 
-    def _report_missing_interfaces(self, st: dict[str, Any], res: ApplyResult) -> None:
+    def _report_missing_interfaces(self, st: ClusterState, res: ApplyResult) -> None:
         """Report the local endpoints whose host interface does not exist (a pod gone
         while its endpoint stayed in etcd): one log line when one goes missing and one when
         it is resolved, the gauge, NodeStatus. Their routes do not hold readiness back and
@@ -364,11 +354,9 @@ class Agent:
         devs = {r.dev for r in res.no_interface}
         if not devs and not self.without_interface:
             return
-        prefix = keys.workloads_of(self.node)
         missing: dict[str, str] = {}
-        for k, v in st.items():
-            if (k.startswith(prefix) and isinstance(v, model.WorkloadEndpoint)
-                    and v.spec.host_interface and v.spec.host_interface in devs):
+        for k, v in st.endpoints_of(self.node).items():
+            if v.spec.host_interface and v.spec.host_interface in devs:
                 missing[keys.relative(k)] = v.spec.host_interface
         for name, dev in sorted(missing.items() - self.without_interface.items()):
             log.warning("endpoint %s: its host interface %s does not exist; its routes "
@@ -392,7 +380,7 @@ class Agent:
 
         self._route_retry = asyncio.get_running_loop().call_later(self._route_backoff, due)
 
-    async def _apply_policy(self, st: dict[str, Any]) -> bool:
+    async def _apply_policy(self, st: ClusterState) -> bool:
         """Converge the policy dataplane; only from a complete snapshot (the first apply
         after a start rewrites every chain, so a partial one would cut running pods)."""
         if self.policy is None or not self.syncer.in_sync:
@@ -551,12 +539,11 @@ class Agent:
 
     async def _consume(self) -> None:
         async for ev in self.syncer.events():
-            self._gen += 1
             if isinstance(ev, Update | Deleted):
                 self.metrics.datastore_events.labels(
                     "update" if isinstance(ev, Update) else "delete").inc()
                 had_error = self.config_errors.pop(ev.key, None) is not None
-                if self._changes_state(ev) or had_error:
+                if self.cluster.apply(ev) or had_error:
                     self._dirty.set()
             elif isinstance(ev, InSync):
                 self.metrics.datastore_events.labels("in_sync").inc()
@@ -579,25 +566,6 @@ class Agent:
                     self.etcd_down_reason = f"etcd: {ev.reason}"
                     if not self.readiness.is_done("snapshot"):
                         self.readiness.failed("snapshot", self.etcd_down_reason)
-
-    def _changes_state(self, ev: Update[Any] | Deleted) -> bool:
-        """Whether ``ev`` changes what `state` returns (and drop its key's overlay entry).
-
-        Most events of a pod ADD or DEL change nothing the calculation sees: the endpoint
-        the CNI handler already reported (the overlay), the block whose new allocation is
-        not a borrowed one (its decoded summary is equal), the handle (a key the
-        calculation does not read: created on ADD, deleted on DEL). Applying for them
-        would recompute and re-check every route and policy again for each.
-        """
-        if not calc.consumed(ev.key):
-            return False
-        overlaid = ev.key in self._overlay
-        before = self._overlay.pop(ev.key, None)
-        if isinstance(ev, Deleted):
-            return not (overlaid and before is None)
-        if overlaid:
-            return before is None or before != ev.value
-        return ev.changed
 
     async def _in_netlink(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._netlink, fn)
@@ -625,7 +593,6 @@ class Agent:
                      " and ".join(bgp.values()))
 
     def status_object(self) -> dict[str, Any]:
-        st = self.state()
         kinds: dict[str, int] = {}
         for r in self.routes.programmed.values():
             kinds[r.kind] = kinds.get(r.kind, 0) + 1
@@ -636,7 +603,7 @@ class Agent:
                 "updated": datetime.fromtimestamp(self.now(), UTC).isoformat(),
                 "inSync": self.syncer.in_sync,
                 "version": l3fabric_version(),
-                "blocks": calc.confirmed_blocks(self.node, st),
+                "blocks": self.cluster.confirmed_blocks(self.node),
                 "programmed": {"routes": sum(kinds.values()), **kinds},
                 "errors": sorted(self.config_errors.values()) + [
                     f"endpoint {name}: host interface {dev} does not exist"
@@ -690,9 +657,9 @@ class Agent:
             await asyncio.wait_for(self._synced.wait(), 15)
         except TimeoutError:
             raise UnavailableError("the datastore snapshot is not complete yet") from None
-        if self._inputs_gen != self._gen or self._inputs is None:
-            self._inputs = calc.ipam_inputs(self.node, self.syncer.current, self._overlay)
-            self._inputs_gen = self._gen
+        if self._inputs_gen != self.cluster.generation or self._inputs is None:
+            self._inputs = calc.ipam_inputs(self.node, self.cluster)
+            self._inputs_gen = self.cluster.generation
         return self._inputs
 
     async def _serve_cni(self, plugin: str, env: dict[str, str],

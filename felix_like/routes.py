@@ -29,7 +29,6 @@ import functools
 import ipaddress
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +43,10 @@ PROTO_L3FABRIC = 80
 PROTO_L3FABRIC_BGP = 81
 OWNED_PROTOS = frozenset({PROTO_L3FABRIC, PROTO_L3FABRIC_BGP})
 
+# The kernel's numbers, as rtnetlink carries them (the calculation imports this module's
+# values and renderer, and with them no socket module).
+AF_INET = 2
+AF_INET6 = 10
 RT_TABLE_MAIN = 254
 RTN_UNICAST = 1
 RTN_BLACKHOLE = 6
@@ -90,7 +93,7 @@ class Route:
 
     @property
     def family(self) -> int:
-        return socket.AF_INET6 if ":" in self.dst else socket.AF_INET
+        return AF_INET6 if ":" in self.dst else AF_INET
 
     def __str__(self) -> str:
         """As ``ip route`` shows it (log lines, the readiness reason)."""
@@ -466,7 +469,7 @@ class RouteManager:
 
     def _dump(self, links: _LinkIndex) -> dict[str, Route]:
         found: dict[str, Route] = {}
-        for family in (socket.AF_INET, socket.AF_INET6):
+        for family in (AF_INET, AF_INET6):
             for msg in self._ipr.route("dump", family=family, table=RT_TABLE_MAIN):
                 r = route_from_msg(msg, links.name)
                 if r is None:
@@ -535,7 +538,7 @@ def route_from_msg(msg: Any, ifname: Callable[[int], str | None]) -> Route | Non
     if table != RT_TABLE_MAIN:
         return None
     family = msg["family"]
-    dst_addr = msg.get_attr("RTA_DST") or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+    dst_addr = msg.get_attr("RTA_DST") or ("::" if family == AF_INET6 else "0.0.0.0")
     dst = f"{dst_addr}/{msg['dst_len']}"
     if msg["type"] == RTN_BLACKHOLE:
         return Route(dst, "blackhole", proto=proto)

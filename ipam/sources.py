@@ -22,13 +22,21 @@ import time
 import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 from datastore import keys, model
-from datastore.client import Datastore
 from ipam.model import IpamConfig, IpamInputs, NodeSelector, PoolSpec, select_all
 
 log = logging.getLogger(__name__)
+
+
+class Datastore(Protocol):
+    """The reads this module makes of a `datastore.client.Datastore` (described, not
+    imported: the agent's calculation imports `pool_spec`, and with it no etcd client)."""
+
+    async def list(self, prefix: str) -> tuple[list[Any], int]: ...
+
+    async def get(self, key: str) -> Any: ...
 
 R = TypeVar("R", bound=model.Resource)
 

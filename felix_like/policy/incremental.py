@@ -3,9 +3,10 @@
 
 Owned here: a cache of the last calculation and the indexes that make a change cheap.
 
-* **Change detection.** The agent's mirror keeps the same (frozen) model object for a key
-  until that key changes, so a change is a key whose object is not the one seen last time
-  (an equal object counts as unchanged). Cost per update: one pass over the keys.
+* **Change detection.** From the agent's `ClusterState` (`update_from`), the keys it
+  changed since the last update: O(changed keys). From a plain mapping (`update`: tools,
+  tests), a change is a key whose object is not the one seen last time (an equal object
+  counts as unchanged), found by one pass over the keys.
 * **Policy chains** are rendered once per policy object and direction
   (:func:`calc.policy_program`) and exist while some local endpoint uses them (a reference
   count per chain name). A set exists while some existing chain references it.
@@ -60,6 +61,7 @@ from felix_like.policy.calc import (
     np_selects,
     policy_program,
 )
+from felix_like.state import ChangeLog, ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +115,9 @@ class IncrementalCalculation:
 
     def reset(self) -> None:
         """Forget everything: the next update recalculates from the complete state."""
+        self._full = True  # update_from reads every policy input, not only the changes
+        self._log: ChangeLog | None = None
+        self._log_of: ClusterState | None = None
         self.seen: dict[str, Any] = {}
         self.namespaces: dict[str, model.Namespace] = {}
         self.inputs = PolicyInputs(node=self.node, namespaces=self.namespaces)
@@ -160,6 +165,34 @@ class IncrementalCalculation:
     # --- the entry point ----------------------------------------------------------------
 
     def update(self, state: Mapping[str, Any], host_addresses: Iterable[str] = ()) -> Ruleset:
+        """The ruleset of ``state`` (key -> decoded value), found by one pass over it."""
+        self._full = False
+        return self._update(self._diff(state), host_addresses)
+
+    def update_from(self, state: ClusterState, host_addresses: Iterable[str] = ()) -> Ruleset:
+        """The ruleset of ``state``, from the keys it changed since the last call (all of
+        its policy inputs after `reset`, or from a state not seen before): O(changed)."""
+        if self._full or self._log is None or self._log_of is not state:
+            self._full = False
+            self._log, self._log_of = state.policy_log(), state
+            return self._update(self._diff(dict(state.policy_items())), host_addresses)
+        changed_keys = self._log.take()
+        changed: list[tuple[str, Any, Any]] = []
+        for key in sorted(changed_keys):  # deterministic, as a pass over the keys is
+            old = self.seen.get(key)
+            new = state.values.get(key)
+            if not _relevant(key, new, self.node_key):
+                new = None
+            if old is new:
+                continue
+            if old is not None and new is not None and old == new:
+                self.seen[key] = new  # an equal object: remember it, change nothing
+                continue
+            changed.append((key, old, new))
+        return self._update(changed, host_addresses)
+
+    def _diff(self, state: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+        """(key, old, new) of every key of ``state`` that changed since the last update."""
         seen = self.seen
         node_key = self.node_key
         changed: list[tuple[str, Any, Any]] = []
@@ -184,6 +217,11 @@ class IncrementalCalculation:
         if present < len(seen):
             changed.extend((k, v, None) for k, v in seen.items()
                            if not _relevant(k, state.get(k), node_key))
+        return changed
+
+    def _update(self, changed: list[tuple[str, Any, Any]],
+                host_addresses: Iterable[str]) -> Ruleset:
+        seen = self.seen
         # Order within a batch: namespaces (their labels decide set membership and GNP
         # selection), policies (so endpoints added below are evaluated against them
         # once), then endpoints. Each step keeps the indexes consistent on its own.

@@ -1,6 +1,7 @@
 """PolicyManager: the policy applier the agent drives (level-triggered, STYLE rule 3).
 
-The agent hands it the decoded mirror of ``/l3fabric/v1/`` (``set_state``) and calls
+The agent hands it its `felix_like.state.ClusterState` (``set_state``; tools and tests may
+hand a plain mapping of key -> decoded value) and calls
 ``apply()`` after every change and before answering each CNI ADD; ``apply()`` updates
 the desired ruleset incrementally (pure, :mod:`incremental`: only what changed since the
 last apply is recomputed; the result equals :func:`calc.calculate` of the whole state) and
@@ -39,6 +40,7 @@ from typing import Any, Protocol
 
 from felix_like.policy.calc import Ruleset
 from felix_like.policy.incremental import IncrementalCalculation
+from felix_like.state import ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +169,7 @@ class PolicyManager:
         self.forget_flows = forget or forget_flows
         self._fixed_hosts = list(host_addresses) if host_addresses is not None else None
         self.host_addresses = self._read_hosts()
-        self.state: Mapping[str, Any] = {}
+        self.state: ClusterState | Mapping[str, Any] = {}
         self.ruleset: Ruleset | None = None
         self.calc = IncrementalCalculation(node)
         self.last_apply_seconds = 0.0
@@ -184,12 +186,15 @@ class PolicyManager:
             log.warning("policy: cannot read host addresses of %s: %s", self.netns, e)
             return []
 
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        """The decoded mirror (etcd key -> model object); kept by reference until apply."""
+    def set_state(self, state: ClusterState | Mapping[str, Any]) -> None:
+        """The cluster state, or a mapping (etcd key -> model object); kept by reference
+        until apply."""
         self.state = state
 
     def calculate(self) -> Ruleset:
         """The desired ruleset of the current state (updates the incremental cache)."""
+        if isinstance(self.state, ClusterState):
+            return self.calc.update_from(self.state, self.host_addresses)
         return self.calc.update(self.state, self.host_addresses)
 
     def apply(self) -> None:

@@ -13,6 +13,7 @@ from datastore import keys, model
 from felix_like import calc
 from felix_like.agent import Agent, AgentConfig
 from felix_like.routes import PROTO_L3FABRIC, Route
+from felix_like.state import Affinity, ClusterState, consumed, decode_value
 
 
 def wep(node: str, ns: str, pod: str, ip: str, host_if: str) -> tuple[str, Any]:
@@ -26,7 +27,7 @@ def wep(node: str, ns: str, pod: str, ip: str, host_if: str) -> tuple[str, Any]:
 
 def aff(node: str, cidr: str, state: str) -> tuple[str, Any]:
     key = keys.ipam_affinity(node, cidr)
-    return key, calc.decode_value(key, json.dumps({"state": state, "time": 1.0}).encode())
+    return key, decode_value(key, json.dumps({"state": state, "time": 1.0}).encode())
 
 
 def test_routes_for_local_pods_and_confirmed_blocks_only() -> None:
@@ -37,7 +38,7 @@ def test_routes_for_local_pods_and_confirmed_blocks_only() -> None:
         aff("n1", "10.244.1.0/26", "pending"),  # never advertised nor blackholed
         aff("n2", "10.244.0.64/26", "confirmed"),
     ])
-    assert calc.desired_routes("n1", state) == {
+    assert calc.desired_routes("n1", ClusterState.of(state)) == {
         Route("10.244.0.5/32", "local", dev="fab00000000001", proto=PROTO_L3FABRIC),
         Route("10.244.0.0/26", "blackhole", proto=PROTO_L3FABRIC),
     }
@@ -46,7 +47,7 @@ def test_routes_for_local_pods_and_confirmed_blocks_only() -> None:
 def test_learned_routes_join_and_never_override_local() -> None:
     state = dict([wep("n1", "default", "a", "10.244.0.5/32", "fabx"),
                   aff("n1", "10.244.0.0/26", "confirmed")])
-    routes = calc.desired_routes("n1", state, {"10.244.0.64/26": ("10.99.1.2",),
+    routes = calc.desired_routes("n1", ClusterState.of(state), {"10.244.0.64/26": ("10.99.1.2",),
                                                "10.244.0.0/26": ("10.99.1.2",)})
     by_dst = {r.dst: r for r in routes}
     assert by_dst["10.244.0.64/26"].kind == "bgp"
@@ -54,27 +55,27 @@ def test_learned_routes_join_and_never_override_local() -> None:
 
 
 def test_decode_value_validates_models_and_ignores_internals() -> None:
-    assert calc.decode_value(keys.ipam_handle("net.c1.eth0"), b"{}") is None
-    assert calc.decode_value(keys.node_status("n1"), b"garbage") is None
+    assert decode_value(keys.ipam_handle("net.c1.eth0"), b"{}") is None
+    assert decode_value(keys.node_status("n1"), b"garbage") is None
     with pytest.raises(ValueError, match="config/ippools/p"):
-        calc.decode_value(keys.ippool("p"), b'{"kind": "IPPool"')
+        decode_value(keys.ippool("p"), b'{"kind": "IPPool"')
     # What IPAM decides with is consumed, though it lives under ipam/ too.
-    res = calc.decode_value(keys.ipam_reservation("r1"), json.dumps({
+    res = decode_value(keys.ipam_reservation("r1"), json.dumps({
         "apiVersion": model.API_VERSION, "kind": "IPReservation", "metadata": {"name": "r1"},
         "spec": {"reservedCIDRs": ["10.0.0.0/30"]}}).encode())
     assert isinstance(res, model.IPReservation)
-    cfg = calc.decode_value(keys.full(keys.IPAM_CONFIG), json.dumps({
+    cfg = decode_value(keys.full(keys.IPAM_CONFIG), json.dumps({
         "apiVersion": model.API_VERSION, "kind": "IPAMConfig", "metadata": {"name": "default"},
         "spec": {"strictAffinity": True}}).encode())
     assert isinstance(cfg, model.IPAMConfig) and cfg.spec.strict_affinity
     with pytest.raises(ValueError, match="ipam/reservations/r1"):
-        calc.decode_value(keys.ipam_reservation("r1"), b"{")
-    assert not calc.consumed(keys.ipam_handle("net.c1.eth0"))
-    assert not calc.consumed(keys.node_status("n1"))
-    assert calc.consumed(keys.ipam_block("10.0.0.0/26"))
-    assert calc.consumed(keys.ipam_reservation("r1"))
-    a = calc.decode_value(keys.ipam_affinity("n1", "fd00::/122"), b'{"state":"confirmed"}')
-    assert a == calc.Affinity("n1", "fd00::/122", "confirmed")
+        decode_value(keys.ipam_reservation("r1"), b"{")
+    assert not consumed(keys.ipam_handle("net.c1.eth0"))
+    assert not consumed(keys.node_status("n1"))
+    assert consumed(keys.ipam_block("10.0.0.0/26"))
+    assert consumed(keys.ipam_reservation("r1"))
+    a = decode_value(keys.ipam_affinity("n1", "fd00::/122"), b'{"state":"confirmed"}')
+    assert a == Affinity("n1", "fd00::/122", "confirmed")
 
 
 async def test_applies_queued_behind_a_running_one_share_the_next(tmp_path: Path) -> None:
@@ -104,16 +105,16 @@ async def test_applies_queued_behind_a_running_one_share_the_next(tmp_path: Path
     assert runs == [base + 1, base + 4, base + 4]
 
 
-def test_ipam_inputs_hold_every_endpoints_addresses_with_the_overlays() -> None:
+def test_ipam_inputs_hold_every_endpoints_addresses_with_the_reported_ones() -> None:
     """Addresses of WorkloadEndpoints (any node) are in use for IPAM; an endpoint the CNI
     handler reported removed no longer counts, one it reported added does."""
-    st = dict([wep("n1", "default", "a", "10.0.0.1/32", "fab1"),
-               wep("n2", "default", "b", "10.0.0.2/32", "fab2"),
-               wep("n1", "default", "c", "10.0.0.3/32", "fab3")])
-    added = wep("n1", "default", "d", "10.0.0.4/32", "fab4")
-    overlay = {keys.workload("n1", "default", "c", "eth0"): None, added[0]: added[1]}
+    st = ClusterState.of(dict([wep("n1", "default", "a", "10.0.0.1/32", "fab1"),
+                               wep("n2", "default", "b", "10.0.0.2/32", "fab2"),
+                               wep("n1", "default", "c", "10.0.0.3/32", "fab3")]))
     assert calc.ipam_inputs("n1", st).in_use == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
-    assert calc.ipam_inputs("n1", st, overlay).in_use == {"10.0.0.1", "10.0.0.2", "10.0.0.4"}
+    st.remove(keys.workload("n1", "default", "c", "eth0"))
+    st.put(*wep("n1", "default", "d", "10.0.0.4/32", "fab4"))
+    assert calc.ipam_inputs("n1", st).in_use == {"10.0.0.1", "10.0.0.2", "10.0.0.4"}
 
 
 async def test_refused_routes_are_retried_after_a_pause_that_doubles(tmp_path: Path) -> None:

@@ -97,6 +97,8 @@ def agent_on(kernel: FakeKernel, tmp_path: Path, state: dict[str, Any]) -> Agent
     agent.routes.mark_in_sync()
     agent.policy = FakePolicy()  # type: ignore[assignment]
     agent.syncer.current.update(state)
+    for key, value in state.items():
+        agent.cluster.put(key, value)
     agent.syncer.in_sync = True
 
     async def no_bgp(st: Any) -> None:

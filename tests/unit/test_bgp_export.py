@@ -1,4 +1,4 @@
-"""bgp.export: confirmed blocks and borrowed addresses from the agent's mirror."""
+"""bgp.export: confirmed blocks and borrowed addresses from the agent's cluster state."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from bgp.export import BlockSummary, decode_block, export_prefixes, pool_cidrs
 from datastore import keys, model
-from felix_like.calc import Affinity
+from felix_like.state import Affinity, ClusterState
 from ipam.block import AllocationAttrs, Block, affinity_of
 
 
@@ -40,11 +40,11 @@ def test_exports_confirmed_blocks_and_borrowed_addresses() -> None:
         keys.ippool("a"): pool("a", "10.244.0.0/16"),
         keys.ippool("b"): pool("b", "10.245.0.0/16", disabled=True),
     }
-    assert export_prefixes("n1", state) == {"10.244.1.0/26", "10.244.2.3/32"}
-    assert export_prefixes("n2", state) == {"10.244.2.0/26"}
+    assert export_prefixes("n1", ClusterState.of(state)) == {"10.244.1.0/26", "10.244.2.3/32"}
+    assert export_prefixes("n2", ClusterState.of(state)) == {"10.244.2.0/26"}
     # A disabled pool still imports: its pods keep their routes to the other nodes.
-    assert pool_cidrs(state) == ["10.244.0.0/16", "10.245.0.0/16"]
+    assert pool_cidrs(ClusterState.of(state)) == ["10.244.0.0/16", "10.245.0.0/16"]
     # The borrowed address is freed: its /32 goes.
     other.release(3)
     state[keys.ipam_block("10.244.2.0/26")] = decode_block(other.to_json())
-    assert export_prefixes("n1", state) == {"10.244.1.0/26"}
+    assert export_prefixes("n1", ClusterState.of(state)) == {"10.244.1.0/26"}

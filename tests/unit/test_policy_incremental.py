@@ -22,6 +22,7 @@ from felix_like.policy.calc import calculate, inputs_from_state
 from felix_like.policy.explain import Conn, decide
 from felix_like.policy.incremental import IncrementalCalculation
 from felix_like.policy.interp import TCP, UDP, Interpreter
+from felix_like.state import ClusterState
 
 PODS = [f"pod{i}" for i in range(6)]
 PORTS = [[], [{"name": "http", "port": 80}],
@@ -122,6 +123,14 @@ def _apply(state: dict[str, Any], pods: dict[str, str], specs: dict[str, dict[st
             state[k] = model.parse_document(v.to_dict())
 
 
+def _sync(cluster: ClusterState, state: dict[str, Any]) -> None:
+    """Bring ``cluster`` to ``state`` as the syncer's events would (deletes, then puts)."""
+    for key in [k for k in cluster.values if k not in state]:
+        cluster.remove(key)
+    for key, value in state.items():
+        cluster.put(key, value)
+
+
 # A populated world to start from: every pod, both policy names, namespaces.
 world_st = st.tuples(
     st.lists(st.fixed_dictionaries(POD_FIELDS), min_size=len(PODS), max_size=len(PODS)),
@@ -150,6 +159,10 @@ def test_incremental_equals_full_calculation(world: Any,
     for op in start:
         _apply(state, pods, specs, op)
     assert inc.update(dict(state), hosts) == calculate(inputs_from_state(state, NODE, hosts))
+    # The agent's path: the same changes through a ClusterState, read as a change log.
+    by_log, cluster = IncrementalCalculation(NODE), ClusterState()
+    _sync(cluster, state)
+    assert by_log.update_from(cluster, hosts) == inc.update(dict(state), hosts)
     for op, update_now in ops:
         if op[0] == "hosts":
             hosts = [HOST] if hosts != [HOST] else [HOST, "fd00::1"]
@@ -160,6 +173,8 @@ def test_incremental_equals_full_calculation(world: Any,
         got = inc.update(dict(state), hosts)
         want = calculate(inputs_from_state(state, NODE, hosts))
         assert got == want, op
+        _sync(cluster, state)
+        assert by_log.update_from(cluster, hosts) == want, op
     got = inc.update(dict(state), hosts)
     inputs = inputs_from_state(state, NODE, hosts)
     assert got == calculate(inputs)
