@@ -271,22 +271,22 @@ async def test_a_node_that_lost_a_block_race_claims_elsewhere_from_then_on(
         picked.append(n)
         return n // 2
 
-    monkeypatch.setattr("ipam.allocator.random.randrange", randrange)
+    monkeypatch.setattr("ipam.claims.random.randrange", randrange)
     ds = FakeDatastore()
     a, b = await setup(ds, cidr="10.0.0.0/16", size=26, nodes=2)  # 1,024 blocks of 64
     (first_a,) = await a.auto_assign("a0", namespace="ns", pod="a0")
     assert first_a.block == "10.0.0.0/26"
 
-    load = b._load_affinities
+    load = b._claims.load_affinities
 
     async def stale_listing(inputs: IpamInputs, *, refresh: bool = False) -> dict[str, KV]:
         got = await load(inputs, refresh=refresh)  # b listed the blocks just before a claimed
-        b._block_heads.pop("10.0.0.0/26", None)
+        b._cache.block_heads.pop("10.0.0.0/26", None)
         return got
 
-    b._load_affinities = stale_listing  # type: ignore[method-assign]
+    b._claims.load_affinities = stale_listing  # type: ignore[method-assign]
     (first_b,) = await b.auto_assign("b0", namespace="ns", pod="b0")
-    b._load_affinities = load  # type: ignore[method-assign]
+    b._claims.load_affinities = load  # type: ignore[method-assign]
     assert picked == [1024] and b.stats.claims == 2  # one race lost, one block won
     assert first_b.block == "10.0.128.0/26"
     # The lost attempt left no affinity of b behind.
@@ -348,7 +348,7 @@ async def test_a_pools_block_size_changed_in_use_never_makes_overlapping_blocks(
     got = [(await b.auto_assign(f"h{i}", namespace="ns", pod=f"b{i}"))[0] for i in range(3)]
     assert held.address not in {g.address for g in got}
     spans = sorted((int(n.first), int(n.last)) for n in
-                   (netaddr.IPNetwork(c) for c in await a._block_cidrs()))
+                   (netaddr.IPNetwork(c) for c in await a._claims.block_cidrs()))
     assert all(x[1] < y[0] for x, y in itertools.pairwise(spans)), spans
 
 
