@@ -1,7 +1,7 @@
 """Shared by every benchmark: a table on stdout, the JSON results file, small timing helpers.
 
-Each benchmark measures its baseline in the same run and reports ratios (DESIGN §8); the
-JSON goes to ``bench/results/<name>.json``.
+Each benchmark measures its baseline in the same run and reports ratios
+(docs/architecture.md §12); the JSON goes to ``bench/results/<name>.json``.
 """
 
 from __future__ import annotations

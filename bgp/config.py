@@ -1,4 +1,6 @@
-"""ExaBGP configuration of one node, rendered from the datastore resources (DESIGN §5).
+"""ExaBGP configuration of one node, rendered from the datastore resources.
+
+See docs/architecture.md §8.
 
 Pure (STYLE rules 1 and 6): Node, BGPConfiguration and BGPPeer objects in, a table of
 neighbours (`desired_neighbors`) and the ExaBGP configuration text (`render_config`) out.
@@ -32,8 +34,8 @@ peer, longest prefix first, the BGP address winning ties; a peer on no attached 
 (multi-hop) gets the BGP address. A node with two uplinks (one per route reflector, say)
 must use, per session, the address of the link it runs over: ExaBGP binds its listener
 (``listen 179``) and its outgoing connection to ``local-address``, so with the BGP address
-(10.77.1.2) for rr2 (10.77.4.1) the reflector's connections to 10.77.4.2 were refused and
-ours came from an address rr2 has no neighbour for (lab route-reflector: rr2 stayed
+(10.77.1.2) for rr2 (10.77.4.1) the reflector's connections to 10.77.4.2 are refused and
+ours come from an address rr2 has no neighbour for (lab route-reflector: rr2 stays
 "Active, Connection refused"). The owner passes the node's interface addresses
 (``local_addresses``); without them only the BGP address's own subnet is known. ExaBGP's
 ``local-address auto`` is not an option: it cannot be combined with ``listen``, which

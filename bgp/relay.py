@@ -5,8 +5,9 @@ ExaBGP runs ``python -m bgp.relay --socket PATH`` as its ``process``: it writes 
 the agent's unix socket and pass lines both ways. Standard library only, so that it starts
 fast and never shares a failure with the agent.
 
-Why a relay (DESIGN §2, §5): ExaBGP outlives the agent, and so do we. When the agent goes
-away the relay keeps running, keeps ExaBGP fed, and reconnects every ``--retry`` seconds.
+Why a relay (docs/architecture.md §2, §11): ExaBGP outlives the agent, and so do we. When
+the agent goes away the relay keeps running, keeps ExaBGP fed, and reconnects every
+``--retry`` seconds.
 What it owns:
 
 - the **announced set**: every ``[neighbor X] announce route P ...`` command line still in

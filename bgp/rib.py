@@ -1,7 +1,7 @@
 """The import table of one node: every path its BGP peers sent, and what of it to install.
 
 Pure (no I/O, the clock is passed in). Owned by `bgp.speaker.BgpSpeaker`, which feeds it
-the decoded ExaBGP events; `table()` is what the agent installs (DESIGN §4 and §5).
+the decoded ExaBGP events; `table()` is what the agent installs (docs/architecture.md §5 and §8).
 
 Rules:
 

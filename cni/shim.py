@@ -39,7 +39,7 @@ because the socket cannot be found.
 
 from __future__ import annotations
 
-# Start-up cost is the shim's whole budget (issue 4: ADD within 2.5x of the reference
+# Start-up cost is the shim's whole budget (the target: ADD within 2.5x of the reference
 # plugins). `python -IS` alone takes ~10 ms; `import json, socket` adds ~10 ms more (json
 # pulls in `re`, `enum`, `functools`, `collections`; socket builds IntEnums). So the hot
 # path uses their C halves directly -- `_json`'s scanner and encoder are exactly what

@@ -1,4 +1,6 @@
-"""Every etcd key string of l3fabric (DESIGN §3) is built and parsed here, nowhere else.
+"""Every etcd key string of l3fabric is built and parsed here, nowhere else.
+
+The keys are listed in docs/architecture.md §4.
 
 Keys live under ``/l3fabric/v1/``. CIDRs in keys have their ``/`` replaced by ``-`` so that
 one CIDR stays one path segment (``10.244.0.0/26`` -> ``10.244.0.0-26``).

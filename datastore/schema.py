@@ -1,4 +1,4 @@
-"""The datastore's schema version: ``/l3fabric/v1/schema/version`` (issue 9, "Upgrade").
+"""The datastore's schema version: ``/l3fabric/v1/schema/version``.
 
 Why: an agent binary is replaced node by node, so for a while old and new agents share
 one etcd. When a future release changes what keys mean, it raises `SCHEMA_VERSION` and

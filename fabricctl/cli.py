@@ -1,4 +1,4 @@
-"""``fabricctl``: the command line of l3fabric (DESIGN §9).
+"""``fabricctl``: the command line of l3fabric (docs/architecture.md §10).
 
 Exit codes: 0 success, 1 failure with one clear line on stderr, 2 usage error. Never a
 traceback for a failure we can name; ``L3FABRIC_DEBUG=1`` shows one for the rest.

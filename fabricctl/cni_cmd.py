@@ -3,9 +3,9 @@
 Owns: ``<bin-dir>/l3fabric``, ``<bin-dir>/l3fabric-ipam`` (stdlib shims, see
 :func:`cni.shim.write_executable`; run by ``--python``, by default the distribution's
 ``/usr/bin/python3`` if it runs them, else this Python: :func:`cni.shim.pick_interpreter`)
-and ``<conf-dir>/10-<name>.conflist`` (DESIGN §9). Idempotent: files already as wanted
-are left untouched (their mtime too, so runtimes watching the config dir see no change);
-others are replaced atomically.
+and ``<conf-dir>/10-<name>.conflist`` (docs/architecture.md §10). Idempotent: files
+already as wanted are left untouched (their mtime too, so runtimes watching the config
+dir see no change); others are replaced atomically.
 
 The conflist chains the reference ``portmap`` plugin (unless ``--no-portmap``), whose
 CNI versions stop at 1.0.0, hence ``cniVersion: 1.0.0``; portmap's CHECK fails on
@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def conflist(name: str, socket: str, mtu: int = 0, portmap: bool = True) -> dict[str, Any]:
-    """The network config of DESIGN §9."""
+    """The network config of docs/architecture.md §10."""
     plugins: list[dict[str, Any]] = [
         {"type": "l3fabric", "agentSocket": socket, "mtu": mtu,
          "ipam": {"type": "l3fabric-ipam"}}]

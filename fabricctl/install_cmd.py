@@ -8,7 +8,7 @@ Owned files (paths relative to ``--root``, ``/`` by default; ``--root`` works li
 ``/etc/l3fabric/agent.conf``                  0600  ``EnvironmentFile``: ``L3FABRIC_<FLAG>=value``
                                               /0644  (0600 whenever it names a TLS key)
 ``<cni bin dir>/l3fabric``, ``l3fabric-ipam``  0755  the CNI shims (`cni.shim.write_executable`)
-``<cni conf dir>/10-l3fabric.conflist``       0644  the network config (DESIGN §9)
+``<cni conf dir>/10-l3fabric.conflist``       0644  the network config (docs/architecture.md §10)
 ==========================================  ======  ============================================
 
 The shims run with ``--python`` or, by default, what `cni.shim.pick_interpreter` checks and
@@ -136,9 +136,9 @@ ExecStart={exe}
 Restart=always
 RestartSec=2
 # ExaBGP runs in its own session and must outlive the agent so that an agent restart or
-# upgrade does not reset BGP sessions (DESIGN 5). With the default KillMode=control-group
-# systemd would kill it together with the agent; `process` stops only the agent. On a
-# final stop, `fabricctl uninstall` kills what is left in the cgroup.
+# upgrade does not reset BGP sessions (docs/architecture.md §2). With the default
+# KillMode=control-group systemd would kill it together with the agent; `process` stops
+# only the agent. On a final stop, `fabricctl uninstall` kills what is left in the cgroup.
 KillMode=process
 TimeoutStopSec=30
 # /run/l3fabric holds the CNI socket; keep it across restarts (the shims' path).
@@ -158,7 +158,7 @@ WantedBy=multi-user.target
 
 
 def render_conflist(socket_path: str, mtu: int = 0) -> str:
-    """The network config of DESIGN §9 (``mtu: 0``: the uplink's), exactly as
+    """The network config of docs/architecture.md §10 (``mtu: 0``: the uplink's), exactly as
     ``fabricctl install-cni`` writes it."""
     return json.dumps(conflist("l3fabric", socket_path, mtu), indent=2) + "\n"
 

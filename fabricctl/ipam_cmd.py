@@ -1,4 +1,6 @@
-"""``fabricctl ipam show [--blocks | --ip ADDR] | check [--fix] | release IP`` (DESIGN §9).
+"""``fabricctl ipam show [--blocks | --ip ADDR] | check [--fix] | release IP``.
+
+See docs/architecture.md §10.
 
 Owns only presentation: the data comes from ``ipam.report``, ``ipam.check`` and
 ``ipam.allocator``. ``check`` exits 1 when problems remain (so scripts can gate on it) and

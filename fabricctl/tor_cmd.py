@@ -1,6 +1,6 @@
 """``fabricctl tor-config``: the top-of-rack router's BGP configuration, from etcd.
 
-What it prints is the other half of the sessions the nodes' ExaBGP opens (DESIGN §5):
+What it prints is the other half of the sessions the nodes' ExaBGP opens (docs/architecture.md §8):
 a BGPPeer's ``peerIP`` is the ToR's address and its ``node``/``nodeSelector`` say which
 nodes peer with it (neither: every node). So for one *peer group* this renders one
 neighbour per (BGPPeer, selected Node): the node's ``bgp.ipv4Address`` as the neighbour,

@@ -1,4 +1,4 @@
-"""``fabric-agent``: the l3fabric node agent (DESIGN §9).
+"""``fabric-agent``: the l3fabric node agent (docs/architecture.md §2, §10).
 
 Every flag also reads ``L3FABRIC_<FLAG>`` from the environment (``--etcd-endpoints`` ->
 ``L3FABRIC_ETCD_ENDPOINTS``). Logs are one line per event on stderr.

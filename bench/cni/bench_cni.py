@@ -9,7 +9,7 @@ shim talking to our agent side, which is one of:
 
 - ``process`` (default): a bare `CniHandler` + `CniServer` in a process of its own, as
   fabric-agent runs: the CNI path alone (shim, handler, IPAM, veth and route), which the
-  targets below were set against;
+  targets below are for;
 - ``in-process``: the same in this process, whose event loop also execs every plugin of
   both contenders;
 - ``fabric-agent``: the real agent, started as the tests start it (``ip netns exec <node>
@@ -31,7 +31,7 @@ Per contender: sequential ADD then DEL of every pod (latency p50/p99), then
 between the two contenders (see `_compare`), so that both see the same load from
 whatever else runs on the machine.
 
-Targets (issue 4): ADD p50 <= 2.5x the reference; parallel pods/s >= the reference.
+Targets: ADD p50 <= 2.5x the reference; parallel pods/s >= the reference.
 Results: ``bench/results/cni.json`` (``cni_fabric_agent.json`` with ``--agent
 fabric-agent``); ``agent`` and ``agent_processes`` in it say which agent side ran and whose
 CPU was counted.

@@ -74,8 +74,9 @@ def sh(*cmd: str) -> None:
 
 
 def static_pod(st: LabState, node: str, pod: str, ip: str, mtu: int) -> str:
-    """A pod namespace wired as DESIGN §4 says, recorded in the lab state first (so `lab
-    down` removes it and `lab exec default/<pod>` reaches it). Returns the host veth."""
+    """A pod namespace wired as docs/architecture.md §5 says, recorded in the lab state
+    first (so `lab down` removes it and `lab exec default/<pod>` reaches it). Returns the
+    host veth."""
     netns = runner.pod_netns_name(st.lab, "default", pod)
     node_ns = st.nodes[node]["netns"]
     host_if = f"fab{uuid.uuid4().hex[:11]}"

@@ -4,7 +4,7 @@ Run: ``python -m bench.ipam.bench_ipam [--allocs N] [--procs P] [--rounds R]``. 
 own single-member etcd (loopback, temp data dir on disk, so fsync is real) and measures,
 with one process and with P processes at once:
 
-* **raw CAS** (the baseline of the target, issue 3): one etcd transaction per operation,
+* **raw CAS** (the baseline of the target): one etcd transaction per operation,
   ``txn(compare mod_revision(key) == last, put key <small value>)`` with a value of a few
   bytes, one key per process. No read before it: the revision to compare comes from the
   previous transaction's response - the fastest one-round-trip CAS there is, through the
@@ -19,8 +19,8 @@ with one process and with P processes at once:
   put a block value of the mean size the IPAM part of the same round wrote and a handle
   record of real length (a new key each time), and read both back on failure. Its rate over
   the raw CAS rate is the **ceiling** of the ratio for any client that writes the block
-  DESIGN §3 describes (handle and pod information per address): what etcd charges for the
-  bigger transaction alone.
+  docs/architecture.md §4 describes (handle and pod information per address): what etcd
+  charges for the bigger transaction alone.
 
 The three alternate in R rounds of N operations each (CAS, IPAM, shaped CAS, CAS, ...; with
 P processes each does N/P, 250 by default) and rates are totals over the rounds, so load

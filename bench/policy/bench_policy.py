@@ -1,4 +1,4 @@
-"""Policy benchmark (issue 6): programming time for 1, 100 and 1,000 policies over 500
+"""Policy benchmark: programming time for 1, 100 and 1,000 policies over 500
 endpoints; latency of one pod add and of one policy change at each size; nftables against
 iptables (ratio); single-stream TCP between two pods with 1,000 policies in force against
 none (ratio). Targets: a pod add at 1,000 policies <= 20 ms of dataplane work (the

@@ -1,4 +1,4 @@
-"""BGP with the real agent (issue 5): ToR racks, full mesh, route reflector; real packets.
+"""BGP with the real agent: ToR racks, full mesh, route reflector; real packets.
 
 Every node runs the real ``fabric-agent`` in its own namespace (it starts ExaBGP itself),
 the ToRs are BIRD 2, pods are wired by the real CNI shim, and traffic is real ICMP. The

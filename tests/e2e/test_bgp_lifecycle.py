@@ -9,9 +9,9 @@ and in the nodes' FIBs, pings between pods.
   released (its /32 withdrawn everywhere, the address answers on its new node), the
   BGPPeer removed (session gone, nothing learned over it left in the node's FIB);
 - a ToR BGPPeer removed while the node's agent restarts: the new agent must drop the
-  routes its predecessor installed from that peer (they once stayed in the FIB until the
-  next datastore event or the 60 s resync: the speaker did not tell the agent its import
-  table was in sync when that table was empty, as it had been since the start);
+  routes its predecessor installed from that peer at once, not at the next datastore
+  event or the 60 s resync (the speaker tells the agent its import table is in sync also
+  when that table is empty, as it has been since the start);
 - on a LAN mesh: holdTime, a node's AS number, nodeToNodeMesh off and on again, a
   node's BGP address changed, and the pool disabled: every node learns every block via
   its owner's current address, and the pods reach each other.

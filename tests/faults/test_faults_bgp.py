@@ -1,12 +1,12 @@
-"""BGP under hostile peers, and the gaps the fault suite found around BGP.
+"""BGP under hostile peers, and a pod route that replaces its block's blackhole.
 
 - a BIRD peer floods 20,000 prefixes (plus pool supernets and prefixes outside every
   pool) at a node's `BgpSpeaker`: what is stored and installed stays at the per-peer
   limit, the limit is logged once and shown in the peer status, time and memory bounded;
 - a BIRD peer with the wrong MD5 password never establishes (and does with the right one:
   the test is not vacuous);
-- blockSize 32: the pod's route replaces the one-address block's blackhole (it used to
-  fail "already routed on this node").
+- blockSize 32: the pod's route replaces the one-address block's blackhole of the same
+  prefix, rather than failing "already routed on this node".
 
 Every figure printed here is quoted in docs/guarantees.md. Everything runs in namespaces
 the test made; BIRD, ExaBGP and the speaker's owner are stopped also on failure.

@@ -170,7 +170,8 @@ def test_exabgp_killed_restarted_and_graceful_restart_keeps_routes(rack: Rack) -
         m.terminate()
     changes = [m.communicate(timeout=10)[0] for m in monitors]
     # manual-eor: the new ExaBGP sends End-of-RIB only after the agent re-announced, so
-    # BIRD never flushes the stale block (it used to: one delete + re-add, 0-4 pings lost).
+    # BIRD never flushes the stale block (an early End-of-RIB costs a delete and a re-add
+    # at BIRD, and 0-4 pings).
     lost = 0
     for p in pings:
         sent, got, _ = p.result()

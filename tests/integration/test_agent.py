@@ -153,10 +153,10 @@ def test_pods_added_in_parallel_get_their_route_once(node: Node,
 def test_the_agents_ipam_keeps_reservations_and_ipam_config(
         netns: Callable[[str], str], etcd: EmbeddedEtcd, tmp_path: Path) -> None:
     """The agent allocates from its mirror of etcd: IPReservations and the IPAMConfig
-    written with etcdctl must be in it (they were once decoded as "not ours" and
-    ignored). 48 of the first block's 64 addresses are reserved and the node may own one
-    block with strict affinity: 16 pods get the 16 free addresses, the 17th the
-    exhaustion error, and nothing is left of it."""
+    written with etcdctl must be in it, decoded, not skipped as keys of no resource. 48 of
+    the first block's 64 addresses are reserved and the node may own one block with
+    strict affinity: 16 pods get the 16 free addresses, the 17th the exhaustion error,
+    and nothing is left of it."""
     etcdctl(etcd, "put", "/l3fabric/v1/config/ippools/p1", json.dumps(POOL))
     etcdctl(etcd, "put", "/l3fabric/v1/ipam/reservations/r1", json.dumps({
         "apiVersion": "l3fabric.io/v1", "kind": "IPReservation", "metadata": {"name": "r1"},

@@ -6,8 +6,8 @@ Lab: a BIRD ToR and two real agents (`helpers.faults.build_rack`), the ToR confi
 session and nothing is re-announced. When n1's end of its uplink goes down, the kernel
 deletes the routes through it, n2's block learned over BGP among them, and for IPv4 says
 nothing (no RTM_DELROUTE). The agent sees the link come back (RTM_NEWLINK), re-reads the
-kernel and puts the route back; it used to wait for its periodic resync (60 s), and the
-pods on n1 were cut off from n2's for that long.
+kernel and puts the route back at once: waiting for its periodic resync (60 s) would cut
+the pods on n1 off from n2's for that long.
 """
 
 from __future__ import annotations

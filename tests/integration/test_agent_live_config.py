@@ -83,8 +83,8 @@ def test_a_pools_block_size_changed_at_run_time_hands_out_no_address_twice(
         node: Node, netns: Callable[[str], str], etcd: EmbeddedEtcd, tmp_path: Path) -> None:
     """blockSize 26 -> 28 while the node owns 10.244.0.0/26: asking for the address a
     running pod holds is refused as in use (101), and no /28 overlapping the /26 is made
-    (it once was: the requested address was looked up in a /28 that did not exist, which
-    was claimed, and handed the address out a second time)."""
+    (looking the address up in a /28 that does not exist would claim that /28 and hand
+    the address out a second time)."""
     fab = fabric_of(node, netns, etcd, tmp_path)
     held = address(cni(node, "ADD", "ca", netns("a"), "a"))
     put(etcd, "config/ippools/p1", {**POOL, "spec": {**POOL["spec"], "blockSize": 28}})
@@ -98,10 +98,10 @@ def test_a_pools_block_size_changed_at_run_time_hands_out_no_address_twice(
 def test_an_address_released_by_the_operator_is_not_handed_out_while_its_pod_lives(
         node: Node, netns: Callable[[str], str], etcd: EmbeddedEtcd) -> None:
     """``fabricctl ipam release`` frees a running pod's address in its block; the agent
-    must still not hand it to another pod while a WorkloadEndpoint uses it (it did: the
-    ADD that reached it failed "already routed on this node", and another node would have
-    borrowed it). One block, all but .0-.2 reserved: after .0 (pod a's) is released, the
-    next pods get .2 and then "no free address"; pod a's DEL succeeds and leaves the
+    must still not hand it to another pod while a WorkloadEndpoint uses it (an ADD handed
+    it would fail "already routed on this node", and another node could borrow it). One
+    block, all but .0-.2 reserved: after .0 (pod a's) is released, the next pods get .2
+    and then "no free address"; pod a's DEL succeeds and leaves the
     others' routes alone, and then .0 is handed out again."""
     one_block_of(etcd, 3)
     pods = {p: netns(p) for p in "abcd"}
@@ -123,9 +123,9 @@ def test_an_address_released_by_the_operator_is_not_handed_out_while_its_pod_liv
 
 def test_an_add_repeated_after_the_operator_released_its_address_holds_what_it_answers(
         node: Node, netns: Callable[[str], str], etcd: EmbeddedEtcd) -> None:
-    """The agent answers a repeated ADD of one attachment from the IPAM handle it cached;
-    after ``fabricctl ipam release`` emptied that handle, it answered the released
-    address, which nothing held any more. Now the address it answers is in the handle."""
+    """A repeated ADD of one attachment, after ``fabricctl ipam release`` emptied its IPAM
+    handle, answers an address the handle holds, not the released one the handle held
+    before, which nothing holds."""
     pod = netns("a")
     first = address(cni(node, "ADD", "ca", pod, "a"))
     fabricctl(etcd, "ipam", "release", first)

@@ -5,9 +5,9 @@ A node's session to a peer is sourced from the node's address on the peer's subn
 a dummy interface) and a ToR namespace running BIRD, joined by a veth whose node end has no
 address yet; a BGPPeer names the ToR. The session cannot come up: the node has no address
 on that link. Then the operator adds one, as networkd does when a second NIC comes up late.
-The agent must see the new address and re-source the session from it within seconds. It
-used to read the addresses again only at its periodic resync (a minute), and until then
-ExaBGP kept connecting from the BGP address, which the ToR refuses.
+The agent must see the new address and re-source the session from it within seconds, not
+at its periodic resync (a minute): until then ExaBGP keeps connecting from the BGP
+address, which the ToR refuses.
 """
 
 from __future__ import annotations

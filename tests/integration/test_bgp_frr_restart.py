@@ -10,9 +10,9 @@ Expected: no ping lost in either family; the BGP session is the same TCP connect
 (its 4-tuple in ``ss``) before and after; n1 keeps every route it learned, in both
 families. Then n2 is removed while n1's agent is down again: its routes leave n1 when
 the agent is back. FRR with enhanced route refresh ignores a refresh request until it has sent
-its End-of-RIB, which it sends only to graceful-restart peers: the restarted agent got
-no answer, took that as "no routes", and removed them all (the relay's replay of each
-peer's adj-RIB-in now rebuilds the table without asking).
+its End-of-RIB, which it sends only to graceful-restart peers: a restarted agent that
+waited for a refresh would get no answer, take that as "no routes" and remove them all.
+The relay's replay of each peer's adj-RIB-in rebuilds the table without asking.
 """
 
 from __future__ import annotations
@@ -81,8 +81,8 @@ def test_agent_kill9_behind_frr_keeps_routes_session_and_pings(
         n1.start(etcd)
         ready = time.monotonic() - t_kill
         results = [p.result() for p in pings]
-        # The import table of the restarted agent is complete (the point where a refresh
-        # that FRR ignored used to sweep every learned route).
+        # The import table of the restarted agent is complete (the point at which an agent
+        # waiting for the refresh FRR ignores would sweep every learned route).
         wait_for(lambda: "bgp import table in sync" in log_since(n1.log, log_from), 10,
                  "the restarted agent's import table in sync", 0.1, n1.log_tail)
         after = learned(n1.ns)

@@ -6,7 +6,7 @@ announces, over the IPv4 session (MP-BGP), ``fd44::40/122`` with next hop ``fe80
 alone (as FRR does while its global address is not ready) and ``fd44::80/122`` with
 ``fd99::1``, a global one. Expected: the node installs the first ``via fe80::1 dev up1``
 (``up1`` holds the session's local address; the kernel refuses a link-local gateway
-without a device, and the route was missing) and the second via ``fd99::1``; the node
+without a device, which would leave the route out) and the second via ``fd99::1``; the node
 reaches an address of each prefix.
 """
 

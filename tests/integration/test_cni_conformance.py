@@ -117,7 +117,7 @@ async def test_add_del_result_in_each_version(fab: Fabric, netns: Callable[[str]
     if version < "1.0.0":
         assert ip["version"] == "4"
     assert ("mtu" in res["interfaces"][1]) == (version == "1.1.0")
-    # The pod is wired as DESIGN §4 says.
+    # The pod is wired as docs/architecture.md §5 says.
     address = ip["address"]
     assert [a for a in ip_json(pod, "addr", "show", "dev", "eth0")[0]["addr_info"]
             if f"{a['local']}/{a['prefixlen']}" == address]

@@ -5,8 +5,9 @@ track its traffic) joined by a veth to ``b``, which holds two IPv4 and two IPv6 
 ``a`` sends UDP datagrams to each (a new source port each: a new entry each). Deleting the
 flows of one address must remove exactly that address's entries and keep the others, as
 read back with pyroute2's own full dump (a parser independent of the one under test).
-IPv6 used to take pyroute2's full parse (~0.5 ms per entry); its filtered dump cannot be
-used because the kernel's IPv6 filter match is inverted (`felix_like.conntrack`).
+IPv6 takes one full dump, matched without pyroute2's parse (~0.5 ms per entry): the
+kernel's filtered dump cannot be used for it, its IPv6 filter match is inverted
+(`felix_like.conntrack`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""IPAM on a real etcd: concurrent processes, borrowing, crashes, IPv6 (issue 3, done-when)."""
+"""IPAM on a real etcd: concurrent processes, borrowing, crashes, IPv6."""
 
 from __future__ import annotations
 

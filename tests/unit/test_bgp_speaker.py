@@ -273,9 +273,9 @@ def test_the_owner_is_told_when_the_import_table_is_in_sync_even_if_it_is_empty(
         tmp_path: Path) -> None:
     """A restarted agent keeps the BGP routes its predecessor installed until the import
     table is in sync (the agent reads ``in_sync``). When nothing is learned any more (the
-    only peer was removed while the agent was down) the table is empty before and after:
-    the owner was not told, and the stale routes stayed in the FIB until the next
-    datastore event or the periodic resync."""
+    only peer was removed while the agent was down) the table is empty before and after,
+    and the owner must still be told: else the stale routes stay in the FIB until the
+    next datastore event or the periodic resync."""
     calls: list[tuple[dict[str, tuple[str, ...]], bool]] = []
 
     async def run() -> None:
@@ -295,8 +295,8 @@ def test_a_reflector_sends_a_client_the_reflected_routes_before_its_end_of_rib(
     """Client B's session resets (a changed definition: ExaBGP gives it a new, empty
     adj-rib-out). B must get the routes reflected from client A again, and before our
     End-of-RIB: a graceful-restart B sweeps what it held from us at the End-of-RIB, so
-    routes reflected after it flap (they were sent on a later loop turn, after it), and
-    when the "down" and "up" came in one read they were never sent again at all."""
+    routes reflected after it (on a later loop turn) would flap, and, with the "down" and
+    "up" in one read, routes not sent again would be lost for good."""
     a, b = "10.0.0.2", "10.0.0.3"
 
     def ev(peer: str, **nb: Any) -> bytes:
