@@ -79,8 +79,6 @@ import ipaddress
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections import deque
@@ -90,6 +88,7 @@ from pathlib import Path as FsPath
 from typing import Any
 
 from bgp.config import NeighborSpec, render_config
+from bgp.exabgp import ExabgpProcess
 from bgp.relay import route_key, withdraw_line
 from bgp.rib import DEFAULT_MAX_PREFIXES, ImportTable, Path
 
@@ -98,9 +97,6 @@ log = logging.getLogger(__name__)
 Learned = dict[str, tuple[str, ...]]
 
 STATE_NAMES = {"up": "Established", "connected": "Connect", "down": "Idle"}
-# What ExaBGP logs when it reloads its config, and how long after the signal we look.
-RELOAD_LOG_LINE = b"performing reload of exabgp"
-RELOAD_SEEN_WITHIN = 2.0
 
 
 def relay_command(socket_path: str, python: str = sys.executable) -> list[str]:
@@ -129,14 +125,12 @@ class BgpSpeaker:
         self.netns = netns
         self.socket_path = socket_path
         self.workdir = FsPath(workdir)
-        self.exabgp_bin = exabgp_bin
         self.python = python
         self.on_learned = on_learned
         self.now = now
         self.sync_timeout = sync_timeout
-        self.conf_path = self.workdir / "exabgp.conf"
-        self.pid_path = self.workdir / "exabgp.pid"
-        self.log_path = self.workdir / "exabgp.log"
+        self.exabgp = ExabgpProcess(node, netns=netns, workdir=self.workdir,
+                                    exabgp_bin=exabgp_bin, now=now)
         self.rib = ImportTable(max_prefixes)
         self.neighbors: dict[str, NeighborSpec] = {}
         self.peers: dict[str, _PeerState] = {}
@@ -156,9 +150,6 @@ class BgpSpeaker:
         self.configured = asyncio.Event()
         self.in_sync = False  # import table complete after the last attach
         self._emitted_in_sync = False  # in_sync as the owner last heard of it (_emit)
-        self.pid: int | None = None
-        self.restarts = 0
-        self.reloads_repeated = 0
         # The interface holding a local address (``10.99.1.1`` -> ``eth1``): a link-local
         # IPv6 next hop is installed on the interface of the session it came on. The
         # owner sets it (it reads the kernel); None: link-local next hops are unusable.
@@ -166,7 +157,6 @@ class BgpSpeaker:
         self._replaying = False  # between a relay's hello and its relay-replayed
         self._relay_filter: str | None = None  # the last filter line the relay got
         self._no_nexthop_logged: set[str] = set()
-        self._proc: subprocess.Popen[bytes] | None = None
         self._server: asyncio.AbstractServer | None = None
         self._writer: asyncio.StreamWriter | None = None
         # Commands sent and not yet answered: ExaBGP acks each one, in order, with
@@ -176,119 +166,11 @@ class BgpSpeaker:
         self._emit_scheduled = False
         self._stopping = False
         self._attach_time = 0.0
-        self._text: str | None = None
-        # A config change that ExaBGP could not be told of yet (it does not handle SIGUSR1
-        # until it has set up, and the signal's default action kills it).
-        self._reload_pending = False
-        # A reload signalled and not yet seen in ExaBGP's log: (log size before the
-        # signal, when to look). ExaBGP drops a reload that comes while updates are
-        # still queued for a peer (its loop re-arms the signal before it checks), so
-        # one not seen is signalled again.
-        self._reload_unseen: tuple[int, float] | None = None
 
     # -- process supervision -------------------------------------------------------------
 
-    def _alive(self, pid: int) -> bool:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return False
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().split(b"\0")
-        except (OSError, IndexError):
-            return False
-        return any(b"exabgp" in c for c in cmd) and str(self.conf_path).encode() in cmd
-
-    def _adopt(self) -> bool:
-        try:
-            pid = int(self.pid_path.read_text().strip())
-        except (OSError, ValueError):
-            return False
-        if not self._alive(pid):
-            return False
-        self.pid = pid
-        log.info("adopted running exabgp pid %d for node %s", pid, self.node)
-        return True
-
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        root = self.workdir / "root"
-        (root / "etc" / "exabgp").mkdir(parents=True, exist_ok=True)
-        env.update({
-            "EXABGP_ROOT": str(root),
-            "exabgp.daemon.user": "root",
-            "exabgp.daemon.drop": "false",
-            "exabgp.daemon.daemonize": "false",
-            "exabgp.log.destination": "stdout",
-            # RELOAD_LOG_LINE is an INFO line of the "configuration" topic
-            "exabgp.log.level": "INFO",
-            "exabgp.log.configuration": "true",
-            "exabgp.api.pipename": f"l3fabric-{self.node}-{os.getpid()}",
-        })
-        return env
-
-    def _launch(self) -> None:
-        cmd = [self.exabgp_bin, "server", str(self.conf_path)]
-        if self.netns is not None:
-            cmd = ["nsenter", f"--net=/var/run/netns/{self.netns}", *cmd]
-        with open(self.log_path, "ab") as logf:
-            self._proc = subprocess.Popen(cmd, env=self._env(), stdin=subprocess.DEVNULL,
-                                          stdout=logf, stderr=subprocess.STDOUT,
-                                          start_new_session=True, cwd=self.workdir)
-        self.pid = self._proc.pid
-        self._reload_pending = False  # it reads the config as it is now
-        self._reload_unseen = None
-        self.pid_path.write_text(f"{self.pid}\n")
-        log.info("started exabgp pid %d for node %s", self.pid, self.node)
-
-    def _handles_reload(self, pid: int) -> bool:
-        """Whether ``pid`` has its SIGUSR1 handler installed (``SigCgt`` in its status)."""
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("SigCgt:"):
-                        return bool(int(line.split()[1], 16) >> (signal.SIGUSR1 - 1) & 1)
-        except (OSError, ValueError, IndexError):
-            pass
-        return False
-
-    def _reload(self) -> None:
-        """SIGUSR1 (ExaBGP's reload) now, or once ExaBGP handles it (`_supervise`)."""
-        if self.pid is not None and self._handles_reload(self.pid):
-            log.info("exabgp config changed: reloading (SIGUSR1)")
-            self._reload_unseen = (self._log_size(), self.now() + RELOAD_SEEN_WITHIN)
-            os.kill(self.pid, signal.SIGUSR1)
-            self._reload_pending = False
-        else:
-            self._reload_pending = True
-
-    def _log_size(self) -> int:
-        try:
-            return self.log_path.stat().st_size
-        except OSError:
-            return 0
-
-    def _check_reload_seen(self, now: float) -> None:
-        """Signal again a reload that ExaBGP's log does not show (see `_reload_unseen`)."""
-        if self._reload_unseen is None or now < self._reload_unseen[1]:
-            return
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(self._reload_unseen[0])
-                seen = RELOAD_LOG_LINE in f.read()
-        except OSError:
-            seen = False
-        self._reload_unseen = None
-        if not seen:
-            log.warning("exabgp dropped the reload of its config (it does while updates "
-                        "are queued): signalling it again")
-            self.reloads_repeated += 1
-            self._reload()
-
     def running(self) -> bool:
-        if self._proc is not None:
-            return self._proc.poll() is None
-        return self.pid is not None and self._alive(self.pid)
+        return self.exabgp.running()
 
     async def _supervise(self) -> None:
         backoff = 1.0
@@ -301,25 +183,21 @@ class BgpSpeaker:
                     and now - self._attach_time > self.sync_timeout):
                 self._mark_in_sync("timeout")
             if self.running():
-                if self._reload_pending:
-                    self._reload()
-                else:
-                    self._check_reload_seen(now)
-            if self._text is None or self.running():
+                self.exabgp.tick(now)
+            if self.exabgp.text is None or self.running():
                 continue
-            if self.pid is not None:
+            if self.exabgp.pid is not None:
                 log.error("exabgp pid %d of node %s died; restarting in %.0f s",
-                          self.pid, self.node, backoff)
+                          self.exabgp.pid, self.node, backoff)
                 self._exabgp_gone()
-                self.pid = None
-                self._proc = None
+                self.exabgp.died()
                 await asyncio.sleep(backoff)
                 backoff = min(10.0, backoff * 2)
-                self.restarts += 1
+                self.exabgp.restarts += 1
             # set_config may have started one meanwhile: a second could not bind the BGP
             # port, and the first would run unsupervised.
             if not self._stopping and not self.running():
-                self._launch()
+                self.exabgp.launch()
 
     def _exabgp_gone(self) -> None:
         """All sessions are down: hold peers' routes for their GR time (or drop them)."""
@@ -341,9 +219,7 @@ class BgpSpeaker:
         FsPath(self.socket_path).parent.mkdir(parents=True, exist_ok=True)
         self._server = await asyncio.start_unix_server(self._on_relay, self.socket_path,
                                                        limit=1 << 24)
-        if self._adopt():
-            with contextlib.suppress(OSError):
-                self._text = self.conf_path.read_text()
+        self.exabgp.adopt()
         self._tasks.append(asyncio.create_task(self._supervise(), name="bgp-supervise"))
 
     async def stop(self, drain: bool = False) -> None:
@@ -363,27 +239,7 @@ class BgpSpeaker:
         if self._server is not None:
             self._server.close()
         if drain:
-            await self._terminate()
-
-    async def _terminate(self) -> None:
-        pid = self.pid
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        for _ in range(30):
-            if not self.running():
-                break
-            await asyncio.sleep(0.1)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        if self._proc is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._proc.wait(2)
-        with contextlib.suppress(FileNotFoundError):
-            self.pid_path.unlink()
-        self.pid = None
+            await self.exabgp.terminate()
 
     # -- configuration -------------------------------------------------------------------
 
@@ -418,16 +274,12 @@ class BgpSpeaker:
 
     async def set_config(self, text: str) -> bool:
         """Write the config and reload ExaBGP if it changed. True if something was done."""
-        if text == self._text and self.conf_path.exists():
+        if not self.exabgp.write_config(text):
             return False
-        tmp = self.conf_path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, self.conf_path)
-        self._text = text
         if self.running():
-            self._reload()
+            self.exabgp.reload()
         elif not self._stopping and self._server is not None:
-            self._launch()
+            self.exabgp.launch()
         return True
 
     def set_filter(self, pools: Iterable[str], own_blocks: Iterable[str]) -> None:

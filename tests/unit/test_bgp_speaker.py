@@ -123,7 +123,7 @@ def test_limit_change_applies_without_reload_and_a_raise_refreshes(tmp_path: Pat
     sp, w = speaker(tmp_path)
     base = sp.neighbors[PEER]
     assert asyncio.run(sp.set_neighbors({PEER: dataclasses.replace(base, max_prefixes=3)}))
-    text = sp.conf_path.read_text()
+    text = sp.exabgp.conf_path.read_text()
     sp._on_line(event(state="up"))
     announce(sp, [f"10.244.{i}.0/26" for i in range(2, 8)])
     row = sp.peer_status()[0]
@@ -133,7 +133,7 @@ def test_limit_change_applies_without_reload_and_a_raise_refreshes(tmp_path: Pat
     # the peer is asked to send its routes again, which now fit.
     w.sent.clear()
     changed = asyncio.run(sp.set_neighbors({PEER: dataclasses.replace(base, max_prefixes=10)}))
-    assert not changed and sp.conf_path.read_text() == text
+    assert not changed and sp.exabgp.conf_path.read_text() == text
     assert w.sent == [f"neighbor {PEER} announce route-refresh ipv4 unicast"]
     row = sp.peer_status()[0]
     assert row["maxPrefixes"] == 10 and "info" not in row
@@ -198,36 +198,36 @@ def test_a_reload_waits_for_the_handler_and_a_dropped_one_is_signalled_again(
     clock = [0.0]
     sp = BgpSpeaker("n1", netns=None, socket_path=str(tmp_path / "s.sock"),
                     workdir=tmp_path, exabgp_bin=str(exe), now=lambda: clock[0])
-    sp._launch()
+    sp.exabgp.launch()
     try:
-        sp._reload()  # too early: it would have killed the process
-        assert sp._reload_pending and sp.running()
+        sp.exabgp.reload()  # too early: it would have killed the process
+        assert sp.exabgp.reload_pending and sp.running()
 
         def log() -> str:
-            return sp.log_path.read_text()
+            return sp.exabgp.log_path.read_text()
 
         deadline = time.monotonic() + 10
         while "ready" not in log():
             assert time.monotonic() < deadline and sp.running()
             time.sleep(0.05)
-        sp._reload()  # what _supervise does while a reload is pending
-        assert not sp._reload_pending
+        sp.exabgp.reload()  # what the supervisor does while a reload is pending
+        assert not sp.exabgp.reload_pending
         time.sleep(0.3)
         assert log().splitlines()[-1] == "dropped"
-        sp._check_reload_seen(clock[0] + 1)  # too soon to tell
-        assert sp.reloads_repeated == 0
+        sp.exabgp.check_reload_seen(clock[0] + 1)  # too soon to tell
+        assert sp.exabgp.reloads_repeated == 0
         clock[0] += 5
-        sp._check_reload_seen(clock[0])  # not in the log: signalled again
-        assert sp.reloads_repeated == 1
+        sp.exabgp.check_reload_seen(clock[0])  # not in the log: signalled again
+        assert sp.exabgp.reloads_repeated == 1
         time.sleep(0.3)
         clock[0] += 5
-        sp._check_reload_seen(clock[0])
-        assert sp.reloads_repeated == 1 and sp._reload_unseen is None
+        sp.exabgp.check_reload_seen(clock[0])
+        assert sp.exabgp.reloads_repeated == 1 and sp.exabgp.reload_unseen is None
         assert log().count("performing reload") == 1 and sp.running()
     finally:
-        assert sp._proc is not None
-        sp._proc.kill()
-        sp._proc.wait()
+        assert sp.exabgp.proc is not None
+        sp.exabgp.proc.kill()
+        sp.exabgp.proc.wait()
 
 
 def test_a_config_change_during_the_restart_backoff_starts_exabgp_once(
@@ -240,33 +240,33 @@ def test_a_config_change_during_the_restart_backoff_starts_exabgp_once(
     exe.chmod(0o755)
     sp = BgpSpeaker("n1", netns=None, socket_path=str(tmp_path / "s.sock"),
                     workdir=tmp_path, exabgp_bin=str(exe))
-    sp._text = "config"
+    sp.exabgp.text = "config"
     procs: list[subprocess.Popen[bytes]] = []
 
     async def scenario() -> None:
-        sp._launch()
-        assert sp._proc is not None
-        procs.append(sp._proc)
-        sp._proc.kill()
+        sp.exabgp.launch()
+        assert sp.exabgp.proc is not None
+        procs.append(sp.exabgp.proc)
+        sp.exabgp.proc.kill()
         task = asyncio.create_task(sp._supervise())
-        while sp.pid is not None:  # the supervisor saw it die: now in its 1 s backoff
+        while sp.exabgp.pid is not None:  # the supervisor saw it die: now in its 1 s backoff
             await asyncio.sleep(0.05)
-        sp._launch()  # what set_config does when ExaBGP is not running
-        assert sp._proc is not None
-        procs.append(sp._proc)
+        sp.exabgp.launch()  # what set_config does when ExaBGP is not running
+        assert sp.exabgp.proc is not None
+        procs.append(sp.exabgp.proc)
         await asyncio.sleep(1.6)
         sp._stopping = True
         await task
 
-    with caplog.at_level(logging.INFO, logger="bgp.speaker"):
+    with caplog.at_level(logging.INFO, logger="bgp.exabgp"):
         try:
             asyncio.run(scenario())
         finally:
-            for p in procs + ([sp._proc] if sp._proc else []):
+            for p in procs + ([sp.exabgp.proc] if sp.exabgp.proc else []):
                 p.kill()
                 p.wait()
     assert caplog.text.count("started exabgp") == 2
-    assert sp._proc is procs[1] and sp.restarts == 1
+    assert sp.exabgp.proc is procs[1] and sp.exabgp.restarts == 1
 
 
 def test_the_owner_is_told_when_the_import_table_is_in_sync_even_if_it_is_empty(
