@@ -54,6 +54,7 @@ from typing import Any
 from datastore import keys, model
 from datastore.labelselector import LabelSelector
 from datastore.selector import Selector
+from felix_like.owned import HOST_IF_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,6 @@ MARK_MASK = MARK_ALLOW | MARK_PASS
 PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1, "ICMPv6": 58}
 PROTOCOL_NAMES = {v: k.lower() for k, v in PROTOCOLS.items()}
 NAMESPACE_LABEL = "projectcalico.org/namespace"
-IFACE_PREFIX = "fab"
 
 Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -737,9 +737,9 @@ def calculate(inputs: PolicyInputs) -> Ruleset:
     for wep in inputs.endpoints:
         if wep.spec.node != inputs.node or not wep.spec.host_interface:
             continue
-        if not wep.spec.host_interface.startswith(IFACE_PREFIX):
+        if not wep.spec.host_interface.startswith(HOST_IF_PREFIX):
             log.warning("endpoint %s: host interface %s is not ours (%s*): not policed",
-                        model.key_for(wep), wep.spec.host_interface, IFACE_PREFIX)
+                        model.key_for(wep), wep.spec.host_interface, HOST_IF_PREFIX)
             continue
         b.endpoint(model.key_for(wep), wep)
     b.fill_sets()

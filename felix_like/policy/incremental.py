@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from datastore import keys, model
+from felix_like.owned import HOST_IF_PREFIX
 from felix_like.policy.calc import (
     HOST_SETS,
-    IFACE_PREFIX,
     LocalEndpoint,
     PolicyInputs,
     Rule,
@@ -369,11 +369,11 @@ class IncrementalCalculation:
         iface = new.spec.host_interface
         if new.spec.node != self.node or not iface:
             return
-        if not iface.startswith(IFACE_PREFIX):
+        if not iface.startswith(HOST_IF_PREFIX):
             if key not in self._warned:
                 self._warned.add(key)
                 log.warning("endpoint %s: host interface %s is not ours (%s*): not policed",
-                            key, iface, IFACE_PREFIX)
+                            key, iface, HOST_IF_PREFIX)
             return
         loc = _Local(key, new, model.key_for(new))
         if previous is not None and previous.iface == iface:

@@ -16,8 +16,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from felix_like.owned import HOST_IF_PREFIX
 from felix_like.policy.calc import (
-    IFACE_PREFIX,
     MARK_ALLOW,
     MARK_MASK,
     MARK_PASS,
@@ -103,10 +103,10 @@ class Interpreter:
             return res
         marks = [0]
         try:
-            if pkt.iif is not None and pkt.iif.startswith(IFACE_PREFIX):
+            if pkt.iif is not None and pkt.iif.startswith(HOST_IF_PREFIX):
                 marks[0] &= ~MARK_MASK
                 self._dispatch(self.rs.from_pod, pkt.iif, pkt, marks, res, "from-pod")
-            if hook == "forward" and pkt.oif is not None and pkt.oif.startswith(IFACE_PREFIX):
+            if hook == "forward" and pkt.oif is not None and pkt.oif.startswith(HOST_IF_PREFIX):
                 marks[0] &= ~MARK_MASK
                 self._dispatch(self.rs.to_pod, pkt.oif, pkt, marks, res, "to-pod")
         except _Drop:

@@ -82,7 +82,7 @@ def forget_flows(netns: str | None, nets: Iterable[str]) -> int:
     slower): a filtered dump per end and direction costs about what the matches cost.
     IPv6 addresses (the kernel's IPv6 filter is inverted, see `felix_like.conntrack`)
     and wider networks take one full dump per family, matched by `felix_like.conntrack`
-    without pyroute2's parsing (which took ~10 s for 20,000 entries)."""
+    without pyroute2's parsing (which takes ~10 s for 20,000 entries)."""
     from pyroute2 import Conntrack
     from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
