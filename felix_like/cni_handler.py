@@ -91,7 +91,6 @@ from ipam.model import (
     PoolExhaustedError,
     PoolSpec,
 )
-from ipam.sources import load_inputs, load_pools
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +115,6 @@ ERR_IPAM: Final = 105
 
 GATEWAY_V4: Final = plumbing.GATEWAY_V4
 GATEWAY_V6: Final = plumbing.GATEWAY_V6
-_POOL_CACHE_TTL: Final = 5.0
 _DELEGATE_PATH: Final = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -218,8 +216,6 @@ class CniHandler:
         # parallel they mostly lose to each other and retry (8 ADDs in flight exhausted
         # the allocator's 25 attempts). One at a time, each commits at its first try.
         self._ipam_lock = asyncio.Lock()
-        self._pools: list[PoolSpec] = []
-        self._pools_at = -1e18
         # The WorkloadEndpoints this handler wrote, as written: a DEL finds its endpoint
         # here instead of reading it back (one etcd request fewer). Its delete compares
         # the revision, so an endpoint changed or deleted since is read again.
@@ -598,14 +594,8 @@ class CniHandler:
         return proto.format_result(proto.IpamResult(ips=tuple(ips)), req.cni_version)
 
     async def _pool_of(self, ip: IPAddress) -> PoolSpec | None:
-        for attempt in range(2):
-            if attempt or self._now() - self._pools_at > _POOL_CACHE_TTL:
-                self._pools = await load_pools(self.ds)
-                self._pools_at = self._now()
-            for p in self._pools:
-                if p.contains(str(ip)):
-                    return p
-        return None
+        """The pool of an address just assigned, from the inputs IPAM decided with."""
+        return (await self.ipam.inputs()).pool_of(str(ip))
 
     async def _ipam_check(self, req: CniRequest, handle: str) -> None:
         prev = req.prev_result
@@ -959,7 +949,7 @@ class CniHandler:
             if _delegated(req) and not ipam_only:
                 await self.ds.revision()
                 return
-            inputs = await load_inputs(self.ds, self.node)
+            inputs = await self.ipam.current_inputs()
             v4, v6 = _families(req.config)
             for version, wanted in ((4, v4), (6, v6)):
                 if not wanted:

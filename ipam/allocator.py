@@ -66,7 +66,7 @@ from ipam.model import (
     pools_text,
 )
 from ipam.planner import BlockPlanner, Plan
-from ipam.sources import CachedInputs, InputsProvider
+from ipam.sources import EtcdInputs, InputsProvider
 from ipam.teardown import NodeRelease, delete_pool, finish_block_release, release_node
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,10 @@ class IpamClient:
         self._ds = ds
         self.node = node
         self._now = now
-        self._cached_inputs = CachedInputs(ds, node) if inputs is None else None
-        self._inputs: InputsProvider = inputs or self._cached_inputs  # type: ignore[assignment]
+        # ``inputs``: the provider of the caller's process (the agent's cluster state);
+        # without one, this client reads etcd itself.
+        self._etcd_inputs = EtcdInputs(ds, node) if inputs is None else None
+        self._inputs: InputsProvider = inputs or self._etcd_inputs  # type: ignore[assignment]
         self._max_attempts = max_attempts
         self._unavailable_budget = unavailable_budget
         self._sleep = sleep
@@ -107,14 +109,26 @@ class IpamClient:
         return affinity_of(self.node)
 
     @property
+    def inputs(self) -> InputsProvider:
+        """The one provider of pools and IPAM configuration this client decides with."""
+        return self._inputs
+
+    async def current_inputs(self) -> IpamInputs:
+        """The inputs as of now (CNI STATUS answers for this moment): the provider's,
+        read again first when this client reads etcd itself."""
+        if self._etcd_inputs is not None:
+            self._etcd_inputs.invalidate()
+        return await self._inputs()
+
+    @property
     def config_requests(self) -> int:
         """etcd requests made to read configuration (pools, IPAMConfig, reservations)."""
-        return self._cached_inputs.requests if self._cached_inputs is not None else 0
+        return self._etcd_inputs.requests if self._etcd_inputs is not None else 0
 
     def invalidate(self) -> None:
         """Forget cached configuration and blocks (the next call re-reads them)."""
-        if self._cached_inputs is not None:
-            self._cached_inputs.invalidate()
+        if self._etcd_inputs is not None:
+            self._etcd_inputs.invalidate()
         self._cache.forget()
 
     async def aclose(self) -> None:

@@ -1,17 +1,21 @@
-"""The one adapter from etcd's configuration keys to IPAM's plain inputs (`ipam.model`).
+"""IPAM's inputs for a process without the agent's cluster state: read from etcd.
 
 Owns: reading ``config/ippools/*``, ``ipam/config``, ``ipam/reservations/*`` and
 ``nodes/<node>`` and turning them into `PoolSpec`, `IpamConfig`, reservation CIDRs and node
-labels. Values are decoded and validated by ``datastore.model.decode`` (the framed
-objects of DESIGN §3).
+labels (`pool_spec` is also how the agent's calculation turns its pools into IPAM's). Values
+are decoded and validated by ``datastore.model.decode`` (the framed objects of
+docs/architecture.md §4).
+
+Which provider: the agent hands its allocator and its CNI handler one provider built on
+its `felix_like.state.ClusterState` (always fresh, no etcd request). A process without
+that state (fabricctl, the IPAM CLI, a bare handler in a benchmark) makes its own
+`EtcdInputs` and passes it explicitly; there is no shared or module-level cache.
 
 Failure mode: a value that does not validate is skipped with one log line naming the key
 (the agent's config-error reporting tells the user); it never stops allocation from the
-other pools. If a valid value of that key was read before through the same `Datastore`,
-that last good value is used instead (DESIGN §3: a bad value written by hand is never
-applied): a pool overwritten with garbage stays usable. The allocator reads these
-through `CachedInputs`, which re-reads at most every ``ttl`` seconds, so configuration
-changes reach allocation within ``ttl``.
+other pools. If an `EtcdInputs` read a valid value of that key before, that last good
+value is used instead (a bad value written by hand is never applied): a pool overwritten
+with garbage stays usable for as long as that provider lives.
 """
 
 from __future__ import annotations
@@ -19,9 +23,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from datastore import keys, model
@@ -51,16 +54,15 @@ def pool_spec(res: model.IPPool) -> PoolSpec:
                     disabled=res.spec.disabled, selector_text="" if text == "all()" else text)
 
 
-# The last valid resource read per key, per Datastore (so tests with several etcds in one
-# process do not share it). Keys that disappear are not listed, so deletions still apply.
-_LAST_GOOD: weakref.WeakKeyDictionary[Datastore, dict[str, model.Resource]] = (
-    weakref.WeakKeyDictionary())
+# The last valid resource read per key, by one provider. Keys that disappear are not
+# listed, so deletions still apply.
+LastGood = dict[str, model.Resource]
 
 
-def _decode(key: str, value: bytes, kind: type[R], ds: Datastore | None = None) -> R | None:
-    """The resource at ``key`` if it is valid and of ``kind``; else one log line and the
-    last good value read through ``ds`` (None if there was none)."""
-    kept = _LAST_GOOD.setdefault(ds, {}) if ds is not None else {}
+def _decode(key: str, value: bytes, kind: type[R], kept: LastGood | None = None) -> R | None:
+    """The resource at ``key`` if it is valid and of ``kind``; else one log line and its
+    last good value in ``kept`` (None if there is none)."""
+    kept = {} if kept is None else kept
     try:
         res = model.decode(key, value)
     except ValueError as e:
@@ -80,16 +82,16 @@ def _decode(key: str, value: bytes, kind: type[R], ds: Datastore | None = None) 
     return None
 
 
-async def load_pools(ds: Datastore) -> list[PoolSpec]:
+async def load_pools(ds: Datastore, kept: LastGood | None = None) -> list[PoolSpec]:
     kvs, _ = await ds.list(keys.full(keys.IPPOOLS))
     pools = [pool_spec(r) for kv in kvs
-             if (r := _decode(kv.key, kv.value, model.IPPool, ds)) is not None]
+             if (r := _decode(kv.key, kv.value, model.IPPool, kept)) is not None]
     return sorted(pools, key=lambda p: p.name)
 
 
-async def load_config(ds: Datastore) -> IpamConfig:
+async def load_config(ds: Datastore, kept: LastGood | None = None) -> IpamConfig:
     kv = await ds.get(keys.full(keys.IPAM_CONFIG))
-    res = None if kv is None else _decode(kv.key, kv.value, model.IPAMConfig, ds)
+    res = None if kv is None else _decode(kv.key, kv.value, model.IPAMConfig, kept)
     if res is None:
         return IpamConfig()
     return IpamConfig(strict_affinity=res.spec.strict_affinity,
@@ -97,19 +99,20 @@ async def load_config(ds: Datastore) -> IpamConfig:
                       release_cooldown=float(res.spec.release_cooldown_seconds))
 
 
-async def load_reservations(ds: Datastore) -> list[str]:
+async def load_reservations(ds: Datastore, kept: LastGood | None = None) -> list[str]:
     kvs, _ = await ds.list(keys.full(keys.IPAM_RESERVATIONS))
     out: list[str] = []
     for kv in kvs:
-        res = _decode(kv.key, kv.value, model.IPReservation, ds)
+        res = _decode(kv.key, kv.value, model.IPReservation, kept)
         if res is not None:
             out.extend(str(c) for c in res.spec.reserved_cidrs)
     return out
 
 
-async def load_node_labels(ds: Datastore, node: str) -> dict[str, str]:
+async def load_node_labels(ds: Datastore, node: str,
+                           kept: LastGood | None = None) -> dict[str, str]:
     kv = await ds.get(keys.node(node))
-    res = None if kv is None else _decode(kv.key, kv.value, model.Node, ds)
+    res = None if kv is None else _decode(kv.key, kv.value, model.Node, kept)
     return {} if res is None else dict(res.metadata.labels)
 
 
@@ -117,9 +120,10 @@ async def load_node_labels(ds: Datastore, node: str) -> dict[str, str]:
 LOAD_REQUESTS = 4
 
 
-async def load_inputs(ds: Datastore, node: str) -> IpamInputs:
+async def load_inputs(ds: Datastore, node: str, kept: LastGood | None = None) -> IpamInputs:
     pools, config, reservations, labels = await asyncio.gather(
-        load_pools(ds), load_config(ds), load_reservations(ds), load_node_labels(ds, node))
+        load_pools(ds, kept), load_config(ds, kept), load_reservations(ds, kept),
+        load_node_labels(ds, node, kept))
     return IpamInputs(pools=tuple(pools), config=config, reservations=tuple(reservations),
                       node_labels=labels)
 
@@ -128,25 +132,26 @@ InputsProvider = Callable[[], Awaitable[IpamInputs]]
 
 
 @dataclass
-class CachedInputs:
-    """`load_inputs` re-read at most every ``ttl`` seconds; ``requests`` counts etcd requests.
-
-    The agent may instead pass the allocator a provider fed by its syncer (always fresh,
-    zero requests); this cache is the stand-alone default.
+class EtcdInputs:
+    """The provider of a process without the agent's cluster state: `load_inputs`, read
+    again once ``reread_after`` seconds have passed since the last read (so a long-lived
+    bare handler does not pay four etcd requests per ADD; configuration changes reach it
+    within that time), with its own last good values. ``requests`` counts etcd requests.
     """
 
     ds: Datastore
     node: str
-    ttl: float = 2.0
+    reread_after: float = 2.0
     now: Callable[[], float] = time.monotonic
     requests: int = 0
     _value: IpamInputs | None = None
     _at: float = 0.0
+    _kept: LastGood = field(default_factory=dict)
 
     async def __call__(self) -> IpamInputs:
         t = self.now()
-        if self._value is None or t - self._at >= self.ttl:
-            self._value = await load_inputs(self.ds, self.node)
+        if self._value is None or t - self._at >= self.reread_after:
+            self._value = await load_inputs(self.ds, self.node, self._kept)
             self._at = t
             self.requests += LOAD_REQUESTS
         return self._value
