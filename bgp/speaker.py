@@ -1,10 +1,12 @@
 """Supervision of one node's ExaBGP and the agent side of its process API.
 
-`BgpSpeaker` owns, for one node: the ExaBGP process (started in its own session inside the
-node's namespace, with its own ``EXABGP_ROOT``, pid file and log under ``workdir``), the
-agent's BGP unix socket that `bgp.relay` connects to, the import table (`bgp.rib`) and the
-record of what is announced. It never touches the kernel: the owner gets the import table
-through ``on_learned`` and installs it.
+`BgpSpeaker` owns, for one node: when its ExaBGP runs (the process itself is
+`bgp.exabgp.ExabgpProcess`: started in its own session inside the node's namespace, with
+its own ``EXABGP_ROOT``, pid file and log under ``workdir``), the agent's BGP unix socket
+that `bgp.relay` connects to, the import table (`bgp.rib`, fed from ExaBGP's messages as
+`bgp.exabgp_api` decodes them) and the record of what is announced and reflected. It
+never touches the kernel: the owner gets the import table through ``on_learned`` and
+installs it.
 
 Lifecycle and failure modes:
 
@@ -63,19 +65,25 @@ Lifecycle and failure modes:
   withdraws everything, waits for it to go out, then stops ExaBGP (GR would otherwise keep
   our routes at the peers for the restart time).
 
+One module of about 700 lines on purpose: it is one state machine, the agent's side of
+one ExaBGP API session. Attach and replay, exports, session events, reflection and status
+all read and change the same state (``peers``, ``announced``, ``reflected``, the import
+table, ``in_sync``), and the order of what they send on that one connection is the
+invariant (our routes, then reflected ones, then End-of-RIB). What has no part in that
+state lives beside it: the process (`bgp.exabgp`), the message decoding
+(`bgp.exabgp_api`) and what to reflect (`bgp.reflect`).
+
 Route reflection: ExaBGP keeps no RIB and reflects nothing. When a neighbour is marked
-``rr_client`` (we are its reflector) we re-announce, per neighbour, the best path of every
-accepted prefix learned over iBGP, with its original next hop, ``originator-id`` and our
-cluster ID prepended to ``cluster-list`` (RFC 4456 rules: client routes go to everyone,
-non-client routes only to clients; never back to the sender). On every "up" of a
-neighbour its reflected routes are sent again, before its End-of-RIB, like our own.
+``rr_client`` (we are its reflector) we re-announce, per neighbour, what
+`bgp.reflect.reflected_routes` says (RFC 4456 rules), sending only the difference to what
+was sent. On every "up" of a neighbour its reflected routes are sent again, before its
+End-of-RIB, like our own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import os
@@ -89,14 +97,14 @@ from typing import Any
 
 from bgp.config import NeighborSpec, render_config
 from bgp.exabgp import ExabgpProcess
+from bgp.exabgp_api import STATE_NAMES, choose_nexthop, marker_version, parse_update
+from bgp.reflect import reflected_routes
 from bgp.relay import route_key, withdraw_line
 from bgp.rib import DEFAULT_MAX_PREFIXES, ImportTable, Path
 
 log = logging.getLogger(__name__)
 
 Learned = dict[str, tuple[str, ...]]
-
-STATE_NAMES = {"up": "Established", "connected": "Connect", "down": "Idle"}
 
 
 def relay_command(socket_path: str, python: str = sys.executable) -> list[str]:
@@ -427,7 +435,7 @@ class BgpSpeaker:
                 raw = await reader.readline()
                 if not raw:
                     break
-                self._on_line(raw)
+                self.on_relay_line(raw)
         except (ConnectionError, ValueError) as e:
             log.warning("relay connection: %s", e)
         finally:
@@ -518,7 +526,10 @@ class BgpSpeaker:
                 and any(st.state == "Established" for st in self.peers.values()):
             self._mark_in_sync("every established peer sent End-of-RIB")
 
-    def _on_line(self, raw: bytes) -> None:
+    def on_relay_line(self, raw: bytes) -> None:
+        """One line from the relay: ExaBGP's ack of a command, one of its JSON messages
+        (session state, update, End-of-RIB, route refresh) or the relay's own
+        ``relay-replayed``. The relay connection feeds them in order; so do tests."""
         if not raw.startswith(b"{"):
             ack = raw.strip()
             if ack in (b"done", b"error"):
@@ -569,7 +580,7 @@ class BgpSpeaker:
         elif kind == "update":
             message = nb.get("message") or {}
             if "eor" in message:
-                self._end_of_rib(peer, st, _version(message["eor"]))
+                self._end_of_rib(peer, st, marker_version(message["eor"]))
             else:
                 local = str((nb.get("address") or {}).get("local", ""))
                 self._on_update(peer, message.get("update") or {}, local)
@@ -578,9 +589,9 @@ class BgpSpeaker:
             rr = nb.get("route-refresh") or {}
             sub = rr.get("subtype")
             if sub == "begin":
-                self.rib.mark_stale(peer, version=_version(rr))
+                self.rib.mark_stale(peer, version=marker_version(rr))
             elif sub == "end":
-                self._end_of_rib(peer, st, _version(rr))
+                self._end_of_rib(peer, st, marker_version(rr))
                 self._schedule_emit()
 
     def _end_of_rib(self, peer: str, st: _PeerState, version: int | None) -> None:
@@ -602,12 +613,7 @@ class BgpSpeaker:
         return self.interface_of(address)
 
     def _on_update(self, peer: str, update: Mapping[str, Any], local: str = "") -> None:
-        attrs = update.get("attribute") or {}
-        as_path: list[int] = []
-        for seg in (attrs.get("as-path") or {}).values():
-            as_path.extend(int(a) for a in seg.get("value", []))
-        origin = attrs.get("originator-id")
-        clusters = tuple(str(c) for c in attrs.get("cluster-list") or ())
+        msg = parse_update(update)
         interface: list[str | None] = []
 
         def session_interface() -> str | None:  # looked up once, and only if needed
@@ -615,37 +621,23 @@ class BgpSpeaker:
                 interface.append(self._session_interface(peer, local))
             return interface[0]
 
-        for family, by_nh in (update.get("announce") or {}).items():
-            if not family.startswith(("ipv4", "ipv6")) or "unicast" not in family:
+        for prefix, nexthops in msg.offered.items():
+            chosen = choose_nexthop(nexthops, session_interface)
+            if chosen is None:
+                # Replaces what the peer sent before (an implicit withdrawal).
+                self.rib.withdraw(peer, prefix)
+                if peer not in self._no_nexthop_logged:
+                    self._no_nexthop_logged.add(peer)
+                    log.warning("peer %s offers no usable next hop for %s (%s; the "
+                                "session's interface: %s): not installed (logged once "
+                                "per peer)", peer, prefix, ", ".join(nexthops),
+                                session_interface())
                 continue
-            # An IPv6 next hop may come as a global and a link-local address (RFC 2545,
-            # BIRD sends both on a direct session; FRR may send ``::`` and a link-local
-            # one); ExaBGP lists the prefix under each.
-            offered: dict[str, list[str]] = {}
-            for nexthop, nlris in by_nh.items():
-                for n in nlris:
-                    offered.setdefault(n["nlri"], []).append(nexthop)
-            for prefix, nexthops in offered.items():
-                chosen = choose_nexthop(nexthops, session_interface)
-                if chosen is None:
-                    # Replaces what the peer sent before (an implicit withdrawal).
-                    self.rib.withdraw(peer, prefix)
-                    if peer not in self._no_nexthop_logged:
-                        self._no_nexthop_logged.add(peer)
-                        log.warning("peer %s offers no usable next hop for %s (%s; the "
-                                    "session's interface: %s): not installed (logged once "
-                                    "per peer)", peer, prefix, ", ".join(nexthops),
-                                    session_interface())
-                    continue
-                self.rib.announce(peer, prefix, Path(
-                    nexthop=chosen, as_path=tuple(as_path),
-                    originator_id=None if origin is None else str(origin),
-                    cluster_list=clusters))
-        for family, nlris in (update.get("withdraw") or {}).items():
-            if "unicast" not in family:
-                continue
-            for n in nlris:
-                self.rib.withdraw(peer, n["nlri"])
+            self.rib.announce(peer, prefix, Path(
+                nexthop=chosen, as_path=msg.as_path, originator_id=msg.originator_id,
+                cluster_list=msg.cluster_list))
+        for prefix in msg.withdrawn:
+            self.rib.withdraw(peer, prefix)
 
     # -- output to the owner -------------------------------------------------------------
 
@@ -670,34 +662,13 @@ class BgpSpeaker:
                 self.on_learned(dict(table))
 
     def _reflect(self) -> None:
-        """Re-announce learned routes to our route-reflector clients (and from clients)."""
+        """Re-announce learned routes to our route-reflector clients (and from clients),
+        as `bgp.reflect.reflected_routes` has them; withdraw what no longer goes."""
         if self._writer is None or not any(n.rr_client for n in self.neighbors.values()):
             return
-        want: dict[tuple[str, str], str] = {}
         up = [ip for ip, st in self.peers.items() if st.state == "Established"
               and ip in self.neighbors and self.neighbors[ip].ibgp]
-        for prefix, cands in self.rib.best().items():
-            if prefix in self.exports:
-                continue
-            src, path = cands[0]
-            sn = self.neighbors.get(src)
-            if sn is None or not sn.ibgp or "%" in path.nexthop:
-                continue  # (a link-local next hop means nothing on another client's link)
-            cluster = next((n.cluster_id for n in self.neighbors.values() if n.cluster_id),
-                           None)
-            if cluster is None or cluster in path.cluster_list:
-                continue
-            origin = path.originator_id or src
-            clusters = " ".join((cluster, *path.cluster_list))
-            aspath = " ".join(str(a) for a in path.as_path)
-            for dst in up:
-                if dst in (src, origin):
-                    continue
-                if not (sn.rr_client or self.neighbors[dst].rr_client):
-                    continue
-                want[(dst, prefix)] = (
-                    f"neighbor {dst} announce route {prefix} next-hop {path.nexthop} "
-                    f"originator-id {origin} cluster-list [ {clusters} ] as-path [ {aspath} ]")
+        want = reflected_routes(self.rib.best(), self.neighbors, up, self.exports)
         lines = [f"neighbor {d} withdraw route {p}" for (d, p) in self.reflected.keys()
                  - want.keys()]
         lines += [line for k, line in sorted(want.items()) if self.reflected.get(k) != line]
@@ -740,39 +711,3 @@ class BgpSpeaker:
                 row["info"] = "; ".join(info)
             out.append(row)
         return out
-
-
-def _version(marker: Any) -> int | None:
-    """The IP version of an End-of-RIB or route-refresh marker's ``afi`` (ExaBGP's JSON);
-    None when it names none: then it stands for every family, as before IPv6."""
-    afi = marker.get("afi") if isinstance(marker, Mapping) else None
-    return {"ipv4": 4, "ipv6": 6}.get(afi) if isinstance(afi, str) else None
-
-
-def choose_nexthop(offered: Iterable[str],
-                   interface: Callable[[], str | None]) -> str | None:
-    """The next hop to install, of those an update offers for one prefix: a global
-    address (the lowest of several: the choice must not depend on their order), else a
-    link-local one scoped to the session's interface (``fe80::1%eth1``: the kernel
-    refuses a link-local gateway without one), else None: nothing usable (only the
-    unspecified ``::`` or ``0.0.0.0``, or a link-local one and no interface known)."""
-    good: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
-    local: list[ipaddress.IPv6Address] = []
-    for nh in offered:
-        try:
-            ip = ipaddress.ip_address(nh)
-        except ValueError:
-            continue
-        if ip.is_unspecified or ip.is_multicast:
-            continue
-        if isinstance(ip, ipaddress.IPv6Address) and ip.is_link_local:
-            local.append(ip)
-        else:
-            good.append(ip)
-    if good:
-        return str(min(good, key=lambda a: (a.version, int(a))))
-    if local:
-        dev = interface()
-        if dev:
-            return f"{min(local)}%{dev}"
-    return None

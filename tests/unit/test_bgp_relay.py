@@ -47,7 +47,7 @@ def update(announce: dict[str, dict[str, list[str]]] | None = None,
 
 def feed(sp: BgpSpeaker, msgs: list[dict[str, Any]]) -> None:
     for m in msgs:
-        sp._on_line(json.dumps(m).encode())
+        sp.on_relay_line(json.dumps(m).encode())
 
 
 def restarted_agent(tmp_path: Path, rib: AdjRibIn, states: list[dict[str, Any]]

@@ -61,13 +61,13 @@ def test_end_of_rib_is_sent_when_the_session_comes_up(tmp_path: Path) -> None:
     sp, w = speaker(tmp_path)
     asyncio.run(sp.set_exports({"10.244.1.0/26"}))
     assert w.sent == ["announce route 10.244.1.0/26 next-hop self"]
-    sp._on_line(event(state="up"))
+    sp.on_relay_line(event(state="up"))
     # The exports again (a neighbour configured after they went out has none of them;
     # one that has them drops the repeat), then the End-of-RIB.
     assert w.sent[1:] == ["announce route 10.244.1.0/26 next-hop self",
                           f"neighbor {PEER} announce eor ipv4 unicast"]
     assert sp.peer_status()[0]["state"] == "Established"
-    sp._on_line(event(state="down"))
+    sp.on_relay_line(event(state="down"))
     assert len(w.sent) == 3
 
 
@@ -83,7 +83,7 @@ def test_exports_wait_for_a_neighbour_and_reach_it_when_it_comes_up(tmp_path: Pa
     assert set(sp.announced) == {"10.244.1.0/26", "10.244.9.7/32"}
     sp.neighbors = {PEER: NeighborSpec(PEER, 65000, 65001, "10.99.1.1", "10.99.1.1", "node")}
     sp.peers = {PEER: _PeerState(0)}
-    sp._on_line(event(state="up"))
+    sp.on_relay_line(event(state="up"))
     assert w.sent == ["announce route 10.244.1.0/26 next-hop self",
                       "announce route 10.244.9.7/32 next-hop self",
                       f"neighbor {PEER} announce eor ipv4 unicast"]
@@ -94,17 +94,17 @@ def test_a_rejected_command_is_named_in_the_log(tmp_path: Path,
     sp, _ = speaker(tmp_path)
     asyncio.run(sp.set_exports({"10.244.1.0/26", "10.244.2.0/26"}))
     with caplog.at_level(logging.WARNING, logger="bgp.speaker"):
-        sp._on_line(b"done\n")
-        sp._on_line(b"error\n")
+        sp.on_relay_line(b"done\n")
+        sp.on_relay_line(b"error\n")
     assert "'announce route 10.244.2.0/26 next-hop self'" in caplog.text
     assert "10.244.1.0/26" not in caplog.text
 
 
 def test_peer_at_max_prefix_shows_it(tmp_path: Path) -> None:
     sp, _ = speaker(tmp_path, max_prefixes=2)
-    sp._on_line(event(state="up"))
+    sp.on_relay_line(event(state="up"))
     nlri = [{"nlri": f"10.244.{i}.0/26"} for i in range(2, 7)]
-    sp._on_line(event(type="update", message={"update": {
+    sp.on_relay_line(event(type="update", message={"update": {
         "attribute": {"as-path": {"0": {"value": [65000]}}},
         "announce": {"ipv4 unicast": {PEER: nlri}}}}))
     row = sp.peer_status()[0]
@@ -114,7 +114,7 @@ def test_peer_at_max_prefix_shows_it(tmp_path: Path) -> None:
 
 
 def announce(sp: BgpSpeaker, prefixes: list[str]) -> None:
-    sp._on_line(event(type="update", message={"update": {
+    sp.on_relay_line(event(type="update", message={"update": {
         "attribute": {"as-path": {"0": {"value": [65000]}}},
         "announce": {"ipv4 unicast": {PEER: [{"nlri": p} for p in prefixes]}}}}))
 
@@ -124,7 +124,7 @@ def test_limit_change_applies_without_reload_and_a_raise_refreshes(tmp_path: Pat
     base = sp.neighbors[PEER]
     assert asyncio.run(sp.set_neighbors({PEER: dataclasses.replace(base, max_prefixes=3)}))
     text = sp.exabgp.conf_path.read_text()
-    sp._on_line(event(state="up"))
+    sp.on_relay_line(event(state="up"))
     announce(sp, [f"10.244.{i}.0/26" for i in range(2, 8)])
     row = sp.peer_status()[0]
     assert (row["prefixesIn"], row["maxPrefixes"]) == (3, 3)
@@ -163,7 +163,7 @@ def test_metrics_show_each_peers_limit_beside_the_drops(tmp_path: Path) -> None:
     sp._writer = Lines()  # type: ignore[assignment]
     asyncio.run(sp.set_neighbors({PEER: NeighborSpec(
         PEER, 65000, 65001, "10.99.1.1", "10.99.1.1", "node", max_prefixes=2)}))
-    sp._on_line(event(state="up"))
+    sp.on_relay_line(event(state="up"))
     announce(sp, [f"10.244.{i}.0/26" for i in range(2, 7)])
     assert ctl.peer_status()[0]["maxPrefixes"] == 2
     text = metrics.render().decode()
@@ -309,15 +309,15 @@ def test_a_reflector_sends_a_client_the_reflected_routes_before_its_end_of_rib(
                                          "rr-client", rr_client=True, cluster_id="1.1.1.1")
                         for ip in (a, b)}
         sp.peers = {ip: _PeerState(0) for ip in (a, b)}
-        sp._on_line(ev(a, state="up"))
-        sp._on_line(ev(b, state="up"))
-        sp._on_line(ev(a, type="update", message={"update": {"announce": {
+        sp.on_relay_line(ev(a, state="up"))
+        sp.on_relay_line(ev(b, state="up"))
+        sp.on_relay_line(ev(a, type="update", message={"update": {"announce": {
             "ipv4 unicast": {a: [{"nlri": "10.244.2.0/26"}]}}}}))
         await asyncio.sleep(0)
         assert any(f"neighbor {b} announce route 10.244.2.0/26" in x for x in w.sent), w.sent
         n = len(w.sent)
-        sp._on_line(ev(b, state="down"))
-        sp._on_line(ev(b, state="up"))
+        sp.on_relay_line(ev(b, state="down"))
+        sp.on_relay_line(ev(b, state="up"))
         await asyncio.sleep(0)
         return w.sent[n:]
     sent = asyncio.run(run())
@@ -339,7 +339,7 @@ def test_ipv6_blocks_go_with_the_nodes_ipv6_next_hop_and_families_are_separate(
     sp.nexthop6 = "fd99::1"
     asyncio.run(sp.set_exports({"10.244.1.0/26", "fd44::/122"}))
     assert w.sent[1:] == ["announce route fd44::/122 next-hop fd99::1"]
-    sp._on_line(event(state="up"))
+    sp.on_relay_line(event(state="up"))
     assert w.sent[-2:] == [f"neighbor {PEER} announce eor ipv4 unicast",
                            f"neighbor {PEER} announce eor ipv6 unicast"]
     assert sp._refresh_all() == [f"neighbor {PEER} announce route-refresh ipv6 unicast",
@@ -349,9 +349,9 @@ def test_ipv6_blocks_go_with_the_nodes_ipv6_next_hop_and_families_are_separate(
     assert w.sent[-1] == "withdraw route fd44::/122"
     # An IPv6 End-of-RIB leaves the peer pending; IPv4's (asked for last) completes it.
     sp.peers[PEER].refresh_pending = True
-    sp._on_line(event(type="update", message={"eor": {"afi": "ipv6", "safi": "unicast"}}))
+    sp.on_relay_line(event(type="update", message={"eor": {"afi": "ipv6", "safi": "unicast"}}))
     assert sp.peers[PEER].refresh_pending
-    sp._on_line(event(type="update", message={"eor": {"afi": "ipv4", "safi": "unicast"}}))
+    sp.on_relay_line(event(type="update", message={"eor": {"afi": "ipv4", "safi": "unicast"}}))
     assert not sp.peers[PEER].refresh_pending
 
 
@@ -363,8 +363,8 @@ def test_a_global_next_hop_wins_over_its_link_local_twin(tmp_path: Path,
     gateway needs an interface the update does not name: the kernel said EINVAL)."""
     sp, _ = speaker(tmp_path)
     sp.set_filter(["fd44::/48"], [])
-    sp._on_line(event(state="up"))
-    sp._on_line(event(type="update", message={"update": {
+    sp.on_relay_line(event(state="up"))
+    sp.on_relay_line(event(type="update", message={"update": {
         "attribute": {"as-path": {"0": {"value": [65000]}}},
         "announce": {"ipv6 unicast": {nh: [{"nlri": "fd44::40/122"}] for nh in order}}}}))
     assert sp.rib.table() == {"fd44::40/122": ("fd98::1",)}
@@ -399,10 +399,10 @@ def test_an_unspecified_next_hop_is_never_installed_and_a_link_local_one_gets_it
     asked: list[str] = []
     sp.interface_of = lambda address: asked.append(address) or "up1"
     sp.set_filter(["fd44::/48"], [])
-    sp._on_line(event(state="up"))
+    sp.on_relay_line(event(state="up"))
 
     def offer(prefix: str, *nexthops: str) -> None:
-        sp._on_line(event(type="update", message={"update": {
+        sp.on_relay_line(event(type="update", message={"update": {
             "attribute": {"as-path": {"0": {"value": [65000]}}},
             "announce": {"ipv6 unicast": {nh: [{"nlri": prefix}] for nh in nexthops}}}}))
 
@@ -433,9 +433,9 @@ def test_a_route_with_a_link_local_next_hop_is_not_reflected(tmp_path: Path) -> 
                                          ipv6=True)
                         for ip in (a, b)}
         sp.peers = {ip: _PeerState(0) for ip in (a, b)}
-        sp._on_line(ev(a, state="up"))
-        sp._on_line(ev(b, state="up"))
-        sp._on_line(ev(a, type="update", message={"update": {"announce": {
+        sp.on_relay_line(ev(a, state="up"))
+        sp.on_relay_line(ev(b, state="up"))
+        sp.on_relay_line(ev(a, type="update", message={"update": {"announce": {
             "ipv6 unicast": {"fe80::2": [{"nlri": "fd44::40/122"}],
                              "fd98::2": [{"nlri": "fd44::80/122"}]}}}}))
         await asyncio.sleep(0)
