@@ -17,9 +17,9 @@ from datastore import keys, model
 from datastore.client import Datastore
 from fabricctl.common import CliError, run
 from fabricctl.output import add_output_flag, dump, table
-from felix_like.policy.calc import PROTOCOLS, calculate, inputs_from_state
 from felix_like.policy.explain import Conn, decide, selecting_policies
 from felix_like.policy.interp import Interpreter
+from felix_like.policy.ruleset import PROTOCOLS, calculate, inputs_from_state
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,12 @@
 """The plain semantic evaluator: policy resources and one connection in, a decision with
 its reason out (pure).
 
-This is the second, independent statement of the semantics in :mod:`calc`: it reads the
+This is the second, independent statement of the semantics in :mod:`ruleset`: it reads the
 resources directly (no sets, chains or marks), so property tests can check that the
 rendered program and the semantics agree, and ``fabricctl policy explain`` can say which
 policy and rule decided, in the words of the resources.
 
-Semantics (see also :mod:`calc`): for each direction, GNPs selecting the endpoint in
+Semantics (see also :mod:`ruleset`): for each direction, GNPs selecting the endpoint in
 ascending order (None last, then by name), first matching Allow/Deny decides, Log goes on,
 Pass skips to the namespaced policies, no match falls through; then Kubernetes semantics
 (isolated if a NetworkPolicy selecting the pod has that policy type; allowed if any rule of
@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass
 
 from datastore import model
-from felix_like.policy.calc import (
+from felix_like.policy.ruleset import (
     PROTOCOLS,
     PolicyInputs,
     entity_selector_matches,

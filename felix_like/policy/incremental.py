@@ -1,5 +1,5 @@
-"""Incremental policy calculation: the same :class:`~felix_like.policy.calc.Ruleset` as
-:func:`~felix_like.policy.calc.calculate`, recomputing only what a change touches (pure).
+"""Incremental policy calculation: the same :class:`~felix_like.policy.ruleset.Ruleset` as
+:func:`~felix_like.policy.ruleset.calculate`, recomputing only what a change touches (pure).
 
 Owned here: a cache of the last calculation and the indexes that make a change cheap.
 
@@ -8,7 +8,7 @@ Owned here: a cache of the last calculation and the indexes that make a change c
   tests), a change is a key whose object is not the one seen last time (an equal object
   counts as unchanged), found by one pass over the keys.
 * **Policy chains** are rendered once per policy object and direction
-  (:func:`calc.policy_program`) and exist while some local endpoint uses them (a reference
+  (:func:`ruleset.policy_program`) and exist while some local endpoint uses them (a reference
   count per chain name). A set exists while some existing chain references it.
 * **Set membership** is kept per set and per endpoint (which elements each endpoint put
   into which set). Sets filled from the same selector (one per IP family) form a group;
@@ -42,7 +42,7 @@ from typing import Any
 
 from datastore import keys, model
 from felix_like.owned import HOST_IF_PREFIX
-from felix_like.policy.calc import (
+from felix_like.policy.ruleset import (
     HOST_SETS,
     LocalEndpoint,
     PolicyInputs,

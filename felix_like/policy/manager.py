@@ -4,7 +4,7 @@ The agent hands it its `felix_like.state.ClusterState` (``set_state``; tools and
 hand a plain mapping of key -> decoded value) and calls
 ``apply()`` after every change and before answering each CNI ADD; ``apply()`` updates
 the desired ruleset incrementally (pure, :mod:`incremental`: only what changed since the
-last apply is recomputed; the result equals :func:`calc.calculate` of the whole state) and
+last apply is recomputed; the result equals :func:`ruleset.calculate` of the whole state) and
 converges the kernel through the chosen backend in one atomic batch. Calling it again with
 no change sends nothing. ``resync()`` (periodic) also drops the calculation's caches, so a
 full recalculation from the complete state follows.
@@ -38,8 +38,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from felix_like.policy.calc import Ruleset
 from felix_like.policy.incremental import IncrementalCalculation
+from felix_like.policy.ruleset import Ruleset
 from felix_like.state import ClusterState
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ CNI_MAY_NOT_IMPORT = tuple(p for p in FIRST_PARTY if p != "cni")
 CALCULATION = (
     "felix_like.calc",  # desired routes, IPAM inputs
     "felix_like.state",  # the typed cluster state the calculation reads
-    "felix_like.policy.calc",  # the policy ruleset
+    "felix_like.policy.ruleset",  # the policy ruleset
     "felix_like.policy.incremental",  # the same, recomputed per change
     "felix_like.policy.interp",  # a ruleset executed on a packet
     "felix_like.policy.explain",  # the semantics stated a second way

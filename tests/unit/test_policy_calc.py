@@ -28,9 +28,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from datastore import model
-from felix_like.policy.calc import PolicyInputs, Ruleset, calculate
 from felix_like.policy.explain import Conn, decide
 from felix_like.policy.interp import ICMP, SCTP, TCP, UDP, Interpreter, Packet
+from felix_like.policy.ruleset import PolicyInputs, Ruleset, calculate
 
 NODE = "n1"
 HOST = "10.77.1.1"

@@ -18,10 +18,10 @@ from hypothesis import strategies as st
 from test_policy_calc import HOST, NODE, gnp_st, labels_st, np_st, ns_obj, wep
 
 from datastore import model
-from felix_like.policy.calc import calculate, inputs_from_state
 from felix_like.policy.explain import Conn, decide
 from felix_like.policy.incremental import IncrementalCalculation
 from felix_like.policy.interp import TCP, UDP, Interpreter
+from felix_like.policy.ruleset import calculate, inputs_from_state
 from felix_like.state import ClusterState
 
 PODS = [f"pod{i}" for i in range(6)]

@@ -15,10 +15,10 @@ from helpers.policy_docs import DB_FROM_FRONTEND, DEFAULT_DENY_INGRESS
 from test_policy_calc import HOST, NODE, docs, wep
 
 from datastore import model
-from felix_like.policy.calc import Ruleset, calculate, inputs_from_state
 from felix_like.policy.incremental import IncrementalCalculation
 from felix_like.policy.interp import TCP, allowed
 from felix_like.policy.manager import PolicyManager
+from felix_like.policy.ruleset import Ruleset, calculate, inputs_from_state
 
 DB = wep("default", "db", "10.244.1.10", {"role": "db"})
 FRONTEND = wep("default", "frontend", "10.244.1.11", {"role": "frontend"})

@@ -32,7 +32,8 @@ Invariants:
   in both directions while policy chains stay shared.
 * Only policies that select a local endpoint are rendered (and only their sets).
 
-Semantics chosen where the brief leaves room (``explain`` reports them the same way):
+Semantics chosen where Kubernetes and Calico leave room (``explain`` reports them the same
+way):
 
 * A GNP whose rules do not match falls through to the next GNP and then to the namespaced
   policies: GNPs add no implicit deny. ``Pass`` skips the remaining GNPs.
