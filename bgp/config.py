@@ -50,7 +50,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from datastore import model
-from datastore.selector import All
+from datastore.calico_selector import All
 
 log = logging.getLogger(__name__)
 

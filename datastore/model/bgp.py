@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from datastore.calico_selector import Selector
 from datastore.labelselector import (
     ValidationError,
 )
@@ -24,7 +25,6 @@ from datastore.model.fields import (
     _str,
 )
 from datastore.model.resource import SpecResource
-from datastore.selector import Selector
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, TypeVar
 
+from datastore.calico_selector import All, Selector, SelectorError, parse_selector
 from datastore.labelselector import (
     ValidationError,
     type_name,
 )
-from datastore.selector import All, Selector, SelectorError, parse_selector
 
 log = logging.getLogger(__name__)
 

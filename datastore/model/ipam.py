@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from datastore.calico_selector import Selector
 from datastore.labelselector import (
     ValidationError,
 )
@@ -19,7 +20,6 @@ from datastore.model.fields import (
     _selector,
 )
 from datastore.model.resource import SpecResource
-from datastore.selector import Selector
 
 log = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from datastore.calico_selector import Selector
 from datastore.labelselector import (
     LabelSelector,
     ValidationError,
@@ -32,7 +33,6 @@ from datastore.model.fields import (
     _unique,
 )
 from datastore.model.resource import SpecResource
-from datastore.selector import Selector
 
 log = logging.getLogger(__name__)
 

@@ -53,8 +53,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from datastore import keys, model
+from datastore.calico_selector import Selector
 from datastore.labelselector import LabelSelector
-from datastore.selector import Selector
 from felix_like.owned import HOST_IF_PREFIX
 
 log = logging.getLogger(__name__)

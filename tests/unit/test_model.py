@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from datastore import keys
+from datastore.calico_selector import All, Eq, parse_selector
 from datastore.labelselector import LabelSelector
 from datastore.model import (
     ALIASES,
@@ -41,7 +42,6 @@ from datastore.model import (
     parse_document,
     resolve_kind,
 )
-from datastore.selector import All, Eq, parse_selector
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datastore.selector import (
+from datastore.calico_selector import (
     All,
     And,
     Contains,
