@@ -1,10 +1,9 @@
-"""The CNI protocol, pure: validate a call, render results and errors per spec version.
+"""Validating one CNI call: the runtime's environment and stdin into a :class:`CniRequest`.
 
-Owner: the agent-side CNI handler. The stdlib shims (:mod:`cni.shim`) forward the
-runtime's environment and stdin untouched; this module turns them into a typed
-:class:`CniRequest` or a :class:`CniError`, and turns the handler's :class:`Result`
-back into the JSON shape of the caller's ``cniVersion``. It does no I/O and imports
-only the standard library, so every rule here is a unit test away.
+Owner: the agent-side CNI handler (through `cni.protocol`). The stdlib shims
+(:mod:`cni.shim`) forward the runtime's environment and stdin untouched; this module
+turns them into a typed :class:`CniRequest` or a :class:`CniError`. It does no I/O and
+imports only the standard library, so every rule here is a unit test away.
 
 What is checked, and with which of the spec's well-known codes (CNI spec 1.1.0,
 "Well-known Error Codes", and libcni's ``pkg/skel`` for the cases the spec leaves
@@ -36,24 +35,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from cni.result import (
+    Result,
+    parse_result,
+)
+from cni.spec import (
+    COMMANDS,
+    ERR_DECODE,
+    ERR_INCOMPATIBLE_VERSION,
+    ERR_INVALID_ENV,
+    SUPPORTED_VERSIONS,
+    CniError,
+    IPAddress,
+    _cfg_err,
+    _opt_int,
+    _str,
+    is_supported,
+    requested_version,
+    version_tuple,
+)
+
 log = logging.getLogger(__name__)
-
-SUPPORTED_VERSIONS: Final[tuple[str, ...]] = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-CURRENT_VERSION: Final = "1.1.0"
-COMMANDS: Final[frozenset[str]] = frozenset({"ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS"})
-
-# Well-known error codes (CNI spec 1.1.0). 100+ would be ours; we use none yet.
-ERR_INCOMPATIBLE_VERSION: Final = 1
-ERR_UNSUPPORTED_FIELD: Final = 2
-ERR_UNKNOWN_CONTAINER: Final = 3
-ERR_INVALID_ENV: Final = 4
-ERR_IO: Final = 5
-ERR_DECODE: Final = 6
-ERR_INVALID_CONFIG: Final = 7
-ERR_TRY_AGAIN_LATER: Final = 11
-ERR_PLUGIN_NOT_AVAILABLE: Final = 50
-ERR_PLUGIN_NOT_AVAILABLE_LIMITED: Final = 51
-SPEC_ERROR_CODES: Final[frozenset[int]] = frozenset({1, 2, 3, 4, 5, 6, 7, 11, 50, 51})
 
 # Variables each command needs non-empty (spec 1.1.0 §2; CNI_PATH is only needed by
 # plugins that delegate, and ours do not, so it is never required).
@@ -88,295 +90,6 @@ _PROTOCOLS: Final[frozenset[str]] = frozenset({"tcp", "udp", "sctp"})
 # parse the ``mac`` capability with it): aa:bb:cc:dd:ee:ff, aa-bb-cc-dd-ee-ff, aabb.ccdd.eeff.
 _MAC_GROUPED: Final = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
 _MAC_DOTTED: Final = re.compile(r"[0-9A-Fa-f]{4}(?:\.[0-9A-Fa-f]{4}){2}")
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-class CniError(Exception):
-    """A CNI failure the runtime sees: ``code`` is one of the spec's well-known codes
-    (or 100+ for plugin-specific ones), ``msg`` a short message, ``details`` more."""
-
-    def __init__(self, code: int, msg: str, details: str = "") -> None:
-        super().__init__(f"CNI error {code}: {msg}" + (f" ({details})" if details else ""))
-        self.code = code
-        self.msg = msg
-        self.details = details
-
-
-def error_json(err: CniError, cni_version: str | None = None) -> str:
-    """The error object the spec wants on stdout (exit status non-zero)."""
-    obj: dict[str, Any] = {
-        "cniVersion": cni_version or CURRENT_VERSION,
-        "code": err.code,
-        "msg": err.msg,
-    }
-    if err.details:
-        obj["details"] = err.details
-    return json.dumps(obj)
-
-
-# --------------------------------------------------------------------------- versions
-
-
-def version_tuple(version: str) -> tuple[int, int, int]:
-    """``"1.0.0"`` -> ``(1, 0, 0)``; ValueError when it is not ``X.Y.Z``."""
-    parts = version.split(".")
-    if len(parts) != 3 or not all(p.isdigit() and p.isascii() for p in parts):
-        raise ValueError(f"not a semantic version: {version!r}")
-    return int(parts[0]), int(parts[1]), int(parts[2])
-
-
-def is_supported(version: str) -> bool:
-    return version in SUPPORTED_VERSIONS
-
-
-def version_response(requested: str | None = None) -> dict[str, Any]:
-    """The VERSION answer: echoes the requested version when we speak it."""
-    return {
-        "cniVersion": requested if requested in SUPPORTED_VERSIONS else CURRENT_VERSION,
-        "supportedVersions": list(SUPPORTED_VERSIONS),
-    }
-
-
-# --------------------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class Interface:
-    """One entry of a result's ``interfaces``; ``sandbox`` empty for host interfaces.
-    ``mtu``, ``socket_path`` and ``pci_id`` exist from 1.1.0 on."""
-
-    name: str
-    mac: str = ""
-    sandbox: str = ""
-    mtu: int | None = None
-    socket_path: str = ""
-    pci_id: str = ""
-
-
-@dataclass(frozen=True)
-class IPConfig:
-    """An address with its prefix; ``interface`` indexes the result's interfaces."""
-
-    address: IPInterface
-    gateway: IPAddress | None = None
-    interface: int | None = None
-
-    @property
-    def version(self) -> str:
-        return str(self.address.version)
-
-
-@dataclass(frozen=True)
-class Route:
-    """A route for the container; the optional attributes exist from 1.1.0 on."""
-
-    dst: IPNetwork
-    gw: IPAddress | None = None
-    mtu: int | None = None
-    advmss: int | None = None
-    priority: int | None = None
-    table: int | None = None
-    scope: int | None = None
-
-
-@dataclass(frozen=True)
-class DNS:
-    nameservers: tuple[str, ...] = ()
-    domain: str = ""
-    search: tuple[str, ...] = ()
-    options: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Result:
-    """A plugin ADD result, version-neutral; :func:`format_result` renders it."""
-
-    interfaces: tuple[Interface, ...] = ()
-    ips: tuple[IPConfig, ...] = ()
-    routes: tuple[Route, ...] = ()
-    dns: DNS = DNS()
-
-
-@dataclass(frozen=True)
-class IpamResult:
-    """The abbreviated result an IPAM plugin returns: no interfaces, no indexes."""
-
-    ips: tuple[IPConfig, ...] = ()
-    routes: tuple[Route, ...] = ()
-    dns: DNS = DNS()
-
-
-def format_result(result: Result | IpamResult, cni_version: str) -> dict[str, Any]:
-    """Render ``result`` in the JSON shape of ``cni_version``.
-
-    1.0.0 and later: ``ips`` carry no ``version``. 0.3.x/0.4.0: every ip carries
-    ``"version": "4"|"6"``. Fields introduced in 1.1.0 (interface ``mtu``,
-    ``socketPath``, ``pciID``; route ``mtu``/``advmss``/``priority``/``table``/
-    ``scope``) are dropped for older versions. IPAM results have no ``interfaces``
-    and no ``interface`` index.
-    """
-    if cni_version not in SUPPORTED_VERSIONS:
-        raise CniError(ERR_INCOMPATIBLE_VERSION, f"cannot render a result as {cni_version!r}")
-    v = version_tuple(cni_version)
-    with_ip_version = v < (1, 0, 0)
-    rich = v >= (1, 1, 0)
-    out: dict[str, Any] = {"cniVersion": cni_version}
-    if isinstance(result, Result):
-        out["interfaces"] = [_interface_json(i, rich) for i in result.interfaces]
-    ips = []
-    for ip in result.ips:
-        obj: dict[str, Any] = {}
-        if with_ip_version:
-            obj["version"] = ip.version
-        obj["address"] = str(ip.address)
-        if ip.gateway is not None:
-            obj["gateway"] = str(ip.gateway)
-        if isinstance(result, Result) and ip.interface is not None:
-            obj["interface"] = ip.interface
-        ips.append(obj)
-    out["ips"] = ips
-    if result.routes:
-        out["routes"] = [_route_json(r, rich) for r in result.routes]
-    dns = _dns_json(result.dns)
-    if dns:
-        out["dns"] = dns
-    return out
-
-
-def _interface_json(iface: Interface, rich: bool) -> dict[str, Any]:
-    obj: dict[str, Any] = {"name": iface.name}
-    if iface.mac:
-        obj["mac"] = iface.mac
-    if rich and iface.mtu:
-        obj["mtu"] = iface.mtu
-    if iface.sandbox:
-        obj["sandbox"] = iface.sandbox
-    if rich and iface.socket_path:
-        obj["socketPath"] = iface.socket_path
-    if rich and iface.pci_id:
-        obj["pciID"] = iface.pci_id
-    return obj
-
-
-def _route_json(route: Route, rich: bool) -> dict[str, Any]:
-    obj: dict[str, Any] = {"dst": str(route.dst)}
-    if route.gw is not None:
-        obj["gw"] = str(route.gw)
-    if rich:
-        for key, value in (
-            ("mtu", route.mtu),
-            ("advmss", route.advmss),
-            ("priority", route.priority),
-            ("table", route.table),
-            ("scope", route.scope),
-        ):
-            if value is not None:
-                obj[key] = value
-    return obj
-
-
-def _dns_json(dns: DNS) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    if dns.nameservers:
-        obj["nameservers"] = list(dns.nameservers)
-    if dns.domain:
-        obj["domain"] = dns.domain
-    if dns.search:
-        obj["search"] = list(dns.search)
-    if dns.options:
-        obj["options"] = list(dns.options)
-    return obj
-
-
-def parse_result(obj: Any) -> Result:
-    """Parse a result of any supported version (a ``prevResult``, say).
-
-    The ips' ``version`` field (0.3.x/0.4.0) is ignored: the address says it.
-    Raises CniError(7) on anything malformed.
-    """
-    if not isinstance(obj, Mapping):
-        raise _cfg_err("prevResult must be a JSON object")
-    version = obj.get("cniVersion")
-    if version is not None and not (isinstance(version, str) and is_supported(version)):
-        raise CniError(ERR_INCOMPATIBLE_VERSION, f"unsupported result cniVersion {version!r}")
-    if "ip4" in obj or "ip6" in obj:
-        raise CniError(ERR_INCOMPATIBLE_VERSION, "0.1.0/0.2.0 results are not supported")
-    interfaces = tuple(_parse_interface(i) for i in _list(obj, "interfaces", "result"))
-    ips = tuple(_parse_ip(i, len(interfaces)) for i in _list(obj, "ips", "result"))
-    routes = tuple(_parse_route(r) for r in _list(obj, "routes", "result"))
-    return Result(interfaces=interfaces, ips=ips, routes=routes, dns=_parse_dns(obj.get("dns")))
-
-
-def convert_prev_result(obj: Any, to_version: str) -> dict[str, Any]:
-    """Re-render a result (any supported version) as ``to_version``."""
-    return format_result(parse_result(obj), to_version)
-
-
-def _parse_interface(obj: Any) -> Interface:
-    if not isinstance(obj, Mapping):
-        raise _cfg_err("result interfaces must be objects")
-    return Interface(
-        name=_str(obj, "name", "interface", required=True),
-        mac=_str(obj, "mac", "interface"),
-        sandbox=_str(obj, "sandbox", "interface"),
-        mtu=_opt_int(obj, "mtu", "interface", 0, 2**31 - 1) or None,
-        socket_path=_str(obj, "socketPath", "interface"),
-        pci_id=_str(obj, "pciID", "interface"),
-    )
-
-
-def _parse_ip(obj: Any, n_interfaces: int) -> IPConfig:
-    if not isinstance(obj, Mapping):
-        raise _cfg_err("result ips must be objects")
-    address = _parse_interface_addr(obj.get("address"), "ips[].address")
-    gateway = obj.get("gateway")
-    index = _opt_int(obj, "interface", "ips[]", 0, 2**31 - 1)
-    if index is not None and index >= n_interfaces:
-        raise _cfg_err(f"ips[].interface {index} does not name one of the result's interfaces")
-    return IPConfig(
-        address=address,
-        gateway=None if gateway in (None, "") else _parse_addr(gateway, "ips[].gateway"),
-        interface=index,
-    )
-
-
-def _parse_route(obj: Any) -> Route:
-    if not isinstance(obj, Mapping):
-        raise _cfg_err("routes must be objects")
-    dst = obj.get("dst")
-    if not isinstance(dst, str):
-        raise _cfg_err("routes[].dst must be a CIDR string")
-    try:
-        net = ipaddress.ip_network(dst, strict=False)
-    except ValueError as e:
-        raise _cfg_err(f"routes[].dst {dst!r} is not a CIDR") from e
-    gw = obj.get("gw")
-    return Route(
-        dst=net,
-        gw=None if gw in (None, "") else _parse_addr(gw, "routes[].gw"),
-        mtu=_opt_int(obj, "mtu", "route", 0, 2**31 - 1),
-        advmss=_opt_int(obj, "advmss", "route", 0, 2**31 - 1),
-        priority=_opt_int(obj, "priority", "route", 0, 2**32 - 1),
-        table=_opt_int(obj, "table", "route", 0, 2**32 - 1),
-        scope=_opt_int(obj, "scope", "route", 0, 255),
-    )
-
-
-def _parse_dns(obj: Any) -> DNS:
-    if obj is None:
-        return DNS()
-    if not isinstance(obj, Mapping):
-        raise _cfg_err("dns must be an object")
-    return DNS(
-        nameservers=_str_list(obj, "nameservers", "dns"),
-        domain=_str(obj, "domain", "dns"),
-        search=_str_list(obj, "search", "dns"),
-        options=_str_list(obj, "options", "dns"),
-    )
-
 
 # --------------------------------------------------------------------------- requests
 
@@ -629,24 +342,6 @@ def parse_cni_args(raw: str) -> dict[str, str]:
     return args
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _cfg_err(msg: str) -> CniError:
-    return CniError(ERR_INVALID_CONFIG, msg)
-
-
-def requested_version(stdin: str) -> str:
-    """The cniVersion of a request's config when we speak it, else ours (an error must be
-    answered in the request's version, also when the rest of the request is unusable)."""
-    try:
-        obj = json.loads(stdin) if stdin.strip() else {}
-    except (ValueError, RecursionError):
-        return CURRENT_VERSION
-    version = obj.get("cniVersion") if isinstance(obj, dict) else None
-    return version if isinstance(version, str) and is_supported(version) else CURRENT_VERSION
-
-
 def _decode_config(stdin: str) -> dict[str, Any]:
     try:
         config = json.loads(stdin)
@@ -676,62 +371,6 @@ def _config_version(config: Mapping[str, Any], command: str) -> str:
             f"config version {version} does not allow {command} (needs {minimum} or later)",
         )
     return version
-
-
-def _str(obj: Mapping[str, Any], key: str, where: str, required: bool = False) -> str:
-    value = obj.get(key)
-    if value is None or (required and value == ""):
-        if required:
-            raise _cfg_err(f"{where} has no {key!r}")
-        return ""
-    if not isinstance(value, str):
-        raise _cfg_err(f"{where} {key!r} must be a string")
-    return value
-
-
-def _str_list(obj: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
-    value = obj.get(key)
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise _cfg_err(f"{where} {key!r} must be a list of strings")
-    return tuple(value)
-
-
-def _list(obj: Mapping[str, Any], key: str, where: str) -> list[Any]:
-    value = obj.get(key)
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise _cfg_err(f"{where} {key!r} must be a list")
-    return value
-
-
-def _opt_int(obj: Mapping[str, Any], key: str, where: str, lo: int, hi: int) -> int | None:
-    value = obj.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise _cfg_err(f"{where} {key!r} must be an integer in [{lo}, {hi}]")
-    return value
-
-
-def _parse_addr(value: Any, where: str) -> IPAddress:
-    if not isinstance(value, str):
-        raise _cfg_err(f"{where} must be an IP address string")
-    try:
-        return ipaddress.ip_address(value)
-    except ValueError as e:
-        raise _cfg_err(f"{where} {value[:64]!r} is not an IP address") from e
-
-
-def _parse_interface_addr(value: Any, where: str) -> IPInterface:
-    if not isinstance(value, str) or "/" not in value:
-        raise _cfg_err(f"{where} must be an address in CIDR form")
-    try:
-        return ipaddress.ip_interface(value)
-    except ValueError as e:
-        raise _cfg_err(f"{where} {value[:64]!r} is not an address in CIDR form") from e
 
 
 def _ip_list(value: Any, where: str) -> list[IPAddress]:
