@@ -1,4 +1,4 @@
-"""The typed resource model of l3fabric (DESIGN §3): every kind stored in etcd, validated.
+"""The typed resource model of l3fabric (docs/architecture.md §4): every kind in etcd, validated.
 
 The package's modules, one room each: ``fields`` (the validator kit), ``resource`` (the
 framing and metadata every kind shares), ``ipam``, ``bgp``, ``policy``, ``node``
@@ -22,7 +22,8 @@ Invariants:
 
 Failure mode: a bad value raises :class:`ValidationError` ``"<key>: <path>: <message>"``
 (key relative to ``/l3fabric/v1/``). The agent then keeps the last good version of that key
-(DESIGN §3); nothing here logs or counts, that is the caller's job.
+(docs/architecture.md, "Last good values"); nothing here logs or counts, that is the
+caller's job.
 
 Conventions of the wire format: JSON ``null`` is the same as an absent field (as in
 Kubernetes); namespaced kinds without ``metadata.namespace`` are in ``default`` (as with
