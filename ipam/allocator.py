@@ -43,7 +43,7 @@ import netaddr
 
 from datastore import keys
 from datastore.client import KV, Compare, Datastore, Delete, Get, Op, Put, UnavailableError
-from ipam import hooks
+from ipam import crashpoints
 from ipam.affinity import CONFIRMED, parse_affinity
 from ipam.block import AllocationAttrs, affinity_of, block_cidr_for
 from ipam.blockcache import BlockCache
@@ -286,11 +286,11 @@ class IpamClient:
                         continue
                 return self._assignments(handle, record.entries)
             new_record = HandleRecord(handle, record.entries + tuple(plan.entries))
-            hooks.reached("before_alloc_txn")
+            crashpoints.reached("before_alloc_txn")
             ok, handle_kv = await self._commit(plan, handle, handle_kv, new_record,
                                                fills=True)
             if ok:
-                hooks.reached("after_alloc_txn")
+                crashpoints.reached("after_alloc_txn")
                 self.stats.allocations += len(plan.entries)
                 self.stats.borrowed += borrowed
                 self._claims.maybe_claim_ahead(inputs, (v for v in (4, 6) if want[v]))
@@ -393,12 +393,12 @@ class IpamClient:
                                                   self._now(), extra))
             entry = HandleEntry(cidr, o, blk.sequence[o], address)
             plan = Plan({cidr: (kv, blk)}, [entry])
-            hooks.reached("before_alloc_txn")
+            crashpoints.reached("before_alloc_txn")
             ok, handle_kv = await self._commit(plan, handle, handle_kv,
                                                HandleRecord(handle, (*record.entries, entry)),
                                                fills=True)
             if ok:
-                hooks.reached("after_alloc_txn")
+                crashpoints.reached("after_alloc_txn")
                 self.stats.allocations += 1
                 return self._assignments(handle, [entry])[0]
         raise IpamConflictError(f"assigning {address}: block kept changing "
@@ -453,7 +453,7 @@ class IpamClient:
                     freed += 1
             ok, hkv = await self._commit(plan, handle, hkv, None)
             if ok:
-                hooks.reached("after_release_txn")
+                crashpoints.reached("after_release_txn")
                 self.stats.releases += freed
                 return freed
         raise IpamConflictError(f"releasing {handle}: blocks kept changing "

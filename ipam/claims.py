@@ -29,7 +29,7 @@ import netaddr
 
 from datastore import keys
 from datastore.client import KV, Compare, Delete, Get, Put, Range
-from ipam import hooks
+from ipam import crashpoints
 from ipam.affinity import CONFIRMED, PENDING, PENDING_DELETION, affinity_value, parse_affinity
 from ipam.block import Block, BlockFormatError, block_count, iter_block_cidrs
 from ipam.blockcache import BlockCache
@@ -154,7 +154,7 @@ class BlockClaims:
             state = parse_affinity(existing.value).state
             if state == PENDING_DELETION:
                 return False
-        hooks.reached("after_pending_affinity")
+        crashpoints.reached("after_pending_affinity")
         self.stats.claims += 1
         return await self._finish_claim(cidr, akv, create=True, adopt=adopt)
 
@@ -201,8 +201,8 @@ class BlockClaims:
         elif blk.affinity != self._cache.affinity:
             await self._drop_affinity(akv)  # another node won the race for this block
             return False
-        hooks.reached("after_block_create")
-        hooks.reached("before_confirm")
+        crashpoints.reached("after_block_create")
+        crashpoints.reached("before_confirm")
         if parse_affinity(akv.value).state != CONFIRMED:
             res = await self._store.txn([Compare(akey, "mod", "==", akv.mod_revision)],
                                         [Put(akey, affinity_value(CONFIRMED, self._now()))],

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from datastore import keys
 from datastore.client import Compare, Datastore, Delete, Op, Put
-from ipam import hooks
+from ipam import crashpoints
 from ipam.affinity import PENDING_DELETION, affinity_value
 from ipam.block import Block, BlockFormatError, affinity_of
 from ipam.model import IpamConflictError, IpamError, PoolInUseError
@@ -50,7 +50,7 @@ async def release_node(ds: Datastore, node: str, *,
             cur = await ds.get(akv.key)
             if cur is None:
                 continue
-        hooks.reached("after_pending_deletion")
+        crashpoints.reached("after_pending_deletion")
         outcome = await finish_block_release(ds, node, cidr)
         if outcome == "deleted":
             deleted.append(cidr)

@@ -13,7 +13,7 @@ import pytest
 
 from datastore.client import Datastore, EtcdConfig
 from datastore.embedded import EmbeddedEtcd
-from ipam import hooks
+from ipam import crashpoints
 from ipam.allocator import IpamClient
 from ipam.check import check
 from ipam.model import PoolExhaustedError
@@ -106,15 +106,15 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.parametrize("point", hooks.CLAIM_POINTS + hooks.ALLOC_POINTS)
+@pytest.mark.parametrize("point", crashpoints.CLAIM_POINTS + crashpoints.ALLOC_POINTS)
 async def test_killed_allocator_leaves_nothing_check_cannot_fix(
         etcd: EmbeddedEtcd, ds: Datastore, point: str) -> None:
     await put_pool(ds, "p", "10.7.0.0/28", 30)
     await put_nodes(ds, ["n1", "n2"])
     proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, etcd.endpoint, "n1"],
-                          env={**os.environ, hooks.ENV: point}, capture_output=True,
+                          env={**os.environ, crashpoints.ENV: point}, capture_output=True,
                           timeout=60)
-    assert proc.returncode == hooks.CRASH_EXIT_CODE, proc.stderr.decode()[-2000:]
+    assert proc.returncode == crashpoints.CRASH_EXIT_CODE, proc.stderr.decode()[-2000:]
     other = IpamClient(ds, "n2")
     restarted = IpamClient(ds, "n1")
     got = [x.address for i in range(8) for x in

@@ -12,7 +12,7 @@ import pytest
 from datastore import keys
 from datastore.client import KV, Datastore
 from datastore.fake import FakeDatastore
-from ipam import hooks
+from ipam import crashpoints
 from ipam.allocator import IpamClient, delete_pool, release_node
 from ipam.check import check
 from ipam.model import (
@@ -175,16 +175,16 @@ async def test_release_node_deletes_empty_blocks_and_orphans_others() -> None:
     assert not got.borrowed
 
 
-@pytest.mark.parametrize("point", hooks.CLAIM_POINTS + hooks.ALLOC_POINTS)
+@pytest.mark.parametrize("point", crashpoints.CLAIM_POINTS + crashpoints.ALLOC_POINTS)
 async def test_crash_at_each_step_then_recover_and_fix(point: str) -> None:
     ds = FakeDatastore()
     (a, b) = await setup(ds, size=30)
-    hooks.arm(point)
+    crashpoints.arm(point)
     try:
-        with pytest.raises(hooks.SimulatedCrash):
+        with pytest.raises(crashpoints.SimulatedCrash):
             await a.auto_assign("crashed", namespace="ns", pod="p")
     finally:
-        hooks.disarm()
+        crashpoints.disarm()
     problems = await check(ds, leak_grace=0, claim_grace=0)
     if point in ("after_pending_affinity", "after_block_create", "before_confirm"):
         assert {r.problem.kind for r in problems} == {"pending-affinity"}
@@ -203,8 +203,8 @@ async def test_crash_at_each_step_then_recover_and_fix(point: str) -> None:
 async def test_pending_claim_recovered_by_next_allocation() -> None:
     ds = FakeDatastore()
     (a, _) = await setup(ds, size=30)
-    hooks.arm("before_confirm")
-    with pytest.raises(hooks.SimulatedCrash):
+    crashpoints.arm("before_confirm")
+    with pytest.raises(crashpoints.SimulatedCrash):
         await a.auto_assign("x", namespace="ns", pod="p")
     a2 = IpamClient(ds, "n1")
     (got,) = await a2.auto_assign("y", namespace="ns", pod="p")
