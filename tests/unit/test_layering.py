@@ -39,6 +39,7 @@ CALCULATION = (
     "bgp.config",  # neighbours and ExaBGP's configuration
     "bgp.export",  # what a node announces
     "bgp.rib",  # the import table
+    "bgp.reflect",  # what a route reflector re-announces
 )
 
 #: Top-level modules that do I/O: netlink, etcd, gRPC, nftables, processes, sockets.
