@@ -11,7 +11,9 @@ from the state's indexes of this node and converges the kernel to them, coalesci
 bursts. Stale routes are removed only once the
 first snapshot is complete (``in sync``), so an agent restart never drops a running pod's
 route. The CNI handler tells the agent about a pod it just wired *before* answering ADD,
-through `endpoint_added`, so a pod's dataplane state never waits for the etcd round trip.
+through `endpoint_added`, so a pod's dataplane state never waits for the etcd round trip;
+the apply that call runs is where the route manager, the one writer of our routes, adds
+the pod's /32.
 The kernel's notifications (links, IPv4 addresses, routes of our protocols; one rtnetlink
 socket, `_watch_netlink`) mark the dataplane dirty too: routes the kernel dropped with a
 link that went down are restored as it comes up, not at the next periodic resync.
@@ -182,6 +184,9 @@ def _kernel_changes(batch: Sequence[MonitorEvent], links: dict[int, int]) -> Ker
 
 
 class Agent:
+    #: The CNI handler leaves pods' host routes to the route manager (`endpoint_added`).
+    owns_pod_routes = True
+
     def __init__(self, cfg: AgentConfig, ds: Datastore | None = None,
                  now: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
@@ -205,11 +210,8 @@ class Agent:
         # What the calculation reads: fed by the syncer's events and by the endpoints the
         # CNI handler reports before etcd's watch echoes them (the echo then changes nothing).
         self.cluster = ClusterState()
-        # Pod routes the CNI handler installed whose ADD is still in progress (no
-        # WorkloadEndpoint in the state yet): desired until endpoint_added or
-        # routes_removed, so an apply in between neither deletes nor re-adds them.
-        self._wiring: dict[str, Route] = {}
         self._dirty = asyncio.Event()
+        self._route_error = ""  # the last apply's first refused route, if any
         # Routes the kernel refused are tried again after a pause that doubles (0.5 s to
         # 30 s) while they keep failing; any event in between applies at once, as always.
         self._route_retry: asyncio.TimerHandle | None = None
@@ -245,28 +247,13 @@ class Agent:
         except TimeoutError:
             raise RuntimeError("the datastore snapshot is not complete yet") from None
         self.cluster.put(key, wep)
-        for net in wep.spec.ip_networks:  # desired through the endpoint from now on
-            self._wiring.pop(str(net), None)
         await self.apply()
-
-    async def routes_programmed(self, routes: Sequence[Route]) -> None:
-        """The CNI handler installed these routes itself, for an endpoint it has not
-        reported yet: record them, so that no apply re-adds them (and reads the whole
-        link and routing table to do it) or deletes them as stale in the meantime.
-
-        Ordering: ``_wiring`` is set here, on the loop, before the record job is queued
-        on the netlink thread. An apply that computed its desired routes earlier runs
-        its job first, with a record that lacks them, so it cannot delete them; one that
-        computes later includes them."""
-        for r in routes:
-            self._wiring[r.dst] = r
-        await self._in_netlink(lambda: self.routes.note_programmed(routes))
-
-    async def routes_removed(self, routes: Sequence[Route]) -> None:
-        """The ADD that installed ``routes`` failed and removed them again."""
-        for r in routes:
-            self._wiring.pop(r.dst, None)
-        self._dirty.set()  # the next apply drops them from the record
+        # The route manager programmed the pod's routes in that apply (it is their one
+        # writer): the ADD answers only with them in the kernel, as with its policy.
+        for r in calc.desired_routes(self.node, ClusterState.of({key: wep})):
+            if r.kind == "local" and not self.routes.is_programmed(r):
+                raise RuntimeError(f"route {r} is not in the kernel: "
+                                   f"{self._route_error or 'another route holds it'}")
 
     async def endpoint_removed(self, key: str) -> None:
         self.cluster.remove(key)
@@ -306,11 +293,9 @@ class Agent:
                        if r.kind == "bgp"} | learned
         self.learned = learned
         desired = calc.desired_routes(self.node, st, learned)
-        if self._wiring:
-            taken = {r.dst for r in desired}
-            desired |= {r for dst, r in self._wiring.items() if dst not in taken}
         self.routes.set_desired(desired)
         res = await self._in_netlink(self.routes.apply)
+        self._route_error = res.error
         self.metrics.apply_latency.labels("routes").observe(time.monotonic() - t0)
         was_ready = self.readiness.ready
         if self.syncer.in_sync:

@@ -59,7 +59,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol
 
 from cni import protocol as proto
 from cni.protocol import CniError, CniRequest
@@ -77,7 +77,6 @@ from datastore.client import (
 )
 from felix_like import plumbing
 from felix_like.metrics import Metrics
-from felix_like.routes import Route
 from ipam.allocator import IpamClient
 from ipam.block import Block, BlockFormatError, affinity_of, block_count, reserved_ordinals
 from ipam.model import (
@@ -131,21 +130,12 @@ class EndpointSink(Protocol):
     async def endpoint_removed(self, key: str) -> None: ...
 
 
-@runtime_checkable
-class RouteRecorder(Protocol):
-    """A sink that can also be told which routes the handler itself just installed.
-
-    Optional: without it the sink's route manager finds the pod's /32 already there
-    when it adds it (EEXIST), and learns it by dumping the routing table: on every ADD,
-    ~25 ms with 50 pods and ~110 ms with 200 (pyroute2 parses every route). Told first
-    (before the WorkloadEndpoint is written, so before any apply its watch event
-    triggers), it adopts the route without touching the kernel. ``routes_removed``: the
-    ADD failed after ``routes_programmed`` and took the routes away again.
-    """
-
-    async def routes_programmed(self, routes: Sequence[Route]) -> None: ...
-
-    async def routes_removed(self, routes: Sequence[Route]) -> None: ...
+def owns_pod_routes(sink: EndpointSink | None) -> bool:
+    """Whether ``sink`` programs the pods' host routes itself (the agent: its route manager
+    adds a pod's /32 in the apply `endpoint_added` runs, before ADD answers). Then wiring
+    leaves them alone; without such a sink (a bare handler) wiring installs them. Either
+    way each route has one writer."""
+    return bool(getattr(sink, "owns_pod_routes", False))
 
 
 def handle_for(network: str, container_id: str, ifname: str) -> str:
@@ -335,33 +325,26 @@ class CniHandler:
             ("releasing the addresses", lambda: self._unassign(req, handle, got))]
         try:
             hosts = tuple(_host_prefix(a) for a in got.addresses)
+            host_routes = not owns_pod_routes(self.dataplane)
             try:
                 wired = await asyncio.to_thread(
                     plumbing.wire_pod, self.node_netns, req.netns, req.ifname, host_if,
                     hosts, req.mtu or 0, container_mac=req.requested_mac,
                     alias=plumbing.attachment_alias(req.network_name, req.container_id,
-                                                    req.ifname))
+                                                    req.ifname),
+                    host_routes=host_routes)
             except plumbing.PlumbingError as e:
                 raise CniError(ERR_WIRING, f"wiring the pod failed: {e}") from e
             undo.append(("removing the veth", lambda: asyncio.to_thread(
-                plumbing.unwire_pod, self.node_netns, host_if, hosts)))
-            if isinstance(self.dataplane, RouteRecorder):
-                # Before the workload endpoint is written: an apply that its watch event
-                # triggers must find the pod's routes already recorded, or it adds them
-                # again, meets EEXIST and reads the whole routing table to adopt them.
-                recorder = self.dataplane
-                try:
-                    await recorder.routes_programmed(wired.routes)
-                except Exception as e:
-                    raise CniError(ERR_DATAPLANE,
-                                   f"programming the dataplane failed: {e}") from e
-                undo.append(("forgetting the pod's routes",
-                             lambda: recorder.routes_removed(wired.routes)))
+                plumbing.unwire_pod, self.node_netns, host_if, hosts,
+                host_routes=host_routes)))
 
             wep = self._workload(req, namespace, pod, host_if, hosts, wired.container_mac)
             if self.dataplane is not None:
                 # Before the endpoint is written: its watch event then finds the endpoint
                 # already known and changes nothing, instead of a second apply per ADD.
+                # The apply this runs programs the pod's routes (when the sink owns them)
+                # and its policy, so both are in the kernel before ADD answers.
                 sink = self.dataplane
                 undo.append(("forgetting the endpoint", lambda: sink.endpoint_removed(key)))
                 try:
@@ -450,6 +433,7 @@ class CniHandler:
         network = await self._network_of(req.network_name, s)
         old = handle_for(network or req.network_name, s.container_id, s.endpoint)
         hosts = [ipaddress.ip_interface(str(n)) for n in s.ip_networks]
+        host_routes = not owns_pod_routes(self.dataplane)
         log.info("ADD %s: takes over %s from %s (same pod name)", req.container_id,
                  keys.relative(key), old)
         async with self._lock(old):
@@ -461,7 +445,7 @@ class CniHandler:
             await self._delete_wep(key, s.container_id, kv)
             if s.host_interface:
                 await asyncio.to_thread(plumbing.unwire_pod, self.node_netns,
-                                        s.host_interface, hosts)
+                                        s.host_interface, hosts, host_routes=host_routes)
             if network is None:
                 log.warning("takeover of %s: its network is unknown (veth %s has no alias); "
                             "its addresses are left to GC", keys.relative(key),
@@ -698,7 +682,8 @@ class CniHandler:
 
         unwire = asyncio.ensure_future(asyncio.to_thread(
             plumbing.unwire_pod, self.node_netns, host_if, hosts,
-            on_routes_removed=on_routes_removed))
+            on_routes_removed=on_routes_removed,
+            host_routes=not owns_pod_routes(self.dataplane)))
         try:
             if wep is not None:
                 try:
@@ -910,7 +895,8 @@ class CniHandler:
                     log.warning("GC of %s: dataplane: %s", handle, e)
             await self._delete_wep(key, container_id)
         for name, hosts in sorted(left.veths.items()):
-            if await asyncio.to_thread(plumbing.unwire_pod, self.node_netns, name, hosts) \
+            if await asyncio.to_thread(plumbing.unwire_pod, self.node_netns, name, hosts,
+                                       host_routes=not owns_pod_routes(self.dataplane)) \
                     and left.endpoint is None:
                 log.info("GC of %s: removed veth %s, which had no endpoint", handle, name)
         await self._release(handle)

@@ -10,10 +10,11 @@ ARP for it (proxy-ARP only answers when the node has a route to 169.254.1.1). Th
 side's MAC is the kernel's random one unless the caller asks for one (the CNI ``mac``
 capability or ``MAC=``).
 
-Ownership: the agent's CNI handler calls these; it owns the ``fab*`` interfaces and the
-routes of protocol ``PROTO_L3FABRIC``. ``wire_pod`` installs the pod's /32 itself so the
-pod is routable when CNI ADD returns; the route equals what ``render_routes`` produces,
-so the route manager adopts it instead of re-adding it.
+Ownership: the agent's CNI handler calls these; it owns the ``fab*`` interfaces. The
+pod's host routes have one writer per process: in the agent, its route manager (in the
+apply the handler's endpoint report runs before ADD answers), so the handler wires with
+``host_routes=False``; a bare handler with no route manager (a benchmark, a test) lets
+``wire_pod`` install them and ``unwire_pod`` remove them.
 
 Failure semantics: ``wire_pod`` is all or nothing. Whatever step fails, the veth it made
 is deleted (deleting one end removes the peer, and the kernel drops the routes through
@@ -58,7 +59,6 @@ from felix_like.routes import (
     RT_SCOPE_LINK,
     RT_SCOPE_NOWHERE,
     RT_TABLE_MAIN,
-    RTN_BLACKHOLE,
     Route,
 )
 
@@ -95,7 +95,7 @@ class WiredPod:
     mtu: int
     #: the pod's addresses as host prefixes (/32, /128)
     addresses: tuple[IPInterface, ...]
-    #: the node-side routes installed, for RouteManager.note_programmed()
+    #: the node-side routes this call installed (none with ``host_routes=False``)
     routes: tuple[Route, ...]
 
 
@@ -187,29 +187,6 @@ def _lookup(ipr: Any, name: str) -> int | None:
     return int(found[0]) if found else None
 
 
-def _replace_own_blackhole(node_ns: str | None, addr: IPInterface, host_idx: int) -> bool:
-    """Replace our blackhole at exactly ``addr``'s host prefix (a block of one address)
-    by the pod's route through ``host_idx``. False, changing nothing, when the route
-    there is anything else. Rare (blockSize 32/128 only): pyroute2 is fine here."""
-    ipr = open_iproute(node_ns)
-    try:
-        # A dump of the main table, filtered here: pyroute2's dst filter is EINVAL here.
-        found = ipr.get_routes(family=_family(addr), table=RT_TABLE_MAIN)
-        here = [m for m in found if m["dst_len"] == addr.network.prefixlen
-                and m.get_attr("RTA_DST") == str(addr.ip)]
-        if len(here) != 1 or here[0]["type"] != RTN_BLACKHOLE \
-                or here[0]["proto"] != PROTO_L3FABRIC:
-            return False
-        ipr.route("replace", family=_family(addr), dst=str(addr.network), oif=host_idx,
-                  scope=RT_SCOPE_LINK, proto=PROTO_L3FABRIC, table=RT_TABLE_MAIN,
-                  type="unicast")
-        log.info("pod route %s replaces the blackhole of its one-address block",
-                 addr.network)
-        return True
-    finally:
-        ipr.close()
-
-
 def wire_pod(
     node_ns: str | None,
     pod_netns_path: str,
@@ -222,6 +199,7 @@ def wire_pod(
     alias: str = "",
     node_ipr: Any | None = None,
     node_nl: Rtnl | None = None,
+    host_routes: bool = True,
 ) -> WiredPod:
     """Create and configure the pod's veth pair and its host routes; all or nothing.
 
@@ -235,6 +213,7 @@ def wire_pod(
     one is opened.
     A leftover veth of the same name (an earlier attempt for the same container and
     interface: the name is derived from them) is replaced.
+    ``host_routes=False`` leaves the pod's host routes to the caller's route manager.
     Raises :class:`PlumbingError`; on error no veth and no route of this call remain.
 
     Netlink goes through :class:`felix_like.netlink.Rtnl` (a raw socket: pyroute2's sync
@@ -315,7 +294,7 @@ def wire_pod(
                           table=RT_TABLE_MAIN, proto=RTPROT_STATIC, scope=RT_SCOPE_UNIVERSE)
 
         routes: list[Route] = []
-        for a in prefixes:
+        for a in prefixes if host_routes else ():
             step = f"adding the host route {a.network} dev {host_if}"
             try:
                 node.add_route(_family(a), str(a.ip), a.network.prefixlen, oif=host_idx,
@@ -323,11 +302,7 @@ def wire_pod(
             except NetlinkError as exc:
                 if exc.code != errno.EEXIST:
                     raise
-                # blockSize 32 (128): the block's blackhole is the pod's own prefix. Ours
-                # (proto l3fabric, type blackhole) gives way to the pod route, which
-                # render_routes prefers too; anything else is a real conflict.
-                if not _replace_own_blackhole(node_ns, a, host_idx):
-                    raise RuntimeError(f"{a.ip} is already routed on this node") from exc
+                raise RuntimeError(f"{a.ip} is already routed on this node") from exc
             routes.append(_host_route(a, host_if))
 
         return WiredPod(host_if=host_if, host_ifindex=host_idx, container_if=ifname,
@@ -368,6 +343,7 @@ def unwire_pod(
     node_ipr: Any | None = None,
     node_nl: Rtnl | None = None,
     on_routes_removed: Callable[[], None] | None = None,
+    host_routes: bool = True,
 ) -> bool:
     """Remove a pod's host veth and our host routes through it. Idempotent: missing
     pieces are fine. Returns True if the veth was there.
@@ -382,7 +358,8 @@ def unwire_pod(
     route through it is known to be gone, before that, ``on_routes_removed`` is called
     (from this thread), so a caller can free the addresses meanwhile. It is not called
     when the veth is absent or a route could not be deleted (then the veth's deletion
-    removes it: wait for the return).
+    removes it: wait for the return). ``host_routes=False``: the caller's route manager
+    owns the routes and has removed them already; only the veth goes.
     """
     node = node_nl if node_nl is not None else Rtnl.open(node_ns)
     try:
@@ -390,7 +367,7 @@ def unwire_pod(
         if idx is None:
             return False
         routes_gone = True
-        for a in _host_prefixes(addresses):
+        for a in _host_prefixes(addresses) if host_routes else ():
             try:
                 node.delete_route(_family(a), str(a.ip), a.network.prefixlen, oif=idx,
                                   proto=PROTO_L3FABRIC, table=RT_TABLE_MAIN,

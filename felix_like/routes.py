@@ -242,10 +242,10 @@ class RouteManager:
     """Converges the owned routes of one network namespace to a desired set.
 
     Owner: the node agent (one per node namespace); it is the only writer of routes of
-    our protocols there. The CNI handler adds a pod's /32 itself before answering ADD
-    (the pod must be routable at once); because the route is identical to what
-    :func:`render_routes` produces, the next ``apply()`` — after a dump — or the agent's
-    own ``set_desired`` adopts it without touching the kernel.
+    our protocols there, pods' /32s included: the CNI handler reports a pod it wired,
+    and the apply that report runs adds the pod's route before ADD answers. A blockSize
+    32 (128) block's blackhole at a pod's own prefix is replaced by the pod's route, as
+    :func:`render_routes` prefers it: both are ours.
 
     Not thread-safe; the handle is a sync pyroute2 ``IPRoute`` used from one thread.
     """
@@ -411,23 +411,19 @@ class RouteManager:
                            tuple(p.adopted), tuple(p.failed), p.kept_stale,
                            tuple(p.no_interface), p.error)
 
-    def note_programmed(self, routes: Iterable[Route]) -> None:
-        """Record routes someone else in this agent put in the kernel (the CNI handler's
-        pod /32s), so that apply() neither re-adds them nor misses them when stale."""
-        for r in routes:
-            self._waiting.pop(r.dst, None)
-            if self._programmed is not None:
-                self._programmed[r.dst] = r
+    def is_programmed(self, r: Route) -> bool:
+        """Whether ``r`` is in the kernel as far as our record knows (after an apply)."""
+        return self._programmed is not None and self._programmed.get(r.dst) == r
 
     # -- netlink -------------------------------------------------------------------
 
     def _add(self, r: Route, links: _LinkIndex) -> str:
         """Add ``r``; returns "added", or "adopted"/"replaced" when an owned route was there.
 
-        Race: the CNI handler adds a pod's /32 after our dump and before the calculation
-        asks for it, so "add" meets EEXIST although our record says absent. Look at what
-        is there: identical and owned -> adopt; owned but different -> replace; foreign ->
-        fail (never touch other protocols' routes).
+        Race: a route of our protocols appeared after our dump (the previous agent of the
+        node, still stopping, or a hand-made one), so "add" meets EEXIST although our
+        record says absent. Look at what is there: identical and owned -> adopt; owned but
+        different -> replace; foreign -> fail (never touch other protocols' routes).
         """
         try:
             self._program("add", r, links)
@@ -503,11 +499,13 @@ def _scoped(gateway: str, oif: int | None, ifname: Callable[[int], str | None]) 
 
 
 class _LinkIndex:
-    """ifindex <-> name, read once per apply() and only if needed."""
+    """ifindex <-> name, read once per apply() and only if needed; a name alone is
+    looked up by itself (when the handle can) until the whole table is read."""
 
     def __init__(self, ipr: NetlinkHandle) -> None:
         self._ipr = ipr
         self._by_name: dict[str, int] | None = None
+        self._looked_up = False
 
     def _load(self) -> dict[str, int]:
         if self._by_name is None:
@@ -517,6 +515,15 @@ class _LinkIndex:
         return self._by_name
 
     def index(self, name: str) -> int:
+        lookup = getattr(self._ipr, "link_lookup", None)
+        if self._by_name is None and lookup is not None and not self._looked_up:
+            # One request for the one link (a pod's new veth, usually), not a dump of
+            # every link of the node on each pod ADD; a second name reads the table.
+            self._looked_up = True
+            found = lookup(ifname=name)
+            if not found:
+                raise LookupError(f"no interface {name}")
+            return int(found[0])
         idx = self._load().get(name)
         if idx is None:
             raise LookupError(f"no interface {name}")

@@ -5,8 +5,8 @@
   limit, the limit is logged once and shown in the peer status, time and memory bounded;
 - a BIRD peer with the wrong MD5 password never establishes (and does with the right one:
   the test is not vacuous);
-- blockSize 32: the pod's route replaces the one-address block's blackhole of the same
-  prefix, rather than failing "already routed on this node".
+- blockSize 32: the route manager replaces the one-address block's blackhole of the same
+  prefix with the pod's route, rather than failing "already routed on this node".
 
 Every figure printed here is quoted in docs/guarantees.md. Everything runs in namespaces
 the test made; BIRD, ExaBGP and the speaker's owner are stopped also on failure.
@@ -28,7 +28,9 @@ from helpers.faults import Namespaces, sh
 
 from bgp.config import NeighborSpec
 from bgp.rib import DEFAULT_MAX_PREFIXES
+from felix_like.netlink import open_iproute
 from felix_like.plumbing import host_veth_name, unwire_pod, wire_pod
+from felix_like.routes import RouteManager, render_routes
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not bird_available(), reason="BIRD 2 is not installed")]
@@ -166,31 +168,50 @@ def test_md5_wrong_password_never_establishes(
 
 
 def test_block_size_32_pod_route_replaces_own_blackhole(namespaces: Namespaces) -> None:
+    """The route manager, the one writer of a pod's /32, replaces the one-address block's
+    blackhole at the pod's prefix; a route of another protocol there is never touched."""
     node, pod, other = namespaces("node"), namespaces("pod"), namespaces("pod")
     ip = "10.244.9.7"
-    # The agent's blackhole of the one-address block, as the route manager installs it.
-    sh("ip", "-n", node, "route", "add", "blackhole", f"{ip}/32", "proto", "80")
-    host_if = host_veth_name("net", "c32", "eth0")
-    w = wire_pod(node, f"/var/run/netns/{pod}", "eth0", host_if,
-                 [ipaddress.ip_interface(f"{ip}/32")], 1400)
-    routes = json.loads(sh("ip", "-n", node, "-j", "route", "show", f"{ip}/32"))
-    assert len(routes) == 1 and routes[0].get("dev") == host_if, routes
-    assert routes[0].get("protocol") in ("80", "l3fabric") and routes[0].get("type") in (
-        None, "unicast"), routes
-    sh("ip", "-n", node, "addr", "add", "169.254.1.1/32", "dev", "lo")
-    assert subprocess.run(["ip", "netns", "exec", node, "ping", "-c1", "-W1", ip],
-                          capture_output=True).returncode == 0, "pod not reachable"
-    # Anything else at the pod's prefix is still a conflict: a blackhole not ours, or
-    # another pod's route.
-    ip2 = "10.244.9.8"
-    sh("ip", "-n", node, "route", "add", "blackhole", f"{ip2}/32", "proto", "static")
-    with pytest.raises(Exception, match="already routed on this node"):
-        wire_pod(node, f"/var/run/netns/{other}", "eth0", host_veth_name("net", "c33", "eth0"),
-                 [ipaddress.ip_interface(f"{ip2}/32")], 1400)
-    assert "blackhole" in sh("ip", "-n", node, "route", "show", f"{ip2}/32")
-    with pytest.raises(Exception, match="already routed on this node"):
-        wire_pod(node, f"/var/run/netns/{other}", "eth0", host_veth_name("net", "c34", "eth0"),
-                 [ipaddress.ip_interface(f"{ip}/32")], 1400)
-    assert json.loads(sh("ip", "-n", node, "-j", "route", "show", f"{ip}/32"))[0]["dev"] \
-        == host_if
-    assert unwire_pod(node, w.host_if, w.addresses) is True
+    ipr = open_iproute(node)
+    try:
+        routes_mgr = RouteManager(ipr)
+        routes_mgr.mark_in_sync()
+        # The agent's blackhole of the one-address block.
+        routes_mgr.set_desired(render_routes([], [f"{ip}/32"], {}))
+        assert not routes_mgr.apply().failed
+        assert "blackhole" in sh("ip", "-n", node, "route", "show", f"{ip}/32")
+        host_if = host_veth_name("net", "c32", "eth0")
+        w = wire_pod(node, f"/var/run/netns/{pod}", "eth0", host_if,
+                     [ipaddress.ip_interface(f"{ip}/32")], 1400, host_routes=False)
+        routes_mgr.set_desired(render_routes([(f"{ip}/32", host_if)], [f"{ip}/32"], {}))
+        res = routes_mgr.apply()
+        assert [r.dst for r in res.replaced] == [f"{ip}/32"] and not res.failed, res
+        routes = json.loads(sh("ip", "-n", node, "-j", "route", "show", f"{ip}/32"))
+        assert len(routes) == 1 and routes[0].get("dev") == host_if, routes
+        assert routes[0].get("protocol") in ("80", "l3fabric") and routes[0].get("type") in (
+            None, "unicast"), routes
+        sh("ip", "-n", node, "addr", "add", "169.254.1.1/32", "dev", "lo")
+        assert subprocess.run(["ip", "netns", "exec", node, "ping", "-c1", "-W1", ip],
+                              capture_output=True).returncode == 0, "pod not reachable"
+        # A blackhole not ours at another pod's prefix: the pod's route is refused.
+        ip2 = "10.244.9.8"
+        sh("ip", "-n", node, "route", "add", "blackhole", f"{ip2}/32", "proto", "static")
+        host_if2 = host_veth_name("net", "c33", "eth0")
+        w2 = wire_pod(node, f"/var/run/netns/{other}", "eth0", host_if2,
+                      [ipaddress.ip_interface(f"{ip2}/32")], 1400, host_routes=False)
+        routes_mgr.set_desired(render_routes(
+            [(f"{ip}/32", host_if), (f"{ip2}/32", host_if2)], [f"{ip}/32"], {}))
+        res = routes_mgr.apply()
+        assert [r.dst for r in res.failed] == [f"{ip2}/32"], res
+        assert "blackhole" in sh("ip", "-n", node, "route", "show", f"{ip2}/32")
+        assert unwire_pod(node, w2.host_if, w2.addresses, host_routes=False) is True
+        # A wiring that writes its own route (no route manager) meets the pod's route.
+        with pytest.raises(Exception, match="already routed on this node"):
+            wire_pod(node, f"/var/run/netns/{other}", "eth0",
+                     host_veth_name("net", "c34", "eth0"),
+                     [ipaddress.ip_interface(f"{ip}/32")], 1400)
+        assert json.loads(sh("ip", "-n", node, "-j", "route", "show", f"{ip}/32"))[0]["dev"] \
+            == host_if
+        assert unwire_pod(node, w.host_if, w.addresses, host_routes=False) is True
+    finally:
+        ipr.close()

@@ -741,45 +741,46 @@ async def test_pods_on_a_node_reach_each_other(fab: Fabric,
     (await fab.delete(b, "c-b")).ok()
 
 
-class _RecordingRouter:
-    """A dataplane that also takes the routes the handler installed (RouteRecorder)."""
+class _RouteOwner:
+    """A dataplane that owns the pods' host routes, as the agent does (its route manager
+    programs them): it records what it is told, and where the pod's address is routed
+    when it is told."""
 
-    def __init__(self) -> None:
+    owns_pod_routes = True
+
+    def __init__(self, node: str) -> None:
+        self.node = node
         self.events: list[tuple[str, Any]] = []
 
-    async def routes_programmed(self, routes: Any) -> None:
-        self.events.append(("routes", tuple(routes)))
-
-    async def routes_removed(self, routes: Any) -> None:
-        self.events.append(("routes removed", tuple(routes)))
-
     async def endpoint_added(self, key: str, wep: Any) -> None:
-        self.events.append(("added", key))
+        self.events.append(("added", key, [r["dst"] for r in our_routes(self.node)]))
 
     async def endpoint_removed(self, key: str) -> None:
-        self.events.append(("removed", key))
+        self.events.append(("removed", key, [r["dst"] for r in our_routes(self.node)]))
 
 
-async def test_a_route_recording_dataplane_learns_the_pod_route_before_the_endpoint(
+async def test_wiring_leaves_the_pod_routes_to_a_dataplane_that_owns_them(
         module_etcd: EmbeddedEtcd, netns: Callable[[str], str], tmp_path: Path) -> None:
+    """One writer per route: with a dataplane that owns the pods' routes, the handler
+    wires the veth and reports the endpoint, and neither the wiring nor the DEL's
+    unwiring writes a route of ours."""
     from datastore import model as m
-    from felix_like.cni_handler import RouteRecorder
 
-    router = _RecordingRouter()
-    assert isinstance(router, RouteRecorder)
     node, pod = netns("node"), netns("pod")
-    async with fabric(module_etcd.endpoint, node, tmp_path, dataplane=router) as f:
+    owner = _RouteOwner(node)
+    async with fabric(module_etcd.endpoint, node, tmp_path, dataplane=owner) as f:
         await f.ds.delete_prefix(keys.PREFIX)
         pool = ippool("default", POOL, 26)
         await f.ds.put(m.key_for(pool), m.encode(pool))
-        addr = _addr((await f.add(pod, "c-rr")).ok().json)
+        (await f.add(pod, "c-rr")).ok()
         host_if = host_veth_name(NETWORK, "c-rr", "eth0")
-        [(kind, routes), (kind2, key)] = router.events
-        assert (kind, kind2) == ("routes", "added")
-        assert [(r.dst, r.dev, r.kind) for r in routes] == [(addr, host_if, "local")]
-        assert key.endswith(".c-rr.eth0")
+        assert host_if in fab_links(node)
+        [(kind, key, routes)] = owner.events
+        assert kind == "added" and key.endswith(".c-rr.eth0") and routes == []
+        assert our_routes(node) == []
         (await f.delete(pod, "c-rr")).ok()
-        assert router.events[-1] == ("removed", key)
+        assert owner.events[-1] == ("removed", key, [])
+        assert host_if not in fab_links(node)
 
 
 # ------------------------------------------------------------------ one attachment per pod name

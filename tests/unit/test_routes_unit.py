@@ -389,16 +389,19 @@ def test_route_added_behind_our_back_is_adopted_not_failed() -> None:
     assert k.changes == changes
 
 
-def test_note_programmed_avoids_the_add() -> None:
+def test_a_pod_route_replaces_the_blackhole_of_its_one_address_block() -> None:
+    """blockSize 32: the block's blackhole is the pod's own prefix; both are ours, and the
+    pod's route wins (render_routes prefers it), replacing the blackhole in place."""
     k = FakeKernel(links={"lo": 1, "fabaaa": 7})
     m = manager(k)
+    m.set_desired(render_routes([], ["10.244.1.5/32"], {}))
     m.apply()
-    k.put("10.244.1.5/32", PROTO_L3FABRIC, oif=7)
-    m.note_programmed([local("10.244.1.5/32", "fabaaa")])
-    m.set_desired({local("10.244.1.5/32", "fabaaa")})
-    dumps = k.dumps
-    assert m.apply().changes == 0
-    assert k.dumps == dumps
+    assert k.forwards("10.244.1.5") == "drop"
+    pod = local("10.244.1.5/32", "fabaaa")
+    m.set_desired(render_routes([("10.244.1.5/32", "fabaaa")], ["10.244.1.5/32"], {}))
+    res = m.apply()
+    assert [r.dst for r in res.replaced] == ["10.244.1.5/32"] and not res.failed
+    assert k.forwards("10.244.1.5") == "dev fabaaa" and m.is_programmed(pod)
 
 
 def test_resync_redumps_and_repairs_drift() -> None:

@@ -1,0 +1,95 @@
+"""The agent, stepped against fakes: events in, one apply, the kernel's routes out.
+
+A fake kernel (the route manager's netlink handle) and a policy applier that records the
+state it is given stand in for the dataplane; the datastore's events are fed by hand in
+the order the syncer would emit them, and each step runs one apply. Nothing here sleeps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_agent_calc import aff, wep
+from test_routes_unit import PROTO_STATIC, FakeKernel
+
+from datastore.syncer import Deleted, Update
+from felix_like.agent import Agent, AgentConfig
+from felix_like.routes import RouteManager
+from felix_like.state import ClusterState
+
+
+class FakePolicy:
+    """Records how many endpoints of the node the state it was last applied with held."""
+
+    def __init__(self) -> None:
+        self.state: Any = None
+        self.applies = 0
+
+    def set_state(self, st: Any) -> None:
+        self.state = st
+
+    def apply(self) -> None:
+        self.applies += 1
+
+
+def stepped_agent(kernel: FakeKernel, tmp_path: Path) -> tuple[Agent, FakePolicy]:
+    """An agent whose first snapshot is in (empty), etcd and BGP steps done."""
+    agent = Agent(AgentConfig(node="n1", socket=str(tmp_path / "agent.sock")))
+    agent.routes = RouteManager(kernel)
+    agent.routes.mark_in_sync()
+    policy = FakePolicy()
+    agent.policy = policy  # type: ignore[assignment]
+    agent.syncer.in_sync = True
+    agent._synced.set()
+
+    async def no_bgp(st: Any) -> None:
+        pass
+
+    agent.bgp.on_state = no_bgp  # type: ignore[method-assign]
+    for step in ("etcd", "bgp", "snapshot"):
+        agent.readiness.done(step)
+    return agent, policy
+
+
+async def test_a_reported_pod_is_routed_by_the_apply_of_its_report(tmp_path: Path) -> None:
+    kernel = FakeKernel(links={"lo": 1, "fab1": 7})
+    agent, policy = stepped_agent(kernel, tmp_path)
+    key, a = wep("n1", "default", "a", "10.244.0.5/32", "fab1")
+    await agent.endpoint_added(key, a)  # what the CNI handler does before answering ADD
+    assert kernel.forwards("10.244.0.5") == "dev fab1"
+    assert policy.applies == 1 and isinstance(policy.state, ClusterState)
+    assert dict(policy.state.endpoints_of("n1")) == {key: a}
+    # The watch echo of the endpoint the handler then writes changes nothing.
+    assert not agent.cluster.apply(Update(key, wep("n1", "default", "a", "10.244.0.5/32",
+                                                   "fab1")[1], 9))
+    # DEL: reported removed, the route goes in that apply; the echo changes nothing.
+    await agent.endpoint_removed(key)
+    assert kernel.forwards("10.244.0.5") == "unreachable"
+    assert not agent.cluster.apply(Deleted(key, 10))
+
+
+async def test_a_pod_in_a_one_address_block_replaces_its_blackhole(tmp_path: Path) -> None:
+    kernel = FakeKernel(links={"lo": 1, "fab1": 7})
+    agent, _ = stepped_agent(kernel, tmp_path)
+    agent.cluster.apply(Update(*aff("n1", "10.244.0.7/32", "confirmed"), 3))
+    await agent.apply()
+    assert kernel.forwards("10.244.0.7") == "drop"
+    await agent.endpoint_added(*wep("n1", "default", "a", "10.244.0.7/32", "fab1"))
+    assert kernel.forwards("10.244.0.7") == "dev fab1"
+
+
+async def test_a_pod_whose_address_another_route_holds_fails_its_add(tmp_path: Path) -> None:
+    """A route of another protocol at the pod's prefix is never touched: the report fails
+    (the handler then answers ADD with an error and undoes it)."""
+    kernel = FakeKernel(links={"lo": 1, "fab1": 7})
+    kernel.put("10.244.0.9/32", PROTO_STATIC, oif=1)
+    agent, _ = stepped_agent(kernel, tmp_path)
+    key, a = wep("n1", "default", "a", "10.244.0.9/32", "fab1")
+    with pytest.raises(RuntimeError, match=r"10\.244\.0\.9/32 dev fab1"):
+        await agent.endpoint_added(key, a)
+    await agent.endpoint_removed(key)
+    assert kernel.forwards("10.244.0.9") == "dev lo"
+    assert agent._route_retry is not None  # the refused route is retried later, not now
+    agent._route_retry.cancel()
