@@ -65,6 +65,7 @@ from felix_like.netlink import (
     LinkChange,
     MonitorEvent,
     RouteDeleted,
+    Rtnl,
     link_states,
     open_iproute,
     open_monitor,
@@ -200,6 +201,7 @@ class Agent:
         # used on ours: every netlink call of the agent goes through this one thread.
         self._netlink = ThreadPoolExecutor(max_workers=1, thread_name_prefix="netlink")
         self.ipr: Any = None
+        self._pod_routes: Rtnl | None = None
         self.routes: RouteManager = RouteManager(_Unopened())
         self.policy: PolicyManager | None = None  # made in the netlink thread by run()
         self._synced = asyncio.Event()
@@ -662,7 +664,9 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         register_rt_protos()
         self.ipr = await self._in_netlink(lambda: open_iproute(self.cfg.netns))
-        self.routes = RouteManager(self.ipr)
+        # Pod routes go through a raw socket (`Rtnl`): the request of every pod ADD.
+        self._pod_routes = await self._in_netlink(lambda: Rtnl.open(self.cfg.netns))
+        self.routes = RouteManager(self.ipr, pods=self._pod_routes)
         # Read the kernel's routes now (not in sync yet: this removes nothing). apply() keeps
         # the BGP routes already installed until the import table is complete again, and
         # finds them in routes.programmed only once the kernel was dumped; without this the
@@ -722,4 +726,6 @@ class Agent:
             await self.ds.close()
             if self.ipr is not None:
                 await self._in_netlink(self.ipr.close)
+            if self._pod_routes is not None:
+                self._pod_routes.close()
             self._netlink.shutdown(wait=False)

@@ -189,6 +189,17 @@ class NetlinkHandle(Protocol):
     def get_links(self, *argv: Any, **kwargs: Any) -> Any: ...
 
 
+class PodRouteWriter(Protocol):
+    """A lighter netlink client for the request a pod ADD makes (`felix_like.netlink.Rtnl`:
+    a raw socket, where a pyroute2 request runs an event loop of its own): the new veth's
+    index and the add of the pod's route. Optional; without it ``NetlinkHandle`` does it."""
+
+    def link_index(self, name: str) -> int | None: ...
+
+    def add_route(self, family: int, dst: str, dst_len: int, *, oif: int, table: int,
+                  proto: int, scope: int) -> None: ...
+
+
 @dataclass(frozen=True)
 class ApplyResult:
     added: tuple[Route, ...] = ()
@@ -250,8 +261,10 @@ class RouteManager:
     Not thread-safe; the handle is a sync pyroute2 ``IPRoute`` used from one thread.
     """
 
-    def __init__(self, ipr: NetlinkHandle, now: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, ipr: NetlinkHandle, now: Callable[[], float] = time.monotonic,
+                 pods: PodRouteWriter | None = None) -> None:
         self._ipr = ipr
+        self._pods = pods
         self._now = now
         self._desired: dict[str, Route] = {}
         # What we believe is in the kernel, by dst. None: unknown, dump before diffing.
@@ -452,6 +465,15 @@ class RouteManager:
         kw: dict[str, Any] = {
             "family": r.family, "dst": r.dst, "proto": r.proto, "table": RT_TABLE_MAIN,
         }
+        if r.kind == "local" and command == "add" and self._pods is not None:
+            assert r.dev is not None
+            oif = self._pods.link_index(r.dev)
+            if oif is None:
+                raise LookupError(f"no interface {r.dev}")
+            host, _, plen = r.dst.partition("/")
+            self._pods.add_route(r.family, host, int(plen), oif=oif, table=RT_TABLE_MAIN,
+                                 proto=r.proto, scope=RT_SCOPE_LINK)
+            return
         if r.kind == "local":
             assert r.dev is not None
             kw.update(oif=links.index(r.dev), scope=RT_SCOPE_LINK, type=RTN_UNICAST)

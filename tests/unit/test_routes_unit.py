@@ -434,3 +434,37 @@ def test_register_rt_protos_is_idempotent(tmp_path: Any) -> None:
     with open(path) as f:
         lines = [line.split() for line in f if not line.startswith("#")]
     assert lines == [["80", "l3fabric"], ["81", "l3fabric-bgp"]]
+
+
+class FakePodWriter:
+    """The raw-socket writer of pod routes, over the same fake kernel."""
+
+    def __init__(self, kernel: FakeKernel) -> None:
+        self.kernel = kernel
+        self.requests = 0
+
+    def link_index(self, name: str) -> int | None:
+        self.requests += 1
+        return self.kernel.links.get(name)
+
+    def add_route(self, family: int, dst: str, dst_len: int, *, oif: int, table: int,
+                  proto: int, scope: int) -> None:
+        self.requests += 1
+        self.kernel.route("add", family=family, dst=f"{dst}/{dst_len}", oif=oif,
+                          table=table, proto=proto, scope=scope)
+
+
+def test_a_pod_route_goes_through_the_pod_writer_and_waits_for_its_veth() -> None:
+    k = FakeKernel(links={"lo": 1, "fabaaa": 7})
+    pods = FakePodWriter(k)
+    m = RouteManager(k, now=lambda: 42.0, pods=pods)
+    m.apply()
+    m.set_desired({local("10.244.1.5/32", "fabaaa"), local("10.244.1.6/32", "fabbbb")})
+    res = m.apply()
+    assert [r.dst for r in res.added] == ["10.244.1.5/32"]
+    assert [r.dst for r in res.no_interface] == ["10.244.1.6/32"] and not res.failed
+    assert k.forwards("10.244.1.5") == "dev fabaaa" and pods.requests == 3
+    k.links["fabbbb"] = 8
+    m.link_appeared("fabbbb")
+    assert [r.dst for r in m.apply().added] == ["10.244.1.6/32"]
+    assert k.forwards("10.244.1.6") == "dev fabbbb"
