@@ -64,6 +64,7 @@ class BgpController:
         self.metrics = metrics
         self._local_addresses: list[str] = []
         self._interfaces: dict[str, str | None] = {}  # address -> interface holding it
+        self._neighbors_drawn_from: tuple[Any, ...] = ()
         self.on_change = on_change
         self.speaker = BgpSpeaker(node, netns=netns, socket_path=socket_path,
                                   workdir=Path(workdir), exabgp_bin=exabgp_bin or default_exabgp(),
@@ -126,18 +127,23 @@ class BgpController:
         await self.speaker.stop(drain=drain)
 
     async def on_state(self, state: ClusterState) -> None:
-        nodes = state.nodes
-        peers = [state.peers[k] for k in sorted(state.peers)]
         bgpconf = state.bgp_configs.get("default")
         sp = self.speaker
-        me = nodes.get(self.node)
+        me = state.nodes.get(self.node)
         v6 = me.spec.bgp.ipv6_address if me is not None and me.spec.bgp is not None else None
         sp.nexthop6 = None if v6 is None else str(v6.ip)
         sp.set_filter(pool_cidrs(state), confirmed_blocks(self.node, state))
         await sp.set_exports(export_prefixes(self.node, state),
                              bgpconf.spec.communities if bgpconf else ())
-        await sp.set_neighbors(desired_neighbors(self.node, nodes, bgpconf, peers,
-                                                 local_addresses=self.local_addresses))
+        # The neighbours follow the Nodes (the full mesh), the BGP configuration and the
+        # peers, and the node's addresses: drawn again only when one of them changed, not
+        # on every pod's event.
+        drawn_from = (id(state), state.bgp_generation, tuple(self.local_addresses))
+        if drawn_from != self._neighbors_drawn_from:
+            peers = [state.peers[k] for k in sorted(state.peers)]
+            await sp.set_neighbors(desired_neighbors(self.node, state.nodes, bgpconf, peers,
+                                                     local_addresses=self.local_addresses))
+            self._neighbors_drawn_from = drawn_from
 
     def peer_status(self) -> list[dict[str, Any]]:
         rows = self.speaker.peer_status()

@@ -109,6 +109,10 @@ _POLICY_KINDS = (model.NetworkPolicy, model.GlobalNetworkPolicy, model.Namespace
                  model.WorkloadEndpoint, model.Node)
 
 
+# The kinds BGP's neighbours are drawn from.
+_BGP_KINDS = (model.Node, model.BGPConfiguration, model.BGPPeer)
+
+
 class ClusterState:
     """The typed, indexed cluster view. See the module docstring.
 
@@ -137,6 +141,7 @@ class ClusterState:
         self._affinities: dict[str, dict[str, Affinity]] = {}  # node -> key -> affinity
         self._policy_logs: weakref.WeakSet[ChangeLog] = weakref.WeakSet()
         self.generation = 0  # bumped on every change of a value
+        self.bgp_generation = 0  # bumped on every change of a Node, BGP config or peer
 
     @classmethod
     def of(cls, values: Mapping[str, Any]) -> ClusterState:
@@ -176,6 +181,8 @@ class ClusterState:
         return True
 
     def _index(self, key: str, v: Any) -> None:
+        if isinstance(v, _BGP_KINDS):
+            self.bgp_generation += 1
         if isinstance(v, _POLICY_KINDS):
             for log in self._policy_logs:
                 log.keys.add(key)
@@ -212,6 +219,8 @@ class ClusterState:
             self.global_policies[key] = v
 
     def _unindex(self, key: str, v: Any) -> None:
+        if isinstance(v, _BGP_KINDS):
+            self.bgp_generation += 1
         if isinstance(v, _POLICY_KINDS):
             for log in self._policy_logs:
                 log.keys.add(key)

@@ -131,3 +131,22 @@ def test_each_policy_consumer_is_told_the_keys_changed_since_it_last_looked() ->
     assert first.take() == {k1} and second.take() == {k1}
     assert first.take() == set()
     assert dict(st.policy_items()) == {}
+
+
+def test_bgp_neighbours_inputs_change_only_with_nodes_peers_and_bgp_config() -> None:
+    """What the full mesh is drawn from moves with Nodes, BGP configuration and peers, not
+    with a pod's events (the BGP controller draws its neighbours again only then)."""
+    st = ClusterState()
+    st.put(*wep("n1", "default", "a", "10.0.0.1/32", "fab1"))
+    st.put(*aff("n1", "10.244.1.0/26", "confirmed"))
+    assert st.bgp_generation == 0
+    nkey = keys.node("n2")
+    node = decode_value(nkey, json.dumps({
+        "apiVersion": model.API_VERSION, "kind": "Node", "metadata": {"name": "n2"},
+        "spec": {"bgp": {"ipv4Address": "10.99.0.2/24"}}}).encode())
+    st.put(nkey, node)
+    assert st.bgp_generation == 1 and st.nodes["n2"] == node
+    st.put(nkey, node)
+    assert st.bgp_generation == 1, "an equal value is no change"
+    st.remove(nkey)
+    assert st.bgp_generation == 2 and "n2" not in st.nodes
