@@ -1,4 +1,4 @@
-"""The one object the agent holds for BGP: datastore mirror in, speaker updates out.
+"""The one object the agent holds for BGP: the cluster state in, speaker updates out.
 
 `BgpController.on_state(state)` takes the agent's `felix_like.state.ClusterState` and
 makes the node's ExaBGP match it: neighbours (`bgp.config.desired_neighbors`), exports

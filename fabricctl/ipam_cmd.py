@@ -24,6 +24,7 @@ from ipam.check import DEFAULT_CLAIM_GRACE, DEFAULT_LEAK_GRACE, FixResult, check
 from ipam.model import IpamError
 from ipam.report import address_holder, utilisation
 from ipam.snapshot import load_snapshot
+from ipam.sources import EtcdInputs
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -150,7 +151,9 @@ def cmd_release(args: argparse.Namespace) -> int:
         raise CliError(f"{args.ip!r} is not an IP address", usage=True) from e
 
     async def go(ds: Datastore) -> list[str]:
-        client = IpamClient(ds, "fabricctl", unavailable_budget=args.etcd_timeout * 2)
+        # No cluster state in this process: its own provider reads the configuration.
+        client = IpamClient(ds, "fabricctl", unavailable_budget=args.etcd_timeout * 2,
+                            inputs=EtcdInputs(ds, "fabricctl"))
         try:
             return await client.release_ips([ip])
         except IpamError as e:

@@ -87,6 +87,12 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+# The sub-prefixes the syncer mirrors: what the calculation reads (`state.consumed`).
+# Every node's NodeStatus and the IPAM handles (read from etcd when needed) stay out.
+WATCHED = (keys.IPPOOLS, keys.BGP_CONFIGS, keys.BGP_PEERS, keys.NODES, keys.NAMESPACES,
+           keys.POLICIES, keys.GLOBAL_POLICIES, keys.WORKLOADS, keys.IPAM_BLOCKS,
+           keys.IPAM_AFFINITIES, keys.IPAM_RESERVATIONS, keys.IPAM_CONFIG)
+
 
 class _Unopened:
     """Stands in for the netlink handle until run() opens it in the netlink thread."""
@@ -208,6 +214,7 @@ class Agent:
         self._inputs: IpamInputs | None = None
         self._inputs_gen = -1
         self.syncer: Syncer[Any] = Syncer(self.ds, keys.PREFIX, decode_value,
+                                          prefixes=WATCHED,
                                           resync_interval=cfg.resync_interval)
         # What the calculation reads: fed by the syncer's events and by the endpoints the
         # CNI handler reports before etcd's watch echoes them (the echo then changes nothing).
@@ -264,7 +271,7 @@ class Agent:
     # -- dataplane -----------------------------------------------------------------------
 
     async def apply(self) -> None:
-        """Recompute desired state from the mirror and converge the kernel once.
+        """Recompute desired state from the cluster state and converge the kernel once.
 
         Applies run one at a time, and the callers queued behind a running one share the
         next: an apply that starts after a caller asked sees everything that caller
@@ -630,7 +637,7 @@ class Agent:
         from felix_like.cni_server import CniServer
         from ipam.allocator import IpamClient
 
-        # IPAM decides from the syncer's mirror (last good values, no extra etcd reads)
+        # IPAM decides from the cluster state (last good values, no extra etcd reads)
         # and gives up quickly when etcd is away: the runtime retries on code 11.
         self.ipam = ipam = IpamClient(self.ds, self.node, inputs=self._ipam_inputs,
                                       unavailable_budget=3.0)

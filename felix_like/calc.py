@@ -18,10 +18,6 @@ from ipam.model import IpamConfig, IpamInputs
 from ipam.sources import pool_spec
 
 
-def local_endpoints(node: str, state: ClusterState) -> list[model.WorkloadEndpoint]:
-    return list(state.endpoints_of(node).values())
-
-
 def endpoint_addresses(weps: Iterable[model.WorkloadEndpoint]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for wep in weps:

@@ -20,6 +20,7 @@ from datastore import keys
 from datastore.client import Datastore
 from ipam.allocator import IpamClient, release_node
 from ipam.snapshot import load_snapshot
+from ipam.sources import EtcdInputs
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ async def remove_node(ds: Datastore, node: str) -> NodeRemoval:
     snap = await load_snapshot(ds)
     handles = sorted({attrs.handle for blk in snap.parsed.values()
                       for _, attrs in blk.allocated() if attrs.node == node})
-    ipam = IpamClient(ds, node, claim_ahead=False)
+    ipam = IpamClient(ds, node, claim_ahead=False, inputs=EtcdInputs(ds, node))
     released = 0
     try:
         for h in handles:

@@ -72,7 +72,7 @@ Chains = dict[str, tuple[Rule, ...]]
 class _Local:
     """A local endpoint with a host interface of ours, and the policies selecting it."""
 
-    key: str  # in the mirror
+    key: str  # in the cluster state
     wep: model.WorkloadEndpoint
     name: str  # model.key_for(wep): what the ruleset calls it (normally the same)
     gnps: set[str] = field(default_factory=set)  # keys of the GNPs selecting it
