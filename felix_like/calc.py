@@ -3,8 +3,8 @@
 Pure (STYLE rule 1): no etcd, no netlink, no clock. The agent hands it its
 `felix_like.state.ClusterState` and gets back what this node's kernel should hold and what
 IPAM decides with. Each function reads the state's indexes for the node, so its cost
-follows the node, not the cluster (`ipam_inputs` excepted: the addresses in use are the
-cluster's).
+follows the node, not the cluster (`ipam_inputs` reads the pools and IPAM configuration,
+and takes the state's live view of the addresses in use).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -283,9 +284,10 @@ class ClusterState:
         """The keys of the endpoints holding ``address`` (a bare IP)."""
         return set(self._by_address.get(address, ()))
 
-    def addresses_in_use(self) -> frozenset[str]:
-        """Every address some endpoint of any node holds (bare IPs)."""
-        return frozenset(self._by_address)
+    def addresses_in_use(self) -> AbstractSet[str]:
+        """Every address some endpoint of any node holds (bare IPs): a live, read-only
+        view of the index (O(1) to take, whatever the cluster's size)."""
+        return self._by_address.keys()
 
     def confirmed_blocks(self, node: str) -> list[str]:
         """The CIDRs of ``node``'s confirmed affinities, sorted."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import lru_cache
 from json.encoder import encode_basestring_ascii
@@ -72,9 +73,10 @@ class IpamInputs:
     config: IpamConfig = IpamConfig()
     reservations: tuple[str, ...] = ()  # CIDRs never handed out
     node_labels: Mapping[str, str] = field(default_factory=dict)
-    # Addresses WorkloadEndpoints use (the agent's mirror): never handed out, even when
-    # their block says free (`fabricctl ipam release` of a running pod's address).
-    in_use: frozenset[str] = frozenset()
+    # Addresses WorkloadEndpoints use (the agent's cluster state, a live view of its index:
+    # read by membership only): never handed out, even when their block says free
+    # (`fabricctl ipam release` of a running pod's address).
+    in_use: AbstractSet[str] = frozenset()
     _pool_cache: dict[str, PoolSpec | None] = field(default_factory=dict, compare=False,
                                                     repr=False, hash=False)
 
