@@ -52,6 +52,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ from datastore import keys
 from datastore import model as m
 from datastore.client import Datastore, EtcdConfig, Put
 from datastore.embedded import EmbeddedEtcd
+from felix_like.netlink import run_in_netns
 from ipam.affinity import CONFIRMED, affinity_value
 from ipam.block import AllocationAttrs, Block, affinity_of
 from ipam.model import HandleEntry, HandleRecord
@@ -328,13 +330,37 @@ def _pct(xs: Sequence[float], q: float) -> float:
     return cni._pct(xs, q) if xs else 0.0
 
 
-async def _cpu_window(pids: dict[str, int], seconds: float) -> dict[str, float]:
-    """% of one core each process spent over ``seconds``."""
+def _counters(node: str) -> dict[str, float]:
+    """The agent's event and apply counters (its ``/metrics``, read inside ``node``):
+    ``l3fabric_datastore_events_total`` and ``l3fabric_dataplane_apply_seconds`` count and
+    sum, by label."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def get() -> str:
+        with opener.open(f"http://127.0.0.1:{cni.AGENT_METRICS_PORT}/metrics", timeout=5) as r:
+            return str(r.read().decode())
+    out: dict[str, float] = {}
+    for line in run_in_netns(node, get).splitlines():
+        if line.startswith(("l3fabric_datastore_events_total",
+                            "l3fabric_dataplane_apply_seconds_count",
+                            "l3fabric_dataplane_apply_seconds_sum")):
+            name, _, value = line.rpartition(" ")
+            out[name.replace("l3fabric_", "")] = float(value)
+    return out
+
+
+async def _cpu_window(pids: dict[str, int], seconds: float, node: str) -> dict[str, Any]:
+    """% of one core each process spent over ``seconds``, and what the agent's counters
+    moved by meanwhile."""
     c0 = {n: _cpu_s(p) for n, p in pids.items()}
+    m0 = await asyncio.to_thread(_counters, node)
     t0 = time.monotonic()
     await asyncio.sleep(seconds)
     dt = time.monotonic() - t0
-    return {n: (_cpu_s(p) - c0[n]) / dt * 100 for n, p in pids.items()}
+    m1 = await asyncio.to_thread(_counters, node)
+    out: dict[str, Any] = {n: (_cpu_s(p) - c0[n]) / dt * 100 for n, p in pids.items()}
+    out["counters"] = {k: v - m0.get(k, 0.0) for k, v in m1.items() if v != m0.get(k, 0.0)}
+    return out
 
 
 async def _adds(ours: cni._Plugin, ref: cni._Plugin, tag: str) -> dict[str, list[float]]:
@@ -450,6 +476,16 @@ async def _readiness(node: str, t0: float, out: dict[str, float]) -> None:
         await asyncio.sleep(0.02)
 
 
+def _code() -> dict[str, Any]:
+    """Which agent ran: the commit, and the agent's files changed in the working tree."""
+    def git(*a: str) -> str:
+        return subprocess.run(["git", *a], capture_output=True, text=True, check=False,
+                              cwd=Path(__file__).resolve().parents[2]).stdout.strip()
+    return {"head": git("rev-parse", "--short", "HEAD"),
+            "changed": git("status", "--porcelain", "--", "felix_like", "datastore", "ipam",
+                           "bgp", "cni").splitlines()}
+
+
 def _etcd_status(etcd: EmbeddedEtcd) -> dict[str, Any]:
     r = subprocess.run(["etcdctl", "--endpoints", etcd.endpoint, "endpoint", "status",
                         "-w", "json"], capture_output=True, text=True, check=False)
@@ -469,7 +505,7 @@ async def _run(shape: Cluster, args: argparse.Namespace, tmp: Path, made: list[s
     res: dict[str, Any] = {"nodes": shape.nodes, "pods_per_node": shape.pods_per_node,
                            "policies": shape.policies, "namespaces": shape.namespaces,
                            "endpoint_rate": args.endpoint_rate, "status_rate": args.status_rate,
-                           "churn_seconds": args.churn_seconds}
+                           "churn_seconds": args.churn_seconds, "code": _code()}
     etcd = EmbeddedEtcd.temporary()
     etcd.start()
     try:
@@ -536,14 +572,14 @@ async def _measure(res: dict[str, Any], ds: Datastore, shape: Cluster,
     target["args"]["cni"]["labels"] = [{"key": "app", "value": "probe-target"}]
     await cni._exec(ours.exe, cni._env("ADD", "probe-target", target_pod, ours.cni_path),
                     json.dumps(target), node)
-    res["cpu_idle_pct"] = await _cpu_window(pids, args.churn_seconds)
+    res["cpu_idle_pct"] = await _cpu_window(pids, args.churn_seconds, node)
     idle = await _adds(ours, ref, "i")
     probes_idle, sets, missed = await _probes(ds, node, shape, 0, args.probes + 1, [])
     res["probe_sets"] = sets
     churn: dict[str, Any] = {}
     async with _churning(etcd.unix_endpoint, shape, args.endpoint_rate, args.status_rate,
                          churn):
-        res["cpu_churn_pct"] = await _cpu_window(pids, args.churn_seconds)
+        res["cpu_churn_pct"] = await _cpu_window(pids, args.churn_seconds, node)
         busy = await _adds(ours, ref, "c")
         probes_busy, _, missed_busy = await _probes(ds, node, shape, args.probes + 1,
                                                     args.probes, sets)
@@ -557,7 +593,10 @@ async def _measure(res: dict[str, Any], ds: Datastore, shape: Cluster,
         "ref_p50": ref_p50}
     a = res["cni_add_ms"]
     res["ratios"] = {"idle_add_p50_vs_ptp": a["idle_p50"] / a["ref_idle_p50"],
-                     "churn_add_p50_vs_idle": a["churn_p50"] / a["idle_p50"]}
+                     "churn_add_p50_vs_idle": a["churn_p50"] / a["idle_p50"],
+                     # the churn loads this shared machine too: the reference under it
+                     "churn_add_p50_vs_ptp_churn": a["churn_p50"] / a["ref_churn_p50"],
+                     "ptp_churn_vs_idle": a["ref_churn_p50"] / a["ref_idle_p50"]}
     # The first idle probe searched every set (slower polling): left out of the figures.
     res["remote_to_rules_s"] = {
         "idle_p50": _pct(probes_idle["add"][1:], 0.5) / 1000,
@@ -568,8 +607,13 @@ async def _measure(res: dict[str, Any], ds: Datastore, shape: Cluster,
         "missed": missed + missed_busy}
 
 
+def _total(counters: dict[str, float], prefix: str) -> float:
+    return sum(v for k, v in counters.items() if k.startswith(prefix))
+
+
 def _report(res: dict[str, Any]) -> None:
     r, c, p = res["rss_at_ready"], res["cni_add_ms"], res["remote_to_rules_s"]
+    cc = res["cpu_churn_pct"]["counters"]
     ra = res.get("rss_after_churn", {})
     rows: list[list[Any]] = [
         ["start -> /readyz 200 (s)", res["ready_s"]],
@@ -580,6 +624,8 @@ def _report(res: dict[str, Any]) -> None:
         ["ExaBGP RSS at ready (MiB)", r.get("exabgp", {}).get("rss_mib", 0.0)],
         ["agent CPU idle (% of a core)", res["cpu_idle_pct"]["agent"]],
         ["agent CPU under churn (% of a core)", res["cpu_churn_pct"]["agent"]],
+        ["agent events / applies during churn window",
+         f"{_total(cc, 'datastore'):.0f} / {_total(cc, 'dataplane_apply_seconds_count'):.0f}"],
         ["ExaBGP CPU under churn (% of a core)", res["cpu_churn_pct"].get("exabgp", 0.0)],
         ["CNI ADD idle p50 / p99 (ms)", f"{c['idle_p50']:.1f} / {c['idle_p99']:.1f}"],
         ["CNI ADD churn p50 / p99 (ms)", f"{c['churn_p50']:.1f} / {c['churn_p99']:.1f}"],
@@ -587,6 +633,7 @@ def _report(res: dict[str, Any]) -> None:
          f"{c['ref_idle_p50']:.1f} / {c['ref_churn_p50']:.1f}"],
         ["ADD p50 idle / ptp", res["ratios"]["idle_add_p50_vs_ptp"]],
         ["ADD p50 churn / idle", res["ratios"]["churn_add_p50_vs_idle"]],
+        ["ADD p50 churn / ptp under churn", res["ratios"]["churn_add_p50_vs_ptp_churn"]],
         ["remote pod -> local set idle p50 / p99 (s)",
          f"{p['idle_p50']:.3f} / {p['idle_p99']:.3f}"],
         ["remote pod -> local set churn p50 / p99 (s)",
