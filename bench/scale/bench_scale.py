@@ -505,7 +505,8 @@ async def _run(shape: Cluster, args: argparse.Namespace, tmp: Path, made: list[s
     res: dict[str, Any] = {"nodes": shape.nodes, "pods_per_node": shape.pods_per_node,
                            "policies": shape.policies, "namespaces": shape.namespaces,
                            "endpoint_rate": args.endpoint_rate, "status_rate": args.status_rate,
-                           "churn_seconds": args.churn_seconds, "code": _code()}
+                           "churn_seconds": args.churn_seconds, "code": _code(),
+                           "loadavg_at_start": os.getloadavg()}
     etcd = EmbeddedEtcd.temporary()
     etcd.start()
     try:
@@ -544,6 +545,9 @@ async def _run(shape: Cluster, args: argparse.Namespace, tmp: Path, made: list[s
                     agent_pid = tree[0]
                     exabgp = cni._exabgp_pid(sock, node)
                     pids = {"agent": agent_pid, **({"exabgp": exabgp} if exabgp else {})}
+                    relay = cni._tree(exabgp)[1:] if exabgp else []  # ExaBGP's API helper
+                    if relay:
+                        pids["relay"] = relay[0]
                     res["processes"] = {n: cni._proc_name(p) for n, p in pids.items()}
                     res["rss_at_ready"] = {n: _mib(_status_kib(p)) for n, p in pids.items()}
                     await _measure(res, ds, shape, args, node, etcd, pids,
@@ -558,6 +562,7 @@ async def _run(shape: Cluster, args: argparse.Namespace, tmp: Path, made: list[s
             finally:
                 poller.cancel()
             res["etcd_after"] = _etcd_status(etcd)
+            res["loadavg_at_end"] = os.getloadavg()
     finally:
         etcd.stop()
     return res
@@ -622,6 +627,7 @@ def _report(res: dict[str, Any]) -> None:
          f"{ra.get('agent', {}).get('rss_mib', 0):.0f} / "
          f"{ra.get('agent', {}).get('hwm_mib', 0):.0f}"],
         ["ExaBGP RSS at ready (MiB)", r.get("exabgp", {}).get("rss_mib", 0.0)],
+        ["ExaBGP's relay RSS at ready (MiB)", r.get("relay", {}).get("rss_mib", 0.0)],
         ["agent CPU idle (% of a core)", res["cpu_idle_pct"]["agent"]],
         ["agent CPU under churn (% of a core)", res["cpu_churn_pct"]["agent"]],
         ["agent events / applies during churn window",
