@@ -76,6 +76,7 @@ from felix_like.routes import (
     OWNED_PROTOS,
     RT_TABLE_MAIN,
     ApplyResult,
+    PodRouteRefused,
     Route,
     RouteManager,
     register_rt_protos,
@@ -261,8 +262,9 @@ class Agent:
         # writer): the ADD answers only with them in the kernel, as with its policy.
         for r in calc.desired_routes(self.node, ClusterState.of({key: wep})):
             if r.kind == "local" and not self.routes.is_programmed(r):
-                raise RuntimeError(f"route {r} is not in the kernel: "
-                                   f"{self._route_error or 'another route holds it'}")
+                raise PodRouteRefused(
+                    f"{r.dst.split('/')[0]} is already routed on this node (route {r}: "
+                    f"{self._route_error or 'another endpoint holds its address'})")
 
     async def endpoint_removed(self, key: str) -> None:
         self.cluster.remove(key)

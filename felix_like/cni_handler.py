@@ -77,6 +77,7 @@ from datastore.client import (
 )
 from felix_like import plumbing
 from felix_like.metrics import Metrics
+from felix_like.routes import PodRouteRefused
 from ipam.allocator import IpamClient
 from ipam.block import Block, BlockFormatError, affinity_of, block_count, reserved_ordinals
 from ipam.model import (
@@ -349,6 +350,8 @@ class CniHandler:
                 undo.append(("forgetting the endpoint", lambda: sink.endpoint_removed(key)))
                 try:
                     await sink.endpoint_added(key, wep)
+                except PodRouteRefused as e:
+                    raise CniError(ERR_WIRING, f"wiring the pod failed: {e}") from e
                 except Exception as e:
                     raise CniError(ERR_DATAPLANE, f"programming the dataplane failed: {e}") from e
 

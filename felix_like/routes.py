@@ -189,6 +189,11 @@ class NetlinkHandle(Protocol):
     def get_links(self, *argv: Any, **kwargs: Any) -> Any: ...
 
 
+class PodRouteRefused(RuntimeError):
+    """A pod's address could not be routed to its veth (another route holds it): its CNI
+    ADD fails as a wiring failure (102), as when the wiring adds the route itself."""
+
+
 class PodRouteWriter(Protocol):
     """A lighter netlink client for the request a pod ADD makes (`felix_like.netlink.Rtnl`:
     a raw socket, where a pyroute2 request runs an event loop of its own): the new veth's

@@ -16,7 +16,7 @@ from test_routes_unit import PROTO_STATIC, FakeKernel
 
 from datastore.syncer import Deleted, Update
 from felix_like.agent import Agent, AgentConfig
-from felix_like.routes import RouteManager
+from felix_like.routes import PodRouteRefused, RouteManager
 from felix_like.state import ClusterState
 
 
@@ -87,7 +87,7 @@ async def test_a_pod_whose_address_another_route_holds_fails_its_add(tmp_path: P
     kernel.put("10.244.0.9/32", PROTO_STATIC, oif=1)
     agent, _ = stepped_agent(kernel, tmp_path)
     key, a = wep("n1", "default", "a", "10.244.0.9/32", "fab1")
-    with pytest.raises(RuntimeError, match=r"10\.244\.0\.9/32 dev fab1"):
+    with pytest.raises(PodRouteRefused, match=r"10\.244\.0\.9 is already routed on this node"):
         await agent.endpoint_added(key, a)
     await agent.endpoint_removed(key)
     assert kernel.forwards("10.244.0.9") == "dev lo"

@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_agent_steps import stepped_agent
-from test_routes_unit import FakeKernel
+from test_agent_steps import FakePolicy, stepped_agent
+from test_routes_unit import PROTO_STATIC, FakeKernel
 
 from datastore import keys, model
 from datastore.fake import FakeDatastore
 from datastore.syncer import Deleted, Syncer, Update
 from felix_like import plumbing
+from felix_like.agent import Agent
 from felix_like.cni_handler import CniHandler
 from felix_like.state import decode_value
 from ipam.allocator import IpamClient
@@ -57,8 +60,18 @@ def fake_wiring(kernel: FakeKernel, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(plumbing, "unwire_pod", unwire)
 
 
-async def test_add_and_del_route_the_pod_through_the_route_manager(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@dataclass
+class Node:
+    ds: FakeDatastore
+    kernel: FakeKernel
+    agent: Agent
+    policy: FakePolicy
+    handler: CniHandler
+    watch: Callable[[], list[bool]]  # feeds the agent what etcd's watch sent since
+
+
+async def node_with_pool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Node:
+    """Node n1 with pool 10.244.0.0/16 in etcd, its agent in sync, and its CNI handler."""
     ds = FakeDatastore()
     pool = model.parse_document({"apiVersion": model.API_VERSION, "kind": "IPPool",
                                  "metadata": {"name": "p"},
@@ -68,11 +81,9 @@ async def test_add_and_del_route_the_pod_through_the_route_manager(
     fake_wiring(kernel, monkeypatch)
     agent, policy = stepped_agent(kernel, tmp_path)
     syncer: Syncer[Any] = Syncer(ds, keys.PREFIX, decode_value)
-
     seen = 0
 
     def watch() -> list[bool]:
-        """Feed what etcd's watch would have sent since the last call; what changed."""
         nonlocal seen
         out = []
         for wev in ds.history[seen:]:
@@ -87,8 +98,14 @@ async def test_add_and_del_route_the_pod_through_the_route_manager(
             agent.cluster.apply(ev)
     seen = len(ds.history)
     ipam = IpamClient(ds, "n1", inputs=agent._ipam_inputs, claim_ahead=False)
-    handler = CniHandler("n1", ds, ipam, dataplane=agent)
+    return Node(ds, kernel, agent, policy, CniHandler("n1", ds, ipam, dataplane=agent), watch)
 
+
+async def test_add_and_del_route_the_pod_through_the_route_manager(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    n = await node_with_pool(tmp_path, monkeypatch)
+    ds, kernel, agent, policy, handler, watch = (n.ds, n.kernel, n.agent, n.policy,
+                                                 n.handler, n.watch)
     code, out, err = await handler.handle("l3fabric", env("ADD"), CONF)
     assert code == 0, (out, err)
     address = str(ipaddress.ip_interface(json.loads(out)["ips"][0]["address"]).ip)
@@ -110,3 +127,19 @@ async def test_add_and_del_route_the_pod_through_the_route_manager(
     assert kernel.forwards(address) == "drop"  # the block's blackhole: the pod is gone
     assert host_if not in kernel.links and await ds.get(key) is None
     assert key not in agent.cluster.endpoints
+
+
+async def test_an_add_whose_address_another_route_holds_fails_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A route of another protocol on the address IPAM hands out: the ADD fails as a
+    wiring failure (102), the route stays, and the veth, endpoint and address are gone."""
+    n = await node_with_pool(tmp_path, monkeypatch)
+    n.kernel.put("10.244.0.0/32", PROTO_STATIC, oif=1)
+    code, out, _ = await n.handler.handle("l3fabric", env("ADD"), CONF)
+    assert code == 1 and json.loads(out)["code"] == 102, out
+    assert "10.244.0.0 is already routed on this node" in json.loads(out)["msg"]
+    assert n.kernel.forwards("10.244.0.0") == "dev lo"
+    assert list(n.kernel.links) == ["lo"]
+    assert await n.ds.get(keys.workload("n1", "ns1", "p1", "eth0")) is None
+    assert n.agent.cluster.endpoints == {}
+    assert await n.handler.ipam.release_ips(["10.244.0.0"]) == []  # not held
