@@ -476,6 +476,18 @@ async def _readiness(node: str, t0: float, out: dict[str, float]) -> None:
         await asyncio.sleep(0.02)
 
 
+def _exabgp_of(run_dir: Path) -> int | None:
+    """The ExaBGP whose command line names the node's run dir (its configuration is
+    there), so that no other node's ExaBGP on this machine is counted."""
+    want = str(run_dir).encode()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            cmd = cni._cmdline(int(proc.name))
+            if b"exabgp" in cmd and want in cmd and b"bgp.relay" not in cmd:
+                return int(proc.name)
+    return None
+
+
 def _code() -> dict[str, Any]:
     """Which agent ran: the commit, and the agent's files changed in the working tree."""
     def git(*a: str) -> str:
@@ -543,7 +555,7 @@ async def _run(shape: Cluster, args: argparse.Namespace, tmp: Path, made: list[s
                     await asyncio.wait_for(poller, 5)
                     res["ready_s"] = ready["ready_s"]
                     agent_pid = tree[0]
-                    exabgp = cni._exabgp_pid(sock, node)
+                    exabgp = _exabgp_of(Path(sock).parent / f"bgp-{node}")
                     pids = {"agent": agent_pid, **({"exabgp": exabgp} if exabgp else {})}
                     relay = cni._tree(exabgp)[1:] if exabgp else []  # ExaBGP's API helper
                     if relay:
