@@ -81,6 +81,15 @@ class WatchEvent:
 # -- transaction vocabulary -------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Page:
+    """One range read of `Datastore.list_page`: ``more`` says keys remain after ``kvs``."""
+
+    kvs: list[KV]
+    revision: int
+    more: bool
+
+
+@dataclass(frozen=True)
 class Compare:
     """``target`` of ``key`` compared with ``value`` (``op`` is one of == != < >).
 
@@ -402,20 +411,37 @@ class Datastore:
     async def get_at(self, key: str, revision: int) -> KV | None:
         """``key`` as it was at ``revision`` (etcd's MVCC history), None if absent then.
 
-        aetcd's range builder drops ``revision``, so the request is built here. Raises
-        `CompactedError` when ``revision`` is older than the last compaction.
+        Raises `CompactedError` when ``revision`` is older than the last compaction.
         """
-        req = rpc.RangeRequest(key=key.encode(), revision=revision)
+        resp = await self._range(rpc.RangeRequest(key=key.encode(), revision=revision))
+        return _kv(resp.kvs[0]) if resp.count else None
+
+    async def list_page(self, prefix: str, start: str = "", revision: int = 0,
+                        limit: int = 0) -> Page:
+        """At most ``limit`` keys under ``prefix`` from ``start`` (inclusive; the prefix
+        itself when empty), in key order, as of ``revision`` (0: now).
+
+        The pages of one snapshot are read at the first page's revision, so that no
+        single response has to hold the whole prefix (the channel takes at most 64 MiB).
+        Raises `CompactedError` when ``revision`` is older than the last compaction.
+        """
+        first = (start or prefix).encode()
+        resp = await self._range(rpc.RangeRequest(
+            key=first, range_end=aetcd.utils.prefix_range_end(prefix.encode()),
+            revision=revision, limit=limit))
+        return Page([_kv(kv) for kv in resp.kvs], int(resp.header.revision), bool(resp.more))
+
+    async def _range(self, req: Any) -> Any:
+        """One Range request built here: aetcd's range builder drops ``revision``."""
         try:
             await self._client.connect()
-            resp = await self._client.kvstub.Range(req, timeout=self._client._timeout,
+            return await self._client.kvstub.Range(req, timeout=self._client._timeout,
                                                    metadata=self._client.metadata)
         except _EXPECTED as e:
             err = _translate(e)
             if "compacted" in str(err) and not isinstance(err, CompactedError):
                 raise CompactedError(0) from e
             raise err from e
-        return _kv(resp.kvs[0]) if resp.count else None
 
     async def list(self, prefix: str, keys_only: bool = False) -> tuple[list[KV], int]:
         """Every key under ``prefix`` and the store revision of that snapshot."""

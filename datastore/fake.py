@@ -43,6 +43,7 @@ from datastore.client import (
     Get,
     NotFoundError,
     Op,
+    Page,
     Put,
     Range,
     TxnResult,
@@ -236,6 +237,35 @@ class FakeDatastore(_Datastore):
         if keys_only:
             kvs = [replace(kv, value=b"") for kv in kvs]
         return kvs, self._rev
+
+    async def list_page(self, prefix: str, start: str = "", revision: int = 0,
+                        limit: int = 0) -> Page:
+        """As etcd's paginated range: a past ``revision`` is replayed from the held
+        history (as `get_at`, a key last written before the compaction point and again
+        after ``revision`` is missing from it)."""
+        self._check()
+        if revision and revision < self._compacted:
+            raise CompactedError(self._compacted)
+        if revision > self._rev:
+            raise DatastoreError("etcd error OUT_OF_RANGE: required revision is a future "
+                                 "revision")
+        at = revision or self._rev
+        state = dict(self._data)
+        undone = {ev.kv.key for ev in self._history if ev.revision > at}
+        for key in undone:  # written after ``at``: replay its history up to ``at``
+            state.pop(key, None)
+        for ev in self._history:
+            if ev.revision > at:
+                break
+            if ev.kv.key in undone:
+                if ev.type == "put":
+                    state[ev.kv.key] = ev.kv
+                else:
+                    state.pop(ev.kv.key, None)
+        first = start or prefix
+        kvs = [kv for k, kv in sorted(state.items()) if k.startswith(prefix) and k >= first]
+        more = bool(limit) and len(kvs) > limit
+        return Page(kvs[:limit] if limit else kvs, at, more)
 
     async def revision(self) -> int:
         self._check()

@@ -612,19 +612,27 @@ class Agent:
         return self.bgp.peer_status()
 
     async def _status_loop(self) -> None:
+        """NodeStatus is written when it changes (``updated`` is then the time of the last
+        change); liveness is its lease, kept alive every interval: every node watching
+        `status/` would otherwise see each node's rewrite every interval."""
         lease: int | None = None
         key = keys.node_status(self.node)
+        written: Any = None  # the status last written under ``lease`` (without ``updated``)
         while True:
             try:
                 if lease is not None:
                     try:
                         await self.ds.refresh_lease(lease)
                     except NotFoundError:
-                        lease = None
+                        lease = written = None
                 if lease is None:
                     lease = await self.ds.grant_lease(self.cfg.status_ttl)
-                value = json.dumps(self.status_object(), separators=(",", ":")).encode()
-                await self.ds.put(key, value, lease=lease)
+                obj = self.status_object()
+                current = {k: v for k, v in obj["status"].items() if k != "updated"}
+                if current != written:
+                    value = json.dumps(obj, separators=(",", ":")).encode()
+                    await self.ds.put(key, value, lease=lease)
+                    written = current
             except DatastoreError as e:
                 log.warning("node status not written: %s", e)
             with contextlib.suppress(TimeoutError):

@@ -12,10 +12,10 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-from datastore.client import Datastore, EtcdConfig
+from datastore.client import Datastore, EtcdConfig, Page
 from datastore.embedded import EmbeddedEtcd
 from datastore.syncer import (
     ConfigError,
@@ -130,6 +130,134 @@ async def test_writes_during_snapshot_are_seen_once_in_revision_order(
         assert all(written[e.key] == e.revision for e in live_in_snap + watched)
         assert 0 < len(live_in_snap) < n, "no write raced the snapshot; test proves little"
         assert syncer.current == await content(ds)
+
+
+ROOT = "/l3fabric/v1/"
+
+
+class BetweenPages(Datastore):
+    """A real client that runs ``after_page`` after each page of a snapshot it reads, so
+    that etcd changes between the pages as a fact of the test."""
+
+    def __init__(self, config: EtcdConfig, after_page: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(config)
+        self.after_page = after_page
+        self.pages = 0
+
+    async def list_page(self, prefix: str, start: str = "", revision: int = 0,
+                        limit: int = 0) -> Page:
+        page = await super().list_page(prefix, start, revision, limit)
+        self.pages += 1
+        await self.after_page()
+        return page
+
+
+async def test_paged_snapshot_of_sub_prefixes_with_writes_during_it(
+        etcd: EmbeddedEtcd) -> None:
+    """Sub-prefixes read in pages much smaller than them while keys change, are created
+    and deleted: the snapshot is etcd's state at one revision, the watch follows it with
+    every later write once, and the prefix left out (status churn) is never seen."""
+    wanted = ("config/", "workloads/")
+    written: dict[str, int] = {}  # key -> revision of its last write (0: deleted)
+    step = 0
+
+    async def writes() -> None:
+        """Four writes (an update, a create, a status rewrite, a delete) per call."""
+        nonlocal step
+        if step < 300:
+            i, step = step, step + 1
+            sub = wanted[i % 2]
+            key = ROOT + f"{sub}k{(i * 7) % 300:04d}"
+            written[key] = await writer_ds.put(key, j(i=-i))
+            written[ROOT + f"{sub}new{i:04d}"] = await writer_ds.put(
+                ROOT + f"{sub}new{i:04d}", j(i=i))
+            await writer_ds.put(ROOT + f"status/nodes/k{i:04d}", j(i=-i))
+            gone = ROOT + f"{sub}k{(i * 11 + 5) % 300:04d}"
+            if await writer_ds.delete(gone):
+                written[gone] = 0
+
+    async def writer() -> None:
+        while step < 300:
+            await writes()
+
+    cfg = EtcdConfig.from_strings(etcd.endpoint, timeout=2.0)
+    async with BetweenPages(cfg, writes) as ds, connect(etcd) as writer_ds:
+        for i in range(300):
+            for sub in (*wanted, "status/nodes/"):
+                await ds.put(ROOT + f"{sub}k{i:04d}", j(i=i))
+        syncer: Syncer[dict[str, Any]] = Syncer(ds, ROOT, decode, prefixes=wanted,
+                                                page_size=25)
+        it = syncer.events()
+        try:
+            evs = await until(it, lambda e: isinstance(e, InSync))
+            snap_rev = evs[-1].revision  # type: ignore[union-attr]
+            snap = {e.key: e.value for e in evs if isinstance(e, Update)}
+            async with connect(etcd) as at:
+                expected = {}
+                for sub in wanted:
+                    kvs = []
+                    start = ""
+                    while True:  # etcd's own state at snap_rev
+                        page = await at.list_page(ROOT + sub, start, snap_rev, 1000)
+                        kvs += page.kvs
+                        if not page.more:
+                            break
+                        start = page.kvs[-1].key + "\0"
+                    expected.update({kv.key: decode(kv.key, kv.value) for kv in kvs})
+            assert snap == expected
+            assert ds.pages >= 2 * 300 // 25 and step == ds.pages  # writes between pages
+            task = asyncio.ensure_future(writer())  # and while the watch starts
+            await task
+            after = {k: r for k, r in written.items() if r > snap_rev}
+            watched: list[Ev] = []
+            final = await content_of(ds, wanted)
+            while syncer.current != final:
+                watched.append(await nxt(it))
+        finally:
+            await it.aclose()  # type: ignore[attr-defined]
+    ups = [e for e in watched if isinstance(e, Update)]
+    assert all(e.revision > snap_rev for e in ups)
+    assert all("/status/" not in e.key for e in ups)  # type: ignore[union-attr]
+    revs = [e.revision for e in ups]
+    assert len(set(revs)) == len(revs)  # nothing doubled
+    for k, r in after.items():  # nothing lost: each later write arrived with its revision
+        assert [e.revision for e in ups if e.key == k][-1] == r
+    assert watched, "no write came after the snapshot; the test proves little"
+    assert syncer.current == final
+
+
+async def test_snapshot_starts_again_when_its_revision_is_compacted(
+        etcd: EmbeddedEtcd) -> None:
+    async def compact_once() -> None:
+        if ds.pages == 1:
+            await ds.put(ROOT + "config/moved-on", j())
+            await ds.compact(await ds.revision())
+
+    ds = BetweenPages(EtcdConfig.from_strings(etcd.endpoint, timeout=2.0), compact_once)
+    try:
+        for i in range(60):
+            await ds.put(ROOT + f"config/k{i:03d}", j(i=i))
+        syncer: Syncer[dict[str, Any]] = Syncer(ds, ROOT, decode, prefixes=("config/",),
+                                                page_size=25)
+        it = syncer.events()
+        try:
+            evs = await until(it, lambda e: isinstance(e, InSync))
+        finally:
+            await it.aclose()  # type: ignore[attr-defined]
+        assert ds.pages > 1 + 60 // 25  # the first try's page, then a whole snapshot
+        assert not [e for e in evs if isinstance(e, ConnectionState) and not e.up]
+        assert syncer.current == await content_of(ds, ("config/",))
+        assert len(syncer.current) == 61
+    finally:
+        await ds.close()
+
+
+async def content_of(ds: Datastore, subs: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for sub in subs:
+        kvs, _ = await ds.list(ROOT + sub)
+        out.update({kv.key: decode(kv.key, kv.value) for kv in kvs})
+    return out
 
 
 async def test_killed_stream_rewatches_without_loss_or_duplicate(etcd: EmbeddedEtcd) -> None:

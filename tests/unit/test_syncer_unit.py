@@ -10,12 +10,12 @@ import asyncio
 import contextlib
 import json
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from datastore.client import Compare, Put
+from datastore.client import Compare, Page, Put
 from datastore.fake import FakeDatastore
 from datastore.syncer import (
     ConfigError,
@@ -338,16 +338,26 @@ async def test_consumer_close_cancels_the_watch() -> None:
     assert fake._watchers == []
 
 
+# Sub-prefixes of P the random history mirrors in its second run (the sentinel's included).
+SOME = ("a", "c", "e", "g", "q", "zz")
+
+
+@pytest.mark.parametrize("prefixes", [None, SOME], ids=["whole", "sub-prefixes"])
 @pytest.mark.parametrize("seed", range(8))
-async def test_random_history_with_faults_converges(seed: int) -> None:
+async def test_random_history_with_faults_converges(
+        seed: int, prefixes: tuple[str, ...] | None) -> None:
     """Random writes, invalid values, broken watches and compactions: the syncer's view
-    always ends equal to the store, and watch-delivered revisions never go backwards."""
+    always ends equal to the store (the mirrored part of it), and watch-delivered
+    revisions never go backwards within one sub-prefix."""
     rnd = random.Random(seed)
     fake = FakeDatastore()
     clock = FakeClock()
-    s, it = make(fake, clock)
+    s, it = make(fake, clock, prefixes=prefixes, page_size=2)
+    mirrored: Callable[[str], bool] = (
+        (lambda k: True) if prefixes is None
+        else (lambda k: k[len(P):].startswith(prefixes)))  # type: ignore[arg-type]
     await until(it, lambda e: isinstance(e, InSync))
-    last = 0
+    last: dict[str, int] = {}
     for step in range(60):
         action = rnd.random()
         key = P + rnd.choice("abcdefg")
@@ -372,13 +382,122 @@ async def test_random_history_with_faults_converges(seed: int) -> None:
             await fake.compact(await fake.revision())
         for ev in await sentinel(fake, it, step):
             if isinstance(ev, Update | ConfigError):
-                assert ev.revision >= last or s.resyncs > 1
-                last = ev.revision
+                assert mirrored(ev.key)
+                sub = ev.key[:len(P) + 1]
+                assert ev.revision >= last.get(sub, 0) or s.resyncs > 1
+                last[sub] = ev.revision
         # Valid keys match the store; keys whose raw value is invalid are in errors and
         # keep whatever good value they had; vanished keys are gone from both maps.
-        raw = fake.snapshot()
-        valid = content(fake)
+        raw = {k: v for k, v in fake.snapshot().items() if mirrored(k)}
+        valid = {k: v for k, v in content(fake).items() if mirrored(k)}
         assert {k: v for k, v in s.current.items() if k in valid} == valid
         assert set(s.errors) == set(raw) - set(valid)
         assert set(s.current) <= set(raw)
     await it.aclose()  # type: ignore[attr-defined]
+
+
+ROOT = "/l3fabric/v1/"
+
+
+class BetweenPages(FakeDatastore):
+    """Runs ``after_page`` after each snapshot page it serves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.after_page: Callable[[], Awaitable[None]] | None = None
+        self.pages = 0
+
+    async def list_page(self, prefix: str, start: str = "", revision: int = 0,
+                        limit: int = 0) -> Page:
+        page = await super().list_page(prefix, start, revision, limit)
+        self.pages += 1
+        if self.after_page is not None:
+            await self.after_page()
+        return page
+
+
+async def test_paged_snapshot_of_sub_prefixes_is_one_revision_then_watched() -> None:
+    fake = BetweenPages()
+    for i in range(10):
+        for sub in ("config/", "status/", "workloads/"):
+            await fake.put(ROOT + f"{sub}k{i}", j(i=i))
+    before = {k: decode(k, v) for k, v in fake.snapshot().items() if "/status/" not in k}
+    n = 0
+
+    async def churn() -> None:  # an update, a create, a delete and a status rewrite
+        nonlocal n
+        n += 1
+        await fake.put(ROOT + f"config/k{n % 10}", j(i=-n))
+        await fake.put(ROOT + f"workloads/new{n}", j(i=n))
+        await fake.delete(ROOT + f"workloads/k{n % 10}")
+        await fake.put(ROOT + f"status/k{n % 10}", j(i=-n))
+
+    fake.after_page = churn
+    clock = FakeClock()
+    s: Syncer[dict[str, Any]] = Syncer(fake, ROOT, decode, prefixes=("workloads/", "config/"),
+                                       page_size=3, now=clock.now, sleep=clock.sleep)
+    it = s.events()
+    evs = await until(it, lambda e: isinstance(e, InSync))
+    fake.after_page = None
+    assert fake.pages == 8 and n == 8  # 4 pages of each sub-prefix, churn after each
+    r = 1 + 30  # the first page's revision: the 30 writes before the snapshot
+    assert evs[-1] == InSync(r) and s.revision == r
+    assert {e.key: e.value for e in evs if isinstance(e, Update)} == before
+    assert s.applied == {ROOT + "config/": r, ROOT + "workloads/": r}
+    # The watch replays every change since, in order within each sub-prefix, and
+    # nothing under status/.
+    later = await take(it, 3 * 8)
+    assert all("/status/" not in e.key for e in later)  # type: ignore[union-attr]
+    assert sorted(e.revision for e in later) == [  # type: ignore[union-attr]
+        r + 4 * (c - 1) + k for c in range(1, 9) for k in (1, 2, 3)]
+    for sub in ("/config/", "/workloads/"):
+        revs = [e.revision for e in later if sub in e.key]  # type: ignore[union-attr]
+        assert revs == sorted(revs)
+    last = r + 4 * 8  # the eighth churn's status rewrite
+    await fake.put(ROOT + "status/k0", j())
+    await fake.put(ROOT + "config/zz", j())
+    assert await take(it, 1) == [Update(ROOT + "config/zz", {}, last + 2)]
+    assert s.current == {k: decode(k, v) for k, v in fake.snapshot().items()
+                         if "/status/" not in k}
+    await it.aclose()  # type: ignore[attr-defined]
+
+
+async def test_snapshot_compacted_between_pages_starts_again() -> None:
+    fake = BetweenPages()
+    for i in range(5):
+        await fake.put(P + f"k{i}", j(i=i))
+
+    async def compact_first() -> None:
+        if fake.pages == 1:
+            await fake.put(P + "k0", j(i=-1))
+            await fake.compact(await fake.revision())
+
+    fake.after_page = compact_first
+    s, it = make(fake, page_size=2)
+    evs = await until(it, lambda e: isinstance(e, InSync))
+    assert fake.pages == 1 + 3
+    assert evs[0] == ConnectionState(True, "snapshot at revision 7")  # never "down"
+    assert s.current == content(fake) and s.current[P + "k0"] == {"i": -1}
+    await it.aclose()  # type: ignore[attr-defined]
+
+
+def test_nested_sub_prefixes_are_refused() -> None:
+    with pytest.raises(ValueError, match="inside"):
+        Syncer(FakeDatastore(), ROOT, decode, prefixes=("ipam/", "ipam/blocks/"))
+
+
+def test_the_agent_watches_what_its_calculation_reads_and_no_more() -> None:
+    from datastore import keys
+    from felix_like.agent import WATCHED
+    from felix_like.state import consumed
+
+    s = Syncer(FakeDatastore(), keys.PREFIX, decode, prefixes=WATCHED)
+    sample = [keys.ippool("p"), keys.bgp_config(), keys.bgppeer("r"), keys.node("n"),
+              keys.namespace("ns"), keys.policy("ns", "p"), keys.global_policy("g"),
+              keys.workload("n", "ns", "pod", "eth0"), keys.ipam_block("10.0.0.0/26"),
+              keys.ipam_affinity("n", "10.0.0.0/26"), keys.ipam_reservation("r"),
+              keys.ipam_config(), keys.node_status("n"), keys.ipam_handle("h"),
+              keys.full(keys.SCHEMA_VERSION)]
+    for key in sample:
+        assert key.startswith(s.prefixes) == consumed(key), key
+    assert not keys.node_status("n").startswith(s.prefixes)
