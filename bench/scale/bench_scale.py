@@ -608,6 +608,9 @@ async def _measure(res: dict[str, Any], ds: Datastore, shape: Cluster,
         "churn_p50": _pct(busy["l3"], 0.5), "churn_p99": _pct(busy["l3"], 0.99),
         "ref_idle_p50": _pct(idle["ref"], 0.5), "ref_churn_p50": _pct(busy["ref"], 0.5),
         "ref_p50": ref_p50}
+    res["cni_add_samples_ms"] = {f"{phase}_{tag}": [round(x * 1000, 2) for x in xs]
+                                 for phase, runs in (("idle", idle), ("churn", busy))
+                                 for tag, xs in runs.items()}
     a = res["cni_add_ms"]
     res["ratios"] = {"idle_add_p50_vs_ptp": a["idle_p50"] / a["ref_idle_p50"],
                      "churn_add_p50_vs_idle": a["churn_p50"] / a["idle_p50"],
