@@ -1,4 +1,4 @@
-"""What a node announces (DESIGN §5), computed from the agent's `ClusterState`. Pure.
+"""What a node announces (docs/architecture.md §8), computed from the agent's `ClusterState`. Pure.
 
 - every block affine to the node with a *confirmed* affinity → its prefix;
 - every address the node holds inside a block whose affinity is not this node (a

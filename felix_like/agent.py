@@ -44,7 +44,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bgp.glue import BgpController
+from bgp.controller import BgpController
 from cni.protocol import ERR_TRY_AGAIN_LATER, CniError, error_json, requested_version
 from datastore import keys, model
 from datastore.client import (
@@ -71,6 +71,7 @@ from felix_like.netlink import (
     open_monitor,
     parse_monitor,
 )
+from felix_like.owned import HOST_IF_PREFIX
 from felix_like.policy.manager import PolicyManager
 from felix_like.routes import (
     OWNED_PROTOS,
@@ -132,7 +133,7 @@ def interface_addresses(ipr: Any) -> list[str]:
     names = {link["index"]: link.get_attr("IFLA_IFNAME") or "" for link in ipr.get_links()}
     out = []
     for a in ipr.get_addr(family=socket.AF_INET):
-        if a.get("scope", 0) == 0 and not names.get(a["index"], "").startswith("fab"):
+        if a.get("scope", 0) == 0 and not names.get(a["index"], "").startswith(HOST_IF_PREFIX):
             out.append(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
     return sorted(out)
 
@@ -180,7 +181,7 @@ def _kernel_changes(batch: Sequence[MonitorEvent], links: dict[int, int]) -> Ker
             before = links.pop(ev.index, None)
             if not ev.deleted:
                 links[ev.index] = ev.usable
-            if ev.name.startswith("fab"):  # the last word on a veth counts
+            if ev.name.startswith(HOST_IF_PREFIX):  # the last word on a veth counts
                 (out.vanished if ev.deleted else out.appeared).add(ev.name)
                 (out.appeared if ev.deleted else out.vanished).discard(ev.name)
             elif ev.usable & ~(before or 0) and ev.name not in out.came_up:
@@ -365,7 +366,7 @@ class Agent:
     def _retry_routes_later(self) -> None:
         """Apply again after the backoff: a refused route (a gateway not on a link yet, a
         device that is gone) is retried, but not in a tight loop of full applies and log
-        lines (it was: ~250 per second for as long as the route kept failing)."""
+        lines (~250 a second for as long as the route keeps failing)."""
         if self._route_retry is not None:
             return  # one is already due
         self._route_backoff = min(30.0, max(0.5, self._route_backoff * 2))

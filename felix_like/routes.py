@@ -109,7 +109,7 @@ def render_routes(
     blocks: Iterable[str],
     learned: Mapping[str, tuple[str, ...]],
 ) -> set[Route]:
-    """The routes a node needs (DESIGN §4), as data.
+    """The routes a node needs (docs/architecture.md §5), as data.
 
     - each local endpoint address (``"10.0.0.5"`` or ``"10.0.0.5/26"``: the host part is
       what counts) → ``<ip>/32 dev <host_if>`` (``/128`` for IPv6);
@@ -135,8 +135,8 @@ def render_routes(
 
 
 # The agent renders every route on every apply (each pod ADD and DEL), so each is parsed
-# and validated once (Route is immutable): with 1,000 learned prefixes a render took
-# ~10 ms, now ~1 ms. The caches are bounded like the routes (max-prefix is 10,000 per
+# and validated once (Route is immutable), which keeps a render with 1,000 learned prefixes
+# near 1 ms (docs/performance.md). The caches are bounded like the routes (max-prefix is 10,000 per
 # peer by default); past that they only cost the parse again.
 
 @functools.lru_cache(maxsize=16384)

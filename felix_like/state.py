@@ -14,7 +14,7 @@ Last good values: the syncer never emits an `Update` for a value that does not d
 value that validated.
 
 Pure: no etcd, no netlink, no sockets; it is fed events and read by the calculation
-(``felix_like.calc``, ``felix_like.policy``, ``bgp.export``, ``bgp.glue``). Change
+(``felix_like.calc``, ``felix_like.policy``, ``bgp.export``, ``bgp.controller``). Change
 tracking for incremental consumers: `generation` counts changes, and each consumer of the
 policy inputs holds a `ChangeLog` of the keys changed since it last looked.
 """

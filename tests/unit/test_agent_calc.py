@@ -118,8 +118,8 @@ def test_ipam_inputs_hold_every_endpoints_addresses_with_the_reported_ones() -> 
 
 
 async def test_refused_routes_are_retried_after_a_pause_that_doubles(tmp_path: Path) -> None:
-    """A route the kernel keeps refusing (a link-local gateway without its interface was
-    one) is retried after 0.5 s, then 1 s, ... up to 30 s, not by a full apply every few
+    """A route the kernel keeps refusing (a link-local gateway without its interface, say)
+    is retried after 0.5 s, then 1 s, ... up to 30 s, not by a full apply every few
     milliseconds; a second failure while a retry is due schedules nothing more."""
     agent = Agent(AgentConfig(node="n1", socket=str(tmp_path / "agent.sock")))
     agent._retry_routes_later()

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from bgp.config import NeighborSpec
-from bgp.glue import BgpController
+from bgp.controller import BgpController
 from bgp.speaker import BgpSpeaker, _PeerState
 from felix_like.metrics import Metrics
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -93,14 +92,6 @@ class BgpController:
                 log.warning("cannot read the interface of %s: %s", address, e)
                 return None
         return self._interfaces[address]
-
-    @classmethod
-    def for_agent(cls, node: str, netns: str | None, agent_socket: str, **kw: Any
-                  ) -> BgpController:
-        """Socket beside the agent's CNI socket; ExaBGP's files under /run/l3fabric/bgp/<node>."""
-        base = os.path.dirname(agent_socket) or "."
-        return cls(node, netns=netns, socket_path=os.path.join(base, f"bgp-{node}.sock"),
-                   workdir=Path("/run/l3fabric/bgp") / node, **kw)
 
     def _on_learned(self, table: Learned) -> None:
         if self.on_change is not None:
