@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping
 from datastore import model
 from felix_like.routes import Route, render_routes
 from felix_like.state import ClusterState
+from ipam.inputs import pool_spec
 from ipam.model import IpamConfig, IpamInputs
-from ipam.sources import pool_spec
 
 
 def endpoint_addresses(weps: Iterable[model.WorkloadEndpoint]) -> list[tuple[str, str]]:

@@ -49,6 +49,7 @@ from ipam.block import AllocationAttrs, affinity_of, block_cidr_for
 from ipam.blockcache import BlockCache
 from ipam.claims import BlockClaims, overlaps_existing
 from ipam.counted import CountedStore, IpamStats
+from ipam.inputs import EtcdInputs, InputsProvider
 from ipam.model import (
     AddressInUseError,
     AddressNotInPoolError,
@@ -66,7 +67,6 @@ from ipam.model import (
     pools_text,
 )
 from ipam.planner import BlockPlanner, Plan
-from ipam.sources import EtcdInputs, InputsProvider
 from ipam.teardown import NodeRelease, delete_pool, finish_block_release, release_node
 
 log = logging.getLogger(__name__)

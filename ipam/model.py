@@ -1,7 +1,7 @@
 """IPAM's own values: what the allocator needs from configuration, what it hands back, its errors.
 
 Owns: plain frozen values independent of the resource model in ``datastore.model`` (the
-adapter ``ipam.sources`` builds them from etcd), the JSON of a handle record
+adapter ``ipam.inputs`` builds them from etcd), the JSON of a handle record
 (``ipam/handles/<handle>``) and the typed errors callers branch on.
 """
 

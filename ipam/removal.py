@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datastore import keys
 from datastore.client import Datastore
 from ipam.allocator import IpamClient, release_node
+from ipam.inputs import EtcdInputs
 from ipam.snapshot import load_snapshot
-from ipam.sources import EtcdInputs
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ from datastore import keys, model
 from datastore.client import KV, Datastore
 from ipam.affinity import AffinityState, parse_affinity
 from ipam.block import Block, BlockFormatError
+from ipam.inputs import pool_spec
 from ipam.model import HandleRecord, PoolSpec
-from ipam.sources import pool_spec
 
 log = logging.getLogger(__name__)
 

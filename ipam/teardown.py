@@ -18,8 +18,8 @@ from datastore.client import Compare, Datastore, Delete, Op, Put
 from ipam import crashpoints
 from ipam.affinity import PENDING_DELETION, affinity_value
 from ipam.block import Block, BlockFormatError, affinity_of
+from ipam.inputs import load_pools
 from ipam.model import IpamConflictError, IpamError, PoolInUseError
-from ipam.sources import load_pools
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from datastore.fake import FakeDatastore
 from ipam import crashpoints
 from ipam.allocator import IpamClient, delete_pool, release_node
 from ipam.check import check
+from ipam.inputs import load_inputs, static_inputs
 from ipam.model import (
     AddressInUseError,
     AddressNotInPoolError,
@@ -23,7 +24,6 @@ from ipam.model import (
     PoolExhaustedError,
     PoolInUseError,
 )
-from ipam.sources import load_inputs, static_inputs
 from ipam.testing import put_ipam_config, put_nodes, put_pool, put_reservation
 
 

@@ -11,7 +11,7 @@ import json
 from datastore import keys, model
 from datastore.fake import FakeDatastore
 from ipam.allocator import IpamClient
-from ipam.sources import LOAD_REQUESTS, EtcdInputs
+from ipam.inputs import LOAD_REQUESTS, EtcdInputs
 
 
 def pool_doc(name: str, cidr: str) -> bytes:
