@@ -70,7 +70,7 @@ def owns_pod_routes(sink: EndpointSink | None) -> bool:
 
 
 def handle_for(network: str, container_id: str, ifname: str) -> str:
-    """The IPAM handle of one attachment (DESIGN §3)."""
+    """The IPAM handle of one attachment (docs/architecture.md §4)."""
     return f"{network}.{container_id}.{ifname}"
 
 

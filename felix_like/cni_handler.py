@@ -1,8 +1,9 @@
 """The agent's CNI handler: every CNI call the shims forward, for one node.
 
 Owns, for this node and per attachment (handle ``<network>.<containerID>.<ifname>``):
-the IPAM handle's addresses, the pod's veth pair and host routes (through
-:mod:`cni.plumbing`), and the WorkloadEndpoint at ``workloads/<node>/<ns>.<pod>.<iface>``.
+the IPAM handle's addresses, the pod's veth pair (through :mod:`felix_like.plumbing`;
+its host routes too when no route manager owns them, `owns_pod_routes`), and the
+WorkloadEndpoint at ``workloads/<node>/<ns>.<pod>.<iface>``.
 
 Two plugins are served:
 
@@ -39,7 +40,8 @@ Failure semantics:
   container, so the new pod keeps everything.
 * GC frees what the runtime no longer lists, found both in etcd (endpoints, IPAM handles)
   and in the kernel: each host veth carries its attachment in its alias
-  (:func:`cni.plumbing.attachment_alias`), so a veth left without an endpoint goes too.
+  (:func:`felix_like.plumbing.attachment_alias`), so a veth left without an endpoint goes
+  too.
 * Calls for one attachment are serialised (one asyncio lock per handle); different pods
   proceed in parallel. Netlink work runs in worker threads, so the event loop never
   blocks on it.
