@@ -315,6 +315,9 @@ class CniHandler:
         # stays allocated and the DEL fails (11), to be retried.
         unfinished = list(problems)
         hosts: tuple[IPInterface, ...] = ()
+        # Whether the route manager removed the pod's routes; if not, they go with the veth
+        # and the address is freed only after it (not as soon as the routes are gone).
+        routes_removed_by_dataplane = True
         if wep is not None:
             hosts = tuple(ipaddress.ip_interface(str(n)) for n in wep.spec.ip_networks)
             if self.dataplane is not None:
@@ -322,6 +325,7 @@ class CniHandler:
                     await self.dataplane.endpoint_removed(key)
                 except Exception as e:
                     log.warning("DEL %s: dataplane: %s", handle, e)
+                    routes_removed_by_dataplane = False
         # The veth goes in a worker thread; its host routes go first. Deleting the veth
         # takes the kernel ~20 ms, so the etcd work overlaps it -- but the address is
         # freed only once no route to it through this veth is left (else a pod that gets
@@ -336,7 +340,7 @@ class CniHandler:
 
         unwire = asyncio.ensure_future(asyncio.to_thread(
             plumbing.unwire_pod, self.node_netns, host_if, hosts,
-            on_routes_removed=on_routes_removed,
+            on_routes_removed=on_routes_removed if routes_removed_by_dataplane else None,
             host_routes=not owns_pod_routes(self.dataplane)))
         try:
             if wep is not None:
