@@ -58,16 +58,10 @@ def assert_all_reach(fab: Fabric, pods: list[Pod]) -> None:
     assert not bad, f"unreachable: {bad}\n{fab.diagnostics()}"
 
 
-def block_of(node_routes: dict[str, str]) -> str:
-    blocks = [p for p, rest in node_routes.items() if rest.startswith("blackhole")]
-    assert len(blocks) == 1, node_routes
-    return blocks[0]
-
-
 def wait_all_learn_each_other(fab: Fabric) -> None:
     """Every node learns every other node's block with its owner's address as next hop
     (straight from it on the LAN, or kept by a reflector)."""
-    blocks = {n: block_of(fab.nodes[n].routes("80")) for n in fab.nodes}
+    blocks = {n: fab.nodes[n].claimed_block() for n in fab.nodes}
     for me in fab.nodes.values():
         want = {b: f"via {fab.nodes[n].address} " for n, b in blocks.items() if n != me.name}
         wait_for(lambda m=me, w=want: all(  # type: ignore[misc]
@@ -107,8 +101,8 @@ def test_two_racks_tor_peering(fabric: Fabric) -> None:
         assert [p["peerIP"] for p in peers] == [node.address[:-1] + "2"], peers
 
     # A claimed block and a borrowed /32 at both ToRs, each via its node (or ToR 1).
-    c_block = block_of(fab.nodes["r2a"].routes("80"))
-    d_block = block_of(fab.nodes["r2b"].routes("80"))
+    c_block = fab.nodes["r2a"].claimed_block()
+    d_block = fab.nodes["r2b"].claimed_block()
     want1 = {R1_BLOCK: {"10.99.10.1"}, f"{pb.ip}/32": {"10.99.11.1"}}
     wait_for(lambda: all(tor1.routes().get(p) == v for p, v in want1.items()), 20,
              "r1a's block and r1b's borrowed /32 at ToR 1", 0.2,

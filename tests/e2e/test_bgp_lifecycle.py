@@ -190,8 +190,7 @@ def test_mesh_changes_at_run_time(fabric: Fabric) -> None:
     fab.pool("p", "10.244.0.0/16")
     fab.start_agents()
     pods = [fab.add_pod(n, f"p-{n}") for n in addr]
-    blocks = {n: next(p for p, r in node.routes("80").items() if r.startswith("blackhole"))
-              for n, node in fab.nodes.items()}
+    blocks = {n: node.claimed_block() for n, node in fab.nodes.items()}
 
     def converged() -> bool:
         lv = learned_via(fab)

@@ -48,9 +48,7 @@ def blocks_of(fab: Fabric, node: str) -> list[str]:
 
 
 def block_of(fab: Fabric, node: str) -> str:
-    blocks = blocks_of(fab, node)
-    assert len(blocks) == 1, blocks
-    return blocks[0]
+    return fab.nodes[node].claimed_block()
 
 
 @pytest.fixture(scope="module")

@@ -179,6 +179,19 @@ class Node:
         """prefix -> rest of the line, for ``proto`` (80 ours, 81 BGP) in the node's kernel."""
         return kernel_routes(self.ns, proto)
 
+    def claimed_block(self, timeout: float = 10) -> str:
+        """The node's one claimed block, by its blackhole. The blackhole follows the
+        confirmed affinity through the agent's etcd watch, so it can appear a moment after
+        the ADD that claimed the block answered: wait for it."""
+        def one() -> str | None:
+            routes = self.routes("80")
+            blocks = [p for p, rest in routes.items() if rest.startswith("blackhole")]
+            assert len(blocks) <= 1, routes
+            return blocks[0] if blocks else None
+        block: str = wait_for(one, timeout, f"{self.name}'s block (its blackhole)", 0.05,
+                              lambda: str(self.routes("80")))
+        return block
+
 
 # -- the fabric ------------------------------------------------------------------------
 

@@ -78,8 +78,7 @@ def test_a_short_uplink_flap_with_the_session_kept_restores_the_learned_routes_a
         rack: tuple[Fabric, Bird, Pod, Pod]) -> None:
     fab, tor, a, b = rack
     n1 = fab.nodes["n1"]
-    [blk2] = [p for p, rest in fab.nodes["n2"].routes("80").items()
-              if rest.startswith("blackhole")]
+    blk2 = fab.nodes["n2"].claimed_block()
     wait_for(lambda: blk2 in n1.routes("81"), 20, f"n2's block {blk2} learned by n1")
     uplink = interface_with(n1.ns, n1.address)
     sessions = bgp_connections(n1.ns)
