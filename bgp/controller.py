@@ -14,11 +14,8 @@ follows what the node holds, plus the node list the full mesh is drawn from).
 
 from __future__ import annotations
 
-import ipaddress
-import json
 import logging
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,19 +29,6 @@ if TYPE_CHECKING:
     from felix_like.state import ClusterState
 
 log = logging.getLogger(__name__)
-
-
-def interface_holding(address: str, netns: str | None = None) -> str | None:
-    """The name of the interface that has ``address`` (in namespace ``netns``, else ours).
-    ``ip`` rather than pyroute2: this runs on the agent's event loop, where pyroute2's
-    synchronous API refuses to run (it drives an event loop of its own)."""
-    ip = ipaddress.ip_address(address)
-    cmd = ["ip", *(["-n", netns] if netns else []), "-j", "addr", "show", "to",
-           f"{ip}/{ip.max_prefixlen}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=True).stdout
-    for link in json.loads(out or "[]"):
-        return str(link["ifname"])
-    return None
 
 
 def default_exabgp() -> str:
@@ -61,8 +45,7 @@ class BgpController:
         self.node = node
         self.netns = netns
         self.metrics = metrics
-        self._local_addresses: list[str] = []
-        self._interfaces: dict[str, str | None] = {}  # address -> interface holding it
+        self._interfaces: dict[str, str] = {}  # CIDR address -> interface holding it
         self._neighbors_drawn_from: tuple[Any, ...] = ()
         self.on_change = on_change
         self.speaker = BgpSpeaker(node, netns=netns, socket_path=socket_path,
@@ -71,27 +54,27 @@ class BgpController:
         self.speaker.interface_of = self._interface_of
 
     @property
-    def local_addresses(self) -> list[str]:
-        """The node's interface addresses (``10.77.4.2/30``): each session's local address
-        is the one on the peer's subnet (a node with two uplinks). The agent sets them."""
-        return self._local_addresses
+    def interfaces(self) -> dict[str, str]:
+        """The node's interface addresses (``10.77.4.2/30``), each with the interface holding
+        it; the agent sets them from its rtnetlink reads. Each session's local address is
+        the one on the peer's subnet (a node with two uplinks), and a link-local next hop
+        learned over a session is installed on the interface of that local address."""
+        return self._interfaces
 
-    @local_addresses.setter
-    def local_addresses(self, addrs: list[str]) -> None:
-        self._local_addresses = addrs
-        self._interfaces.clear()  # an address may have moved to another interface
+    @interfaces.setter
+    def interfaces(self, addrs: dict[str, str]) -> None:
+        self._interfaces = dict(addrs)
+
+    @property
+    def local_addresses(self) -> list[str]:
+        return sorted(self._interfaces)
 
     def _interface_of(self, address: str) -> str | None:
-        """The interface holding ``address`` in the node's namespace (read once per
-        address, again after the addresses change): the device of a link-local next hop
-        learned over a session from that address."""
-        if address not in self._interfaces:
-            try:
-                self._interfaces[address] = interface_holding(address, self.netns)
-            except (OSError, ValueError, KeyError, subprocess.SubprocessError) as e:
-                log.warning("cannot read the interface of %s: %s", address, e)
-                return None
-        return self._interfaces[address]
+        """The interface holding ``address`` (no prefix length), if it is the node's."""
+        for cidr, name in self._interfaces.items():
+            if cidr.split("/", 1)[0] == address:
+                return name
+        return None
 
     def _on_learned(self, table: Learned) -> None:
         if self.on_change is not None:

@@ -128,14 +128,16 @@ def _split_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def interface_addresses(ipr: Any) -> list[str]:
-    """Global IPv4 addresses (CIDR form) of the node's interfaces, our veths excepted."""
+def interface_addresses(ipr: Any) -> dict[str, str]:
+    """Global IPv4 addresses (CIDR form) of the node's interfaces, our veths excepted, each
+    with the name of the interface holding it."""
     names = {link["index"]: link.get_attr("IFLA_IFNAME") or "" for link in ipr.get_links()}
-    out = []
+    out = {}
     for a in ipr.get_addr(family=socket.AF_INET):
-        if a.get("scope", 0) == 0 and not names.get(a["index"], "").startswith(HOST_IF_PREFIX):
-            out.append(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
-    return sorted(out)
+        name = names.get(a["index"], "")
+        if a.get("scope", 0) == 0 and not name.startswith(HOST_IF_PREFIX):
+            out[f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"] = name
+    return dict(sorted(out.items()))
 
 
 def detect_node_ip(ipr: Any) -> str | None:
@@ -421,9 +423,9 @@ class Agent:
 
     async def _refresh_local_addresses(self) -> None:
         addrs = await self._in_netlink(lambda: interface_addresses(self.ipr))
-        if addrs != self.bgp.local_addresses:
+        if addrs != self.bgp.interfaces:
             log.info("interface addresses now: %s", ", ".join(addrs) or "none")
-            self.bgp.local_addresses = addrs
+            self.bgp.interfaces = addrs
             self._dirty.set()  # sessions source from the address on their peer's subnet
 
     async def _watch_netlink(self) -> None:
@@ -692,7 +694,7 @@ class Agent:
         await self._in_netlink(self.routes.apply)
         self.policy = await self._in_netlink(lambda: PolicyManager(
             self.cfg.policy_backend, self.cfg.netns, self.node))
-        self.bgp.local_addresses = await self._in_netlink(lambda: interface_addresses(self.ipr))
+        self.bgp.interfaces = await self._in_netlink(lambda: interface_addresses(self.ipr))
         await self.health.start()
         tasks: list[asyncio.Task[Any]] = []
         try:
