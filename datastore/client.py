@@ -366,6 +366,8 @@ def _translate(exc: BaseException) -> DatastoreError:
             return UnavailableError(f"etcd unavailable: {exc.details()}")
         if exc.code() == grpc.StatusCode.NOT_FOUND:
             return NotFoundError(f"etcd: {exc.details()}")
+        if _is_election_error(exc.details() or ""):
+            return UnavailableError(f"etcd unavailable: {exc.details()}")
         return DatastoreError(f"etcd error {exc.code().name}: {exc.details()}")
     if isinstance(exc, aexc.ClientError):
         text = str(exc)
@@ -375,6 +377,20 @@ def _translate(exc: BaseException) -> DatastoreError:
             return UnavailableError(f"etcd unavailable: {text}")
         return DatastoreError(f"etcd error: {text}")
     return DatastoreError(f"etcd error: {exc!r}")
+
+
+# What a member says while the cluster elects a leader or a proposal times out. etcd sends
+# some of these with status UNKNOWN (a proposal's "context deadline exceeded" when the
+# leader is killed), not UNAVAILABLE. They are transient: the caller's bounded retry, whose
+# writes are compare-and-swaps, may run again, and a write that was in fact committed loses
+# its compare on the retry instead of applying twice.
+_ELECTION_ERRORS = ("context deadline exceeded", "leader changed", "no leader",
+                    "request timed out", "timed out waiting for read index")
+
+
+def _is_election_error(details: str) -> bool:
+    text = details.lower()
+    return any(e in text for e in _ELECTION_ERRORS)
 
 
 _EXPECTED = (aexc.ClientError, grpc.aio.AioRpcError, TimeoutError)
