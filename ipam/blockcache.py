@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from datastore.client import KV
+from datastore.kv import KV
 from ipam.block import Block, BlockFormatError, affinity_of, reserved_ordinals
 from ipam.model import IpamInputs
 

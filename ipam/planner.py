@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from datastore.client import KV
+from datastore.kv import KV
 from ipam.block import AllocationAttrs, Block
 from ipam.blockcache import BlockCache
 from ipam.model import HandleEntry, IpamInputs

@@ -40,6 +40,8 @@ CALCULATION = (
     "bgp.export",  # what a node announces
     "bgp.rib",  # the import table
     "bgp.reflect",  # what a route reflector re-announces
+    "ipam.planner",  # which blocks to claim and release, from the cache
+    "ipam.blockcache",  # the node's blocks, decoded once per revision
 )
 
 #: Top-level modules that do I/O: netlink, etcd, gRPC, nftables, processes, sockets.
