@@ -31,13 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import json
 import logging
 import random
-import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -52,30 +49,24 @@ from datastore.client import (
     Datastore,
     DatastoreError,
     EtcdConfig,
-    NotFoundError,
     UnavailableError,
 )
 from datastore.schema import ensure_schema
 from datastore.syncer import ConfigError, ConnectionState, Deleted, InSync, Syncer, Update
 from datastore.version import l3fabric_version
 from felix_like import calc
-from felix_like.metrics import HealthServer, Metrics
-from felix_like.netlink import (
-    AddressChange,
-    LinkChange,
-    MonitorEvent,
-    RouteDeleted,
-    Rtnl,
+from felix_like.kernel_events import (
+    KernelChanges,
+    detect_node_ip,
+    interface_addresses,
     link_states,
-    open_iproute,
-    open_monitor,
-    parse_monitor,
+    watch_kernel,
 )
-from felix_like.owned import HOST_IF_PREFIX
+from felix_like.metrics import HealthServer, Metrics
+from felix_like.netlink import Rtnl, open_iproute
+from felix_like.node_status import keep_node_status
 from felix_like.policy.manager import PolicyManager
 from felix_like.routes import (
-    OWNED_PROTOS,
-    RT_TABLE_MAIN,
     ApplyResult,
     PodRouteRefused,
     Route,
@@ -126,72 +117,6 @@ class AgentConfig:
 def _split_addr(addr: str) -> tuple[str, int]:
     host, _, port = addr.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def interface_addresses(ipr: Any) -> dict[str, str]:
-    """Global IPv4 addresses (CIDR form) of the node's interfaces, our veths excepted, each
-    with the name of the interface holding it."""
-    names = {link["index"]: link.get_attr("IFLA_IFNAME") or "" for link in ipr.get_links()}
-    out = {}
-    for a in ipr.get_addr(family=socket.AF_INET):
-        name = names.get(a["index"], "")
-        if a.get("scope", 0) == 0 and not name.startswith(HOST_IF_PREFIX):
-            out[f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"] = name
-    return dict(sorted(out.items()))
-
-
-def detect_node_ip(ipr: Any) -> str | None:
-    """The address (CIDR form) of the interface carrying the default route, else the first
-    global IPv4 address of an interface that is up."""
-    oif: int | None = None
-    for r in ipr.get_default_routes(family=socket.AF_INET):
-        oif = r.get_attr("RTA_OIF")
-        break
-    addrs = ipr.get_addr(family=socket.AF_INET)
-    candidates = []
-    for a in addrs:
-        if a.get("scope", 0) != 0:  # 0 = universe
-            continue
-        cidr = f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
-        if oif is not None and a["index"] == oif:
-            return cidr
-        if not str(a.get_attr("IFA_ADDRESS")).startswith("127."):
-            candidates.append(cidr)
-    return candidates[0] if candidates else None
-
-
-@dataclass
-class KernelChanges:
-    """What a batch of rtnetlink notifications means to the agent."""
-
-    came_up: list[str] = field(default_factory=list)  # links, not pod veths, now usable
-    addresses: bool = False  # an IPv4 address was added or removed
-    deleted: set[str] = field(default_factory=set)  # our protocols' dsts gone from main
-    appeared: set[str] = field(default_factory=set)  # pod veths that exist now
-    vanished: set[str] = field(default_factory=set)  # pod veths deleted
-    everything: bool = False  # notifications were lost: read and retry everything
-
-
-def _kernel_changes(batch: Sequence[MonitorEvent], links: dict[int, int]) -> KernelChanges:
-    """Sort a batch of notifications; ``links`` (ifindex -> usable bits) is updated, and a
-    link "comes up" when a usable bit is set that was not."""
-    out = KernelChanges()
-    for ev in batch:
-        if isinstance(ev, AddressChange):
-            out.addresses = out.addresses or ev.family == socket.AF_INET
-        elif isinstance(ev, LinkChange):
-            before = links.pop(ev.index, None)
-            if not ev.deleted:
-                links[ev.index] = ev.usable
-            if ev.name.startswith(HOST_IF_PREFIX):  # the last word on a veth counts
-                (out.vanished if ev.deleted else out.appeared).add(ev.name)
-                (out.appeared if ev.deleted else out.vanished).discard(ev.name)
-            elif ev.usable & ~(before or 0) and ev.name not in out.came_up:
-                out.came_up.append(ev.name)
-        elif (isinstance(ev, RouteDeleted) and ev.proto in OWNED_PROTOS
-              and ev.table == RT_TABLE_MAIN):
-            out.deleted.add(ev.dst)
-    return out
 
 
 class Agent:
@@ -448,65 +373,11 @@ class Agent:
           endpoint is reported as without interface at once.
 
         A burst (a flap brings a dozen messages) is handled once. If the socket overflowed
-        (ENOBUFS: notifications lost) everything is read again.
+        (ENOBUFS: notifications lost) everything is read again (`watch_kernel`).
         """
-        try:
-            sock = open_monitor(self.cfg.netns)
-        except OSError as e:  # the periodic resync still re-reads everything
-            log.warning("cannot watch links, addresses and routes (%s): re-read every "
-                        "resync", e)
-            await asyncio.Event().wait()  # a task of run() must not end
-        loop = asyncio.get_running_loop()
-        pending: list[MonitorEvent] = []
-        lost = False
-        woke = asyncio.Event()
-
-        def readable() -> None:
-            nonlocal lost
-            while True:
-                try:
-                    data = sock.recv(65536)
-                except BlockingIOError:
-                    break
-                except OSError as e:
-                    if e.errno != errno.ENOBUFS:
-                        log.warning("reading netlink notifications: %s", e)
-                        break
-                    lost = True  # the kernel dropped some: read everything again
-                    continue
-                pending.extend(parse_monitor(data))
-            woke.set()
-
-        loop.add_reader(sock.fileno(), readable)
-        try:
-            links = await self._in_netlink(lambda: link_states(self.ipr))
-            addresses = True  # what changed since run() read them
-            while True:
-                if addresses:
-                    try:
-                        await self._refresh_local_addresses()
-                    except Exception:  # the next change or the periodic resync reads them
-                        log.exception("reading the interface addresses failed")
-                await woke.wait()
-                await asyncio.sleep(0.02)  # the rest of the burst
-                woke.clear()
-                batch = pending.copy()
-                pending.clear()
-                changes = _kernel_changes(batch, links)
-                addresses = changes.addresses
-                if lost:
-                    lost = False
-                    log.warning("netlink notifications were lost: reading links, addresses "
-                                "and routes again")
-                    links = await self._in_netlink(lambda: link_states(self.ipr))
-                    changes.everything = addresses = True
-                try:
-                    await self._follow_kernel(changes)
-                except Exception:  # the next change or the periodic resync reads them
-                    log.exception("following the kernel's link and route changes failed")
-        finally:
-            loop.remove_reader(sock.fileno())
-            sock.close()
+        await watch_kernel(self.cfg.netns,
+                           lambda: self._in_netlink(lambda: link_states(self.ipr)),
+                           self._refresh_local_addresses, self._follow_kernel)
 
     async def _follow_kernel(self, ch: KernelChanges) -> None:
         """Bring the route manager's record in line with what the kernel did (in the
@@ -615,33 +486,10 @@ class Agent:
         return self.bgp.peer_status()
 
     async def _status_loop(self) -> None:
-        """NodeStatus is written when it changes (``updated`` is then the time of the last
-        change); liveness is its lease, kept alive every interval: every node watching
-        `status/` would otherwise see each node's rewrite every interval."""
-        lease: int | None = None
-        key = keys.node_status(self.node)
-        written: Any = None  # the status last written under ``lease`` (without ``updated``)
-        while True:
-            try:
-                if lease is not None:
-                    try:
-                        await self.ds.refresh_lease(lease)
-                    except NotFoundError:
-                        lease = written = None
-                if lease is None:
-                    lease = await self.ds.grant_lease(self.cfg.status_ttl)
-                obj = self.status_object()
-                current = {k: v for k, v in obj["status"].items() if k != "updated"}
-                if current != written:
-                    value = json.dumps(obj, separators=(",", ":")).encode()
-                    await self.ds.put(key, value, lease=lease)
-                    written = current
-            except DatastoreError as e:
-                log.warning("node status not written: %s", e)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._status_dirty.wait(), self.cfg.status_interval)
-            self._status_dirty.clear()
-            await asyncio.sleep(0.2)  # at most five writes a second
+        """NodeStatus is written when it changes; liveness is its lease (`keep_node_status`)."""
+        await keep_node_status(self.ds, keys.node_status(self.node), self.status_object,
+                               self._status_dirty, ttl=self.cfg.status_ttl,
+                               interval=self.cfg.status_interval)
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -9,8 +9,8 @@ opens the file. So both netlink sockets and sysctl writes for another namespace 
 through :func:`run_in_netns` (a thread per call) or :func:`run_short_in_netns` (one
 long-lived thread for short jobs); neither changes the namespace of the caller's thread.
 
-The agent learns of link, address and route changes from one :func:`open_monitor` socket
-whose datagrams :func:`parse_monitor` turns into events.
+The agent's notification socket and the parsing of its datagrams live in
+`felix_like.kernel_events`, built on :func:`open_netlink_socket` and the message layouts here.
 
 Hot paths (pod wiring) use :class:`Rtnl`, a raw rtnetlink socket for the few requests
 they make, instead of pyroute2's sync handle.
@@ -26,14 +26,12 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
-import ipaddress
 import logging
 import os
 import socket
 import struct
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
 from pyroute2 import IPRoute
@@ -238,35 +236,6 @@ def run_short_in_netns(ns: str | None, fn: Callable[[], T]) -> T:
     if ns is None:
         return fn()
     return _ns_thread.run(ns, fn)
-
-
-#: rtnetlink multicast groups: links, IPv4 addresses, IPv4 and IPv6 routes.
-RTMGRP_LINK = 0x1
-RTMGRP_IPV4_IFADDR = 0x10
-RTMGRP_IPV4_ROUTE = 0x40
-RTMGRP_IPV6_ROUTE = 0x400
-#: What the agent's monitor listens to. Not IPv6 addresses: the kernel gives every veth
-#: that comes up an IPv6 link-local address, and the host side of a pod's veth has no
-#: IPv4 one, so the agent re-reads the node's addresses only when an IPv4 one changes.
-MONITOR_GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
-#: A burst (thousands of learned routes installed at once) must not overflow the socket;
-#: if it does anyway, the reader gets ENOBUFS and re-reads everything.
-MONITOR_RCVBUF = 4 << 20
-SO_RCVBUFFORCE = 33
-
-
-def open_monitor(ns: str | None, groups: int = MONITOR_GROUPS) -> socket.socket:
-    """A non-blocking rtnetlink socket in ``ns`` that receives the kernel's notifications
-    of ``groups`` (links, IPv4 addresses, routes by default); read them with
-    :func:`parse_monitor`. The caller closes it."""
-    s = open_netlink_socket(ns, NETLINK_ROUTE, groups)
-    try:
-        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, MONITOR_RCVBUF)
-    except OSError:  # without CAP_NET_ADMIN: as large as net.core.rmem_max allows
-        with contextlib.suppress(OSError):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, MONITOR_RCVBUF)
-    s.setblocking(False)
-    return s
 
 
 def open_netlink_socket(ns: str | None, protocol: int, groups: int = 0) -> socket.socket:
@@ -583,98 +552,3 @@ def attr_u32(attrs: Mapping[int, bytes], kind: int) -> int | None:
 def attr_str(attrs: Mapping[int, bytes], kind: int) -> str | None:
     raw = attrs.get(kind)
     return None if raw is None else raw.split(b"\0", 1)[0].decode(errors="replace")
-
-
-# ---------------------------------------------------------------------- notifications
-
-RTM_DELADDR = 21
-IFF_LOWER_UP = 0x10000  # the carrier is up
-
-
-@dataclass(frozen=True)
-class LinkChange:
-    """RTM_NEWLINK or RTM_DELLINK: a link's state now (``flags``: IFF_*)."""
-
-    index: int
-    name: str
-    flags: int
-    deleted: bool = False
-
-    @property
-    def usable(self) -> int:
-        """The bits that make the link carry traffic: administratively up, carrier up."""
-        return 0 if self.deleted else self.flags & (IFF_UP | IFF_LOWER_UP)
-
-
-@dataclass(frozen=True)
-class AddressChange:
-    """RTM_NEWADDR or RTM_DELADDR on link ``index``."""
-
-    family: int
-    index: int
-    deleted: bool
-
-
-@dataclass(frozen=True)
-class RouteDeleted:
-    """RTM_DELROUTE: ``dst`` (a canonical CIDR) of ``proto`` left ``table``."""
-
-    family: int
-    dst: str
-    proto: int
-    table: int
-
-
-MonitorEvent = LinkChange | AddressChange | RouteDeleted
-
-
-def link_states(ipr: Any) -> dict[int, int]:
-    """ifindex -> the `LinkChange.usable` bits of every link, read with a pyroute2 handle:
-    where a monitor's reader starts from."""
-    return {int(link["index"]): int(link["flags"]) & (IFF_UP | IFF_LOWER_UP)
-            for link in ipr.get_links()}
-
-
-def parse_monitor(data: bytes) -> list[MonitorEvent]:
-    """The notifications in one datagram of an :func:`open_monitor` socket, in order.
-    New routes are left out (the agent only needs to know of routes that went); so is
-    anything malformed or of another type."""
-    out: list[MonitorEvent] = []
-    offset = 0
-    while offset + _NLMSGHDR.size <= len(data):
-        size, mtype, _, _, _ = _NLMSGHDR.unpack_from(data, offset)
-        if size < _NLMSGHDR.size or offset + size > len(data):
-            break
-        body = data[offset + _NLMSGHDR.size:offset + size]
-        offset += (size + 3) & ~3
-        try:
-            event = _monitor_event(mtype, body)
-        except (struct.error, ValueError):  # malformed: not ours to interpret
-            continue
-        if event is not None:
-            out.append(event)
-    return out
-
-
-def _monitor_event(mtype: int, body: bytes) -> MonitorEvent | None:
-    """One notification's event, or None for a type the agent does not follow."""
-    if mtype in (RTM_NEWLINK, RTM_DELLINK) and len(body) >= _IFINFOMSG.size:
-        _, _, index, flags, _ = _IFINFOMSG.unpack_from(body)
-        attrs = _parse_attrs(body, _IFINFOMSG.size)
-        return LinkChange(index, attr_str(attrs, IFLA_IFNAME) or "", flags,
-                          mtype == RTM_DELLINK)
-    if mtype in (RTM_NEWADDR, RTM_DELADDR) and len(body) >= _IFADDRMSG.size:
-        family, _, _, _, index = _IFADDRMSG.unpack_from(body)
-        return AddressChange(family, index, mtype == RTM_DELADDR)
-    if mtype == RTM_DELROUTE and len(body) >= _RTMSG.size:
-        family, dst_len, _, _, table, proto, _, _, _ = _RTMSG.unpack_from(body)
-        if family not in (socket.AF_INET, socket.AF_INET6):
-            return None
-        attrs = _parse_attrs(body, _RTMSG.size)
-        table = attr_u32(attrs, RTA_TABLE) or table
-        raw = attrs.get(RTA_DST)
-        zero = b"\0" * (4 if family == socket.AF_INET else 16)
-        addr = socket.inet_ntop(family, raw if raw is not None else zero)
-        dst = str(ipaddress.ip_network(f"{addr}/{dst_len}", strict=False))
-        return RouteDeleted(family, dst, proto, table)
-    return None

@@ -24,14 +24,14 @@ from helpers.fabric import Fabric, Pod, wait_for
 from helpers.faults import add_pod, build_rack, reach
 
 from datastore.embedded import EmbeddedEtcd
-from felix_like.netlink import (
-    IFF_UP,
+from felix_like.kernel_events import (
     LinkChange,
     MonitorEvent,
     RouteDeleted,
     open_monitor,
     parse_monitor,
 )
+from felix_like.netlink import IFF_UP
 
 pytestmark = pytest.mark.integration
 

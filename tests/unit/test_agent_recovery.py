@@ -13,17 +13,18 @@ import pytest
 from test_agent_calc import wep
 from test_routes_unit import FakeKernel
 
-from felix_like.agent import Agent, AgentConfig, KernelChanges, _kernel_changes
-from felix_like.metrics import Readiness
-from felix_like.netlink import (
+from felix_like.agent import Agent, AgentConfig
+from felix_like.kernel_events import (
     IFF_LOWER_UP,
-    IFF_UP,
-    RTM_DELROUTE,
     AddressChange,
+    KernelChanges,
     LinkChange,
     RouteDeleted,
+    kernel_changes,
     parse_monitor,
 )
+from felix_like.metrics import Readiness
+from felix_like.netlink import IFF_UP, RTM_DELROUTE
 from felix_like.routes import PROTO_L3FABRIC, PROTO_L3FABRIC_BGP, RouteManager
 
 
@@ -57,14 +58,14 @@ def test_kernel_changes_a_link_coming_up_routes_deleted_and_veths_coming_and_goi
     up1 = "up1"
     down = [LinkChange(2, up1, 0), AddressChange(socket.AF_INET6, 2, True),
             RouteDeleted(socket.AF_INET6, "fd00:1::/122", PROTO_L3FABRIC_BGP, 254)]
-    assert _kernel_changes(down, links) == KernelChanges(deleted={"fd00:1::/122"})
+    assert kernel_changes(down, links) == KernelChanges(deleted={"fd00:1::/122"})
     assert links[2] == 0
     # Administratively up, then the carrier: each is a link coming up.
-    assert _kernel_changes([LinkChange(2, up1, IFF_UP)], links).came_up == [up1]
-    assert _kernel_changes([LinkChange(2, up1, IFF_UP | IFF_LOWER_UP)], links).came_up == [up1]
-    assert _kernel_changes([LinkChange(2, up1, IFF_UP | IFF_LOWER_UP)], links).came_up == []
+    assert kernel_changes([LinkChange(2, up1, IFF_UP)], links).came_up == [up1]
+    assert kernel_changes([LinkChange(2, up1, IFF_UP | IFF_LOWER_UP)], links).came_up == [up1]
+    assert kernel_changes([LinkChange(2, up1, IFF_UP | IFF_LOWER_UP)], links).came_up == []
     # Pod veths come and go: not a reason to read every route again; the last word counts.
-    got = _kernel_changes([LinkChange(9, "fab123", 0), LinkChange(9, "fab123", IFF_UP),
+    got = kernel_changes([LinkChange(9, "fab123", 0), LinkChange(9, "fab123", IFF_UP),
                            LinkChange(7, "fabold", 0, deleted=True),
                            LinkChange(8, "fabshort", 0), LinkChange(8, "fabshort", 0, True)],
                           links)
@@ -74,7 +75,7 @@ def test_kernel_changes_a_link_coming_up_routes_deleted_and_veths_coming_and_goi
     other = [RouteDeleted(socket.AF_INET, "10.0.0.0/24", 2, 254),
              RouteDeleted(socket.AF_INET, "10.244.1.5/32", PROTO_L3FABRIC, 255),
              AddressChange(socket.AF_INET, 2, False)]
-    assert _kernel_changes(other, links) == KernelChanges(addresses=True)
+    assert kernel_changes(other, links) == KernelChanges(addresses=True)
 
 
 def gauge(agent: Agent) -> float | None:
