@@ -21,8 +21,8 @@ import logging
 from dataclasses import dataclass
 
 from datastore import model
-from felix_like.policy.ruleset import (
-    PROTOCOLS,
+from felix_like.policy.program import PROTOCOLS
+from felix_like.policy.selection import (
     PolicyInputs,
     entity_selector_matches,
     ep_namespace,

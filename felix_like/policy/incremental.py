@@ -1,4 +1,4 @@
-"""Incremental policy calculation: the same :class:`~felix_like.policy.ruleset.Ruleset` as
+"""Incremental policy calculation: the same :class:`~felix_like.policy.program.Ruleset` as
 :func:`~felix_like.policy.ruleset.calculate`, recomputing only what a change touches (pure).
 
 Owned here: a cache of the last calculation and the indexes that make a change cheap.
@@ -42,24 +42,22 @@ from typing import Any
 
 from datastore import keys, model
 from felix_like.owned import HOST_IF_PREFIX
+from felix_like.policy.program import HOST_SETS, LocalEndpoint, Rule, Ruleset, SetSpec
 from felix_like.policy.ruleset import (
-    HOST_SETS,
-    LocalEndpoint,
-    PolicyInputs,
-    Rule,
-    Ruleset,
-    SetSpec,
     endpoint_chains,
-    ep_namespace,
     filler_matches,
     fixed_elements,
     gnp_chain_name,
-    gnp_order_key,
-    gnp_selects,
     member_elements,
     np_chain_name,
-    np_selects,
     policy_program,
+)
+from felix_like.policy.selection import (
+    PolicyInputs,
+    ep_namespace,
+    gnp_order_key,
+    gnp_selects,
+    np_selects,
 )
 from felix_like.state import ChangeLog, ClusterState
 

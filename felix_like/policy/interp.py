@@ -1,4 +1,4 @@
-"""A packet interpreter over the rendered :class:`~felix_like.policy.ruleset.Ruleset`.
+"""A packet interpreter over the rendered :class:`~felix_like.policy.program.Ruleset`.
 
 It executes the same program the backends install (base chain, dispatch maps, marks,
 jump/goto/return), so tests of the calculation need no root and no kernel: the fake
@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from felix_like.owned import HOST_IF_PREFIX
-from felix_like.policy.ruleset import (
+from felix_like.policy.program import (
     MARK_ALLOW,
     MARK_MASK,
     MARK_PASS,

@@ -34,7 +34,7 @@ from typing import Any
 
 from felix_like.netlink import netns_path
 from felix_like.owned import HOST_IF_PREFIX
-from felix_like.policy.ruleset import (
+from felix_like.policy.program import (
     MARK_ALLOW,
     MARK_MASK,
     MARK_PASS,

@@ -1,4 +1,4 @@
-"""nftables backend: renders a :class:`~felix_like.policy.ruleset.Ruleset` into table
+"""nftables backend: renders a :class:`~felix_like.policy.program.Ruleset` into table
 ``inet l3fabric`` through libnftables' JSON API, one atomic transaction per apply.
 
 Owned: the table ``inet l3fabric`` and everything in it; nothing else is touched (other
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from felix_like.owned import HOST_IF_PREFIX
-from felix_like.policy.ruleset import (
+from felix_like.policy.program import (
     MARK_ALLOW,
     MARK_MASK,
     MARK_PASS,

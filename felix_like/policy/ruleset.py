@@ -43,293 +43,77 @@ way):
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import ipaddress
 import json
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from datastore import keys, model
+from datastore import model
 from datastore.calico_selector import Selector
 from datastore.labelselector import LabelSelector
 from felix_like.owned import HOST_IF_PREFIX
+from felix_like.policy.program import (
+    ALLOW,
+    DROP,
+    HOST_SETS,
+    MARK_ALLOW,
+    MARK_PASS,
+    PASS,
+    PROTOCOLS,
+    RETURN,
+    Addr,
+    Family,
+    Icmp,
+    LocalEndpoint,
+    Marked,
+    Match,
+    NamedPort,
+    Ports,
+    Proto,
+    Rule,
+    Ruleset,
+    SetSpec,
+    Verdict,
+)
+from felix_like.policy.selection import (
+    Net,
+    PolicyInputs,
+    entity_selector_matches,
+    ep_namespace,
+    gnp_order_key,
+    gnp_selects,
+    inputs_from_state,
+    ipblock_nets,
+    k8s_peer_matches,
+    normalize_nets,
+    np_selects,
+)
 
 log = logging.getLogger(__name__)
 
-MARK_ALLOW = 0x10000
-MARK_PASS = 0x20000
-MARK_MASK = MARK_ALLOW | MARK_PASS
-
-PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1, "ICMPv6": 58}
-PROTOCOL_NAMES = {v: k.lower() for k, v in PROTOCOLS.items()}
-NAMESPACE_LABEL = "projectcalico.org/namespace"
-
-Net = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-# --- the IR ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Family:
-    version: int  # 4 or 6
-
-
-@dataclass(frozen=True)
-class Proto:
-    number: int
-
-
-@dataclass(frozen=True)
-class Addr:
-    """``side`` address in named set ``set_name`` (family from the set) or in inline ``nets``."""
-
-    side: str  # "src" | "dst"
-    version: int
-    set_name: str | None = None
-    nets: tuple[str, ...] = ()
-    negate: bool = False
-
-
-@dataclass(frozen=True)
-class Ports:
-    side: str
-    ranges: tuple[tuple[int, int], ...]
-    negate: bool = False
-
-
-@dataclass(frozen=True)
-class NamedPort:
-    """``<side> address . l4proto . <side> port`` in a named-port set."""
-
-    side: str
-    version: int
-    set_name: str
-    negate: bool = False
-
-
-@dataclass(frozen=True)
-class Icmp:
-    version: int
-    type: int
-    code: int | None = None
-
-
-@dataclass(frozen=True)
-class Marked:
-    bit: int
-
-
-Match = Family | Proto | Addr | Ports | NamedPort | Icmp | Marked
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """``allow``/``pass``: set the mark and return; ``log``: log and continue;
-    ``jump``/``goto``: to ``target``; ``drop``, ``return``."""
-
-    kind: str
-    target: str = ""
-
-
-DROP = Verdict("drop")
-RETURN = Verdict("return")
-ALLOW = Verdict("allow")
-PASS = Verdict("pass")
-
-
-@dataclass(frozen=True)
-class Rule:
-    matches: tuple[Match, ...]
-    verdict: Verdict
-    comment: str = ""  # the policy rule this came from, for explain and the backends
-
-
-@dataclass(frozen=True)
-class SetSpec:
-    name: str
-    version: int
-    kind: str  # "net": addresses/prefixes; "port": (address, protocol, port)
-    what: str  # the canonical selector text it was derived from (a comment)
-
-
-@dataclass(frozen=True)
-class LocalEndpoint:
-    key: str
-    iface: str
-    namespace: str
-    pod: str
-    addresses: tuple[str, ...]  # CIDRs as stored
-    ingress_policies: tuple[str, ...]  # chain order, for explain: "gnp/NAME", "np/NS/NAME"
-    egress_policies: tuple[str, ...]
-
-
-@dataclass
-class Ruleset:
-    """The desired policy state of one node. ``chains`` holds every regular chain (name ->
-    rules); the base chains and dispatch chains are fixed and rendered by the backends."""
-
-    chains: dict[str, tuple[Rule, ...]] = field(default_factory=dict)
-    sets: dict[str, SetSpec] = field(default_factory=dict)
-    elements: dict[str, frozenset[Any]] = field(default_factory=dict)
-    from_pod: dict[str, str] = field(default_factory=dict)  # iface -> fo-<iface>
-    to_pod: dict[str, str] = field(default_factory=dict)  # iface -> fi-<iface>
-    endpoints: dict[str, LocalEndpoint] = field(default_factory=dict)  # by iface
-    host_addresses: tuple[str, ...] = ()
-
-
-HOST_SETS = {4: "host4", 6: "host6"}
-
-
-# --- inputs ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PolicyInputs:
-    node: str
-    policies: tuple[model.NetworkPolicy, ...] = ()
-    global_policies: tuple[model.GlobalNetworkPolicy, ...] = ()
-    namespaces: Mapping[str, model.Namespace] = field(default_factory=dict)
-    endpoints: tuple[model.WorkloadEndpoint, ...] = ()  # every node's
-    host_addresses: tuple[str, ...] = ()  # this node's addresses, bare IPs
-
-
-def inputs_from_state(
-    state: Mapping[str, Any], node: str, host_addresses: Iterable[str] = ()
-) -> PolicyInputs:
-    """Pick what the policy calculation needs out of the agent's decoded mirror."""
-    policies: list[model.NetworkPolicy] = []
-    gnps: list[model.GlobalNetworkPolicy] = []
-    namespaces: dict[str, model.Namespace] = {}
-    endpoints: list[model.WorkloadEndpoint] = []
-    hosts = {ipaddress.ip_address(a.split("/")[0]) for a in host_addresses}
-    for key, value in state.items():
-        if isinstance(value, model.NetworkPolicy):
-            policies.append(value)
-        elif isinstance(value, model.GlobalNetworkPolicy):
-            gnps.append(value)
-        elif isinstance(value, model.Namespace):
-            namespaces[value.metadata.name] = value
-        elif isinstance(value, model.WorkloadEndpoint):
-            endpoints.append(value)
-        elif isinstance(value, model.Node) and key == keys.node(node) and value.spec.bgp:
-            hosts.add(value.spec.bgp.ipv4_address.ip)
-            if value.spec.bgp.ipv6_address is not None:
-                hosts.add(value.spec.bgp.ipv6_address.ip)
-    endpoints.sort(key=lambda w: model.key_for(w))
-    return PolicyInputs(
-        node=node,
-        policies=tuple(sorted(policies,
-                              key=lambda p: (p.metadata.namespace or "", p.metadata.name))),
-        global_policies=tuple(gnps),
-        namespaces=namespaces,
-        endpoints=tuple(endpoints),
-        host_addresses=tuple(sorted(str(a) for a in hosts)),
-    )
-
-
-# --- matching helpers (memoised: the same labels recur across pods) ---------------------------
+# What callers outside the policy package read from here: the calculation, its inputs and
+# its result (the rest of the model lives in program.py and selection.py).
+__all__ = [
+    "PROTOCOLS",
+    "PolicyInputs",
+    "Ruleset",
+    "calculate",
+    "endpoint_chains",
+    "filler_matches",
+    "fixed_elements",
+    "gnp_chain_name",
+    "inputs_from_state",
+    "member_elements",
+    "np_chain_name",
+    "policy_program",
+]
 
 
 # (kind, policy, direction) -> (chain name, rules, sets it uses); see _Builder._cached_chain.
 _Program = tuple[str, tuple[Rule, ...], tuple[tuple[str, SetSpec, Any], ...]]
 _PROGRAMS: dict[tuple[Any, ...], tuple[Any, _Program]] = {}
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _k8s_matches(sel: LabelSelector, labels: Mapping[str, str]) -> bool:
-    return sel.matches(labels)
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _calico_matches(sel: Selector, labels: Mapping[str, str]) -> bool:
-    return sel.matches(labels)
-
-
-def namespace_labels(inputs: PolicyInputs, ns: str) -> Mapping[str, str]:
-    obj = inputs.namespaces.get(ns)
-    if obj is None:
-        return model.FrozenMap({model.Namespace.NAME_LABEL: ns})
-    return obj.effective_labels
-
-
-def ep_namespace(wep: model.WorkloadEndpoint) -> str:
-    return wep.metadata.namespace or "default"
-
-
-def calico_labels(wep: model.WorkloadEndpoint) -> Mapping[str, str]:
-    return model.FrozenMap({**wep.spec.labels, NAMESPACE_LABEL: ep_namespace(wep)})
-
-
-def gnp_order_key(g: model.GlobalNetworkPolicy) -> tuple[int, float, str]:
-    order = g.spec.order
-    return (1, 0.0, g.metadata.name) if order is None else (0, order, g.metadata.name)
-
-
-def gnp_selects(inputs: PolicyInputs, g: model.GlobalNetworkPolicy,
-                wep: model.WorkloadEndpoint) -> bool:
-    if not _calico_matches(g.spec.selector, calico_labels(wep)):
-        return False
-    nsel = g.spec.namespace_selector
-    return nsel is None or _calico_matches(nsel, namespace_labels(inputs, ep_namespace(wep)))
-
-
-def np_selects(p: model.NetworkPolicy, wep: model.WorkloadEndpoint) -> bool:
-    return (p.metadata.namespace or "default") == ep_namespace(wep) and _k8s_matches(
-        p.spec.pod_selector, wep.spec.labels
-    )
-
-
-def k8s_peer_matches(inputs: PolicyInputs, policy_ns: str, peer: model.NetworkPolicyPeer,
-                     wep: model.WorkloadEndpoint) -> bool:
-    """Pod/namespace selector peer (not ipBlock) against an endpoint."""
-    ns = ep_namespace(wep)
-    if peer.namespace_selector is None:
-        if ns != policy_ns:
-            return False
-    elif not _k8s_matches(peer.namespace_selector, namespace_labels(inputs, ns)):
-        return False
-    return peer.pod_selector is None or _k8s_matches(peer.pod_selector, wep.spec.labels)
-
-
-def entity_selector_matches(inputs: PolicyInputs, sel: Selector | None, nsel: Selector | None,
-                            wep: model.WorkloadEndpoint) -> bool:
-    if sel is not None and not _calico_matches(sel, calico_labels(wep)):
-        return False
-    return nsel is None or _calico_matches(nsel, namespace_labels(inputs, ep_namespace(wep)))
-
-
-@functools.lru_cache(maxsize=4096)
-def ipblock_nets(block: model.IPBlock) -> tuple[Net, ...]:
-    """``cidr`` minus ``except`` as disjoint prefixes (none shorter than /1, so ipset's
-    hash:net, which cannot hold /0, stores the same elements as nftables)."""
-    nets: list[Net] = [block.network]
-    for exc in block.except_networks:
-        out: list[Net] = []
-        for n in nets:
-            if exc.version == n.version and exc.subnet_of(n):  # type: ignore[arg-type]
-                out.extend(n.address_exclude(exc))  # type: ignore[arg-type]
-            elif exc.version == n.version and n.subnet_of(exc):  # type: ignore[arg-type]
-                continue
-            else:
-                out.append(n)
-        nets = out
-    return normalize_nets(nets)
-
-
-def normalize_nets(nets: Iterable[Net]) -> tuple[Net, ...]:
-    out: list[Net] = []
-    for version in (4, 6):
-        fam = [n for n in nets if n.version == version]
-        for n in ipaddress.collapse_addresses(fam):  # type: ignore[type-var]
-            if n.prefixlen == 0:
-                out.extend(n.subnets(1))
-            else:
-                out.append(n)
-    return tuple(out)
 
 
 def _hash(*parts: str) -> str:
@@ -698,10 +482,6 @@ def _anti_spoof(wep: model.WorkloadEndpoint) -> list[Rule]:
         else:
             rules.append(Rule((Family(v),), DROP, f"anti-spoofing: no IPv{v} address"))
     return rules
-
-
-def _has_family(matches: tuple[Match, ...]) -> bool:
-    return any(isinstance(m, Family | Addr | NamedPort | Icmp) for m in matches)
 
 
 def _versions(matches: tuple[Match, ...]) -> set[int]:

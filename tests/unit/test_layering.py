@@ -33,6 +33,8 @@ CALCULATION = (
     "felix_like.calc",  # desired routes, IPAM inputs
     "felix_like.state",  # the typed cluster state the calculation reads
     "felix_like.policy.ruleset",  # the policy ruleset
+    "felix_like.policy.program",  # the ruleset's model
+    "felix_like.policy.selection",  # what policies select
     "felix_like.policy.incremental",  # the same, recomputed per change
     "felix_like.policy.interp",  # a ruleset executed on a packet
     "felix_like.policy.explain",  # the semantics stated a second way
