@@ -68,6 +68,10 @@ CONFLIST_NAME = "10-l3fabric.conflist"  # install-cni's name for network "l3fabr
 PLUGINS = (("l3fabric", "plugin"), ("l3fabric-ipam", "ipam"))
 
 #: Capabilities the agent (and the ExaBGP it starts) needs, and why.
+#: The unit's start timeout and watchdog period (seconds); see `render_unit`.
+START_TIMEOUT = 300
+WATCHDOG_SEC = 30
+
 CAPABILITIES = {
     "CAP_NET_ADMIN": "routes, links, sysctls under net, nftables/iptables/ipset",
     "CAP_NET_RAW": "iptables and ipset (raw sockets), ICMP checks",
@@ -128,7 +132,18 @@ After=etcd.service
 StartLimitIntervalSec=0
 
 [Service]
-Type=simple
+# The agent sends READY=1 after its first in-sync apply (pod routes and policy programmed
+# from a complete etcd snapshot), so units ordered after it start with pods routable;
+# `systemctl status` shows what start-up waits for (STATUS=). Only the agent, the main
+# process, may notify: ExaBGP shares the cgroup but not the unit's state.
+Type=notify
+NotifyAccess=main
+# Start-up waits for etcd; a restart cannot bring etcd back, but one stuck otherwise is
+# restarted after this long (the dataplane is kept across the restart).
+TimeoutStartSec={START_TIMEOUT}
+# The agent pings from its event loop every half period once ready: a loop that hangs
+# gets the agent restarted (and only the agent, see KillMode).
+WatchdogSec={WATCHDOG_SEC}
 EnvironmentFile={CONF_PATH}
 ExecStart={exe}
 # Restart whatever the cause: pods keep their routes meanwhile (the dataplane is only
@@ -136,9 +151,11 @@ ExecStart={exe}
 Restart=always
 RestartSec=2
 # ExaBGP runs in its own session and must outlive the agent so that an agent restart or
-# upgrade does not reset BGP sessions (docs/architecture.md §2). With the default
-# KillMode=control-group systemd would kill it together with the agent; `process` stops
-# only the agent. On a final stop, `fabricctl uninstall` kills what is left in the cgroup.
+# upgrade does not reset BGP sessions (docs/architecture.md §2). A new session does not
+# take it out of the unit's cgroup: with the default KillMode=control-group systemd would
+# kill it together with the agent on every stop, restart and watchdog timeout, and each
+# would reset every BGP session; `process` stops only the agent, whose successor adopts
+# the running ExaBGP. On a final stop, `fabricctl uninstall` kills what is left.
 KillMode=process
 TimeoutStopSec=30
 # /run/l3fabric holds the CNI socket; keep it across restarts (the shims' path).
@@ -364,6 +381,8 @@ def cmd_install_agent(args: argparse.Namespace) -> int:
         print(f"wrote {under(args.root, f.path)}")
     live = _systemd_running(args.root)
     if args.start and live:
+        print(f"starting {UNIT_NAME} (Type=notify: returns once the agent is in sync)",
+              flush=True)
         for cmd in (("daemon-reload",), ("enable", "--now", UNIT_NAME)):
             r = _systemctl(*cmd)
             if r.returncode != 0:

@@ -88,10 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def run() -> None:
         stop = asyncio.Event()
+    from felix_like.sdnotify import SystemdNotifier
+
+    # systemd's notify socket (Type=notify) is the agent's own: ExaBGP, which the agent
+    # starts, must not inherit it.
+    notifier = SystemdNotifier.from_environ(unset=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await Agent(cfg).run(stop)
+        await Agent(cfg, notifier=notifier).run(stop)
 
     try:
         asyncio.run(run())

@@ -1,9 +1,11 @@
 """install-agent in a temporary root, then the generated unit's command line really runs.
 
 What systemd would do is reproduced by hand: read ``EnvironmentFile=`` and run
-``ExecStart=`` with that environment. The agent programs a throw-away namespace
-(``--netns`` recorded in agent.conf) and talks to the test's etcd; it must answer
-``/readyz`` and register its Node. Then it is stopped, and ``uninstall`` cleans the
+``ExecStart=`` with that environment, plus the ``$NOTIFY_SOCKET`` (a unix datagram socket
+the test binds) and ``$WATCHDOG_USEC`` of ``Type=notify`` with ``WatchdogSec=``. The agent
+programs a throw-away namespace (``--netns`` recorded in agent.conf) and talks to the
+test's etcd; it must send ``READY=1`` once ``/readyz`` answers 200, ping the watchdog,
+and register its Node. Then it is stopped, and ``uninstall`` cleans the
 namespace and removes every file.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -43,6 +46,15 @@ def unit_values(unit: Path) -> dict[str, str]:
     return out
 
 
+def notifications(sock: socket.socket, until: str, deadline: float) -> list[str]:
+    """The notify datagrams read from ``sock`` up to the first holding ``until``."""
+    seen: list[str] = []
+    while not any(until in m.splitlines() for m in seen):
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        seen.append(sock.recv(4096).decode())
+    return seen
+
+
 def http_status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=1) as r:
@@ -65,15 +77,27 @@ def test_generated_unit_command_runs_the_agent(etcd: EmbeddedEtcd, netns: Callab
                   "--log-level", "debug")
     assert r.returncode == 0, r.stderr
     unit = unit_values(root / "etc/systemd/system/fabric-agent.service")
+    assert unit["Type"] == "notify" and unit["NotifyAccess"] == "main"
+    assert int(unit["WatchdogSec"]) > 0 and unit["KillMode"] == "process"
     env_file = root / unit["EnvironmentFile"].lstrip("/")
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **parse_env_file(env_file.read_text())}
     assert env["L3FABRIC_NETNS"] == ns
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    env |= {"NOTIFY_SOCKET": str(tmp_path / "notify"), "WATCHDOG_USEC": "2000000"}
 
     log = (tmp_path / "agent.log").open("w")
     agent = subprocess.Popen([unit["ExecStart"]], env=env, stdout=log,
                              stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 30
+        try:
+            notifications(notify, "READY=1", deadline)
+        except TimeoutError:
+            raise AssertionError((tmp_path / "agent.log").read_text()) from None
+        # READY=1 means ready: /readyz answers 200 from that moment on.
+        assert http_status(f"http://127.0.0.1:{port}/readyz") == 200
+        assert notifications(notify, "WATCHDOG=1", time.monotonic() + 10)
         while http_status(f"http://127.0.0.1:{port}/readyz") != 200:
             assert agent.poll() is None, (tmp_path / "agent.log").read_text()
             assert time.monotonic() < deadline, (tmp_path / "agent.log").read_text()
@@ -91,8 +115,11 @@ def test_generated_unit_command_runs_the_agent(etcd: EmbeddedEtcd, netns: Callab
             agent.kill()
             agent.wait()
             raise
-        log.close()
+        finally:
+            log.close()
     assert rc == 0, (tmp_path / "agent.log").read_text()
+    assert notifications(notify, "STOPPING=1", time.monotonic() + 1)
+    notify.close()
 
     # A route of ours left behind (a block's blackhole, say): uninstall's cleanup must
     # remove it from the namespace the agent programmed.

@@ -188,6 +188,8 @@ def test_unit_content(tmp_path: Path) -> None:
     assert lines["EnvironmentFile"] == "/etc/l3fabric/agent.conf"
     assert lines["Restart"] == "always"
     assert lines["KillMode"] == "process"
+    assert lines["Type"] == "notify" and lines["NotifyAccess"] == "main"
+    assert int(lines["WatchdogSec"]) > 0
     assert lines["Wants"] == "network-online.target"
     assert set(lines["CapabilityBoundingSet"].split()) == set(CAPABILITIES)
     assert "CAP_NET_ADMIN" in CAPABILITIES and "CAP_SYS_ADMIN" in CAPABILITIES
