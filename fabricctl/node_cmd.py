@@ -1,9 +1,18 @@
-"""``fabricctl node status [NODE] [-o table|json|yaml]``: BGP peers like ``calicoctl node status``,
-with each peer's max-prefix limit beside the prefixes received from it.
+"""``fabricctl node status [NODE] [-o table|json|yaml]``: is the fabric healthy, per node.
 
-Reads the NodeStatus the agents write under a lease (``status/nodes/<node>``): a node whose
-agent is gone for longer than the lease has no status and is reported as such. Owns only
-presentation.
+For every Node (and every NodeStatus whose Node is gone): whether its agent is alive, in
+sync, its config errors, its blocks and the addresses allocated to it, its BGP sessions
+(like ``calicoctl node status``, with each peer's max-prefix limit) and its version.
+
+Where each answer comes from (read-only; owns only presentation):
+
+- alive: the NodeStatus the agent keeps under a lease (``status/nodes/<node>``, see
+  `felix_like.node_status`). The key exists while the lease does, so a node whose agent
+  has been gone for longer than the lease's TTL has none and is shown ``down``; a status
+  written without a lease (by hand) cannot tell and is shown ``unknown``.
+- in sync, errors, BGP sessions, version: that NodeStatus, as the agent last wrote it.
+- blocks and addresses: IPAM's blocks in etcd (`ipam.report.node_usage`), so a down node's
+  are shown too.
 """
 
 from __future__ import annotations
@@ -17,13 +26,20 @@ from datastore import keys, model
 from datastore.client import Datastore
 from fabricctl.common import CliError, run
 from fabricctl.output import add_output_flag, dump, table
+from ipam.report import node_usage
+from ipam.snapshot import build_snapshot
+
+#: What the AGENT column says.
+UP, DOWN, UNKNOWN = "up", "down", "unknown"
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("node", help="node status (BGP peers)")
+    p = sub.add_parser("node", help="node health: agent, sync, errors, IPAM, BGP peers")
     nsub = p.add_subparsers(dest="node_command", required=True, metavar="SUBCOMMAND",
                             parser_class=type(p))
-    s = nsub.add_parser("status", help="BGP peers of a node (all nodes when none is named)")
+    s = nsub.add_parser("status", help="each node's agent (alive by its lease), sync, config "
+                                       "errors, blocks, addresses, BGP peers and version "
+                                       "(every node when none is named)")
     s.add_argument("node", nargs="?", help="one node (default: every node)")
     add_output_flag(s)
     s.set_defaults(func=cmd_status)
@@ -44,47 +60,116 @@ def _uptime(since: str | None, now: datetime) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-async def _load(ds: Datastore, node: str | None) -> list[model.NodeStatus]:
-    if node is not None:
-        raw = await ds.get(keys.node_status(node))
-        if raw is None:
-            if await ds.get(keys.node(node)) is None:
-                raise CliError(f"node {node!r} does not exist")
-            raise CliError(f"node {node!r} has no status: its agent is not running "
-                           "(or has not written its status yet)")
-        kvs = [(keys.node_status(node), raw.value)]
-    else:
-        listed, _ = await ds.list(keys.full(keys.NODE_STATUS))
-        kvs = [(kv.key, kv.value) for kv in listed]
+def health(nodes: list[str], statuses: dict[str, tuple[model.NodeStatus, int]],
+           usage: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per node (sorted by name): the Nodes, plus any NodeStatus without a Node.
+    ``statuses`` maps a node to its NodeStatus and the lease it is stored under (0: none);
+    ``usage`` is `ipam.report.node_usage`."""
     out = []
-    for key, value in kvs:
-        res = model.decode(key, value)
-        if isinstance(res, model.NodeStatus):
-            out.append(res)
-    return sorted(out, key=lambda r: r.metadata.name)
-
-
-def rows(statuses: list[model.NodeStatus], now: datetime) -> list[list[Any]]:
-    out = []
-    for st in statuses:
-        for p in st.status.bgp_peers:
-            out.append([st.metadata.name, p.peer_ip, p.type or "", p.as_number,
-                        p.state, _uptime(p.since, now), p.prefixes_in, p.max_prefixes,
-                        p.prefixes_out, p.info or ""])
+    for name in sorted(set(nodes) | set(statuses)):
+        got = statuses.get(name)
+        ipam = usage.get(name, {})
+        rec: dict[str, Any] = {
+            "node": name,
+            "registered": name in nodes,
+            "agent": DOWN if got is None else UP if got[1] else UNKNOWN,
+            "inSync": None, "version": None, "updated": None, "errors": [],
+            "blocks": list(ipam.get("blocks", [])),
+            "addresses": int(ipam.get("addresses", 0)),
+            "borrowed": int(ipam.get("borrowed", 0)),
+            "peers": [],
+        }
+        if got is not None:
+            st = got[0].status
+            rec.update(inSync=st.in_sync, version=st.version, updated=st.updated,
+                       errors=list(st.errors), peers=[p.to_dict() for p in st.bgp_peers])
+        out.append(rec)
     return out
 
 
+async def _load(ds: Datastore, node: str | None) -> list[dict[str, Any]]:
+    listed, _ = await ds.list(keys.full(keys.NODES), keys_only=True)
+    nodes = [keys.relative(kv.key)[len(keys.NODES):] for kv in listed]
+    statuses: dict[str, tuple[model.NodeStatus, int]] = {}
+    listed, _ = await ds.list(keys.full(keys.NODE_STATUS))
+    for kv in listed:
+        try:
+            res = model.decode(kv.key, kv.value)
+        except ValueError:
+            continue
+        if isinstance(res, model.NodeStatus):
+            statuses[res.metadata.name] = (res, kv.lease)
+    blocks, revision = await ds.list(keys.full(keys.IPAM_BLOCKS))
+    records = health(nodes, statuses, node_usage(build_snapshot(blocks, revision)))
+    if node is None:
+        return records
+    one = [r for r in records if r["node"] == node]
+    if not one:
+        raise CliError(f"node {node!r} does not exist")
+    return one
+
+
+def _yes_no(v: bool | None) -> str:
+    return "" if v is None else "yes" if v else "no"
+
+
+def node_rows(records: list[dict[str, Any]]) -> list[list[Any]]:
+    """The summary table: one row per node."""
+    out = []
+    for r in records:
+        peers = r["peers"]
+        up = sum(1 for p in peers if p.get("state") == "Established")
+        bgp = "" if r["agent"] == DOWN else f"{up}/{len(peers)}" if peers else "none"
+        out.append([r["node"] + ("" if r["registered"] else " (no Node)"), r["agent"],
+                    _yes_no(r["inSync"]), r["version"] or "", len(r["blocks"]),
+                    r["addresses"], bgp, len(r["errors"]) if r["agent"] != DOWN else ""])
+    return out
+
+
+def rows(records: list[dict[str, Any]], now: datetime) -> list[list[Any]]:
+    """The BGP sessions table: one row per peer of every node that reports any."""
+    out = []
+    for r in records:
+        for p in r["peers"]:
+            out.append([r["node"], p["peerIP"], p.get("type") or "", p.get("asNumber"),
+                        p.get("state", "unknown"), _uptime(p.get("since"), now),
+                        p.get("prefixesIn"), p.get("maxPrefixes"), p.get("prefixesOut"),
+                        p.get("info") or ""])
+    return out
+
+
+NODE_HEADERS = ["NODE", "AGENT", "IN SYNC", "VERSION", "BLOCKS", "ADDRESSES", "BGP UP",
+                "ERRORS"]
+PEER_HEADERS = ["NODE", "PEER ADDRESS", "PEER TYPE", "AS", "STATE", "SINCE", "PFX IN",
+                "MAX PFX", "PFX OUT", "INFO"]
+
+
+def print_status(records: list[dict[str, Any]], now: datetime) -> None:
+    if not records:
+        print("No nodes found.", file=sys.stderr)
+        return
+    table(NODE_HEADERS, node_rows(records))
+    peers = rows(records, now)
+    if peers:
+        print()
+        table(PEER_HEADERS, peers)
+    errors = [(r["node"], e) for r in records for e in r["errors"]]
+    if errors:
+        print()
+        print("ERRORS")
+        for name, e in errors:
+            print(f"{name}: {e}")
+    down = [r["node"] for r in records if r["agent"] == DOWN]
+    if down:
+        print()
+        print(f"down (no NodeStatus: agent not running, or gone longer than its lease): "
+              f"{', '.join(down)}")
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    statuses = run(args, lambda ds: _load(ds, args.node))
+    records = run(args, lambda ds: _load(ds, args.node))
     if args.output != "table":
-        data = [{"node": s.metadata.name,
-                 "updated": s.status.updated,
-                 "peers": [p.to_dict() for p in s.status.bgp_peers]} for s in statuses]
-        dump(data[0] if args.node is not None and data else data, args.output)
+        dump(records[0] if args.node is not None else records, args.output)
         return 0
-    if not statuses:
-        print("no node status found (no agent running?)", file=sys.stderr)
-        return 0
-    table(["NODE", "PEER ADDRESS", "PEER TYPE", "AS", "STATE", "SINCE", "PFX IN", "MAX PFX",
-           "PFX OUT", "INFO"], rows(statuses, datetime.now(UTC)))
+    print_status(records, datetime.now(UTC))
     return 0

@@ -50,7 +50,7 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
     "NodeStatus": [("UPDATED", "status.updated")],
 }
 
-# More columns with ``-o wide`` (appended after COLUMNS, before STATUS).
+# More columns with ``-o wide`` (appended after COLUMNS, before VALID).
 WIDE_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "IPPool": [("LABELS", "metadata.labels")],
     "IPAMConfig": [("RELEASECOOLDOWN", "spec.releaseCooldownSeconds")],
@@ -78,7 +78,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     a.set_defaults(func=cmd_apply)
     kinds = sorted({k.lower() for k in model.KINDS} | set(model.ALIASES))
 
-    g = sub.add_parser("get", help="show resources")
+    g = sub.add_parser("get", help="show resources (the VALID column says whether the stored "
+                                    "value parses; a node's health: fabricctl node status)")
     complete_with(g.add_argument(
         "kind", help="ippool, bgpconfig, bgppeer, node, namespace, networkpolicy, "
                      "globalnetworkpolicy, workloadendpoint, ipreservation, ipamconfig, "
@@ -295,17 +296,20 @@ def _name_of(obj: dict[str, Any]) -> str:
 def _print_table(cls: type[model.Resource], objs: Iterable[dict[str, Any]],
                  show_ns: bool, wide: bool = False) -> None:
     cols = COLUMNS.get(cls.kind, []) + (WIDE_COLUMNS.get(cls.kind, []) if wide else [])
-    headers = (["NAMESPACE"] if show_ns else []) + ["NAME"] + [h for h, _ in cols] + ["STATUS"]
+    headers = (["NAMESPACE"] if show_ns else []) + ["NAME"] + [h for h, _ in cols] + ["VALID"]
     rows = []
     for o in objs:
         if "invalid" in o:
             row = ([o.get("namespace") or ""] if show_ns else []) + [o["name"]]
-            row += [""] * len(cols) + [f"INVALID: {o['invalid']}"]
+            row += [""] * len(cols) + [f"no: {o['invalid']}"]
         else:
             row = ([dig(o, "metadata.namespace")] if show_ns else []) + [dig(o, "metadata.name")]
-            row += [dig(o, path) for _, path in cols] + ["ok"]
+            row += [dig(o, path) for _, path in cols] + ["yes"]
         rows.append(row)
     table(headers, rows)
+    if cls.kind in ("Node", "NodeStatus"):
+        print("VALID says whether the stored value parses; whether a node is healthy: "
+              "fabricctl node status", file=sys.stderr)
 
 
 async def _delete_one(ds: Datastore, cls: type[model.Resource], name: str,

@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="program this network namespace instead of the agent's own")
     p.add_argument("--resync-interval", type=float,
                    default=float(_env("resync-interval", "60") or 60))
+    p.add_argument("--status-ttl", type=int, default=int(_env("status-ttl", "30") or 30),
+                   help="seconds the node's NodeStatus outlives the agent (its etcd lease, "
+                        "kept alive every third of it, at most every 10 s): how long a "
+                        "dead agent's node shows up in fabricctl node status (default 30, "
+                        "at least 3)")
     p.add_argument("--log-level", default=_env("log-level", "info"))
     p.add_argument("--cleanup", action="store_true",
                    help="remove everything the agent installed on this node, then exit")
@@ -70,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         print(f"fabric-agent: --etcd-endpoints: {e}", file=sys.stderr)
         return 2
+    if args.status_ttl < 3:
+        print("fabric-agent: --status-ttl must be at least 3 seconds", file=sys.stderr)
+        return 2
     if args.node_ip6:
         try:
             if "/" not in args.node_ip6:
@@ -84,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = AgentConfig(node=args.node, etcd=etcd, socket=args.socket,
                       metrics_addr=args.metrics_addr, policy_backend=args.policy_backend,
                       node_ip=args.node_ip, node_ip6=args.node_ip6, netns=args.netns,
-                      resync_interval=args.resync_interval)
+                      resync_interval=args.resync_interval, status_ttl=args.status_ttl,
+                      status_interval=min(10.0, args.status_ttl / 3))
 
     async def run() -> None:
         stop = asyncio.Event()

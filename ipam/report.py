@@ -18,11 +18,15 @@ def _pct(used: int, total: int) -> float:
     return round(100.0 * used / total, 1) if total else 0.0
 
 
+def _block_order(cidr: str) -> tuple[int, int]:
+    net = netaddr.IPNetwork(cidr)
+    return net.version, int(net.first)
+
+
 def block_rows(s: Snapshot) -> list[dict[str, Any]]:
     reserved = netaddr.IPSet(s.reservations)
     rows: list[dict[str, Any]] = []
-    for cidr in sorted(s.blocks, key=lambda c: (netaddr.IPNetwork(c).version,
-                                                int(netaddr.IPNetwork(c).first))):
+    for cidr in sorted(s.blocks, key=_block_order):
         blk = s.parsed.get(cidr)
         pool = s.pool_of(cidr)
         if blk is None:
@@ -102,4 +106,27 @@ def address_holder(s: Snapshot, address: str) -> dict[str, Any]:
                        handleRecord=rec is not None and any(
                            e.address == addr for e in rec.entries))
         break
+    return out
+
+
+def node_usage(s: Snapshot) -> dict[str, dict[str, Any]]:
+    """Per node, what IPAM holds for it (``fabricctl node status``): ``blocks``, the blocks
+    affine to it; ``addresses``, the addresses allocated to it in any block; ``borrowed``,
+    how many of those lie in another node's block. A node with none is absent."""
+    out: dict[str, dict[str, Any]] = {}
+
+    def entry(node: str) -> dict[str, Any]:
+        return out.setdefault(node, {"blocks": [], "addresses": 0, "borrowed": 0})
+
+    for cidr in sorted(s.parsed, key=_block_order):
+        blk = s.parsed[cidr]
+        if blk.node is not None:
+            entry(blk.node)["blocks"].append(cidr)
+        for _, at in blk.allocated():
+            who = at.node or blk.node
+            if who is None:  # an address of an unowned block without a node: nobody's
+                continue
+            entry(who)["addresses"] += 1
+            if who != blk.node:
+                entry(who)["borrowed"] += 1
     return out

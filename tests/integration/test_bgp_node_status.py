@@ -30,8 +30,11 @@ def test_node_status_table_json_and_missing(etcd: EmbeddedEtcd) -> None:
     r = fab(etcd, "node", "status")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split()[:3] == ["NODE", "PEER", "ADDRESS"]
-    assert lines[1].split()[:5] == ["n1", "10.99.1.2", "node", "65000", "Established"]
+    # A status written by hand (no lease, no Node): listed, its liveness unknown.
+    assert lines[1].split()[:4] == ["n1", "(no", "Node)", "unknown"]
+    peers = next(i for i, line in enumerate(lines) if "PEER ADDRESS" in line)
+    assert lines[peers].split()[:3] == ["NODE", "PEER", "ADDRESS"]
+    assert lines[peers + 1].split()[:5] == ["n1", "10.99.1.2", "node", "65000", "Established"]
     r = fab(etcd, "node", "status", "n1", "-o", "json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["peers"][0]["prefixesOut"] == 2

@@ -146,10 +146,11 @@ def test_peer_max_prefixes_bounds_the_fib_and_changes_at_run_time(lab: Lab) -> N
     assert p["maxPrefixes"] == LIMIT
     assert re.fullmatch(rf"max-prefix {LIMIT} reached: \d+ announcements dropped", p["info"]), p
     table = lab.fabricctl("node", "status", "n1").splitlines()
-    assert "MAX PFX" in table[0]
-    row = table[1].split()
+    peers = next(i for i, line in enumerate(table) if "PEER ADDRESS" in line)
+    assert "MAX PFX" in table[peers]
+    row = table[peers + 1].split()
     assert row[:2] == ["n1", TOR_IP] and row[6:9] == [str(LIMIT), str(LIMIT), "0"], table
-    assert f"max-prefix {LIMIT} reached" in table[1]
+    assert f"max-prefix {LIMIT} reached" in table[peers + 1]
     assert json.loads(lab.fabricctl("node", "status", "n1", "-o", "json"))["peers"][0][
         "maxPrefixes"] == LIMIT
     code, metrics = lab.node.http("/metrics")

@@ -43,7 +43,7 @@ def test_etcdctl_put_then_get_json(etcd: EmbeddedEtcd) -> None:
     assert obj["metadata"]["name"] == "p1"
 
 
-def test_malformed_value_is_listed_as_invalid_with_reason(etcd: EmbeddedEtcd) -> None:
+def test_malformed_value_is_listed_as_not_valid_with_reason(etcd: EmbeddedEtcd) -> None:
     bad = json.loads(json.dumps(POOL))
     bad["metadata"]["name"] = "bad"
     bad["spec"]["blockSize"] = 33
@@ -53,10 +53,11 @@ def test_malformed_value_is_listed_as_invalid_with_reason(etcd: EmbeddedEtcd) ->
 
     r = fab(etcd, "get", "ippool")
     assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].split()[-1] == "VALID"
     lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()[1:]}
-    assert "INVALID" in lines["bad"] and "spec.blockSize" in lines["bad"] and "33" in lines["bad"]
-    assert "INVALID" in lines["trunc"]
-    assert "INVALID" not in lines["p1"] and "10.244.0.0/16" in lines["p1"]
+    assert "no: config/ippools/bad: spec.blockSize" in lines["bad"] and "33" in lines["bad"]
+    assert "no: config/ippools/trunc" in lines["trunc"]
+    assert lines["p1"].split()[-1] == "yes" and "10.244.0.0/16" in lines["p1"]
 
     one = fab(etcd, "get", "ippool", "bad", "-o", "json")
     assert one.returncode == 1

@@ -70,7 +70,7 @@ def test_get_name_wide_and_selector(ds: FakeDatastore,
     rc, out, _ = fabricctl(capsys, "get", "node", "-o", "wide")
     assert rc == 0
     header, n1, n2 = out.splitlines()
-    assert header.split() == ["NAME", "IPV4", "ASN", "RRCLUSTERID", "LABELS", "IPV6", "STATUS"]
+    assert header.split() == ["NAME", "IPV4", "ASN", "RRCLUSTERID", "LABELS", "IPV6", "VALID"]
     assert "fd99::1/64" in n1 and "fd99" not in n2
     assert "IPV6" not in fabricctl(capsys, "get", "node")[1]
     # What -o name prints names a resource again.
