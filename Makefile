@@ -21,7 +21,7 @@ as-root:
 	@$(SUDO) -- make --no-print-directory -C "$(CURDIR)" $(MAKECMDGOALS)
 else
 
-.PHONY: setup test test-unit test-integration faults lint demo demo-down bench docs clean
+.PHONY: setup test test-unit test-integration faults lint demo demo-down images bench docs clean
 
 setup:
 	@scripts/setup.sh
@@ -50,6 +50,11 @@ demo: setup
 
 demo-down: setup
 	-$(FABRICCTL) lab down leaf-spine
+
+## The podman images the containerlab files name (node, BIRD router, etcd), built here from
+## Debian's packages (mmdebstrap + podman import + images/*/Containerfile); no registry.
+images: setup
+	PYTHON=$(PY) images/build.sh
 
 ## Every bench/*/bench_*.py, then the CNI benchmark again against the real fabric-agent.
 bench: setup
