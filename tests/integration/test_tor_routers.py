@@ -7,6 +7,12 @@ than the pool; n2 announces its block. Resources go into etcd with ``fabricctl a
 the ToR's configuration is what ``fabricctl tor-config`` prints, unedited. Expected: both
 sessions (MD5-protected) come up, the ToR accepts and installs only the in-pool prefixes,
 and re-advertises n1's block to n2 with itself as next hop.
+
+The snippet (``--snippet``) is loaded the way an operator adds it to a router that has
+its own configuration: included from a stock ``bird.conf`` (Debian's, comments cut) and
+taken in by ``birdc configure``, or added to a stock ``frr.conf``. ``--output`` writes it
+0640, and ``--check`` says whether the router's file still matches etcd after a pool is
+added.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -25,6 +32,7 @@ import pytest
 import yaml
 from helpers.frr import Frr, frr_missing
 from helpers.procs import stop_all
+from helpers.stock_routers import STOCK_BIRD, STOCK_FRR
 
 from datastore.embedded import EmbeddedEtcd
 
@@ -120,15 +128,22 @@ protocol bgp tor {{
 """
 
 
-def apply_and_render(etcd: EmbeddedEtcd, tmp: Path, fmt: str) -> str:
+def fabricctl(etcd: EmbeddedEtcd, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, L3FABRIC_ETCD_ENDPOINTS=etcd.endpoint)
-    docs = [{"apiVersion": "l3fabric.io/v1", **r} for r in RESOURCES]
+    return subprocess.run([FABRICCTL, *args], env=env, capture_output=True, text=True,
+                          timeout=60)
+
+
+def apply(etcd: EmbeddedEtcd, tmp: Path, resources: list[dict[str, object]]) -> None:
+    docs = [{"apiVersion": "l3fabric.io/v1", **r} for r in resources]
     (tmp / "res.yaml").write_text(yaml.safe_dump_all(docs))
-    r = subprocess.run([FABRICCTL, "apply", "-f", str(tmp / "res.yaml")], env=env,
-                       capture_output=True, text=True, timeout=60)
+    r = fabricctl(etcd, "apply", "-f", str(tmp / "res.yaml"))
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([FABRICCTL, "tor-config", "--peer-group", "rack1", "--format", fmt],
-                       env=env, capture_output=True, text=True, timeout=60)
+
+
+def apply_and_render(etcd: EmbeddedEtcd, tmp: Path, fmt: str, *extra: str) -> str:
+    apply(etcd, tmp, RESOURCES)
+    r = fabricctl(etcd, "tor-config", "--peer-group", "rack1", "--format", fmt, *extra)
     assert r.returncode == 0, r.stderr
     assert "10.99.9.2" not in r.stdout  # rack2's peer is not in the group
     return r.stdout
@@ -193,9 +208,57 @@ def test_bird_tor_from_tor_config(etcd: EmbeddedEtcd, lab: Lab) -> None:
     check_node_side(lab, n1, n2)
 
 
+def test_bird_snippet_included_from_a_stock_bird_conf(etcd: EmbeddedEtcd, lab: Lab) -> None:
+    apply(etcd, lab.tmp, RESOURCES)
+    snippet = lab.tmp / "l3fabric.conf"
+    r = fabricctl(etcd, "tor-config", "--peer-group", "rack1", "--snippet",
+                  "--output", str(snippet))
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(snippet.stat().st_mode) == 0o640  # it holds the MD5 password
+    assert PASSWORD in snippet.read_text() and r.stdout == ""
+
+    # The router runs its stock configuration first; the snippet is included and loaded
+    # with `birdc configure`, as an operator adds it to a running router.
+    tor = lab.bird(lab.tor, "tor", STOCK_BIRD)
+    wait_for("the ToR's BIRD", lambda: "BIRD" in birdc(tor, "show", "status"), timeout=15)
+    conf = lab.tmp / "tor.conf"
+    conf.write_text(STOCK_BIRD + f'include "{snippet}";\n')
+    assert "Reconfigured" in birdc(tor, "configure"), birdc(tor, "configure", "check")
+    n1 = lab.bird(lab.n1, "n1", node_bird(1, 65001, N1_ANNOUNCES))
+    n2 = lab.bird(lab.n2, "n2", node_bird(2, 65002, N2_ANNOUNCES))
+    wait_for("both ToR sessions Established",
+             lambda: birdc(tor, "show", "protocols").count("Established") == 2,
+             debug=lambda: birdc(tor, "show", "protocols", "all"))
+    # The stock kernel protocol (export all) puts what the snippet's sessions learn in the FIB.
+    wait_for("n1's block in the ToR's FIB", lambda: "10.244.1.0/26" in kernel_routes(lab.tor),
+             debug=lambda: birdc(tor, "show", "route", "all"))
+    assert kernel_routes(lab.tor)["10.244.1.0/26"] == "10.99.1.1 bird"
+    assert "192.168.50.0/24" not in birdc(tor, "show", "route")
+    check_node_side(lab, n1, n2)
+
+    r = fabricctl(etcd, "tor-config", "--check", str(snippet))
+    assert r.returncode == 0 and "up to date" in r.stdout, r.stdout + r.stderr
+    # A new pool: the ToR's import filter no longer lists every pool.
+    apply(etcd, lab.tmp, [{"kind": "IPPool", "metadata": {"name": "more"},
+                           "spec": {"cidr": "10.245.0.0/16", "blockSize": 26}}])
+    r = fabricctl(etcd, "tor-config", "--check", str(snippet))
+    assert r.returncode == 1, r.stdout + r.stderr
+    added = [ln for ln in r.stdout.splitlines() if ln.startswith("+") and "10.245.0.0/16" in ln]
+    assert added and "out of date" in r.stderr, r.stdout + r.stderr
+    r = fabricctl(etcd, "tor-config", "--peer-group", "rack1", "--snippet",
+                  "--output", str(snippet))
+    assert r.returncode == 0, r.stderr
+    assert "Reconfigured" in birdc(tor, "configure"), birdc(tor, "configure", "check")
+    assert fabricctl(etcd, "tor-config", "--check", str(snippet)).returncode == 0
+
+
 @pytest.mark.skipif(frr_missing() is not None, reason=str(frr_missing()))
-def test_frr_tor_from_tor_config(etcd: EmbeddedEtcd, lab: Lab) -> None:
-    conf = apply_and_render(etcd, lab.tmp, "frr")
+@pytest.mark.parametrize("snippet", [False, True], ids=["whole", "snippet-in-stock-frr-conf"])
+def test_frr_tor_from_tor_config(etcd: EmbeddedEtcd, lab: Lab, snippet: bool) -> None:
+    if snippet:  # FRR has no include: the snippet's lines follow the router's own
+        conf = STOCK_FRR + apply_and_render(etcd, lab.tmp, "frr", "--snippet")
+    else:
+        conf = apply_and_render(etcd, lab.tmp, "frr")
     frr = Frr(lab.tor, lab.tmp)
     lab.frr.append(frr)
     frr.start(conf)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers.stock_routers import STOCK_BIRD
 
 from datastore import keys, model
 from datastore.fake import FakeDatastore
@@ -15,8 +16,12 @@ from fabricctl.tor_cmd import (
     PEER_GROUP_LABEL,
     TorConfigError,
     TorInputs,
+    TorOptions,
+    compare,
     load_inputs,
+    options_from_header,
     plan,
+    render,
     render_bird,
     render_frr,
 )
@@ -249,3 +254,50 @@ def test_a_node_with_an_ipv6_address_gets_ipv6_on_its_ipv4_session() -> None:
     assert "10.99.2.1" not in v6
     no_v6 = TorInputs((peer("g", "10.99.0.254"),), nodes, bgpconf(), POOLS[:2])
     assert not any(n.ipv6 for n in plan(no_v6, "g").neighbors)
+
+
+def test_a_snippet_leaves_router_id_device_and_kernel_to_the_router() -> None:
+    p = _rich_plan()
+    text = render_bird(p, snippet=True)
+    bird = "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
+    assert "router id" not in bird and "protocol device" not in bird
+    assert "protocol kernel" not in bird
+    assert "protocol bgp l3f_n1 from l3fabric_node {" in bird
+    assert "# l3fabric top-of-rack snippet (bird)" in text
+    frr = render_frr(p, snippet=True)
+    assert "frr defaults" not in frr and "bgp router-id" not in frr
+    assert "router bgp 65000" in frr and "neighbor 10.99.1.1 password pw" in frr
+    # The whole configuration keeps them.
+    assert "router id 10.99.0.254;" in render_bird(p)
+    assert " bgp router-id 10.99.0.254" in render_frr(p)
+
+
+@pytest.mark.skipif(shutil.which("bird") is None, reason="bird (Debian bird2) not installed")
+def test_bird_parses_a_stock_bird_conf_that_includes_the_snippet(tmp_path: Path) -> None:
+    (tmp_path / "l3fabric.conf").write_text(render_bird(_rich_plan(), snippet=True))
+    conf = tmp_path / "bird.conf"
+    conf.write_text(STOCK_BIRD + f'include "{tmp_path / "l3fabric.conf"}";\n')
+    r = subprocess.run(["bird", "-p", "-c", str(conf)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("opts", [
+    TorOptions("rack1"),
+    TorOptions("rack1", "frr", snippet=True, router_id="10.0.0.1", asn=65000),
+])
+def test_the_header_names_the_options_check_renders_with(opts: TorOptions) -> None:
+    text = render(inputs(peer("rack1", "10.99.0.254")), opts)
+    assert options_from_header(text) == opts
+    assert options_from_header("router id 1.2.3.4;\n") is None
+
+
+def test_check_compares_what_the_router_reads_not_the_header() -> None:
+    before = inputs(peer("g", "10.99.0.254"))
+    on_router = render(before, TorOptions("g"))
+    later = TorInputs(before.peers, before.nodes, before.bgp, before.pools, revision=99)
+    assert compare(on_router, render(later, TorOptions("g")), "bird", "f", 99) == []
+    grown = TorInputs(before.peers, before.nodes, before.bgp,
+                      (*before.pools, pool("more", "10.245.0.0/16")), revision=100)
+    diff = compare(on_router, render(grown, TorOptions("g")), "bird", "f", 100)
+    assert diff[:2] == ["--- f", "+++ etcd now (revision 100)"]
+    assert any(ln.startswith("+") and "10.245.0.0/16" in ln for ln in diff[2:])
