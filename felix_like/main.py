@@ -88,6 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "form (fd99::1/64)", file=sys.stderr)
             return 2
     from felix_like.agent import Agent, AgentConfig
+    from felix_like.sdnotify import SystemdNotifier
+
+    # systemd's notify socket (Type=notify) is the agent's own: ExaBGP, which the agent
+    # starts, must not inherit it.
+    notifier = SystemdNotifier.from_environ(unset=True)
 
     cfg = AgentConfig(node=args.node, etcd=etcd, socket=args.socket,
                       metrics_addr=args.metrics_addr, policy_backend=args.policy_backend,
@@ -97,11 +102,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     async def run() -> None:
         stop = asyncio.Event()
-    from felix_like.sdnotify import SystemdNotifier
-
-    # systemd's notify socket (Type=notify) is the agent's own: ExaBGP, which the agent
-    # starts, must not inherit it.
-    notifier = SystemdNotifier.from_environ(unset=True)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
