@@ -16,6 +16,8 @@ PREFIX = "/l3fabric/v1/"
 IPPOOLS = "config/ippools/"
 BGP_CONFIGS = "config/bgp/"
 BGP_PEERS = "config/bgppeers/"
+FELIX_CONFIGS = "config/felix/"
+HOST_ENDPOINTS = "hostendpoints/"
 NODES = "nodes/"
 NAMESPACES = "namespaces/"
 POLICIES = "policies/"
@@ -63,6 +65,14 @@ def bgp_config(name: str = "default") -> str:
 
 def bgppeer(name: str) -> str:
     return full(BGP_PEERS + name)
+
+
+def felix_config(name: str = "default") -> str:
+    return full(FELIX_CONFIGS + name)
+
+
+def host_endpoint(name: str) -> str:
+    return full(HOST_ENDPOINTS + name)
 
 
 def node(name: str) -> str:
@@ -141,6 +151,8 @@ def parse(key: str) -> ParsedKey | None:
         (IPPOOLS, "IPPool", 1),
         (BGP_CONFIGS, "BGPConfiguration", 1),
         (BGP_PEERS, "BGPPeer", 1),
+        (FELIX_CONFIGS, "FelixConfiguration", 1),
+        (HOST_ENDPOINTS, "HostEndpoint", 1),
         (NODES, "Node", 1),
         (NAMESPACES, "Namespace", 1),
         (POLICIES, "NetworkPolicy", 2),

@@ -48,11 +48,14 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
                          ("INTERFACE", "spec.hostInterface"), ("LABELS", "spec.labels")],
     "IPReservation": [("CIDRS", "spec.reservedCIDRs")],
     "NodeStatus": [("UPDATED", "status.updated")],
+    "HostEndpoint": [("NODE", "spec.node"), ("INTERFACE", "spec.interfaceName"),
+                     ("EXPECTEDIPS", "spec.expectedIPs"), ("LABELS", "metadata.labels")],
+    "FelixConfiguration": [("NONMASQUERADECIDRS", "spec.nonMasqueradeCIDRs")],
 }
 
 # More columns with ``-o wide`` (appended after COLUMNS, before VALID).
 WIDE_COLUMNS: dict[str, list[tuple[str, str]]] = {
-    "IPPool": [("LABELS", "metadata.labels")],
+    "IPPool": [("NATOUTGOING", "spec.natOutgoing"), ("LABELS", "metadata.labels")],
     "IPAMConfig": [("RELEASECOOLDOWN", "spec.releaseCooldownSeconds")],
     "BGPConfiguration": [("GRACEFULRESTART", "spec.gracefulRestart.enabled"),
                          ("COMMUNITIES", "spec.communities")],
@@ -67,6 +70,9 @@ WIDE_COLUMNS: dict[str, list[tuple[str, str]]] = {
                          ("MAC", "spec.mac")],
     "IPReservation": [("LABELS", "metadata.labels")],
     "NodeStatus": [("INSYNC", "status.inSync"), ("VERSION", "status.version")],
+    "HostEndpoint": [],
+    "FelixConfiguration": [("FAILSAFEIN", "spec.failsafeInboundHostPorts"),
+                           ("FAILSAFEOUT", "spec.failsafeOutboundHostPorts")],
 }
 
 GET_FORMATS = ("table", "wide", "name", "json", "yaml")
@@ -83,7 +89,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     complete_with(g.add_argument(
         "kind", help="ippool, bgpconfig, bgppeer, node, namespace, networkpolicy, "
                      "globalnetworkpolicy, workloadendpoint, ipreservation, ipamconfig, "
-                     "nodestatus"), kinds)
+                     "nodestatus, hostendpoint, felixconfiguration"), kinds)
     g.add_argument("name", nargs="?", help="one resource (default: all of the kind)")
     g.add_argument("-n", "--namespace", default=None,
                    help="namespace of namespaced kinds (default: default)")

@@ -85,7 +85,8 @@ T = TypeVar("T")
 # Every node's NodeStatus and the IPAM handles (read from etcd when needed) stay out.
 WATCHED = (keys.IPPOOLS, keys.BGP_CONFIGS, keys.BGP_PEERS, keys.NODES, keys.NAMESPACES,
            keys.POLICIES, keys.GLOBAL_POLICIES, keys.WORKLOADS, keys.IPAM_BLOCKS,
-           keys.IPAM_AFFINITIES, keys.IPAM_RESERVATIONS, keys.IPAM_CONFIG)
+           keys.IPAM_AFFINITIES, keys.IPAM_RESERVATIONS, keys.IPAM_CONFIG,
+           keys.FELIX_CONFIGS, keys.HOST_ENDPOINTS)
 
 
 class _Unopened:

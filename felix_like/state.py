@@ -1,13 +1,14 @@
 """The agent's typed, indexed view of the cluster: `ClusterState`.
 
 Owned here: what the calculation reads of ``/l3fabric/v1/`` (pools, IPAM config and
-reservations, blocks and affinities, workload endpoints, policies, namespaces, nodes, BGP
-configuration and peers), decoded by `decode_value`, and the indexes the calculation
-asks through (endpoints by node and by address, confirmed affinities and borrowed
-addresses by node). The syncer's events (`Update`, `Deleted`) feed it through `apply`,
-each in O(size of the changed value); the CNI handler's endpoint reports go through the
-same path (`put`, `remove`), so an endpoint reported before etcd's watch echoes it is
-simply already there when the echo arrives, and the echo changes nothing.
+reservations, blocks and affinities, workload endpoints, host endpoints, policies,
+namespaces, nodes, BGP configuration and peers, the FelixConfiguration), decoded by
+`decode_value`, and the indexes the calculation asks through (endpoints by node and by
+address, confirmed affinities and borrowed addresses by node). The syncer's events
+(`Update`, `Deleted`) feed it through `apply`, each in O(size of the changed value); the
+CNI handler's endpoint reports go through the same path (`put`, `remove`), so an
+endpoint reported before etcd's watch echoes it is simply already there when the echo
+arrives, and the echo changes nothing.
 
 Last good values: the syncer never emits an `Update` for a value that does not decode
 (it emits `ConfigError` and keeps the last good one), so a key here always holds the last
@@ -134,6 +135,8 @@ class ClusterState:
         self.global_policies: dict[str, model.GlobalNetworkPolicy] = {}  # by key
         self.endpoints: dict[str, model.WorkloadEndpoint] = {}  # by key
         self.blocks: dict[str, BlockSummary] = {}  # by key
+        self.felix_configs: dict[str, model.FelixConfiguration] = {}  # by name
+        self.host_endpoints: dict[str, model.HostEndpoint] = {}  # by key
         self._namespace_keys: dict[str, model.Namespace] = {}  # by key
         self._endpoints_by_node: dict[str, dict[str, model.WorkloadEndpoint]] = {}
         self._by_address: dict[str, set[str]] = {}  # address -> endpoint keys
@@ -218,6 +221,10 @@ class ClusterState:
             self.policies[key] = v
         elif isinstance(v, model.GlobalNetworkPolicy):
             self.global_policies[key] = v
+        elif isinstance(v, model.FelixConfiguration):
+            self.felix_configs[v.metadata.name] = v
+        elif isinstance(v, model.HostEndpoint):
+            self.host_endpoints[key] = v
 
     def _unindex(self, key: str, v: Any) -> None:
         if isinstance(v, _BGP_KINDS):
@@ -273,8 +280,17 @@ class ClusterState:
             self.policies.pop(key, None)
         elif isinstance(v, model.GlobalNetworkPolicy):
             self.global_policies.pop(key, None)
+        elif isinstance(v, model.FelixConfiguration):
+            self.felix_configs.pop(v.metadata.name, None)
+        elif isinstance(v, model.HostEndpoint):
+            self.host_endpoints.pop(key, None)
 
     # -- reading -----------------------------------------------------------------------
+
+    def felix_config(self) -> model.FelixConfigurationSpec:
+        """The FelixConfiguration named ``default``, or the defaults when there is none."""
+        fc = self.felix_configs.get("default")
+        return fc.spec if fc is not None else model.FelixConfigurationSpec()
 
     def endpoints_of(self, node: str) -> Mapping[str, model.WorkloadEndpoint]:
         """The workload endpoints of ``node``, by key."""

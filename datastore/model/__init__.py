@@ -1,10 +1,11 @@
 """The typed resource model of l3fabric (docs/architecture.md §4): every kind in etcd, validated.
 
 The package's modules, one room each: ``fields`` (the validator kit), ``resource`` (the
-framing and metadata every kind shares), ``ipam``, ``bgp``, ``policy``, ``node``
-(Node, Namespace, NodeStatus) and ``workload`` (one module per domain of kinds), and
-``codec`` (the registry of kinds, their keys, bytes <-> resource). Import from here:
-``from datastore import model``; ``model.WorkloadEndpoint``.
+framing and metadata every kind shares), ``ipam``, ``bgp``, ``policy``, ``felix``
+(FelixConfiguration, HostEndpoint), ``node`` (Node, Namespace, NodeStatus) and
+``workload`` (one module per domain of kinds), and ``codec`` (the registry of kinds,
+their keys, bytes <-> resource). Import from here: ``from datastore import model``;
+``model.WorkloadEndpoint``.
 
 Owned here: one frozen dataclass per kind, the ``apiVersion``/``kind``/``metadata``/``spec``
 framing, strict validation (unknown fields, wrong types and out-of-range values are errors
@@ -53,6 +54,15 @@ from datastore.model.codec import (
     parse_document,
     resolve_kind,
 )
+from datastore.model.felix import (
+    DEFAULT_FAILSAFE_INBOUND,
+    DEFAULT_FAILSAFE_OUTBOUND,
+    FelixConfiguration,
+    FelixConfigurationSpec,
+    HostEndpoint,
+    HostEndpointSpec,
+    ProtoPort,
+)
 from datastore.model.ipam import (
     IPAMConfig,
     IPAMConfigSpec,
@@ -99,6 +109,8 @@ from datastore.model.workload import (
 __all__ = [
     "ALIASES",
     "API_VERSION",
+    "DEFAULT_FAILSAFE_INBOUND",
+    "DEFAULT_FAILSAFE_OUTBOUND",
     "DEFAULT_MAX_PREFIXES",
     "KINDS",
     "MAX_PREFIXES_LIMIT",
@@ -110,10 +122,14 @@ __all__ = [
     "BGPPeerStatus",
     "EndpointPort",
     "EntityRule",
+    "FelixConfiguration",
+    "FelixConfigurationSpec",
     "FrozenMap",
     "GlobalNetworkPolicy",
     "GlobalNetworkPolicySpec",
     "GracefulRestart",
+    "HostEndpoint",
+    "HostEndpointSpec",
     "ICMPMatch",
     "IPAMConfig",
     "IPAMConfigSpec",
@@ -135,6 +151,7 @@ __all__ = [
     "NodeStatus",
     "NodeStatusBody",
     "PortMatch",
+    "ProtoPort",
     "Resource",
     "Rule",
     "SpecResource",

@@ -18,6 +18,7 @@ from datastore.labelselector import (
     type_name,
 )
 from datastore.model.bgp import BGPConfiguration, BGPPeer
+from datastore.model.felix import FelixConfiguration, HostEndpoint
 from datastore.model.ipam import IPAMConfig, IPPool, IPReservation
 from datastore.model.node import Namespace, Node, NodeStatus
 from datastore.model.policy import GlobalNetworkPolicy, NetworkPolicy
@@ -48,6 +49,8 @@ KINDS: dict[str, type[Resource]] = {
         WorkloadEndpoint,
         IPReservation,
         NodeStatus,
+        FelixConfiguration,
+        HostEndpoint,
     )
 }
 
@@ -72,6 +75,12 @@ ALIASES: dict[str, str] = {
     "weps": "WorkloadEndpoint",
     "ipreservations": "IPReservation",
     "nodestatuses": "NodeStatus",
+    "felixconfig": "FelixConfiguration",
+    "felixconfigs": "FelixConfiguration",
+    "felixconfigurations": "FelixConfiguration",
+    "hostendpoints": "HostEndpoint",
+    "hep": "HostEndpoint",
+    "heps": "HostEndpoint",
 }
 
 
@@ -96,6 +105,8 @@ _PREFIXES: dict[str, str] = {
     "WorkloadEndpoint": keys.WORKLOADS,
     "IPReservation": keys.IPAM_RESERVATIONS,
     "NodeStatus": keys.NODE_STATUS,
+    "FelixConfiguration": keys.FELIX_CONFIGS,
+    "HostEndpoint": keys.HOST_ENDPOINTS,
 }
 
 
@@ -130,6 +141,8 @@ def key_for(res: Resource) -> str:
         "GlobalNetworkPolicy": keys.global_policy,
         "IPReservation": keys.ipam_reservation,
         "NodeStatus": keys.node_status,
+        "FelixConfiguration": keys.felix_config,
+        "HostEndpoint": keys.host_endpoint,
     }
     return by_kind[res.kind](name)
 

@@ -34,10 +34,12 @@ class IPPoolSpec:
     block_size: int
     node_selector: Selector = SELECT_ALL
     disabled: bool = False
+    # Masquerade what the pool's pods send outside every pool (felix_like.policy.natout).
+    nat_outgoing: bool = False
 
     @classmethod
     def from_dict(cls, obj: Any, path: str) -> IPPoolSpec:
-        o = _Obj(obj, path, ("cidr", "blockSize", "nodeSelector", "disabled"))
+        o = _Obj(obj, path, ("cidr", "blockSize", "nodeSelector", "disabled", "natOutgoing"))
         cidr = o.req("cidr", _network)
         lo, hi, default = _BLOCK_SIZES[cidr.version]
         block_size = o.get("blockSize", _ranged(lo, hi), default)
@@ -53,15 +55,19 @@ class IPPoolSpec:
             block_size=block_size,
             node_selector=o.get("nodeSelector", _selector, SELECT_ALL),
             disabled=o.get("disabled", _bool, False),
+            nat_outgoing=o.get("natOutgoing", _bool, False),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "cidr": str(self.cidr),
             "blockSize": self.block_size,
             "nodeSelector": str(self.node_selector),
             "disabled": self.disabled,
         }
+        if self.nat_outgoing:
+            out["natOutgoing"] = True
+        return out
 
 
 @dataclass(frozen=True)

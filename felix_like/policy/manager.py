@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from felix_like.policy.incremental import IncrementalCalculation
+from felix_like.policy.nat_backend import NatManager
+from felix_like.policy.natout import plan_of_state
 from felix_like.policy.ruleset import Ruleset
 from felix_like.state import ClusterState
 
@@ -161,11 +163,14 @@ class PolicyManager:
     def __init__(self, backend: str, netns: str | None, node: str,
                  host_addresses: Iterable[str] | None = None,
                  impl: Backend | None = None,
-                 forget: Callable[[str | None, Iterable[str]], int] | None = None) -> None:
+                 forget: Callable[[str | None, Iterable[str]], int] | None = None,
+                 nat: NatManager | None = None) -> None:
         self.backend_name = backend
         self.netns = netns
         self.node = node
         self.backend = impl or make_backend(backend, netns)
+        # Outgoing NAT rides on the same backend and apply (felix_like.policy.natout).
+        self.nat = nat if nat is not None or impl is not None else NatManager(backend, netns)
         self.forget_flows = forget or forget_flows
         self._fixed_hosts = list(host_addresses) if host_addresses is not None else None
         self.host_addresses = self._read_hosts()
@@ -203,6 +208,8 @@ class PolicyManager:
         rs = self.calculate()
         self.last_calc_seconds = time.perf_counter() - t0
         self.last_commands = self.backend.apply(rs)
+        if self.nat is not None:
+            self.nat.apply(plan_of_state(self.state, self.host_addresses))
         # Local endpoints that went, and any endpoint's address released anywhere: a
         # remote pod's flow through this node (a local client's egress) must not reach
         # the next pod given that address either.
@@ -226,9 +233,13 @@ class PolicyManager:
         """Re-read host addresses and make the next apply a full converge (periodic)."""
         self.host_addresses = self._read_hosts()
         self.backend.forget()
+        if self.nat is not None:
+            self.nat.forget()
         self.calc.reset()
 
     def cleanup(self) -> None:
         """Remove everything this manager's backend owns in the namespace."""
+        if self.nat is not None:  # first: its ipsets are in use until its rules go
+            self.nat.cleanup()
         self.backend.cleanup()
         self.ruleset = None

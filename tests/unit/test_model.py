@@ -98,6 +98,13 @@ SAMPLES: list[dict[str, Any]] = [
               "containerID": "abc123", "ipNetworks": ["10.244.1.5/32", "fd00:244::5/128"],
               "mac": "EE:EE:EE:EE:EE:EE", "hostInterface": "fab0123456789a",
               "labels": {"app": "web"}, "ports": [{"name": "http", "port": 8080}]}},
+    doc("IPPool", "nat", {"cidr": "10.245.0.0/16", "natOutgoing": True}),
+    doc("FelixConfiguration", "default", {"nonMasqueradeCIDRs": ["10.0.0.0/8"],
+                                          "failsafeInboundHostPorts": [{"protocol": "TCP",
+                                                                        "port": 22}]}),
+    doc("HostEndpoint", "node1-eth0", {"node": "node1", "interfaceName": "eth0",
+                                       "expectedIPs": ["10.77.1.1"]}, labels={"role": "host"}),
+    doc("HostEndpoint", "node1-all", {"node": "node1", "interfaceName": "*"}),
     doc("IPReservation", "gw", {"reservedCIDRs": ["10.244.0.1", "10.244.0.128/25"]}),
     doc("NodeStatus", "node1", {"updated": "2024-01-01T00:00:00Z", "inSync": True,
                                 "bgp": {"peers": [{"peerIP": "10.99.1.2", "state": "Established",
@@ -121,7 +128,8 @@ def test_every_kind_has_a_sample_and_an_alias() -> None:
     assert {o["kind"] for o in SAMPLES} == set(KINDS)
     for cli in ("ippool", "ippools", "bgpconfig", "bgpconfiguration", "bgppeer", "node",
                 "namespace", "ns", "networkpolicy", "netpol", "globalnetworkpolicy", "gnp",
-                "workloadendpoint", "wep", "ipreservation", "ipamconfig", "nodestatus"):
+                "workloadendpoint", "wep", "ipreservation", "ipamconfig", "nodestatus",
+                "hostendpoint", "hep", "felixconfiguration"):
         assert ALIASES[cli] in KINDS
     assert resolve_kind("GNP") is GlobalNetworkPolicy
     with pytest.raises(KeyError):
@@ -178,7 +186,8 @@ def test_ippool_defaults() -> None:
         ({"cidr": "10.0.0.0/8", "blockSize": True}, "spec.blockSize", "expected an int, got bool"),
         ({"cidr": "10.0.0.0/8", "disabled": "no"}, "spec.disabled", "expected a bool"),
         ({"cidr": "10.0.0.0/8", "nodeSelector": "rack =="}, "spec.nodeSelector", "at column 8"),
-        ({"cidr": "10.0.0.0/8", "natOutgoing": True}, "spec.natOutgoing", "unknown field"),
+        ({"cidr": "10.0.0.0/8", "natOutgoing": "yes"}, "spec.natOutgoing", "expected a bool"),
+        ({"cidr": "10.0.0.0/8", "ipipMode": "Always"}, "spec.ipipMode", "unknown field"),
     ],
 )
 def test_ippool_rejects(spec: dict[str, Any], path: str, fragment: str) -> None:
