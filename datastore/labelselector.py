@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -148,10 +149,14 @@ def check_label_value(value: str, path: str) -> None:
         )
 
 
+#: The one empty label map (immutable, so every resource without labels shares it).
+EMPTY_LABELS: FrozenMap[str] = FrozenMap()
+
+
 def check_labels(value: Any, path: str) -> FrozenMap[str]:
     """A ``{key: value}`` label object, checked entry by entry; None means no labels."""
     if value is None:
-        return FrozenMap()
+        return EMPTY_LABELS
     if not isinstance(value, Mapping):
         raise ValidationError(None, path, f"expected an object, got {type_name(value)}")
     for k, v in value.items():
@@ -161,7 +166,10 @@ def check_labels(value: Any, path: str) -> FrozenMap[str]:
         if not isinstance(v, str):
             raise ValidationError(None, f"{path}.{k}", f"expected a string, got {type_name(v)}")
         check_label_value(v, f"{path}.{k}")
-    return FrozenMap(value)
+    if not value:
+        return EMPTY_LABELS
+    # Interned: a cluster's label keys and most values repeat over thousands of endpoints.
+    return FrozenMap({sys.intern(k): sys.intern(v) for k, v in value.items()})
 
 
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")

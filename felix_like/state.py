@@ -139,7 +139,9 @@ class ClusterState:
         self.host_endpoints: dict[str, model.HostEndpoint] = {}  # by key
         self._namespace_keys: dict[str, model.Namespace] = {}  # by key
         self._endpoints_by_node: dict[str, dict[str, model.WorkloadEndpoint]] = {}
-        self._by_address: dict[str, set[str]] = {}  # address -> endpoint keys
+        # address -> the key of the endpoint holding it, or a set of keys when several do
+        # (a set per address would cost ~200 bytes for each of the cluster's endpoints)
+        self._by_address: dict[str, str | set[str]] = {}
         self._blocks_by_node: dict[str | None, set[str]] = {}  # owner -> block keys
         self._borrowed: dict[str, dict[str, tuple[str, ...]]] = {}  # holder -> key -> addrs
         self._affinities: dict[str, dict[str, Affinity]] = {}  # node -> key -> affinity
@@ -194,7 +196,13 @@ class ClusterState:
             self.endpoints[key] = v
             self._endpoints_by_node.setdefault(_workload_node(key), {})[key] = v
             for addr in _addresses(v):
-                self._by_address.setdefault(addr, set()).add(key)
+                held = self._by_address.get(addr)
+                if held is None or held == key:
+                    self._by_address[addr] = key
+                elif isinstance(held, str):
+                    self._by_address[addr] = {held, key}
+                else:
+                    held.add(key)
         elif isinstance(v, BlockSummary):
             self.blocks[key] = v
             self._blocks_by_node.setdefault(v.node, set()).add(key)
@@ -241,11 +249,13 @@ class ClusterState:
                 if not local:
                     del self._endpoints_by_node[node]
             for addr in _addresses(v):
-                holders = self._by_address.get(addr)
-                if holders is not None:
-                    holders.discard(key)
-                    if not holders:
-                        del self._by_address[addr]
+                held = self._by_address.get(addr)
+                if held == key:
+                    del self._by_address[addr]
+                elif isinstance(held, set):
+                    held.discard(key)
+                    if len(held) == 1:
+                        self._by_address[addr] = held.pop()
         elif isinstance(v, BlockSummary):
             self.blocks.pop(key, None)
             _discard(self._blocks_by_node, v.node, key)
@@ -298,7 +308,10 @@ class ClusterState:
 
     def endpoints_at(self, address: str) -> set[str]:
         """The keys of the endpoints holding ``address`` (a bare IP)."""
-        return set(self._by_address.get(address, ()))
+        held = self._by_address.get(address)
+        if held is None:
+            return set()
+        return {held} if isinstance(held, str) else set(held)
 
     def addresses_in_use(self) -> AbstractSet[str]:
         """Every address some endpoint of any node holds (bare IPs): a live, read-only

@@ -7,11 +7,13 @@ declarative base of the kinds whose body is a single ``spec``."""
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Protocol, Self, TypeVar
 
 from datastore.labelselector import (
+    EMPTY_LABELS,
     FrozenMap,
     ValidationError,
     check_label_key,
@@ -50,15 +52,15 @@ def _annotations(v: Any, path: str) -> FrozenMap[str]:
     return FrozenMap(o.value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Metadata:
     """Identity and labels. ``revision`` is the etcd ``mod_revision`` the resource was read
     at; it is never stored, does not take part in equality, and is None for parsed files."""
 
     name: str
     namespace: str | None = None
-    labels: Mapping[str, str] = field(default_factory=FrozenMap)
-    annotations: Mapping[str, str] = field(default_factory=FrozenMap)
+    labels: Mapping[str, str] = EMPTY_LABELS
+    annotations: Mapping[str, str] = EMPTY_LABELS
     revision: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -74,14 +76,14 @@ class Metadata:
         name = o.req("name", _dns_subdomain)
         namespace: str | None = None
         if namespaced:
-            namespace = o.get("namespace", _dns_label, "default")
+            namespace = sys.intern(o.get("namespace", _dns_label, "default"))
         elif o.has("namespace"):
             raise ValidationError(None, o.at("namespace"), "this kind is not namespaced")
         return cls(
             name=name,
             namespace=namespace,
             labels=check_labels(o.value.get("labels"), o.at("labels")),
-            annotations=o.get("annotations", _annotations, FrozenMap()),
+            annotations=o.get("annotations", _annotations, EMPTY_LABELS),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,7 +100,7 @@ class Metadata:
 # --- resource base -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Resource:
     """Base of every kind. Subclasses add one ``spec`` field (``status`` for NodeStatus)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
@@ -31,6 +32,10 @@ from datastore.model.resource import Metadata, Resource
 log = logging.getLogger(__name__)
 
 
+def _interned(s: str | None) -> str | None:
+    return None if s is None else sys.intern(s)
+
+
 @dataclass(frozen=True)
 class EndpointPort:
     """A named container port, for NetworkPolicy/GNP named-port matches."""
@@ -52,8 +57,11 @@ class EndpointPort:
         return {"name": self.name, "port": self.port, "protocol": self.protocol}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkloadEndpointSpec:
+    """Slotted, with the strings that repeat over a node's or the cluster's endpoints
+    (node, interface, MAC) interned: an agent holds every endpoint of the cluster."""
+
     node: str
     pod: str
     endpoint: str  # the interface inside the pod (CNI_IFNAME)
@@ -85,12 +93,12 @@ class WorkloadEndpointSpec:
     def from_dict(cls, obj: Any, path: str) -> WorkloadEndpointSpec:
         o = _Obj(obj, path, cls.FIELDS)
         return cls(
-            node=o.req("node", _dns_subdomain),
+            node=sys.intern(o.req("node", _dns_subdomain)),
             pod=o.req("pod", _dns_subdomain),
-            endpoint=o.req("endpoint", _ifname),
+            endpoint=sys.intern(o.req("endpoint", _ifname)),
             container_id=o.req("containerID", _nonempty),
             ip_networks=o.list("ipNetworks", _network),
-            mac=o.opt("mac", _mac),
+            mac=_interned(o.opt("mac", _mac)),
             host_interface=o.opt("hostInterface", _ifname),
             labels=check_labels(o.value.get("labels"), o.at("labels")),
             ports=o.list("ports", EndpointPort.from_dict),
@@ -116,7 +124,7 @@ class WorkloadEndpointSpec:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WorkloadEndpoint(Resource):
     """One pod interface, written by the CNI handler. ``metadata.name`` is
     ``<pod>.<endpoint>`` and ``spec.namespace`` (optional) repeats ``metadata.namespace``,
