@@ -80,7 +80,10 @@ class CniServer:
             writer.write(shim.encode_message(answer))
             await writer.drain()
         except asyncio.CancelledError:
-            raise
+            # The agent is stopping: its etcd client, closed under the request, raises
+            # this (a task nobody awaits; re-raised, asyncio's stream callback logs it
+            # with a traceback). The connection closes unanswered; the runtime retries.
+            log.info("CNI request interrupted: the agent is stopping")
         except Exception as e:
             log.exception("CNI request failed")
             with contextlib.suppress(Exception):

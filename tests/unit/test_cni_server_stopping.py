@@ -1,0 +1,40 @@
+"""The CNI server while the agent stops: a request interrupted by the shutdown ends its
+connection with one log line, never a traceback (the runtime retries the call)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from cni import shim
+from felix_like.cni_server import CniServer
+
+
+async def test_a_request_cancelled_by_the_shutdown_logs_no_traceback(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The etcd client raises CancelledError in a request it is closed under (the agent
+    stopping while a DEL waits on etcd): the shim sees the connection end, and nothing is
+    logged with a traceback, by the server or by asyncio's stream callback."""
+
+    async def interrupted(plugin: str, env: dict[str, str], stdin: str
+                          ) -> tuple[int, str, str]:
+        raise asyncio.CancelledError()
+
+    caplog.set_level(logging.INFO)
+    server = CniServer(str(tmp_path / "s.sock"), interrupted)
+    await server.start()
+    try:
+        reader, writer = await asyncio.open_unix_connection(server.path)
+        writer.write(shim.encode_message({"plugin": "l3fabric", "env": {"CNI_COMMAND": "DEL"},
+                                          "stdin": "{}"}))
+        writer.write_eof()
+        assert await reader.read() == b""
+        writer.close()
+        await asyncio.sleep(0.05)  # asyncio's done-callback of the connection task runs
+    finally:
+        await server.stop()
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
