@@ -66,6 +66,7 @@ from felix_like.metrics import HealthServer, Metrics
 from felix_like.netlink import Rtnl, open_iproute
 from felix_like.node_status import keep_node_status
 from felix_like.policy.manager import PolicyManager
+from felix_like.policy.stats import PolicyCounterCollector, counter_reader
 from felix_like.routes import (
     ApplyResult,
     PodRouteRefused,
@@ -547,6 +548,8 @@ class Agent:
         await self._in_netlink(self.routes.apply)
         self.policy = await self._in_netlink(lambda: PolicyManager(
             self.cfg.policy_backend, self.cfg.netns, self.node))
+        self.metrics.registry.register(
+            PolicyCounterCollector(counter_reader(self.policy.backend)))
         self.bgp.interfaces = await self._in_netlink(lambda: interface_addresses(self.ipr))
         await self.health.start()
         # WATCHDOG=1 and STATUS= for systemd (felix_like.sdnotify), from the first step on.

@@ -181,7 +181,9 @@ class HealthServer:
             parts = line.decode("latin-1").split()
             path = parts[1] if len(parts) > 1 else "/"
             if path == "/metrics":
-                status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, self.metrics.render()
+                # Off the event loop: collectors read the kernel (policy counters).
+                body = await asyncio.to_thread(self.metrics.render)
+                status, ctype = "200 OK", CONTENT_TYPE_LATEST
             elif path == "/livez":
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
             elif path == "/readyz":

@@ -19,6 +19,11 @@ changes, then one iptables-restore per family (all chain changes of the batch at
 removal of ipsets nothing references any more. On a full sync sets are refilled through a
 temporary set and ``ipset swap``, so a set is never seen empty.
 
+Counters: a counted rule's comment spells its :class:`Counted`; ``read_counters`` sums the
+rules' own counters by comment (``iptables-save -c``). A restore zeroes the counters of the
+chains it rewrites, so just before it those chains' counts are read and kept
+(``_retired``): the totals only rise, also across the full rewrite of every resync.
+
 Failure mode: a failed restore raises :class:`IptablesError` with the tool's message; the
 record of what is programmed is only updated on success, so the next apply retries.
 """
@@ -27,7 +32,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import subprocess
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +47,7 @@ from felix_like.policy.program import (
     MARK_PASS,
     PROTOCOL_NAMES,
     Addr,
+    Counted,
     Family,
     Icmp,
     Marked,
@@ -161,7 +169,10 @@ class _Render:
         variants = self.rule_variants(rule)
         if variants is None:
             return []
-        comment = ["-m", "comment", "--comment", _q(rule.comment[:200])] if rule.comment else []
+        # A counted rule's comment spells its counter (Counted.text): read_counters finds
+        # the rule's packet counts by it.
+        text = rule.counted.text if rule.counted is not None else rule.comment
+        comment = ["-m", "comment", "--comment", _q(text[:200])] if text else []
         v = rule.verdict
         lines: list[str] = []
         for args in variants:
@@ -245,6 +256,47 @@ def _ipset_create(spec: IpsetSpec, name: str | None = None) -> str:
     return f"create {name or spec.name} {typ} family {fam} -exist"
 
 
+_SAVED_RULE = re.compile(r'^\[(\d+):(\d+)\] -A (\S+) .*?--comment (?:"([^"]*)"|(\S+))')
+
+#: Counts by counter, per chain: what ``iptables-save -c`` shows of our counted rules.
+ChainCounts = dict[str, dict[Counted, tuple[int, int]]]
+
+
+def parse_saved_counters(text: str) -> ChainCounts:
+    """The counted rules of ``iptables-save -c`` output, summed by chain and counter."""
+    out: ChainCounts = {}
+    for line in text.splitlines():
+        m = _SAVED_RULE.match(line)
+        if m is None or not m.group(3).startswith(PREFIX):
+            continue
+        counted = Counted.parse(m.group(4) if m.group(4) is not None else m.group(5))
+        if counted is None:
+            continue
+        per = out.setdefault(m.group(3), {})
+        p, b = per.get(counted, (0, 0))
+        per[counted] = (p + int(m.group(1)), b + int(m.group(2)))
+    return out
+
+
+def _add_counts(into: dict[Counted, tuple[int, int]],
+                counts: dict[Counted, tuple[int, int]]) -> None:
+    for c, (p, b) in counts.items():
+        p0, b0 = into.get(c, (0, 0))
+        into[c] = (p0 + p, b0 + b)
+
+
+_RENDERED_COMMENT = re.compile(r'--comment "([^"]*)"')
+
+
+def _has_counted(lines: tuple[str, ...]) -> bool:
+    """Whether any of our rendered rule lines is a counted rule."""
+    for ln in lines:
+        m = _RENDERED_COMMENT.search(ln)
+        if m is not None and Counted.parse(m.group(1)) is not None:
+            return True
+    return False
+
+
 @dataclass
 class _State:
     chains: dict[int, dict[str, tuple[str, ...]]] = field(default_factory=dict)
@@ -261,6 +313,10 @@ class IptablesBackend:
         # Renderings of unchanged chains and element sets are reused (by object identity).
         self._chain_cache: dict[int, RenderCache] = {4: {}, 6: {}}
         self._elem_cache: dict[str, tuple[frozenset[Any], frozenset[str]]] = {}
+        # Rewriting a chain zeroes its rules' counters: what they had counted is kept here
+        # (read just before the rewrite), so the policy counters only ever rise.
+        self._retired: dict[Counted, tuple[int, int]] = {}
+        self._counters_lock = threading.Lock()
 
     def forget(self) -> None:
         self.programmed = None
@@ -286,12 +342,26 @@ class IptablesBackend:
                 st.elements[name] = elems
         return st
 
-    def _existing(self, version: int) -> tuple[set[str], bool, bool]:
-        tool = "iptables-save" if version == 4 else "ip6tables-save"
-        text = self.run([tool, "-t", "filter"], "")
+    def _save(self, version: int) -> str:
+        return self.run(["iptables-save" if version == 4 else "ip6tables-save",
+                         "-c", "-t", "filter"], "")
+
+    def _existing(self, version: int, text: str | None = None) -> tuple[set[str], bool, bool]:
+        text = self._save(version) if text is None else text
         chains = {ln[1:].split()[0] for ln in text.splitlines()
                   if ln.startswith(":") and ln[1:].startswith(PREFIX)}
         return chains, f"-A FORWARD -j {FWD}" in text, f"-A INPUT -j {INPUT}" in text
+
+    def read_counters(self) -> dict[Counted, tuple[int, int]]:
+        """Every policy counter: (packets, bytes) by what it counts, from the rules'
+        counters (``iptables-save -c``, which changes nothing) plus what rewritten rules
+        had counted before."""
+        with self._counters_lock:
+            found = dict(self._retired)
+            for v in (4, 6):
+                for counts in parse_saved_counters(self._save(v)).values():
+                    _add_counts(found, counts)
+        return found
 
     def apply(self, rs: Ruleset) -> int:
         want = self._desired(rs)
@@ -324,6 +394,7 @@ class IptablesBackend:
             pre.extend(f"add {name} {e} -exist" for e in sorted(elems - before))
         # 2. chains, per family, one restore each.
         restores: dict[int, str] = {}
+        rewritten: dict[int, set[str]] = {}  # chains whose counters the restore zeroes
         for v in (4, 6):
             chains = want.chains[v]
             if full:
@@ -339,6 +410,8 @@ class IptablesBackend:
             stale = sorted(set(before_chains) - set(chains))
             if not changed and not stale and fwd_hooked and in_hooked:
                 continue
+            rewritten[v] = {c for c in (changed & set(before_chains)) | set(stale)
+                            if full or _has_counted(before_chains[c])}
             lines = ["*filter"]
             lines += [f":{c} - [0:0]" for c in sorted(changed | set(stale))]
             for c in sorted(changed):
@@ -357,7 +430,15 @@ class IptablesBackend:
         if pre:
             self.run(["ipset", "restore"], "\n".join(pre) + "\n")
         for v, text in restores.items():
-            self.run(["iptables-restore" if v == 4 else "ip6tables-restore", "--noflush"], text)
+            with self._counters_lock:
+                retiring: dict[Counted, tuple[int, int]] = {}
+                if rewritten[v]:
+                    for chain, counts in parse_saved_counters(self._save(v)).items():
+                        if chain in rewritten[v]:
+                            _add_counts(retiring, counts)
+                self.run(["iptables-restore" if v == 4 else "ip6tables-restore",
+                          "--noflush"], text)
+                _add_counts(self._retired, retiring)
         if post:
             self.run(["ipset", "restore"], "\n".join(post) + "\n")
         self.programmed = want

@@ -29,6 +29,13 @@ with plain interval sets (an older version) is converted by the full converge: s
 whose type differs are deleted, after the chains referencing them are flushed, and made
 again, in the same transaction.
 
+Counters: every counted rule (a policy rule, a namespace's default deny: ``Rule.counted``)
+updates a named counter object of the table, one per :class:`Counted`, shared by every
+rule that renders it (the peers and ports of one policy rule, the default deny of every
+pod of a namespace). Named, not anonymous, because a chain refill (a policy change, the
+full converge of every resync) would zero an anonymous counter; ``add counter`` of an
+existing one keeps its values. ``read_counters`` lists only the counters.
+
 Failure mode: libnftables rejects the transaction -> :class:`NftError` with its message;
 nothing was changed and our record is left as it was, so the next apply retries the same
 diff. If the kernel was changed behind our back, ``forget()`` (the periodic resync) repairs.
@@ -36,8 +43,10 @@ diff. If the kernel was changed behind our back, ``forget()`` (the periodic resy
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +56,7 @@ from felix_like.policy.program import (
     MARK_MASK,
     MARK_PASS,
     Addr,
+    Counted,
     Family,
     Icmp,
     Marked,
@@ -138,12 +148,20 @@ def render_match(m: object) -> dict[str, Any]:
     raise TypeError(f"cannot render {m!r}")
 
 
+def counter_name(c: Counted) -> str:
+    """The named counter of ``c``: a hash, since policy names may hold what nft names may
+    not; the counter's comment spells ``c`` (:attr:`Counted.text`)."""
+    return "c-" + hashlib.sha1(c.text.encode()).hexdigest()[:16]
+
+
 def render_rule(rule: Rule) -> list[dict[str, Any]]:
     expr = [render_match(m) for m in rule.matches]
     for m in rule.matches:  # icmp code is a separate match
         if isinstance(m, Icmp) and m.code is not None:
             proto = "icmp" if m.version == 4 else "icmpv6"
             expr.append(_match({"payload": {"protocol": proto, "field": "code"}}, m.code))
+    if rule.counted is not None:
+        expr.append({"counter": counter_name(rule.counted)})
     v = rule.verdict
     if v.kind == "allow":
         expr += [_mark_or(MARK_ALLOW), {"return": None}]
@@ -215,8 +233,19 @@ def _add(kind: str, body: dict[str, Any]) -> JsonCmd:
     return {"add": {kind: body}}
 
 
+def _counters(rules: Iterable[Rule]) -> dict[str, Counted]:
+    return {counter_name(r.counted): r.counted for r in rules if r.counted is not None}
+
+
+def _add_counters(counters: dict[str, Counted]) -> list[JsonCmd]:
+    """``add counter`` of an existing counter keeps its values: policy counters survive
+    chain refills, the full converge of a resync and agent restarts."""
+    return [_add("counter", {**T, "name": name, "comment": c.text[:128]})
+            for name, c in sorted(counters.items())]
+
+
 def _rules(chain: str, rules: tuple[Rule, ...]) -> list[JsonCmd]:
-    out = []
+    out = _add_counters(_counters(rules))
     for r in rules:
         body: dict[str, Any] = {**T, "chain": chain, "expr": render_rule(r)}
         if r.comment:
@@ -230,10 +259,12 @@ def _map_elems(name: str, items: dict[str, str]) -> list[Any]:
 
 
 def full_transaction(rs: Ruleset, existing_chains: set[str], existing_sets: set[str],
-                     existing_types: dict[str, list[str]] | None = None) -> list[JsonCmd]:
+                     existing_types: dict[str, list[str]] | None = None,
+                     existing_counters: Iterable[str] = ()) -> list[JsonCmd]:
     """Converge from unknown kernel state in one transaction (see the module docstring).
     ``existing_types``: set name -> its type in the kernel; a desired set whose type
-    differs is deleted (after every chain is flushed) and made again."""
+    differs is deleted (after every chain is flushed) and made again. Counters no rule
+    uses any more go last (a diff leaves them until then: they cost nothing)."""
     cmds: list[JsonCmd] = [_add("table", {"family": FAMILY, "name": TABLE})]
     for name, prio in BASE_CHAINS.items():
         cmds.append(_add("chain", {**T, "name": name, "type": "filter", "hook": name,
@@ -272,6 +303,9 @@ def full_transaction(rs: Ruleset, existing_chains: set[str], existing_sets: set[
         cmds.append({"delete": {"chain": {**T, "name": name}}})
     for name in sorted(existing_sets - set(rs.sets) - {FROM_MAP, TO_MAP}):
         cmds.append({"delete": {"set": {**T, "name": name}}})
+    used = {n for rules in rs.chains.values() for n in _counters(rules)}
+    for name in sorted(set(existing_counters) - used):
+        cmds.append({"delete": {"counter": {**T, "name": name}}})
     return cmds
 
 
@@ -327,6 +361,19 @@ def diff_transaction(old: Programmed, rs: Ruleset) -> list[JsonCmd]:
     return cmds
 
 
+def parse_counters(out: Any) -> dict[Counted, tuple[int, int]]:
+    """(packets, bytes) by counter from ``list counters`` JSON; others' counters (no
+    comment of ours) are skipped."""
+    found: dict[Counted, tuple[int, int]] = {}
+    for obj in (out or {}).get("nftables", []):
+        c = obj.get("counter")
+        counted = Counted.parse(c.get("comment", "")) if isinstance(c, dict) else None
+        if counted is not None:
+            p, b = found.get(counted, (0, 0))
+            found[counted] = (p + int(c.get("packets", 0)), b + int(c.get("bytes", 0)))
+    return found
+
+
 class NftBackend:
     """Programs one network namespace. ``nft`` runs a JSON command list atomically and
     returns (rc, output, error); by default libnftables' context made inside ``netns``."""
@@ -338,6 +385,8 @@ class NftBackend:
         self._nft = nft
         self.programmed: Programmed | None = None  # None: unknown, next apply is full
         self.last_commands = 0
+        self._reader: Any = None
+        self._reader_lock = threading.Lock()
 
     def _run(self, cmds: list[JsonCmd]) -> Any:
         if self._nft is None:
@@ -354,22 +403,25 @@ class NftBackend:
             raise NftError(f"nft transaction of {len(cmds)} commands failed: {err.strip()}")
         return out
 
-    def _existing(self) -> tuple[set[str], set[str], dict[str, list[str]]]:
+    def _existing(self) -> tuple[set[str], set[str], dict[str, list[str]], set[str]]:
         try:
             out = self._run([{"list": {"table": {"family": FAMILY, "name": TABLE}}}])
         except NftError:
-            return set(), set(), {}  # no table yet
+            return set(), set(), {}, set()  # no table yet
         chains: set[str] = set()
         sets: set[str] = set()
         types: dict[str, list[str]] = {}
+        counters: set[str] = set()
         for obj in (out or {}).get("nftables", []):
             if "chain" in obj:
                 chains.add(obj["chain"]["name"])
+            elif "counter" in obj:
+                counters.add(obj["counter"]["name"])
             elif "set" in obj:
                 sets.add(obj["set"]["name"])
                 typ = obj["set"].get("type")
                 types[obj["set"]["name"]] = typ if isinstance(typ, list) else [typ]
-        return chains, sets, types
+        return chains, sets, types, counters
 
     def forget(self) -> None:
         """Trust nothing we think we programmed: the next apply is a full converge."""
@@ -378,8 +430,8 @@ class NftBackend:
     def apply(self, rs: Ruleset) -> int:
         """Converge to ``rs``; returns the number of commands sent (0: nothing to do)."""
         if self.programmed is None:
-            chains, sets, types = self._existing()
-            cmds = full_transaction(rs, chains, sets, types)
+            chains, sets, types, counters = self._existing()
+            cmds = full_transaction(rs, chains, sets, types, counters)
         else:
             cmds = diff_transaction(self.programmed, rs)
         self.last_commands = len(cmds)
@@ -388,6 +440,26 @@ class NftBackend:
         self.programmed = Programmed(dict(rs.chains), dict(rs.sets), dict(rs.elements),
                                      dict(rs.from_pod), dict(rs.to_pod))
         return len(cmds)
+
+    def read_counters(self) -> dict[Counted, tuple[int, int]]:
+        """Every policy counter in the table: (packets, bytes) by what it counts, read by
+        their comments. Its own libnftables context, so a scrape (any thread) never
+        shares one with an apply; listing the counters leaves the rules alone."""
+        with self._reader_lock:
+            if self._reader is None:
+                import nftables
+
+                from felix_like.netlink import run_in_netns
+
+                self._reader = run_in_netns(self.netns, nftables.Nftables)
+                self._reader.set_json_output(True)
+            rc, out, err = self._reader.json_cmd({"nftables": [
+                {"list": {"counters": {"family": FAMILY, "table": TABLE}}}]})
+        if rc != 0:
+            if "No such file" in err:
+                return {}  # no table yet
+            raise NftError(f"listing the policy counters failed: {err.strip()}")
+        return parse_counters(out)
 
     def cleanup(self) -> None:
         """Remove our table (agent --cleanup / uninstall). Missing table is fine."""

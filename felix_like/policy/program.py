@@ -96,6 +96,70 @@ class Rule:
     matches: tuple[Match, ...]
     verdict: Verdict
     comment: str = ""  # the policy rule this came from, for explain and the backends
+    counted: Counted | None = None  # the policy counter its packets add to
+
+
+#: What a staged policy's rule would have done (counted, never enforced).
+WOULD = {"allow": "would-allow", "deny": "would-deny", "pass": "would-pass",
+         "log": "would-log"}
+
+
+@dataclass(frozen=True)
+class Counted:
+    """One series of ``l3fabric_policy_packets_total``/``_bytes_total``: a policy rule (or
+    a namespace's default deny) in one direction, whatever endpoints share it, so the
+    cardinality follows the policies, never the pods.
+
+    ``text`` is its one canonical spelling, which is also how a backend finds it again in
+    the kernel (the nft counter's comment, the iptables rule's comment):
+    ``np/NS/NAME ingress[0] allow``, ``gnp/NAME egress[2] deny``,
+    ``default-deny/NS ingress deny``; staged policies are ``snp/``/``sgnp/`` and act
+    ``would-…``."""
+
+    kind: str  # np | gnp | snp | sgnp | default-deny | staged-default-deny
+    namespace: str  # "" for a global policy
+    policy: str  # the policy's name ("" for a default deny)
+    direction: str  # ingress | egress
+    rule: int | None  # the rule's index in its direction (None: a default deny)
+    action: str  # allow | deny | pass | log | would-allow | would-deny | ...
+
+    @property
+    def text(self) -> str:
+        ref = "/".join(p for p in (self.kind, self.namespace, self.policy) if p)
+        where = self.direction if self.rule is None else f"{self.direction}[{self.rule}]"
+        return f"{ref} {where} {self.action}"
+
+    @classmethod
+    def parse(cls, text: str) -> Counted | None:
+        """The counter ``text`` spells, or None when it is not one."""
+        parts = text.split()
+        if len(parts) != 3:
+            return None
+        ref, where, action = parts
+        kind, _, rest = ref.partition("/")
+        direction, _, index = where.partition("[")
+        if direction not in ("ingress", "egress") or not rest:
+            return None
+        rule = int(index.rstrip("]")) if index.rstrip("]").isdigit() else None
+        if kind in ("np", "snp"):
+            ns, _, name = rest.partition("/")
+            return cls(kind, ns, name, direction, rule, action) if name else None
+        if kind in ("gnp", "sgnp"):
+            return cls(kind, "", rest, direction, rule, action)
+        if kind in ("default-deny", "staged-default-deny"):
+            return cls(kind, rest, "", direction, None, action)
+        return None
+
+    def labels(self) -> dict[str, str]:
+        """The metric's labels: policy, namespace (or "global"), rule, direction, action."""
+        staged = self.kind.startswith("s")
+        if self.kind.endswith("default-deny"):
+            policy = "(staged default deny)" if staged else "(default deny)"
+        else:
+            policy = f"staged:{self.policy}" if staged else self.policy
+        return {"policy": policy, "namespace": self.namespace or "global",
+                "rule": "" if self.rule is None else str(self.rule),
+                "direction": self.direction, "action": self.action}
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ from felix_like.policy.program import (
     PROTOCOLS,
     RETURN,
     Addr,
+    Counted,
     Family,
     Icmp,
     LocalEndpoint,
@@ -236,6 +237,7 @@ class _Builder:
         k8s_rules = p.spec.ingress if direction == "in" else p.spec.egress
         for i, r in enumerate(k8s_rules):
             comment = f"np/{ns}/{p.metadata.name} {direction}gress[{i}]"
+            counted = Counted("np", ns, p.metadata.name, f"{direction}gress", i, "allow")
             peers: list[tuple[Match, ...] | None] = []
             if not r.peers:
                 peers = [None]
@@ -264,7 +266,7 @@ class _Builder:
                     matches = (*(pm or ()), *(tm or ()))
                     if not _consistent(matches):
                         continue
-                    rules.append(Rule(_with_family(matches), ALLOW, comment))
+                    rules.append(Rule(_with_family(matches), ALLOW, comment, counted))
         return name, tuple(rules)
 
     # GlobalNetworkPolicy ----------------------------------------------------------------
@@ -279,10 +281,12 @@ class _Builder:
         gnp_rules = g.spec.ingress if direction == "in" else g.spec.egress
         for i, r in enumerate(gnp_rules):
             comment = f"gnp/{g.metadata.name} {direction}gress[{i}] {r.action}"
+            counted = Counted("gnp", "", g.metadata.name, f"{direction}gress", i,
+                              r.action.lower())
             verdict = {"Allow": ALLOW, "Deny": DROP, "Pass": PASS}.get(
                 r.action, Verdict("log", f"l3fabric {g.metadata.name[:20]}: "))
             for matches in self._calico_rule(r):
-                rules.append(Rule(matches, verdict, comment))
+                rules.append(Rule(matches, verdict, comment, counted))
         return name, tuple(rules)
 
     def _calico_rule(self, r: model.Rule) -> list[tuple[Match, ...]]:
@@ -420,7 +424,9 @@ def endpoint_chains(key: str, wep: model.WorkloadEndpoint,
             trules.append(Rule((), Verdict("jump", chain), f"np/{ns}/{p.metadata.name}"))
             trules.append(Rule((Marked(MARK_ALLOW),), RETURN))
         if isolating:
-            trules.append(Rule((), DROP, f"{typ.lower()} isolated: no policy allowed it"))
+            trules.append(Rule((), DROP, f"{typ.lower()} isolated: no policy allowed it",
+                               Counted("default-deny", ep_namespace(wep), "",
+                                       typ.lower(), None, "deny")))
         chains[tail] = tuple(trules)
         names[direction] = tuple(used)
     return chains, LocalEndpoint(
