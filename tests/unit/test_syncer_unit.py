@@ -481,6 +481,34 @@ async def test_snapshot_compacted_between_pages_starts_again() -> None:
     await it.aclose()  # type: ignore[attr-defined]
 
 
+async def test_a_restarted_snapshot_deletes_what_went_between_its_attempts() -> None:
+    """Pages are diffed as they arrive: the events of an attempt cut short by compaction
+    stay, and a key seen then but deleted before the next attempt comes out as Deleted."""
+    fake = BetweenPages()
+    for i in range(6):
+        await fake.put(P + f"k{i}", j(i=i))
+
+    async def compact_first() -> None:
+        if fake.pages == 1:
+            await fake.delete(P + "k0")
+            await fake.put(P + "k5", j(i=-5))
+            await fake.compact(await fake.revision())
+
+    fake.after_page = compact_first
+    s, it = make(fake, page_size=2)
+    evs = await until(it, lambda e: isinstance(e, InSync))
+    seen: dict[str, Any] = {}
+    for ev in evs:
+        if isinstance(ev, Update):
+            seen[ev.key] = ev.value
+        elif isinstance(ev, Deleted):
+            seen.pop(ev.key, None)
+    assert Deleted(P + "k0", evs[-1].revision) in evs  # type: ignore[attr-defined]
+    assert seen == s.current == content(fake)
+    assert P + "k0" not in seen and seen[P + "k5"] == {"i": -5}
+    await it.aclose()  # type: ignore[attr-defined]
+
+
 def test_nested_sub_prefixes_are_refused() -> None:
     with pytest.raises(ValueError, match="inside"):
         Syncer(FakeDatastore(), ROOT, decode, prefixes=("ipam/", "ipam/blocks/"))
