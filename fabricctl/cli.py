@@ -32,6 +32,7 @@ _MODULES = [
     ("fabricctl.lab_cmd", "add_parser"),
     ("fabricctl.install_cmd", "add_parsers"),
     ("fabricctl.tor_cmd", "add_parser"),
+    ("fabricctl.diags_cmd", "add_parser"),
     ("fabricctl.version_cmd", "add_parser"),
     ("fabricctl.completion_cmd", "add_parser"),
 ]
