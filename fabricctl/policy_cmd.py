@@ -15,6 +15,7 @@ from typing import Any
 
 from datastore import keys, model
 from datastore.client import Datastore
+from fabricctl import policy_stats_cmd
 from fabricctl.common import CliError, run
 from fabricctl.output import add_output_flag, dump, table
 from felix_like.policy.explain import Conn, decide, selecting_policies
@@ -37,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="destination port and protocol, e.g. 6379/tcp (default: tcp, no port)")
     add_output_flag(e)
     e.set_defaults(func=cmd_explain)
+    policy_stats_cmd.add_parser(psub)
 
 
 def parse_port(text: str | None) -> tuple[int, int | None]:

@@ -182,6 +182,7 @@ class NodeStatusBody:
     errors: tuple[str, ...] = ()
     in_sync: bool | None = None
     version: str | None = None  # the agent's l3fabric release (`datastore.version`)
+    metrics: str | None = None  # the URL of the agent's /metrics (fabricctl policy stats)
 
     @classmethod
     def from_dict(cls, obj: Any, path: str) -> NodeStatusBody:
@@ -195,6 +196,7 @@ class NodeStatusBody:
             errors=o.list("errors", _str),
             in_sync=o.opt("inSync", _bool),
             version=o.opt("version", _str),
+            metrics=o.opt("metrics", _str),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,6 +207,8 @@ class NodeStatusBody:
             out["inSync"] = self.in_sync
         if self.version is not None:
             out["version"] = self.version
+        if self.metrics is not None:
+            out["metrics"] = self.metrics
         out["bgp"] = {"peers": [p.to_dict() for p in self.bgp_peers]}
         out["blocks"] = list(self.blocks)
         out["programmed"] = dict(self.programmed)

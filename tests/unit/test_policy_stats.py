@@ -3,10 +3,19 @@ listings are read back, and the table ``fabricctl policy stats`` builds from a s
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
 import yaml
 
-from datastore import model
-from felix_like.metrics import Metrics
+from datastore import keys, model
+from datastore.fake import FakeDatastore
+from fabricctl import cli, policy_stats_cmd
+from felix_like.metrics import HealthServer, Metrics
 from felix_like.policy.iptables import parse_saved_counters
 from felix_like.policy.nft import counter_name, parse_counters
 from felix_like.policy.program import Counted
@@ -99,3 +108,56 @@ def test_a_scrape_becomes_the_stats_table() -> None:
     failing = Metrics()
     failing.registry.register(PolicyCounterCollector(lambda: 1 / 0))  # type: ignore[arg-type,return-value]
     assert rows_from_metrics("n1", failing.render().decode()) == []
+
+
+@contextlib.contextmanager
+def agent_metrics(counts: dict[Counted, tuple[int, int]]) -> Iterator[str]:
+    """A real agent metrics endpoint (HealthServer on 127.0.0.1, an ephemeral port) whose
+    policy counters read ``counts``; yields its URL."""
+    metrics = Metrics()
+    metrics.registry.register(PolicyCounterCollector(lambda: counts))
+    server = HealthServer(metrics, "127.0.0.1", 0)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(5)
+    try:
+        yield f"http://127.0.0.1:{server.port}/metrics"
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
+
+
+def test_policy_stats_reads_every_node_and_sums_per_rule(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    c1 = Counted("np", "shop", "db", "ingress", 0, "allow")
+    c2 = Counted("snp", "shop", "lockdown", "ingress", None, "would-deny")
+    with agent_metrics({c1: (5, 300)}) as u1, agent_metrics({c1: (2, 120), c2: (4, 4)}) as u2:
+        assert policy_stats_cmd.gather({"n1": u1, "n2": u2, "gone": "http://127.0.0.1:9/"})[1]
+        assert cli.main(["policy", "stats", "--endpoint", u1, "--endpoint", u2,
+                         "-o", "json"]) == 0
+        data = json.loads(capsys.readouterr().out)
+        by_policy = {r["policy"]: r for r in data["rules"]}
+        assert by_policy["db"]["packets"] == 7 and by_policy["db"]["bytes"] == 420
+        assert by_policy["staged:lockdown"]["action"] == "would-deny"
+        assert cli.main(["policy", "stats", "--endpoint", u2, "--sort", "policy"]) == 0
+        text = capsys.readouterr().out
+        assert "would deny" in text and text.index("db") < text.index("staged:lockdown")
+
+
+def test_policy_stats_finds_agents_through_their_node_status() -> None:
+    ds = FakeDatastore()
+
+    async def go() -> dict[str, str]:
+        for node, url in (("n1", "http://10.0.0.1:9091/metrics"), ("n2", None)):
+            st = model.parse_document({
+                "apiVersion": model.API_VERSION, "kind": "NodeStatus",
+                "metadata": {"name": node},
+                "status": {"inSync": True, **({"metrics": url} if url else {})}})
+            await ds.put(keys.node_status(node), model.encode(st))
+        return await policy_stats_cmd.agent_urls(ds, None)
+
+    # An agent that reports no URL (an older one) is not read.
+    assert asyncio.run(go()) == {"n1": "http://10.0.0.1:9091/metrics"}
