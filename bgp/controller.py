@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from bgp.config import desired_neighbors
 from bgp.export import confirmed_blocks, export_prefixes, pool_cidrs
 from bgp.speaker import BgpSpeaker, Learned
+from felix_like.metrics import BgpSample, PeerSample
 
 if TYPE_CHECKING:
     from felix_like.state import ClusterState
@@ -52,6 +53,8 @@ class BgpController:
                                   workdir=Path(workdir), exabgp_bin=exabgp_bin or default_exabgp(),
                                   on_learned=self._on_learned)
         self.speaker.interface_of = self._interface_of
+        if metrics is not None:
+            metrics.sample_bgp(self.metrics_sample)
 
     @property
     def interfaces(self) -> dict[str, str]:
@@ -120,14 +123,16 @@ class BgpController:
             self._neighbors_drawn_from = drawn_from
 
     def peer_status(self) -> list[dict[str, Any]]:
-        rows = self.speaker.peer_status()
-        m = self.metrics
-        if m is not None:
-            for r in rows:
-                m.bgp_peer_up.labels(r["peerIP"]).set(1 if r["state"] == "Established" else 0)
-                m.bgp_prefixes_received.labels(r["peerIP"]).set(r["prefixesIn"])
-                m.bgp_max_prefixes.labels(r["peerIP"]).set(r["maxPrefixes"])
-            m.bgp_prefixes_advertised.set(len(self.speaker.announced))
-            for ip, n in self.speaker.prefixes_dropped().items():
-                m.bgp_prefixes_dropped.labels(ip).set(n)
-        return rows
+        return self.speaker.peer_status()
+
+    def metrics_sample(self) -> BgpSample:
+        """The BGP metrics now, read at each scrape: one `PeerSample` per configured
+        neighbour, so a peer removed from the configuration leaves no series behind."""
+        sp = self.speaker
+        dropped = sp.prefixes_dropped()
+        peers = tuple(PeerSample(peer=r["peerIP"], up=r["state"] == "Established",
+                                 received=r["prefixesIn"], max_prefixes=r["maxPrefixes"],
+                                 dropped=dropped.get(r["peerIP"], 0))
+                      for r in sp.peer_status())
+        return BgpSample(peers=peers, advertised=len(sp.announced),
+                         exabgp_restarts=sp.exabgp.restarts)

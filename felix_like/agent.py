@@ -20,7 +20,8 @@ link that went down are restored as it comes up, not at the next periodic resync
 
 Failure modes: etcd unreachable — the syncer retries with backoff, the dataplane keeps its
 last state, CNI ADD fails with code 11 from the handler; a bad value in etcd — counted in
-``l3fabric_config_errors_total``, logged once, listed in NodeStatus, last good value kept;
+``l3fabric_config_errors_total`` (and ``l3fabric_config_values_invalid`` while it stays
+bad), logged once, listed in NodeStatus, last good value kept;
 a local endpoint whose host veth is gone (stale) — logged once, counted in
 ``l3fabric_endpoints_without_interface``, listed in NodeStatus, its route programmed when
 the interface appears; readiness is not held back by it. Until ready, ``/readyz`` names the
@@ -170,6 +171,7 @@ class Agent:
         self._applied_through = 0  # every call up to this one was served by a finished apply
         self.learned: dict[str, tuple[str, ...]] = {}  # BGP-learned prefixes -> nexthops
         self.config_errors: dict[str, str] = {}
+        self.metrics.config_values_invalid.set_function(lambda: len(self.config_errors))
         self.cni_server: Any = None
         self.handler: Any = None
         self.ipam: Any = None
@@ -322,6 +324,7 @@ class Agent:
             await self._in_netlink(policy.apply)
         except Exception as e:  # the kernel keeps the previous ruleset; retry
             log.error("policy apply failed (previous rules stay in force): %s", e)
+            self.metrics.policy_apply_failures.inc()
             if not self.readiness.is_done("policy"):
                 self.readiness.failed("policy", str(e))
             self._dirty.set()
@@ -468,14 +471,6 @@ class Agent:
             log.info("registered node %s with address %s", self.node,
                      " and ".join(bgp.values()))
 
-    def metrics_url(self) -> str:
-        """Where the metrics are served, as another host reaches them (an address bound
-        to every interface is named by the node's address)."""
-        host = self.health.host
-        if host in ("", "0.0.0.0", "::"):
-            host = (self.cfg.node_ip or "127.0.0.1").split("/")[0]
-        return f"http://{f'[{host}]' if ':' in host else host}:{self.health.port}/metrics"
-
     def status_object(self) -> dict[str, Any]:
         kinds: dict[str, int] = {}
         for r in self.routes.programmed.values():
@@ -487,7 +482,6 @@ class Agent:
                 "updated": datetime.fromtimestamp(self.now(), UTC).isoformat(),
                 "inSync": self.syncer.in_sync,
                 "version": l3fabric_version(),
-                "metrics": self.metrics_url(),
                 "blocks": self.cluster.confirmed_blocks(self.node),
                 "programmed": {"routes": sum(kinds.values()), **kinds},
                 "errors": sorted(self.config_errors.values()) + [

@@ -2,10 +2,18 @@
 them with ``/livez`` and ``/readyz``.
 
 Owns: one private CollectorRegistry per agent (tests run several agents in one process)
-and a tiny asyncio HTTP server. Liveness is "the event loop answers"; readiness is "every
-start-up step is done" (`Readiness`: the node registered, the BGP speaker started, the
-first datastore snapshot in, the first route and policy applies succeeded). Until then
-``/readyz`` answers 503 naming the step it waits for and the last error that step met.
+and a tiny asyncio HTTP server. Besides ``l3fabric_*`` the registry carries the standard
+process metrics (``process_resident_memory_bytes``, ``process_cpu_seconds_total``, …).
+Values another object owns are read when scraped (`Metrics.sample_bgp`): the series of a
+BGP peer exist exactly while the peer is configured, so a deleted peer's go with it.
+Labels are bounded: ``peer`` by the configured neighbours, the others by fixed sets
+(CNI verb and result, route kind, manager, event type). `Metrics.catalogue` lists every
+family; docs/metrics.md documents each (a unit test keeps the two equal).
+
+Liveness is "the event loop answers"; readiness is "every start-up step is done"
+(`Readiness`: the node registered, the BGP speaker started, the first datastore snapshot
+in, the first route and policy applies succeeded). Until then ``/readyz`` answers 503
+naming the step it waits for and the last error that step met.
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client import (
@@ -22,12 +30,98 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.registry import Collector
+
+from datastore.version import l3fabric_version
+from felix_like.policy.stats import BYTES as POLICY_BYTES
+from felix_like.policy.stats import LABELS as POLICY_LABELS
+from felix_like.policy.stats import PACKETS as POLICY_PACKETS
 
 log = logging.getLogger(__name__)
 
+# No ``<counter>_created`` series beside each counter: they double the series a scrape
+# carries and nothing here reads them (process-wide, as the client library keeps it).
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+#: The families `ProcessCollector` exports on Linux: (name, type).
+PROCESS_FAMILIES: tuple[tuple[str, str], ...] = (
+    ("process_virtual_memory_bytes", "gauge"), ("process_resident_memory_bytes", "gauge"),
+    ("process_start_time_seconds", "gauge"), ("process_cpu_seconds_total", "counter"),
+    ("process_open_fds", "gauge"), ("process_max_fds", "gauge"))
+
+
+@dataclass(frozen=True)
+class PeerSample:
+    """One configured BGP neighbour as the speaker sees it now."""
+
+    peer: str  # the neighbour's address
+    up: bool
+    received: int  # prefixes accepted from it
+    max_prefixes: int
+    dropped: int  # announcements refused at its limit since its table was created
+
+
+@dataclass(frozen=True)
+class BgpSample:
+    peers: tuple[PeerSample, ...] = ()
+    advertised: int = 0
+    exabgp_restarts: int = 0  # ExaBGP processes restarted after dying
+
+
+#: The families `Metrics.sample_bgp` exports: (name, type, labels, help).
+BGP_FAMILIES: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("l3fabric_bgp_peer_up", "gauge", ("peer",),
+     "1 when the BGP session with the peer is established"),
+    ("l3fabric_bgp_prefixes_received", "gauge", ("peer",), "prefixes received from the peer"),
+    ("l3fabric_bgp_max_prefixes", "gauge", ("peer",),
+     "max-prefix limit of the peer (BGPPeer or BGPConfiguration maxPrefixes)"),
+    ("l3fabric_bgp_prefixes_dropped", "counter", ("peer",),
+     "announcements from the peer dropped at its max-prefix limit "
+     "(l3fabric_bgp_max_prefixes)"),
+    ("l3fabric_bgp_prefixes_advertised", "gauge", (), "prefixes advertised to peers"),
+    ("l3fabric_exabgp_restarts", "counter", (),
+     "ExaBGP processes restarted by the agent after they died"),
+)
+
+
+class _BgpCollector(Collector):
+    """The BGP families, read from ``sample()`` at each scrape."""
+
+    def __init__(self, sample: Callable[[], BgpSample]) -> None:
+        self._sample = sample
+
+    def describe(self) -> list[Metric]:
+        return [self._family(name, kind, labels, text)
+                for name, kind, labels, text in BGP_FAMILIES]
+
+    @staticmethod
+    def _family(name: str, kind: str, labels: tuple[str, ...],
+                text: str) -> CounterMetricFamily | GaugeMetricFamily:
+        if kind == "counter":
+            return CounterMetricFamily(name, text, labels=labels)
+        return GaugeMetricFamily(name, text, labels=labels)
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._sample()
+        fams = {name: self._family(name, kind, labels, text)
+                for name, kind, labels, text in BGP_FAMILIES}
+        for p in s.peers:
+            fams["l3fabric_bgp_peer_up"].add_metric([p.peer], 1 if p.up else 0)
+            fams["l3fabric_bgp_prefixes_received"].add_metric([p.peer], p.received)
+            fams["l3fabric_bgp_max_prefixes"].add_metric([p.peer], p.max_prefixes)
+            fams["l3fabric_bgp_prefixes_dropped"].add_metric([p.peer], p.dropped)
+        fams["l3fabric_bgp_prefixes_advertised"].add_metric([], s.advertised)
+        fams["l3fabric_exabgp_restarts"].add_metric([], s.exabgp_restarts)
+        yield from fams.values()
 
 
 @dataclass
@@ -36,6 +130,11 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        ProcessCollector(registry=r)
+        self.build_info = Gauge(
+            "l3fabric_build_info", "1, labelled with the agent's l3fabric release",
+            ["version"], registry=r)
+        self.build_info.labels(l3fabric_version()).set(1)
         self.cni_requests = Counter(
             "l3fabric_cni_requests", "CNI requests served, by verb and result",
             ["verb", "result"], registry=r)
@@ -55,6 +154,13 @@ class Metrics:
         self.config_errors = Counter(
             "l3fabric_config_errors", "invalid values seen in etcd (last good value kept)",
             registry=r)
+        self.config_values_invalid = Gauge(
+            "l3fabric_config_values_invalid",
+            "values in etcd invalid right now (their last good value in use)", registry=r)
+        self.policy_apply_failures = Counter(
+            "l3fabric_policy_apply_failures",
+            "policy applies the kernel refused (the previous rules stay in force)",
+            registry=r)
         self.blocks_owned = Gauge(
             "l3fabric_ipam_blocks_owned", "confirmed IPAM blocks affine to this node",
             registry=r)
@@ -63,26 +169,29 @@ class Metrics:
         self.in_sync = Gauge(
             "l3fabric_datastore_in_sync", "1 once the datastore snapshot is complete",
             registry=r)
-        self.bgp_peer_up = Gauge(
-            "l3fabric_bgp_peer_up", "1 when the BGP session with the peer is established",
-            ["peer"], registry=r)
-        self.bgp_prefixes_received = Gauge(
-            "l3fabric_bgp_prefixes_received", "prefixes received from the peer", ["peer"],
-            registry=r)
-        self.bgp_prefixes_dropped = Gauge(
-            "l3fabric_bgp_prefixes_dropped",
-            "announcements from the peer dropped at its max-prefix limit "
-            "(l3fabric_bgp_max_prefixes)", ["peer"], registry=r)
-        self.bgp_max_prefixes = Gauge(
-            "l3fabric_bgp_max_prefixes",
-            "max-prefix limit of the peer (BGPPeer or BGPConfiguration maxPrefixes)",
-            ["peer"], registry=r)
-        self.bgp_prefixes_advertised = Gauge(
-            "l3fabric_bgp_prefixes_advertised", "prefixes advertised to peers", registry=r)
         self.endpoints_without_interface = Gauge(
             "l3fabric_endpoints_without_interface",
             "local WorkloadEndpoints whose host interface does not exist (stale: their "
             "routes wait for the interface)", registry=r)
+
+        self._bgp = _BgpCollector(BgpSample)  # nothing until the BGP speaker says
+        r.register(self._bgp)
+
+    def sample_bgp(self, sample: Callable[[], BgpSample]) -> None:
+        """Read the BGP families from ``sample()`` at each scrape."""
+        self._bgp._sample = sample
+
+    def catalogue(self) -> list[tuple[str, str, tuple[str, ...]]]:
+        """Every family this registry exports: (name as scraped, type, labels), sorted."""
+        out: list[tuple[str, str, tuple[str, ...]]] = [(n, t, ()) for n, t in PROCESS_FAMILIES]
+        out += [(n + ("_total" if t == "counter" else ""), t, labels)
+                for n, t, labels, _ in BGP_FAMILIES]
+        out += [(n + "_total", "counter", POLICY_LABELS) for n in (POLICY_PACKETS, POLICY_BYTES)]
+        for m in vars(self).values():
+            if isinstance(m, MetricWrapperBase):
+                name = m._name + ("_total" if m._type == "counter" else "")
+                out.append((name, str(m._type), tuple(m._labelnames)))
+        return sorted(out)
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -156,7 +156,7 @@ def test_peer_max_prefixes_bounds_the_fib_and_changes_at_run_time(lab: Lab) -> N
     code, metrics = lab.node.http("/metrics")
     assert code == 200
     assert f'l3fabric_bgp_max_prefixes{{peer="{TOR_IP}"}} {float(LIMIT)}' in metrics
-    m = re.search(rf'^l3fabric_bgp_prefixes_dropped{{peer="{TOR_IP}"}} (\S+)$', metrics, re.M)
+    m = re.search(rf'^l3fabric_bgp_prefixes_dropped_total{{peer="{TOR_IP}"}} (\S+)$', metrics, re.M)
     assert m is not None and float(m.group(1)) >= FLOOD - LIMIT, metrics
 
     # Raised while running: no session reset; the peer is asked for a route refresh and the

@@ -93,3 +93,18 @@ async def test_a_pod_whose_address_another_route_holds_fails_its_add(tmp_path: P
     assert kernel.forwards("10.244.0.9") == "dev lo"
     assert agent._route_retry is not None  # the refused route is retried later, not now
     agent._route_retry.cancel()
+
+
+async def test_a_refused_policy_apply_is_counted_and_retried(tmp_path: Path) -> None:
+    kernel = FakeKernel(links={"lo": 1})
+    agent, policy = stepped_agent(kernel, tmp_path)
+
+    def refuse() -> None:
+        raise OSError("nft: transaction refused")
+
+    policy.apply = refuse  # type: ignore[method-assign]
+    await agent.apply()
+    text = agent.metrics.render().decode()
+    assert "l3fabric_policy_apply_failures_total 1.0" in text
+    assert agent._dirty.is_set()  # tried again at the next apply
+    assert agent.readiness.reason().startswith("waiting for the first policy apply; last error")

@@ -168,7 +168,13 @@ def test_metrics_show_each_peers_limit_beside_the_drops(tmp_path: Path) -> None:
     assert ctl.peer_status()[0]["maxPrefixes"] == 2
     text = metrics.render().decode()
     assert f'l3fabric_bgp_max_prefixes{{peer="{PEER}"}} 2.0' in text
-    assert f'l3fabric_bgp_prefixes_dropped{{peer="{PEER}"}} 3.0' in text
+    assert f'l3fabric_bgp_prefixes_dropped_total{{peer="{PEER}"}} 3.0' in text
+    assert f'l3fabric_bgp_peer_up{{peer="{PEER}"}} 1.0' in text
+    # The peer is deleted: every series of it goes (none keeps reporting it up).
+    asyncio.run(sp.set_neighbors({}))
+    text = metrics.render().decode()
+    assert PEER not in text, text
+    assert "l3fabric_exabgp_restarts_total 0.0" in text
 
 
 # A stand-in for ExaBGP's signal handling: its SIGUSR1 handler comes only after a start-up
