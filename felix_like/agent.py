@@ -471,6 +471,14 @@ class Agent:
             log.info("registered node %s with address %s", self.node,
                      " and ".join(bgp.values()))
 
+    def metrics_url(self) -> str:
+        """Where the metrics are served, as another host reaches them (an address bound
+        to every interface is named by the node's address)."""
+        host = self.health.host
+        if host in ("", "0.0.0.0", "::"):
+            host = (self.cfg.node_ip or "127.0.0.1").split("/")[0]
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.health.port}/metrics"
+
     def status_object(self) -> dict[str, Any]:
         kinds: dict[str, int] = {}
         for r in self.routes.programmed.values():
@@ -482,6 +490,7 @@ class Agent:
                 "updated": datetime.fromtimestamp(self.now(), UTC).isoformat(),
                 "inSync": self.syncer.in_sync,
                 "version": l3fabric_version(),
+                "metrics": self.metrics_url(),
                 "blocks": self.cluster.confirmed_blocks(self.node),
                 "programmed": {"routes": sum(kinds.values()), **kinds},
                 "errors": sorted(self.config_errors.values()) + [
