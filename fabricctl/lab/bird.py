@@ -52,6 +52,10 @@ def render_bird(topo: Topology, router: str) -> str:
         f"  hold time {HOLD_TIME}; keepalive time {KEEPALIVE}; connect retry time 2;",
         "  connect delay time 1;",
         "  direct; check link on;",
+        # BIRD waits 60 s (its default) after an error such as "Link down" before it
+        # restarts a session: a 1.5 s flap of a node's link would cut the node off for a
+        # minute. Restart after 1 s, backing off to 10 s on repeated errors.
+        "  error wait time 1, 10;",
         "  ipv4 { import filter lab_only; export filter lab_only; next hop self; "
         "gateway direct; };",
         "}",
