@@ -15,7 +15,7 @@ from typing import Any
 
 from datastore import keys, model
 from datastore.client import Datastore
-from fabricctl import policy_stats_cmd
+from fabricctl import hostep_explain, policy_stats_cmd
 from fabricctl.common import CliError, run
 from fabricctl.output import add_output_flag, dump, table
 from felix_like.policy.explain import Conn, decide, selecting_policies
@@ -24,15 +24,18 @@ from felix_like.policy.ruleset import PROTOCOLS, calculate, inputs_from_state
 
 log = logging.getLogger(__name__)
 
-_PREFIXES = (keys.NAMESPACES, keys.POLICIES, keys.GLOBAL_POLICIES, keys.WORKLOADS, keys.NODES)
+_PREFIXES = (keys.NAMESPACES, keys.POLICIES, keys.GLOBAL_POLICIES, keys.WORKLOADS, keys.NODES,
+             keys.HOST_ENDPOINTS, keys.FELIX_CONFIGS)
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("policy", help="network policy tools")
     psub = p.add_subparsers(dest="policy_command", required=True, metavar="SUBCOMMAND",
                             parser_class=type(p))
-    e = psub.add_parser("explain", help="which policies select a pod and what decides a flow")
-    e.add_argument("pod", metavar="NS/POD", help="the pod, as namespace/name")
+    e = psub.add_parser("explain", help="which policies select a pod or host endpoint and "
+                                        "what decides a flow")
+    e.add_argument("pod", metavar="NS/POD|hostendpoint/NAME",
+                   help="the pod, as namespace/name, or a host endpoint")
     e.add_argument("--peer", help="the other end: an IP address or NS/POD")
     e.add_argument("--port", default=None, metavar="N/PROTO",
                    help="destination port and protocol, e.g. 6379/tcp (default: tcp, no port)")
@@ -133,6 +136,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         return await load_state(ds)
 
     state = run(args, go)
+    if hostep_explain.is_ref(args.pod):
+        return hostep_explain.cmd(state, args)
     data = explain(state, args.pod, args.peer, args.port)
     if args.output != "table":
         dump(data, args.output)

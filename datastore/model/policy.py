@@ -19,6 +19,7 @@ from datastore.model.fields import (
     _L4_PROTOCOLS,
     SELECT_ALL,
     IPNetwork,
+    _bool,
     _float,
     _int_out,
     _network,
@@ -436,11 +437,15 @@ class GlobalNetworkPolicySpec:
     types: tuple[str, ...] = ()  # as written; empty = defaulted
     ingress: tuple[Rule, ...] = ()
     egress: tuple[Rule, ...] = ()
+    # On a host endpoint, also police traffic forwarded through its interface
+    # (felix_like.policy.hostep); workload endpoints ignore it.
+    apply_on_forward: bool = False
 
     @classmethod
     def from_dict(cls, obj: Any, path: str) -> GlobalNetworkPolicySpec:
         o = _Obj(
-            obj, path, ("order", "selector", "namespaceSelector", "types", "ingress", "egress")
+            obj, path, ("order", "selector", "namespaceSelector", "types", "ingress", "egress",
+                        "applyOnForward")
         )
         spec = cls(
             order=o.opt("order", _float),
@@ -449,6 +454,7 @@ class GlobalNetworkPolicySpec:
             types=_unique(o.list("types", _one_of("Ingress", "Egress")), o.at("types")),
             ingress=o.list("ingress", Rule.from_dict),
             egress=o.list("egress", Rule.from_dict),
+            apply_on_forward=o.get("applyOnForward", _bool, False),
         )
         if spec.types:
             for direction, rules in (("Ingress", spec.ingress), ("Egress", spec.egress)):
@@ -482,6 +488,8 @@ class GlobalNetworkPolicySpec:
             out["ingress"] = [r.to_dict() for r in self.ingress]
         if self.egress:
             out["egress"] = [r.to_dict() for r in self.egress]
+        if self.apply_on_forward:
+            out["applyOnForward"] = True
         return out
 
 

@@ -38,9 +38,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+from felix_like.policy import hostep, natout
+from felix_like.policy.host_backend import HostEndpointManager
 from felix_like.policy.incremental import IncrementalCalculation
 from felix_like.policy.nat_backend import NatManager
-from felix_like.policy.natout import plan_of_state
 from felix_like.policy.ruleset import Ruleset
 from felix_like.state import ClusterState
 
@@ -164,13 +165,17 @@ class PolicyManager:
                  host_addresses: Iterable[str] | None = None,
                  impl: Backend | None = None,
                  forget: Callable[[str | None, Iterable[str]], int] | None = None,
-                 nat: NatManager | None = None) -> None:
+                 nat: NatManager | None = None,
+                 hosts: HostEndpointManager | None = None) -> None:
         self.backend_name = backend
         self.netns = netns
         self.node = node
         self.backend = impl or make_backend(backend, netns)
         # Outgoing NAT rides on the same backend and apply (felix_like.policy.natout).
         self.nat = nat if nat is not None or impl is not None else NatManager(backend, netns)
+        # And so does host endpoint policy (felix_like.policy.hostep).
+        self.hosts = hosts if hosts is not None or impl is not None else HostEndpointManager(
+            backend, netns)
         self.forget_flows = forget or forget_flows
         self._fixed_hosts = list(host_addresses) if host_addresses is not None else None
         self.host_addresses = self._read_hosts()
@@ -209,7 +214,9 @@ class PolicyManager:
         self.last_calc_seconds = time.perf_counter() - t0
         self.last_commands = self.backend.apply(rs)
         if self.nat is not None:
-            self.nat.apply(plan_of_state(self.state, self.host_addresses))
+            self.nat.apply(natout.plan_of_state(self.state, self.host_addresses))
+        if self.hosts is not None:
+            self.hosts.apply(hostep.plan_of_state(self.state, self.node))
         # Local endpoints that went, and any endpoint's address released anywhere: a
         # remote pod's flow through this node (a local client's egress) must not reach
         # the next pod given that address either.
@@ -235,11 +242,15 @@ class PolicyManager:
         self.backend.forget()
         if self.nat is not None:
             self.nat.forget()
+        if self.hosts is not None:
+            self.hosts.forget()
         self.calc.reset()
 
     def cleanup(self) -> None:
         """Remove everything this manager's backend owns in the namespace."""
         if self.nat is not None:  # first: its ipsets are in use until its rules go
             self.nat.cleanup()
+        if self.hosts is not None:
+            self.hosts.cleanup()
         self.backend.cleanup()
         self.ruleset = None

@@ -84,11 +84,12 @@ def bird_tor(rack: Rack, workdir: Path) -> Iterator[Path]:
         bird.wait(10)
 
 
-def bgp_established(sock: Path, peer: str) -> bool:
-    """Whether BIRD's session to the node ``peer`` (``n1``...) is Established."""
+def bgp_established(sock: Path, node: str) -> bool:
+    """Whether BIRD's session to ``node`` (protocol ``l3f_<node>``, as ``tor-config``
+    names it) is Established."""
     out = subprocess.run(["birdc", "-s", str(sock), "show", "protocols"],
                          capture_output=True, text=True).stdout
-    return any(ln.split()[0] == peer and "Established" in ln
+    return any(ln.split()[0] == f"l3f_{node}" and "Established" in ln
                for ln in out.splitlines() if ln.split())
 
 
