@@ -43,6 +43,18 @@ def _lab_errors(fn: Any) -> Any:
     return wrapped
 
 
+def _backend(runtime: str) -> Any:
+    """The module that builds and runs labs of ``runtime``: ``netns`` (the runner, network
+    namespaces and host processes) or ``podman`` (one container per node)."""
+    if runtime == "podman":
+        from .lab import podman
+
+        return podman
+    from .lab import runner
+
+    return runner
+
+
 def _topology_path(arg: str) -> Path:
     p = Path(arg)
     if p.exists():
@@ -62,13 +74,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     _need_root()
     topo = topology.load(_topology_path(args.topology))
     try:
-        st = runner.up(topo, progress=_progress, wait=args.wait,
-                       start_agents=not args.no_agents)
+        st = _backend(args.runtime).up(topo, progress=_progress, wait=args.wait,
+                                       start_agents=not args.no_agents)
     except runner.LabError:
         _progress(f"lab {topo.name} is not complete; `fabricctl lab down {topo.name}` "
                   "removes what was made")
         raise
-    print(f"lab {st.lab} is up: etcd {st.etcd_endpoint} (inside {st.mgmt_netns})")
+    print(f"lab {st.lab} is up ({st.runtime}): etcd {st.etcd_endpoint} "
+          f"(inside {st.mgmt_netns})")
     print(f"  fabricctl lab status --lab {st.lab}")
     print(f"  fabricctl lab pod add {topo.by_role('node')[0].name} default/web")
     print(f"  fabricctl lab exec {topo.by_role('node')[0].name} -- ip route")
@@ -93,7 +106,7 @@ def cmd_down(args: argparse.Namespace) -> int:
             print(str(e))
             return 0
         raise
-    problems = runner.down(st, progress=_progress)
+    problems = _backend(st.runtime).down(st, progress=_progress)
     if problems:
         raise CliError(f"lab {st.lab} not fully removed: {'; '.join(problems)}")
     print(f"lab {st.lab} removed")
@@ -111,7 +124,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not cmd:
         raise CliError("lab exec: give a command after --", usage=True)
     st = runner.resolve_lab(args.lab)
-    argv = runner.exec_argv(st, args.node, cmd)
+    argv = _backend(st.runtime).exec_argv(st, args.node, cmd)
     env = {**os.environ, **runner.node_env(st)}
     return subprocess.run(argv, env=env).returncode
 
@@ -144,7 +157,7 @@ def cmd_pod_add(args: argparse.Namespace) -> int:
     _need_root()
     st = runner.resolve_lab(args.lab)
     ns, pod = _ns_pod(args.pod)
-    res = runner.pod_add(st, args.node, ns, pod, _labels(args.labels))
+    res = _backend(st.runtime).pod_add(st, args.node, ns, pod, _labels(args.labels))
     print(f"pod {res['pod']} on {res['node']}: {', '.join(res['ips'])} (netns {res['netns']})")
     return 0
 
@@ -156,7 +169,7 @@ def cmd_pod_del(args: argparse.Namespace) -> int:
     _need_root()
     st = runner.resolve_lab(args.lab)
     ns, pod = _ns_pod(args.pod)
-    runner.pod_del(st, ns, pod)
+    _backend(st.runtime).pod_del(st, ns, pod)
     print(f"pod {ns}/{pod} deleted")
     return 0
 
@@ -167,7 +180,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     _need_root()
     st = runner.resolve_lab(args.lab)
-    data = runner.status(st)
+    data = _backend(st.runtime).status(st)
     if args.output != "table":
         dump(data, args.output)
         return 0
@@ -205,7 +218,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
     st = runner.resolve_lab(args.lab)
     out = Path(args.file or f"{st.lab}-lab")
     try:
-        files = graph.write_images(graph.render_dot(runner.status(st)), out)
+        files = graph.write_images(graph.render_dot(_backend(st.runtime).status(st)), out)
     except (RuntimeError, subprocess.CalledProcessError) as e:
         raise CliError(f"lab graph: {e}") from e
     print("\n".join(str(f) for f in files))
@@ -280,6 +293,9 @@ def add_parser(sub: Any) -> None:
                    help="seconds to wait for BIRD and the agents (default 60)")
     q.add_argument("--no-agents", action="store_true",
                    help="do not start fabric-agent (routers, etcd and wiring only)")
+    q.add_argument("--runtime", choices=("netns", "podman"), default="netns",
+                   help="netns: network namespaces and host processes (default); podman: "
+                        "one container per node from the file's images (`make images`)")
     q.set_defaults(func=cmd_up)
 
     q = lsub.add_parser("down", help="remove a lab, also after a crash")

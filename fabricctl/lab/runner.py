@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from datastore.embedded import EmbeddedEtcd
 
 from .bird import protocol_name, render_bird
 from .resources import encoded
-from .state import LabState, Proc, labs_dir, list_labs, proc_start_time
+from .state import LabState, Proc, labs_dir, list_labs, proc_start_time, state_path
 from .topology import ETCD_PEER_PORT, ETCD_PORT, METRICS_PORT, Topology
 
 log = logging.getLogger(__name__)
@@ -172,25 +173,35 @@ def lab_dir(lab: str) -> Path:
     return labs_dir() / lab
 
 
-def up(topo: Topology, progress: Progress = _quiet, wait: float = 60.0,
-       start_agents: bool = True) -> LabState:
-    """Build the lab. Raises LabError if it is already up or a step fails (the partial lab
-    stays recorded for ``down``)."""
+def new_state(topo: Topology, runtime: str, busy: bool = False) -> LabState:
+    """A fresh state file and lab directory for ``topo``. Raises LabError if the lab is up
+    (``busy``: the runtime sees something of it; or a recorded namespace or process is
+    there); a stale record of a lab that is gone is removed first."""
     old = LabState.load(topo.name)
     if old is not None:
         live = [n for n in old.namespaces if n in existing_netns()]
-        if live or any(p.alive() for p in old.processes):
-            raise LabError(f"lab {topo.name} is already up (state {old.path}); "
-                           f"run `fabricctl lab down {topo.name}` first")
-        down(old)  # a stale record of a lab that is gone: forget it
+        busy = busy or bool(live) or any(p.alive() for p in old.processes)
+    if busy:
+        raise LabError(f"lab {topo.name} is already up (state {state_path(topo.name)}); "
+                       f"run `fabricctl lab down {topo.name}` first")
+    if old is not None:
+        down(old)
     d = lab_dir(topo.name)
     if d.exists():
         shutil.rmtree(d)
     d.mkdir(parents=True)
     state = LabState(lab=topo.name, topology=str(topo.path or ""), dir=str(d),
                      etcd_endpoint=topo.etcd_endpoint,
-                     mgmt_netns=netns_name(topo.name, topo.mgmt.name))
+                     mgmt_netns=netns_name(topo.name, topo.mgmt.name), runtime=runtime)
     state.save()
+    return state
+
+
+def up(topo: Topology, progress: Progress = _quiet, wait: float = 60.0,
+       start_agents: bool = True) -> LabState:
+    """Build the lab. Raises LabError if it is already up or a step fails (the partial lab
+    stays recorded for ``down``)."""
+    state = new_state(topo, "netns")
     t0 = time.monotonic()
     _make_namespaces(state, topo, progress)
     _wire(state, topo, progress)
@@ -489,20 +500,28 @@ def _cni_bin(state: LabState) -> Path:
     return bin_dir
 
 
-def _cni(state: LabState, command: str, node: str, ns: str, pod: str, netns: str,
-         labels: dict[str, str]) -> subprocess.CompletedProcess[str]:
+def cni_request(lab: str, command: str, agent_socket: str, ns: str, pod: str, netns: str,
+                labels: dict[str, str], cni_path: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """The network config and environment of one CNI call for pod ``ns/pod`` (namespace
+    ``/var/run/netns/<netns>`` where the plugin runs), as a runtime on the node sends them."""
     conf: dict[str, Any] = {
         "cniVersion": "1.0.0", "name": "l3fabric", "type": "l3fabric",
-        "agentSocket": state.nodes[node]["agent_socket"], "mtu": 0,
-        "ipam": {"type": "l3fabric-ipam"},
+        "agentSocket": agent_socket, "mtu": 0, "ipam": {"type": "l3fabric-ipam"},
     }
     if labels:
         conf["args"] = {"cni": {"labels": [{"key": k, "value": v} for k, v in labels.items()]}}
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": f"lab-{state.lab}-{ns}-{pod}",
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": f"lab-{lab}-{ns}-{pod}",
            "CNI_NETNS": f"/var/run/netns/{netns}" if netns else "", "CNI_IFNAME": "eth0",
-           "CNI_PATH": str(_cni_bin(state)),
+           "CNI_PATH": cni_path,
            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod}",
            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    return conf, env
+
+
+def _cni(state: LabState, command: str, node: str, ns: str, pod: str, netns: str,
+         labels: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    conf, env = cni_request(state.lab, command, state.nodes[node]["agent_socket"], ns, pod,
+                            netns, labels, str(_cni_bin(state)))
     # Run the plugin the way a runtime on the node would: inside the node's namespace.
     return subprocess.run(
         in_netns(state.nodes[node]["netns"], "env", "-i",
@@ -510,7 +529,7 @@ def _cni(state: LabState, command: str, node: str, ns: str, pod: str, netns: str
         input=json.dumps(conf), capture_output=True, text=True, timeout=150)
 
 
-def _cni_error(p: subprocess.CompletedProcess[str]) -> str:
+def cni_error(p: subprocess.CompletedProcess[str]) -> str:
     try:
         err = json.loads(p.stdout)
         return f"CNI error {err.get('code')}: {err.get('msg')} {err.get('details', '')}".strip()
@@ -518,24 +537,49 @@ def _cni_error(p: subprocess.CompletedProcess[str]) -> str:
         return (p.stderr or p.stdout).strip() or f"exit {p.returncode}"
 
 
+@dataclass(frozen=True)
+class PodWiring:
+    """How a runtime makes a pod's namespace and runs the CNI plugin for it."""
+
+    netns: Callable[[str, str, str], str]  # (lab, ns, pod) -> the pod's namespace name
+    add_netns: Callable[[LabState, str, str], None]  # (state, node, netns)
+    del_netns: Callable[[LabState, str, str], None]
+    cni: Callable[[LabState, str, str, str, str, str, dict[str, str]],
+                  subprocess.CompletedProcess[str]]  # (state, command, node, ns, pod,
+    #                                                     netns, labels)
+
+
+def _add_pod_netns(state: LabState, node: str, netns: str) -> None:
+    sh("ip", "netns", "add", netns)
+
+
+def _del_pod_netns(state: LabState, node: str, netns: str) -> None:
+    sh("ip", "netns", "del", netns, check=False)
+
+
+NETNS_PODS = PodWiring(netns=pod_netns_name, add_netns=_add_pod_netns,
+                       del_netns=_del_pod_netns, cni=_cni)
+
+
 def pod_add(state: LabState, node: str, ns: str, pod: str,
-            labels: dict[str, str] | None = None) -> dict[str, Any]:
+            labels: dict[str, str] | None = None,
+            wiring: PodWiring = NETNS_PODS) -> dict[str, Any]:
     if node not in state.nodes or state.nodes[node].get("role") != "node":
         nodes = sorted(n for n, v in state.nodes.items() if v.get("role") == "node")
         raise LabError(f"{node!r} is not a node of lab {state.lab} (nodes: {', '.join(nodes)})")
     key = f"{ns}/{pod}"
     if key in state.pods:
         raise LabError(f"pod {key} already exists on {state.pods[key]['node']}")
-    netns = pod_netns_name(state.lab, ns, pod)
+    netns = wiring.netns(state.lab, ns, pod)
     state.pods[key] = {"node": node, "netns": netns, "labels": labels or {}, "ips": []}
     state.save()
-    sh("ip", "netns", "add", netns)
-    p = _cni(state, "ADD", node, ns, pod, netns, labels or {})
+    wiring.add_netns(state, node, netns)
+    p = wiring.cni(state, "ADD", node, ns, pod, netns, labels or {})
     if p.returncode != 0:
-        sh("ip", "netns", "del", netns, check=False)
+        wiring.del_netns(state, node, netns)
         del state.pods[key]
         state.save()
-        raise LabError(f"pod {key} on {node}: {_cni_error(p)}")
+        raise LabError(f"pod {key} on {node}: {cni_error(p)}")
     result = json.loads(p.stdout)
     ips = [str(i["address"]).split("/")[0] for i in result.get("ips", [])]
     state.pods[key]["ips"] = ips
@@ -543,15 +587,15 @@ def pod_add(state: LabState, node: str, ns: str, pod: str,
     return {"pod": key, "node": node, "netns": netns, "ips": ips}
 
 
-def pod_del(state: LabState, ns: str, pod: str) -> None:
+def pod_del(state: LabState, ns: str, pod: str, wiring: PodWiring = NETNS_PODS) -> None:
     key = f"{ns}/{pod}"
     info = state.pods.get(key)
     if info is None:
         raise LabError(f"no pod {key} in lab {state.lab}")
-    p = _cni(state, "DEL", info["node"], ns, pod, info["netns"], {})
+    p = wiring.cni(state, "DEL", info["node"], ns, pod, info["netns"], {})
     if p.returncode != 0:
-        raise LabError(f"pod {key}: DEL failed: {_cni_error(p)}")
-    sh("ip", "netns", "del", info["netns"], check=False)
+        raise LabError(f"pod {key}: DEL failed: {cni_error(p)}")
+    wiring.del_netns(state, info["node"], info["netns"])
     del state.pods[key]
     state.save()
 

@@ -67,6 +67,7 @@ class LabState:
     nodes: dict[str, dict[str, Any]] = field(default_factory=dict)
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)
     phase: str = "creating"  # creating -> up; down removes the file
+    runtime: str = "netns"  # "netns" (runner) or "podman" (podman: one container per node)
 
     @property
     def path(self) -> Path:
@@ -100,7 +101,7 @@ class LabState:
                    mgmt_netns=d.get("mgmt_netns", ""),
                    namespaces=list(d.get("namespaces", [])), processes=procs,
                    nodes=dict(d.get("nodes", {})), pods=dict(d.get("pods", {})),
-                   phase=d.get("phase", "creating"))
+                   phase=d.get("phase", "creating"), runtime=d.get("runtime", "netns"))
 
     @classmethod
     def load(cls, lab: str) -> LabState | None:
