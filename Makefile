@@ -21,7 +21,7 @@ as-root:
 	@$(SUDO) -- make --no-print-directory -C "$(CURDIR)" $(MAKECMDGOALS)
 else
 
-.PHONY: setup test test-unit test-integration faults lint demo demo-down images bench docs clean
+.PHONY: setup test test-unit test-integration faults soak lint demo demo-down images bench docs clean
 
 setup:
 	@scripts/setup.sh
@@ -39,6 +39,11 @@ test-integration: setup
 ## The fault and hostile-input suite alone (also part of `make test`).
 faults: setup
 	$(PY) -m pytest -q tests/faults
+
+## The chaos soak: churn and overlapping faults on the leaf-spine lab, invariants checked at
+## each settle (SOAK_SECONDS=600, SOAK_SEED=<replay>, SOAK_FAULTS=<kinds>; docs/guarantees.md).
+soak: setup
+	PYTHONPATH=.:tests $(PY) -m soak.run
 
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -62,6 +67,12 @@ bench: setup
 	  m=$${b%.py}; m=$${m//\//.}; echo "== $$m"; $(PY) -m $$m || exit 1; done
 	@echo "== bench.cni.bench_cni --agent fabric-agent"
 	@$(PY) -m bench.cni.bench_cni --agent fabric-agent
+
+## The wheel and the sdist in dist/ (python -m build). The wheel carries the lab's topologies,
+## router configs and demo policy: `fabricctl lab up two-node` and `lab demo` need no checkout.
+.PHONY: dist
+dist: setup
+	$(PY) -m build --outdir dist .
 
 ## The architecture picture: docs/architecture.svg from its graphviz source (not in git).
 docs: docs/architecture.svg
