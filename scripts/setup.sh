@@ -18,7 +18,7 @@ DEB_PACKAGES=(
   etcd-server etcd-client bird2 nftables iptables ipset iproute2 libnftables1
   iputils-ping iperf3 tcpdump graphviz procps psmisc openssl util-linux
   python3-venv frr containernetworking-plugins podman runc busybox-static
-  golang-go golang-github-appc-cni-dev dpkg-dev prometheus
+  golang-go golang-github-appc-cni-dev dpkg-dev prometheus mmdebstrap
 )
 
 missing=()

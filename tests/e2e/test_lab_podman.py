@@ -1,0 +1,160 @@
+"""`fabricctl lab up --runtime podman`: the two-node topology as podman containers.
+
+Through the real command line, on a renamed copy of containerlab/two-node.clab.yml (with
+its configs, which the file binds) under a private state directory, so that it never
+touches a lab somebody has up. The images are the ones `make images` builds; without them
+the test skips and says so. Checks what a user sees: the node and router containers from
+the file's images, a pod on each node container pinging the other across the ToR
+container, the ToR's routes for both nodes' blocks, no way out of the lab (no default
+route anywhere), and `lab down` leaving no container, namespace or process.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).parents[2]
+FABRICCTL = str(Path(sys.executable).parent / "fabricctl")
+PODMAN = ["podman", "--cgroup-manager", "cgroupfs"]
+IMAGES = ("l3fabric/node:latest", "l3fabric/bird:2.0.12", "l3fabric/etcd:3.4.23")
+
+
+def _missing_images() -> list[str]:
+    if shutil.which("podman") is None:
+        return list(IMAGES)
+    return [i for i in IMAGES
+            if subprocess.run([*PODMAN, "image", "exists", i]).returncode != 0]
+
+
+MISSING = _missing_images() if os.geteuid() == 0 else []
+pytestmark = [
+    pytest.mark.skipif(shutil.which("podman") is None, reason="needs podman"),
+    pytest.mark.skipif(bool(MISSING), reason="the lab's podman images are not built: run "
+                       f"`make images` (missing: {', '.join(MISSING)})"),
+]
+
+
+def fabricctl(env: dict[str, str], *args: str, timeout: float = 120
+              ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([FABRICCTL, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def containers(lab: str) -> list[dict[str, str]]:
+    out = subprocess.run([*PODMAN, "ps", "-a", "--filter", f"label=l3fabric.lab={lab}",
+                          "--format", "json"], capture_output=True, text=True, check=True)
+    return [{"name": c["Names"][0], "image": c["Image"], "state": c["State"], "id": c["Id"]}
+            for c in json.loads(out.stdout or "[]")]
+
+
+def running_with(marker: str) -> list[str]:
+    """Command lines of running (not zombie) processes that name ``marker``."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        if marker in cmd and stat.rsplit(")", 1)[1].split()[0] != "Z":
+            out.append(cmd.strip())
+    return out
+
+
+@pytest.fixture
+def lab() -> Iterator[tuple[dict[str, str], str, Path]]:
+    d = Path(tempfile.mkdtemp(prefix="pl", dir="/tmp"))
+    doc = yaml.safe_load((REPO / "containerlab/two-node.clab.yml").read_text())
+    name = f"p{uuid.uuid4().hex[:6]}"
+    doc["name"] = name
+    # The file binds its BIRD config relative to itself: the copy takes the configs along.
+    shutil.copytree(REPO / "containerlab/configs/two-node", d / "configs/two-node")
+    path = d / f"{name}.clab.yml"
+    path.write_text(yaml.safe_dump(doc))
+    env = {**os.environ, "XDG_STATE_HOME": str(d)}
+    try:
+        yield env, name, path
+    finally:
+        fabricctl(env, "lab", "down", name, timeout=60)
+        left = [c["name"] for c in containers(name)]
+        if left:
+            subprocess.run([*PODMAN, "rm", "-f", "-t", "0", *left], capture_output=True)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_two_node_as_podman_containers(lab: tuple[dict[str, str], str, Path]) -> None:
+    env, name, path = lab
+    up = fabricctl(env, "lab", "up", "--runtime", "podman", str(path))
+    assert up.returncode == 0, up.stderr[-3000:]
+
+    # One container per node, each from the image the file names, all running.
+    made = {c["name"]: c for c in containers(name)}
+    assert sorted(made) == sorted(f"clab-{name}-{n}" for n in ("mgmt", "tor1", "node1", "node2"))
+    assert all(c["state"] == "running" for c in made.values()), made
+    assert made[f"clab-{name}-tor1"]["image"].endswith("l3fabric/bird:2.0.12")
+    assert made[f"clab-{name}-node1"]["image"].endswith("l3fabric/node:latest")
+    assert made[f"clab-{name}-mgmt"]["image"].endswith("l3fabric/etcd:3.4.23")
+
+    # A pod on each node container; the first pings the second across tor1.
+    ips = {}
+    for node, pod in (("node1", "default/a"), ("node2", "default/b")):
+        add = fabricctl(env, "lab", "pod", "add", node, pod, "--lab", name)
+        assert add.returncode == 0, add.stderr
+        m = re.search(r": (\d+\.\d+\.\d+\.\d+)", add.stdout)
+        assert m, add.stdout
+        ips[pod] = m.group(1)
+    # The ToR's routing table gets both nodes' blocks (the /26 of each pod's address, the
+    # file's l3fabric.block-size) over BGP, towards the node's link.
+    blocks = {eth: ipaddress.ip_network(f"{ips[pod]}/26", strict=False)
+              for eth, pod in (("eth1", "default/a"), ("eth2", "default/b"))}
+    deadline = time.monotonic() + 30
+    while True:
+        routes = fabricctl(env, "lab", "exec", "--lab", name, "tor1", "--", "ip", "route")
+        missing = [b for eth, b in blocks.items() if not re.search(
+            rf"^{re.escape(str(b))} via \S+ dev {eth} proto bird", routes.stdout, re.M)]
+        if not missing:
+            break
+        assert time.monotonic() < deadline, (missing, routes.stdout)
+        time.sleep(0.3)
+    st = fabricctl(env, "lab", "status", "--lab", name, "-o", "json")
+    assert st.returncode == 0, st.stderr
+    sessions = [s for s in json.loads(st.stdout)["sessions"] if s["source"] == "bird"]
+    assert sorted(s["node"] for s in sessions) == ["node1", "node2"]
+    assert all(s["state"] == "Established" for s in sessions), sessions
+
+    ping = fabricctl(env, "lab", "exec", "--lab", name, "default/a", "--", "ping", "-c", "3",
+                     "-W", "2", ips["default/b"])
+    assert ping.returncode == 0, ping.stdout + ping.stderr
+    assert " 0% packet loss" in ping.stdout
+
+    # No way out of the lab: no container has a default route, nothing routes off-lab.
+    for cname in made:
+        r = subprocess.run([*PODMAN, "exec", cname, "ip", "route", "get", "192.0.2.1"],
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and "unreachable" in r.stderr, (cname, r.stdout)
+
+    down = fabricctl(env, "lab", "down", name, timeout=60)
+    assert down.returncode == 0, down.stderr
+    assert containers(name) == []
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"clab-{name}-" not in netns
+    # No container's monitor is left running (conmon's command line names its container).
+    for c in made.values():
+        assert running_with(c["id"]) == []
+    assert not Path(env["XDG_STATE_HOME"], "l3fabric/labs", f"{name}.json").exists()
