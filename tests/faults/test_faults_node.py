@@ -180,6 +180,11 @@ def test_exabgp_killed_restarted_and_graceful_restart_keeps_routes(rack: Rack) -
     assert lost == 0, f"pings lost across the ExaBGP restart: {changes}"
     assert deletes == 0, changes[1]
     assert "not restarted" not in n2.log.read_text()
+    # The agent counts the restart it made.
+    code, text = n1.http("/metrics")
+    restarts = [float(line.split()[1]) for line in text.splitlines()
+                if line.startswith("l3fabric_exabgp_restarts_total ")]
+    assert code == 200 and restarts and restarts[0] >= 1, text[-2000:]
 
 
 def test_node_removed_blocks_routes_endpoints(rack: Rack) -> None:
