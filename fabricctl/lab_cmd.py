@@ -59,8 +59,9 @@ def _topology_path(arg: str) -> Path:
     p = Path(arg)
     if p.exists():
         return p
-    # A bare name: look in the checkout's containerlab/ directory.
-    here = Path(__file__).resolve().parents[1] / "containerlab"
+    # A bare name: one of the shipped topologies (containerlab/ of the checkout or wheel).
+    from .lab.topology import TOPOLOGIES as here
+
     for cand in (here / arg, here / f"{arg}.clab.yml"):
         if cand.exists():
             return cand
@@ -230,8 +231,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from .lab import bird, topology
 
     topo = topology.load(_topology_path(args.topology))
-    base = Path(args.dir) if args.dir else Path(__file__).resolve().parents[1] / \
-        "containerlab" / "configs" / topo.name
+    base = Path(args.dir) if args.dir else topology.TOPOLOGIES / "configs" / topo.name
     base.mkdir(parents=True, exist_ok=True)
     for r in topo.by_role("router"):
         (base / f"{r.name}.conf").write_text(bird.render_bird(topo, r.name))

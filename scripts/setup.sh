@@ -21,6 +21,22 @@ DEB_PACKAGES=(
   golang-go golang-github-appc-cni-dev dpkg-dev prometheus mmdebstrap
 )
 
+# apt and pip run for minutes on a fresh machine: each step says what it does, one line
+# per package as it is fetched and set up, and the whole output goes to a log that is
+# shown (its end) if the step fails, kept then, and removed once setup succeeded.
+log=""
+step() {  # step WHAT PATTERN CMD...: run CMD, print the lines matching PATTERN as progress
+  local what=$1 pattern=$2; shift 2
+  [ -n "$log" ] || log=$(mktemp /tmp/l3fabric-setup.XXXXXX.log)
+  echo "setup: $what (log: $log)"
+  if ! "$@" 2>&1 | tee -a "$log" | { grep --line-buffered -E "$pattern" || true; } \
+      | sed -u 's/^/setup:   /'; then
+    echo "setup: $what failed; the end of $log:" >&2
+    tail -n 30 "$log" >&2
+    exit 1
+  fi
+}
+
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -38,8 +54,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     guard=/usr/sbin/policy-rc.d
   fi
   trap '[ -n "$guard" ] && rm -f "$guard"' EXIT
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  step "apt-get update: reading the package lists" '^(Hit|Get|Err):' apt-get update
+  step "apt-get install: ${#missing[@]} packages and their dependencies" \
+    '^(Get:[0-9]+ |Setting up |E: )' \
+    apt-get install -y --no-install-recommends -o Dpkg::Use-Pty=0 "${missing[@]}"
 fi
 
 PY=${PYTHON:-python3}
@@ -49,7 +67,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.l3fabric-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: installing l3fabric and its test tools into .venv"
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  step "pip: l3fabric (editable) and its test tools into .venv" \
+    '^(Obtaining|Collecting|Processing|Installing collected|Successfully installed|ERROR)' \
+    .venv/bin/pip install --disable-pip-version-check --progress-bar off -e '.[test]'
   touch "$stamp"
 fi
+if [ -n "$log" ]; then rm -f "$log"; fi

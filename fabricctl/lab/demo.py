@@ -14,7 +14,6 @@ import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -23,10 +22,9 @@ from datastore import model
 
 from . import runner
 from .state import LabState
-from .topology import Topology
+from .topology import TOPOLOGIES, Topology
 
-REPO = Path(__file__).resolve().parents[2]
-POLICY = REPO / "containerlab" / "demo" / "policy.yaml"
+POLICY = TOPOLOGIES / "demo" / "policy.yaml"
 # (node, pod, role): two pods per node, both racks, every role on both racks.
 PODS = [("node1", "web-1", "web"), ("node1", "cli-1", "client"),
         ("node2", "db-1", "db"), ("node2", "web-2", "web"),
@@ -114,7 +112,7 @@ def run(topo: Topology, say: Say, step: Say) -> int:
             if not s["state"].startswith("Established")]
     say(f"    {len(sessions) - len(down)}/{len(sessions)} sessions Established"
         + (f"; not yet: {', '.join(down)}" if down else ""))
-    step(f"applying the sample policy {POLICY.relative_to(REPO)}")
+    step("applying the sample policy containerlab/demo/policy.yaml")
     pol = model.parse_document(yaml.safe_load(POLICY.read_text()))
     runner.etcd_cmd(st, "put", input=json.dumps([[model.key_for(pol),
                                                   model.encode(pol).decode()]]))

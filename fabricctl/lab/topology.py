@@ -40,6 +40,11 @@ from typing import Any
 
 import yaml
 
+#: The shipped topologies (``<name>.clab.yml``), their router configs (``configs/``) and the
+#: demo's policy (``demo/``). In a checkout this is a symlink to ``containerlab/``; a wheel
+#: carries the files here as package data, so ``lab up NAME`` and ``lab demo`` need no checkout.
+TOPOLOGIES = Path(__file__).resolve().parent / "topologies"
+
 ROLES = ("mgmt", "router", "node")
 IFNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$")
