@@ -22,6 +22,7 @@ from datastore.client import KV, Datastore
 from datastore.labelselector import parse_label_selector
 from datastore.schema import SchemaError, ensure_schema
 
+from . import calico_yaml
 from .common import CliError, run
 from .completion_cmd import complete_with
 from .output import add_output_flag, dig, dump, table
@@ -177,11 +178,18 @@ def _row_obj(kv: KV) -> dict[str, Any]:
 
 # -- commands --------------------------------------------------------------------------
 
+def _warner(where: str) -> calico_yaml.Warn:
+    def warn(msg: str) -> None:
+        print(f"{where}: {msg}", file=sys.stderr)
+    return warn
+
+
 def _parse_all(filename: str) -> list[model.Resource]:
     """Every document of a file, validated; the first bad one stops everything."""
     resources: list[model.Resource] = []
     for i, doc in enumerate(load_documents(filename)):
         try:
+            doc = calico_yaml.translate(doc, _warner(f"{filename}: document {i + 1}"))
             resources.append(model.parse_document(doc))
         except ValueError as e:
             raise CliError(f"{filename}: document {i + 1}: {e}") from e
