@@ -38,6 +38,8 @@ CALCULATION = (
     "felix_like.policy.incremental",  # the same, recomputed per change
     "felix_like.policy.interp",  # a ruleset executed on a packet
     "felix_like.policy.explain",  # the semantics stated a second way
+    "felix_like.policy.natout",  # what outgoing NAT rewrites
+    "felix_like.policy.hostep",  # host endpoint policy
     "bgp.config",  # neighbours and ExaBGP's configuration
     "bgp.export",  # what a node announces
     "bgp.rib",  # the import table
