@@ -158,3 +158,94 @@ def test_two_node_as_podman_containers(lab: tuple[dict[str, str], str, Path]) ->
     for c in made.values():
         assert running_with(c["id"]) == []
     assert not Path(env["XDG_STATE_HOME"], "l3fabric/labs", f"{name}.json").exists()
+
+
+def in_container(cname: str, *cmd: str, check: bool = True, timeout: float = 120
+                 ) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([*PODMAN, "exec", cname, *cmd], capture_output=True, text=True,
+                       timeout=timeout)
+    if check:
+        assert r.returncode == 0, (cmd, r.stdout, r.stderr)
+    return r
+
+
+def node_snapshot(cname: str) -> dict[str, str]:
+    """What l3fabric may change on a node: links, routes, nftables tables, systemd's unit
+    directory, l3fabric's configuration directory, running programs."""
+    def out(*cmd: str) -> str:
+        return in_container(cname, *cmd, check=False).stdout
+    return {"links": out("sh", "-c", "ip -o link | cut -d' ' -f2"), "routes": out("ip", "route"),
+            "nft": out("nft", "list", "tables"),
+            "units": out("find", "/etc/systemd/system", "-printf", "%P %l\\n"),
+            "etc": out("sh", "-c", "ls -A /etc/l3fabric /etc/iproute2/rt_protos.d 2>&1"),
+            "procs": out("sh", "-c", "ps -eo comm= | sort | grep -vx 'ps\\|sh\\|sort'")}
+
+
+def bgp_connections(cname: str) -> set[str]:
+    """The ToR's established BGP TCP connections (a session reset makes new ports)."""
+    r = in_container(cname, "ss", "-tnH", "state", "established",
+                     "( sport = :179 or dport = :179 )")
+    return {" ".join(line.split()[2:4]) for line in r.stdout.splitlines() if line.strip()}
+
+
+def test_agent_under_systemd_in_node_container(lab: tuple[dict[str, str], str, Path]) -> None:
+    """The bare-metal path against a real systemd (PID 1 of the node containers):
+    install-agent --start returns once the agent is ready (Type=notify), a restart keeps the
+    BGP session and every ping, uninstall leaves the node as it was before install-agent."""
+    env, name, path = lab
+    up = fabricctl(env, "lab", "up", "--runtime", "podman", "--no-agents", str(path))
+    assert up.returncode == 0, up.stderr[-3000:]
+    node1, node2, tor = (f"clab-{name}-{n}" for n in ("node1", "node2", "tor1"))
+    assert in_container(node1, "systemctl", "is-system-running", "--wait",
+                        check=False).stdout.strip() in ("running", "degraded")
+    before = node_snapshot(node1)
+
+    for cname, node, ip, mgmt in ((node1, "node1", "10.77.1.2/30", "172.20.20.11"),
+                                  (node2, "node2", "10.77.2.2/30", "172.20.20.12")):
+        in_container(cname, "fabricctl", "install-agent", "--node", node, "--etcd-endpoints",
+                     "http://172.20.20.2:2379", "--node-ip", ip, "--metrics-addr",
+                     f"{mgmt}:9091", "--start")
+        # Type=notify: active only once ready, so /readyz answers 200 at once.
+        assert in_container(cname, "systemctl", "is-active", "fabric-agent").stdout.strip() \
+            == "active"
+        ready = in_container(cname, "python3", "-c", "import urllib.request as u; print(u."
+                             f"urlopen('http://{mgmt}:9091/readyz', timeout=5).status)")
+        assert ready.stdout.strip() == "200"
+
+    ips = {}
+    for node, pod in (("node1", "default/a"), ("node2", "default/b")):
+        add = fabricctl(env, "lab", "pod", "add", node, pod, "--lab", name)
+        assert add.returncode == 0, add.stderr
+        m = re.search(r": (\d+\.\d+\.\d+\.\d+)", add.stdout)
+        assert m, add.stdout
+        ips[pod] = m.group(1)
+    deadline = time.monotonic() + 30
+    while fabricctl(env, "lab", "exec", "--lab", name, "default/a", "--", "ping", "-c", "1",
+                    "-W", "1", ips["default/b"]).returncode != 0:
+        assert time.monotonic() < deadline, "pod a never reached pod b"
+    sessions = bgp_connections(tor)
+    assert len(sessions) == 2, sessions
+
+    # Restart node1's agent while pod a pings pod b every 0.1 s.
+    ping = subprocess.Popen([FABRICCTL, "lab", "exec", "--lab", name, "default/a", "--", "ping",
+                             "-i", "0.1", "-c", "50", "-q", ips["default/b"]], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1)
+        in_container(node1, "systemctl", "restart", "fabric-agent")
+        assert in_container(node1, "systemctl", "is-active", "fabric-agent").stdout.strip() \
+            == "active"
+        out, _ = ping.communicate(timeout=60)
+    finally:
+        ping.kill()
+    assert " 0% packet loss" in out, out
+    assert bgp_connections(tor) == sessions  # the same TCP connections: no session reset
+
+    assert fabricctl(env, "lab", "pod", "del", "default/a", "--lab", name).returncode == 0
+    un = in_container(node1, "fabricctl", "uninstall")
+    assert "stopped fabric-agent.service" in un.stdout
+    after = node_snapshot(node1)
+    assert after == before
+    # What install-agent wrote is gone (it had replaced the image's CNI plugin and conflist).
+    left = in_container(node1, "sh", "-c", "ls /opt/cni/bin /etc/cni/net.d").stdout
+    assert "l3fabric" not in left
