@@ -15,9 +15,9 @@ Semantics, as for pods in this project: policies add no implicit deny, so a host
 no policy selects, or whose policies match nothing, allows everything. A default-deny is
 a policy whose last rule is ``{"action": "Deny"}``. The failsafe ports of the
 FelixConfiguration (Calico's defaults) are accepted before any host endpoint policy, and
-so are replies (``ct state established,related``), ``lo`` and pod traffic, which the pod
-policy owns. A named port in a host endpoint rule matches nothing (a named port belongs
-to a pod) and is logged.
+so are replies (``ct state established,related``), ``lo``, ICMPv6 neighbour discovery
+and pod traffic, which the pod policy owns. A named port in a host endpoint rule matches
+nothing (a named port belongs to a pod) and is logged.
 
 Owned here: `HostPlan` (`host_plan`, from the cluster state), and its renderings for
 nftables (`nft_commands`: one transaction that replaces table ``inet l3fabric-host``)
@@ -121,29 +121,33 @@ def _order(g: model.GlobalNetworkPolicy) -> tuple[int, float, str]:
 @dataclass
 class _Addresses:
     """Who holds which addresses, for selectors in rules: pods (with their namespace as
-    ``projectcalico.org/namespace``) and host endpoints (their ``expectedIPs``)."""
+    ``projectcalico.org/namespace``) and host endpoints (their ``expectedIPs``). Read only
+    when a rule has a selector: a plan without one costs nothing per pod."""
 
-    holders: list[tuple[Mapping[str, str], tuple[str, ...]]] = field(default_factory=list)
+    endpoints: Iterable[model.WorkloadEndpoint]
+    host_endpoints: Iterable[model.HostEndpoint]
+    _holders: list[tuple[Mapping[str, str], tuple[str, ...]]] | None = None
     _cache: dict[Selector, tuple[str, ...]] = field(default_factory=dict)
+
+    def _all(self) -> list[tuple[Mapping[str, str], tuple[str, ...]]]:
+        if self._holders is None:
+            self._holders = []
+            for w in self.endpoints:
+                labels = {**w.spec.labels,
+                          "projectcalico.org/namespace": w.metadata.namespace or ""}
+                self._holders.append((labels, tuple(str(n) for n in w.spec.ip_networks)))
+            for h in self.host_endpoints:
+                self._holders.append((h.metadata.labels,
+                                      tuple(str(a) for a in h.spec.expected_ips)))
+        return self._holders
 
     def of(self, sel: Selector) -> tuple[str, ...]:
         hit = self._cache.get(sel)
         if hit is None:
-            hit = tuple(a for labels, addrs in self.holders if sel.matches(labels)
+            hit = tuple(a for labels, addrs in self._all() if sel.matches(labels)
                         for a in addrs)
             self._cache[sel] = hit
         return hit
-
-
-def _addresses(endpoints: Iterable[model.WorkloadEndpoint],
-               host_endpoints: Iterable[model.HostEndpoint]) -> _Addresses:
-    out = _Addresses()
-    for w in endpoints:
-        labels = {**w.spec.labels, "projectcalico.org/namespace": w.metadata.namespace or ""}
-        out.holders.append((labels, tuple(str(n) for n in w.spec.ip_networks)))
-    for h in host_endpoints:
-        out.holders.append((h.metadata.labels, tuple(str(a) for a in h.spec.expected_ips)))
-    return out
 
 
 def _entity(side: str, ent: model.EntityRule, v: int, addrs: _Addresses,
@@ -220,7 +224,7 @@ def host_plan(node: str, host_endpoints: Iterable[model.HostEndpoint],
     if not local:
         return HostPlan()
     gnps = sorted(policies, key=_order)
-    addrs = _addresses(endpoints, heps)
+    addrs = _Addresses(endpoints, heps)
     out: list[EndpointChains] = []
     for h in local:
         selected = [g for g in gnps if g.spec.selector.matches(h.metadata.labels)
@@ -326,6 +330,11 @@ def _failsafe_nft(ports: tuple[model.ProtoPort, ...]) -> list[list[dict[str, Any
     return out
 
 
+#: ICMPv6 neighbour discovery and multicast listener messages (130-136): IPv6 does not work
+#: without them, so no host endpoint policy drops them (as Felix does).
+ND_TYPES = (130, 131, 132, 133, 134, 135, 136)
+
+
 def nft_commands(plan: HostPlan) -> list[dict[str, Any]]:
     """One transaction: the table goes (``add`` first: a missing one is no error) and, when
     the node has a host endpoint, comes back whole."""
@@ -335,13 +344,16 @@ def nft_commands(plan: HostPlan) -> list[dict[str, Any]]:
         return cmds
     cmds.append({"add": {"table": table}})
     est = [_match({"ct": {"key": "state"}}, ["established", "related"], "in"), {"accept": None}]
+    nd = [_match(_meta("l4proto"), 58),
+          _match({"payload": {"protocol": "icmpv6", "field": "type"}}, {"set": list(ND_TYPES)}),
+          {"accept": None}]
     pods_in = _match(_meta("iifname"), HOST_IF_PREFIX + "*")
     pods_out = _match(_meta("oifname"), HOST_IF_PREFIX + "*")
     base: dict[str, list[list[dict[str, Any]]]] = {
         "input": [est, [_match(_meta("iifname"), "lo"), {"accept": None}],
-                  [pods_in, {"accept": None}], *_failsafe_nft(plan.failsafe_in)],
+                  [pods_in, {"accept": None}], nd, *_failsafe_nft(plan.failsafe_in)],
         "output": [est, [_match(_meta("oifname"), "lo"), {"accept": None}],
-                   [pods_out, {"accept": None}], *_failsafe_nft(plan.failsafe_out)],
+                   [pods_out, {"accept": None}], nd, *_failsafe_nft(plan.failsafe_out)],
         "forward": [est],
     }
     chains: dict[str, list[list[dict[str, Any]]]] = {}
@@ -449,6 +461,8 @@ def iptables_filter(plan: HostPlan, version: int, present: set[str],
                               ("output", plan.failsafe_out, "-o")):
         fixed = hook_rules[hook]
         fixed += [est, f"{flag} lo -j RETURN", f"{flag} {HOST_IF_PREFIX}+ -j RETURN"]
+        if version == 6:
+            fixed += [f"-p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN" for t in ND_TYPES]
         for proto in sorted({p.protocol for p in ports}):
             nums = ",".join(str(n) for n in sorted({p.port for p in ports
                                                     if p.protocol == proto}))

@@ -109,10 +109,11 @@ def test_nft_failsafe_comes_before_the_endpoint_chains() -> None:
     rules = [c["add"]["rule"] for c in cmds if "rule" in c.get("add", {})]
     inp = [r["expr"] for r in rules if r["chain"] == "input"]
     kinds = [next(iter(e[-1])) for e in inp]
-    assert kinds == ["accept", "accept", "accept", "accept", "accept", "goto", "goto"]
+    # replies, lo, the pods, ICMPv6 neighbour discovery, failsafe TCP, failsafe UDP
+    assert kinds == ["accept"] * 6 + ["goto", "goto"]
     # The named interface first, then every other one.
-    assert inp[5][0]["match"]["right"] == "eth0"
-    assert inp[6][-1]["goto"]["target"] == chain_name("n1-all", "in")
+    assert inp[6][0]["match"]["right"] == "eth0"
+    assert inp[7][-1]["goto"]["target"] == chain_name("n1-all", "in")
 
 
 def test_iptables_allow_is_return_and_hooks_are_added_once() -> None:
@@ -129,6 +130,7 @@ def test_iptables_allow_is_return_and_hooks_are_added_once() -> None:
     assert "-I INPUT" not in again
     v6 = iptables_filter(plan, 6, set(), set())
     assert "10.0.0.0" not in v6 and "fabhep4-" not in v6  # IPv4 addresses stay in iptables
+    assert "--icmpv6-type 135 -j RETURN" in v6 and "icmpv6" not in text
     assert "add fabhep4-" in ipset_script(plan)
 
 
