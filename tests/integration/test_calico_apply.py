@@ -1,6 +1,7 @@
 """``fabricctl apply -f`` takes Calico's YAML (projectcalico.org/v3) for the kinds l3fabric
-maps, against a real etcd: the stored values are l3fabric.io/v1, ``get`` lists them, and
-a Calico kind l3fabric does not map is refused with a message and nothing written."""
+maps, against a real etcd: the stored values are l3fabric.io/v1, ``get`` lists them,
+``policy explain`` evaluates the host endpoint, ``delete -f`` removes what the file names,
+and a Calico kind l3fabric does not map is refused with a message."""
 
 from __future__ import annotations
 
@@ -38,6 +39,17 @@ def test_calico_examples_apply_and_read_back(etcd: EmbeddedEtcd) -> None:
     pool = json.loads(fab(etcd, "get", "ippool", "internet", "-o", "json").stdout)
     assert pool["spec"]["natOutgoing"] is True
     assert "node-no-8080" in fab(etcd, "get", "gnp").stdout
+    # policy explain evaluates the host endpoint's program: 8080 closed, SSH failsafe.
+    r = fab(etcd, "policy", "explain", "hostendpoint/node1-all", "--peer", "10.97.0.2",
+            "--port", "8080/tcp")
+    assert r.returncode == 0, r.stderr
+    assert "(ingress, to the host): DENIED - denied by gnp/node-no-8080 ingress[0]" in r.stdout
+    r = fab(etcd, "policy", "explain", "hep/node1-all", "--peer", "10.97.0.2", "--port", "22")
+    assert "(ingress, to the host): ALLOWED - failsafe port 22/tcp" in r.stdout, r.stdout
+    # delete -f takes the same Calico file.
+    r = fab(etcd, "delete", "-f", str(CALICO / "host-endpoints.yaml"))
+    assert r.returncode == 0, r.stderr
+    assert fab(etcd, "get", "hostendpoint", "node1-all").returncode == 1
     r = fab(etcd, "apply", "-f", "-", stdin=(
         "apiVersion: projectcalico.org/v3\nkind: Profile\nmetadata: {name: p}\nspec: {}\n"))
     assert r.returncode == 1 and "write it with apiVersion: l3fabric.io/v1" in r.stderr
