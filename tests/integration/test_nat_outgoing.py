@@ -7,7 +7,9 @@ the source address it saw, and to a server in a pod on n2.
 
 Expected: with ``natOutgoing`` off (the default) the outside host sees the pod's
 addresses; turned on at run time it sees n1's addresses (IPv4 and IPv6) from the next
-connection; turned off again the pod's. The pod on n2 always sees the pod's own address.
+connection, except for destinations in the FelixConfiguration's ``nonMasqueradeCIDRs``;
+turned off again the pod's. The pod on n2, and a server on n1 itself, always see the pod's
+own address.
 """
 
 from __future__ import annotations
@@ -49,16 +51,22 @@ def test_nat_outgoing_rewrites_only_traffic_leaving_the_pools(
             a_ns, b_ns = netns("pa"), netns("pb")
             a4, a6 = add_dual_stack_pod(n1, a_ns, "a")
             b4, b6 = add_dual_stack_pod(n2, b_ns, "b")
-            with peer_server(out, PORT), peer_server(b_ns, PORT):
+            with peer_server(out, PORT), peer_server(b_ns, PORT), peer_server(n1.ns, PORT):
                 # Off (the default): the outside sees the pod, once the ToR routes to it.
                 wait_seen(a_ns, OUT4, PORT, a4, 40, n1.log_tail)
                 wait_seen(a_ns, OUT6, PORT, a6, 20, n1.log_tail)
                 pools(etcd, True)
                 wait_seen(a_ns, OUT4, PORT, "10.98.1.2", 20, n1.log_tail)
                 wait_seen(a_ns, OUT6, PORT, "fd98:1::2", 20, n1.log_tail)
-                # Pod to pod is never rewritten.
+                # Pod to pod is never rewritten, nor traffic to the node's own address.
                 wait_seen(a_ns, b4, PORT, a4, 10)
                 wait_seen(a_ns, b6, PORT, a6, 10)
+                wait_seen(a_ns, "10.98.1.2", PORT, a4, 10)
+                # A non-masquerade CIDR is left alone too.
+                put(etcd, "config/felix/default", "FelixConfiguration", "default",
+                    {"nonMasqueradeCIDRs": ["10.97.0.0/24"]})
+                wait_seen(a_ns, OUT4, PORT, a4, 20, n1.log_tail)
+                wait_seen(a_ns, OUT6, PORT, "fd98:1::2", 10, n1.log_tail)
                 pools(etcd, False)
                 wait_seen(a_ns, OUT4, PORT, a4, 20, n1.log_tail)
                 wait_seen(a_ns, OUT6, PORT, a6, 20, n1.log_tail)
