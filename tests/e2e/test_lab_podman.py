@@ -11,6 +11,7 @@ route anywhere), and `lab down` leaving no container, namespace or process.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -77,14 +78,16 @@ def running_with(marker: str) -> list[str]:
     return out
 
 
-@pytest.fixture
-def lab() -> Iterator[tuple[dict[str, str], str, Path]]:
+@contextlib.contextmanager
+def lab_copy(topology: str) -> Iterator[tuple[dict[str, str], str, Path]]:
+    """A renamed copy of containerlab/<topology>.clab.yml (with the configs it binds) and
+    a private state directory; on the way out the lab is taken down, whatever happened."""
     d = Path(tempfile.mkdtemp(prefix="pl", dir="/tmp"))
-    doc = yaml.safe_load((REPO / "containerlab/two-node.clab.yml").read_text())
+    doc = yaml.safe_load((REPO / f"containerlab/{topology}.clab.yml").read_text())
     name = f"p{uuid.uuid4().hex[:6]}"
     doc["name"] = name
-    # The file binds its BIRD config relative to itself: the copy takes the configs along.
-    shutil.copytree(REPO / "containerlab/configs/two-node", d / "configs/two-node")
+    # The file binds its BIRD configs relative to itself: the copy takes them along.
+    shutil.copytree(REPO / f"containerlab/configs/{topology}", d / f"configs/{topology}")
     path = d / f"{name}.clab.yml"
     path.write_text(yaml.safe_dump(doc))
     env = {**os.environ, "XDG_STATE_HOME": str(d)}
@@ -96,6 +99,19 @@ def lab() -> Iterator[tuple[dict[str, str], str, Path]]:
         if left:
             subprocess.run([*PODMAN, "rm", "-f", "-t", "0", *left], capture_output=True)
         shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def lab() -> Iterator[tuple[dict[str, str], str, Path]]:
+    with lab_copy("two-node") as lab:
+        yield lab
+
+
+def pod_ip(add: subprocess.CompletedProcess[str]) -> str:
+    assert add.returncode == 0, add.stderr
+    m = re.search(r": (\d+\.\d+\.\d+\.\d+)", add.stdout)
+    assert m, add.stdout
+    return m.group(1)
 
 
 def test_two_node_as_podman_containers(lab: tuple[dict[str, str], str, Path]) -> None:
@@ -114,11 +130,7 @@ def test_two_node_as_podman_containers(lab: tuple[dict[str, str], str, Path]) ->
     # A pod on each node container; the first pings the second across tor1.
     ips = {}
     for node, pod in (("node1", "default/a"), ("node2", "default/b")):
-        add = fabricctl(env, "lab", "pod", "add", node, pod, "--lab", name)
-        assert add.returncode == 0, add.stderr
-        m = re.search(r": (\d+\.\d+\.\d+\.\d+)", add.stdout)
-        assert m, add.stdout
-        ips[pod] = m.group(1)
+        ips[pod] = pod_ip(fabricctl(env, "lab", "pod", "add", node, pod, "--lab", name))
     # The ToR's routing table gets both nodes' blocks (the /26 of each pod's address, the
     # file's l3fabric.block-size) over BGP, towards the node's link.
     blocks = {eth: ipaddress.ip_network(f"{ips[pod]}/26", strict=False)
@@ -214,11 +226,7 @@ def test_agent_under_systemd_in_node_container(lab: tuple[dict[str, str], str, P
 
     ips = {}
     for node, pod in (("node1", "default/a"), ("node2", "default/b")):
-        add = fabricctl(env, "lab", "pod", "add", node, pod, "--lab", name)
-        assert add.returncode == 0, add.stderr
-        m = re.search(r": (\d+\.\d+\.\d+\.\d+)", add.stdout)
-        assert m, add.stdout
-        ips[pod] = m.group(1)
+        ips[pod] = pod_ip(fabricctl(env, "lab", "pod", "add", node, pod, "--lab", name))
     deadline = time.monotonic() + 30
     while fabricctl(env, "lab", "exec", "--lab", name, "default/a", "--", "ping", "-c", "1",
                     "-W", "1", ips["default/b"]).returncode != 0:
@@ -249,3 +257,22 @@ def test_agent_under_systemd_in_node_container(lab: tuple[dict[str, str], str, P
     # What install-agent wrote is gone (it had replaced the image's CNI plugin and conflist).
     left = in_container(node1, "sh", "-c", "ls /opt/cni/bin /etc/cni/net.d").stdout
     assert "l3fabric" not in left
+
+
+@pytest.mark.parametrize(("topology", "far"), [("leaf-spine", "node4"),
+                                               ("route-reflector", "node3")])
+def test_bigger_topologies_as_podman_containers(topology: str, far: str) -> None:
+    """leaf-spine (across racks: leaf, spine, leaf) and route-reflector (through the
+    reflectors) come up the same way: a pod on node1 reaches a pod on the farthest node."""
+    with lab_copy(topology) as (env, name, path):
+        up = fabricctl(env, "lab", "up", "--runtime", "podman", str(path))
+        assert up.returncode == 0, up.stderr[-3000:]
+        pod_ip(fabricctl(env, "lab", "pod", "add", "node1", "default/a", "--lab", name))
+        ip_b = pod_ip(fabricctl(env, "lab", "pod", "add", far, "default/b", "--lab", name))
+        deadline = time.monotonic() + 30
+        while fabricctl(env, "lab", "exec", "--lab", name, "default/a", "--", "ping", "-c",
+                        "1", "-W", "1", ip_b).returncode != 0:
+            assert time.monotonic() < deadline, f"pod a on node1 never reached {ip_b} on {far}"
+        down = fabricctl(env, "lab", "down", name, timeout=60)
+        assert down.returncode == 0, down.stderr
+        assert containers(name) == []
