@@ -22,6 +22,8 @@ NODES = "nodes/"
 NAMESPACES = "namespaces/"
 POLICIES = "policies/"
 GLOBAL_POLICIES = "globalpolicies/"
+STAGED_POLICIES = "stagedpolicies/"
+STAGED_GLOBAL_POLICIES = "stagedglobalpolicies/"
 WORKLOADS = "workloads/"
 IPAM_BLOCKS = "ipam/blocks/"
 IPAM_AFFINITIES = "ipam/affinities/"
@@ -91,6 +93,14 @@ def global_policy(name: str) -> str:
     return full(GLOBAL_POLICIES + name)
 
 
+def staged_policy(ns: str, name: str) -> str:
+    return full(f"{STAGED_POLICIES}{ns}/{name}")
+
+
+def staged_global_policy(name: str) -> str:
+    return full(STAGED_GLOBAL_POLICIES + name)
+
+
 def workload(node_name: str, ns: str, pod: str, iface: str) -> str:
     return full(f"{WORKLOADS}{node_name}/{ns}.{pod}.{iface}")
 
@@ -157,6 +167,8 @@ def parse(key: str) -> ParsedKey | None:
         (NAMESPACES, "Namespace", 1),
         (POLICIES, "NetworkPolicy", 2),
         (GLOBAL_POLICIES, "GlobalNetworkPolicy", 1),
+        (STAGED_POLICIES, "StagedNetworkPolicy", 2),
+        (STAGED_GLOBAL_POLICIES, "StagedGlobalNetworkPolicy", 1),
         (WORKLOADS, "WorkloadEndpoint", 2),
         (IPAM_RESERVATIONS, "IPReservation", 1),
         (NODE_STATUS, "NodeStatus", 1),
@@ -167,7 +179,7 @@ def parse(key: str) -> ParsedKey | None:
         rest = rel[len(prefix) :].split("/")
         if len(rest) != nparts or not all(rest):
             return None
-        if kind == "NetworkPolicy":
+        if kind in ("NetworkPolicy", "StagedNetworkPolicy"):
             return ParsedKey(kind, name=rest[1], namespace=rest[0])
         if kind == "WorkloadEndpoint":
             ns, _, name = rest[1].partition(".")

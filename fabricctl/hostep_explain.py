@@ -63,6 +63,7 @@ def explain(state: dict[str, Any], ref: str, peer: str | None,
         raise CliError(f"no host endpoint {name!r}")
     plan = hostep.plan_of_state(state, hep.spec.node)
     gnps = sorted((v for v in state.values() if isinstance(v, model.GlobalNetworkPolicy)
+                   and not isinstance(v, model.StagedGlobalNetworkPolicy)
                    and v.spec.selector.matches(hep.metadata.labels)
                    and v.spec.namespace_selector is None), key=hostep._order)
     out: dict[str, Any] = {

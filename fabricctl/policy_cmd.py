@@ -15,16 +15,17 @@ from typing import Any
 
 from datastore import keys, model
 from datastore.client import Datastore
-from fabricctl import hostep_explain, policy_stats_cmd
+from fabricctl import hostep_explain, policy_promote_cmd, policy_stats_cmd
 from fabricctl.common import CliError, run
 from fabricctl.output import add_output_flag, dump, table
-from felix_like.policy.explain import Conn, decide, selecting_policies
+from felix_like.policy.explain import Conn, decide, decide_staged, selecting_policies
 from felix_like.policy.interp import Interpreter
 from felix_like.policy.ruleset import PROTOCOLS, calculate, inputs_from_state
 
 log = logging.getLogger(__name__)
 
-_PREFIXES = (keys.NAMESPACES, keys.POLICIES, keys.GLOBAL_POLICIES, keys.WORKLOADS, keys.NODES,
+_PREFIXES = (keys.NAMESPACES, keys.POLICIES, keys.GLOBAL_POLICIES, keys.STAGED_POLICIES,
+             keys.STAGED_GLOBAL_POLICIES, keys.WORKLOADS, keys.NODES,
              keys.HOST_ENDPOINTS, keys.FELIX_CONFIGS)
 
 
@@ -42,6 +43,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_output_flag(e)
     e.set_defaults(func=cmd_explain)
     policy_stats_cmd.add_parser(psub)
+    policy_promote_cmd.add_parser(psub)
 
 
 def parse_port(text: str | None) -> tuple[int, int | None]:
@@ -111,18 +113,26 @@ def explain(state: dict[str, Any], pod_ref: str, peer: str | None,
     me = _addr(wep, ipaddress.ip_address(peer_ip).version)
     for direction, src, dst, src_ep, dst_ep in (
             ("ingress", peer_ip, me, peer_wep, wep), ("egress", me, peer_ip, wep, peer_wep)):
-        v = decide(inputs, Conn(src, dst, proto, dport, src_ep=src_ep, dst_ep=dst_ep))
+        conn = Conn(src, dst, proto, dport, src_ep=src_ep, dst_ep=dst_ep)
+        v = decide(inputs, conn)
+        staged = decide_staged(inputs, conn)
         flow: dict[str, Any] = {
             "flow": f"{src} -> {dst} {_proto_name(proto)}/{dport if dport else 'any'}",
             "direction": f"{direction} of {pod_ref}",
             "allowed": v.allowed,
             "egress": None if v.egress is None else v.egress.reason,
             "ingress": None if v.ingress is None else v.ingress.reason,
+            # Were the staged policies enforced (fabricctl policy promote): None if none.
+            "staged": None if staged is None else {
+                "allowed": staged.allowed,
+                "egress": None if staged.egress is None else staged.egress.reason,
+                "ingress": None if staged.ingress is None else staged.ingress.reason},
         }
         # The same flow through the chains the pod's node programs.
         it = Interpreter(calculate(inputs))
         res = it.evaluate(it.packet(src, dst, proto, dport))
-        flow["dataplane"] = {"node": node, "allowed": res.allowed, "trace": res.trace}
+        flow["dataplane"] = {"node": node, "allowed": res.allowed, "trace": res.trace,
+                             "staged": res.staged}
         out["flows"].append(flow)
     return out
 
@@ -156,8 +166,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"  egress at the source:     {f['egress']}")
         if f["ingress"] is not None:
             print(f"  ingress at the destination: {f['ingress']}")
+        st = f["staged"]
+        if st is not None:
+            print(f"  staged policies: {'would allow' if st['allowed'] else 'WOULD DENY'}")
+            for side in ("egress", "ingress"):
+                if st[side] is not None:
+                    print(f"    {side}: {st[side]}")
         dp = f["dataplane"]
         print(f"  chains on {dp['node']}: {'accept' if dp['allowed'] else 'drop'}")
+        for what in dp["staged"]:
+            print(f"    staged: {what}")
         for step in dp["trace"]:
             print(f"    {step}")
     return 0

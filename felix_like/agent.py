@@ -86,7 +86,8 @@ T = TypeVar("T")
 # The sub-prefixes the syncer mirrors: what the calculation reads (`state.consumed`).
 # Every node's NodeStatus and the IPAM handles (read from etcd when needed) stay out.
 WATCHED = (keys.IPPOOLS, keys.BGP_CONFIGS, keys.BGP_PEERS, keys.NODES, keys.NAMESPACES,
-           keys.POLICIES, keys.GLOBAL_POLICIES, keys.WORKLOADS, keys.IPAM_BLOCKS,
+           keys.POLICIES, keys.GLOBAL_POLICIES, keys.STAGED_POLICIES,
+           keys.STAGED_GLOBAL_POLICIES, keys.WORKLOADS, keys.IPAM_BLOCKS,
            keys.IPAM_AFFINITIES, keys.IPAM_RESERVATIONS, keys.IPAM_CONFIG,
            keys.FELIX_CONFIGS, keys.HOST_ENDPOINTS)
 

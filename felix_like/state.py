@@ -133,6 +133,8 @@ class ClusterState:
         self.namespaces: dict[str, model.Namespace] = {}  # by name
         self.policies: dict[str, model.NetworkPolicy] = {}  # by key
         self.global_policies: dict[str, model.GlobalNetworkPolicy] = {}  # by key
+        # Staged (counted, never enforced) policies of both kinds, by key.
+        self.staged_policies: dict[str, model.NetworkPolicy | model.GlobalNetworkPolicy] = {}
         self.endpoints: dict[str, model.WorkloadEndpoint] = {}  # by key
         self.blocks: dict[str, BlockSummary] = {}  # by key
         self.felix_configs: dict[str, model.FelixConfiguration] = {}  # by name
@@ -225,6 +227,8 @@ class ClusterState:
         elif isinstance(v, model.Namespace):
             self.namespaces[v.metadata.name] = v
             self._namespace_keys[key] = v
+        elif isinstance(v, model.StagedNetworkPolicy | model.StagedGlobalNetworkPolicy):
+            self.staged_policies[key] = v  # before the twins: never in their indexes
         elif isinstance(v, model.NetworkPolicy):
             self.policies[key] = v
         elif isinstance(v, model.GlobalNetworkPolicy):
@@ -286,6 +290,8 @@ class ClusterState:
         elif isinstance(v, model.Namespace):
             self.namespaces.pop(v.metadata.name, None)
             self._namespace_keys.pop(key, None)
+        elif isinstance(v, model.StagedNetworkPolicy | model.StagedGlobalNetworkPolicy):
+            self.staged_policies.pop(key, None)
         elif isinstance(v, model.NetworkPolicy):
             self.policies.pop(key, None)
         elif isinstance(v, model.GlobalNetworkPolicy):
@@ -337,6 +343,7 @@ class ClusterState:
         yield from self._namespace_keys.items()
         yield from self.policies.items()
         yield from self.global_policies.items()
+        yield from self.staged_policies.items()
         yield from self.endpoints.items()
         yield from ((keys.node(name), n) for name, n in self.nodes.items())
 

@@ -93,6 +93,8 @@ from datastore.model.policy import (
     NetworkPolicySpec,
     PortMatch,
     Rule,
+    StagedGlobalNetworkPolicy,
+    StagedNetworkPolicy,
 )
 from datastore.model.resource import (
     API_VERSION,
@@ -155,6 +157,8 @@ __all__ = [
     "Resource",
     "Rule",
     "SpecResource",
+    "StagedGlobalNetworkPolicy",
+    "StagedNetworkPolicy",
     "ValidationError",
     "WorkloadEndpoint",
     "WorkloadEndpointSpec",

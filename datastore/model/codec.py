@@ -21,7 +21,12 @@ from datastore.model.bgp import BGPConfiguration, BGPPeer
 from datastore.model.felix import FelixConfiguration, HostEndpoint
 from datastore.model.ipam import IPAMConfig, IPPool, IPReservation
 from datastore.model.node import Namespace, Node, NodeStatus
-from datastore.model.policy import GlobalNetworkPolicy, NetworkPolicy
+from datastore.model.policy import (
+    GlobalNetworkPolicy,
+    NetworkPolicy,
+    StagedGlobalNetworkPolicy,
+    StagedNetworkPolicy,
+)
 from datastore.model.resource import Resource
 from datastore.model.workload import WorkloadEndpoint
 
@@ -46,6 +51,8 @@ KINDS: dict[str, type[Resource]] = {
         Namespace,
         NetworkPolicy,
         GlobalNetworkPolicy,
+        StagedNetworkPolicy,
+        StagedGlobalNetworkPolicy,
         WorkloadEndpoint,
         IPReservation,
         NodeStatus,
@@ -70,6 +77,10 @@ ALIASES: dict[str, str] = {
     "netpols": "NetworkPolicy",
     "globalnetworkpolicies": "GlobalNetworkPolicy",
     "gnp": "GlobalNetworkPolicy",
+    "stagednetworkpolicies": "StagedNetworkPolicy",
+    "snp": "StagedNetworkPolicy",
+    "stagedglobalnetworkpolicies": "StagedGlobalNetworkPolicy",
+    "sgnp": "StagedGlobalNetworkPolicy",
     "workloadendpoints": "WorkloadEndpoint",
     "wep": "WorkloadEndpoint",
     "weps": "WorkloadEndpoint",
@@ -102,6 +113,8 @@ _PREFIXES: dict[str, str] = {
     "Namespace": keys.NAMESPACES,
     "NetworkPolicy": keys.POLICIES,
     "GlobalNetworkPolicy": keys.GLOBAL_POLICIES,
+    "StagedNetworkPolicy": keys.STAGED_POLICIES,
+    "StagedGlobalNetworkPolicy": keys.STAGED_GLOBAL_POLICIES,
     "WorkloadEndpoint": keys.WORKLOADS,
     "IPReservation": keys.IPAM_RESERVATIONS,
     "NodeStatus": keys.NODE_STATUS,
@@ -119,12 +132,16 @@ def key_prefix_for_kind(kind: str, namespace: str | None = None) -> str:
     cls = resolve_kind(kind)
     if cls is NetworkPolicy and namespace is not None:
         return keys.full(f"{keys.POLICIES}{namespace}/")
+    if cls is StagedNetworkPolicy and namespace is not None:
+        return keys.full(f"{keys.STAGED_POLICIES}{namespace}/")
     return keys.full(_PREFIXES[cls.kind])
 
 
 def key_for(res: Resource) -> str:
     """The absolute etcd key ``res`` is stored at."""
     name = res.metadata.name
+    if isinstance(res, StagedNetworkPolicy):
+        return keys.staged_policy(res.metadata.namespace or "default", name)
     if isinstance(res, NetworkPolicy):
         return keys.policy(res.metadata.namespace or "default", name)
     if isinstance(res, WorkloadEndpoint):
@@ -139,6 +156,7 @@ def key_for(res: Resource) -> str:
         "Node": keys.node,
         "Namespace": keys.namespace,
         "GlobalNetworkPolicy": keys.global_policy,
+        "StagedGlobalNetworkPolicy": keys.staged_global_policy,
         "IPReservation": keys.ipam_reservation,
         "NodeStatus": keys.node_status,
         "FelixConfiguration": keys.felix_config,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from datastore.calico_selector import Selector
@@ -499,3 +499,33 @@ class GlobalNetworkPolicy(SpecResource[GlobalNetworkPolicySpec]):
     spec_type = GlobalNetworkPolicySpec
     body_required: ClassVar[bool] = False
     spec: GlobalNetworkPolicySpec = GlobalNetworkPolicySpec()
+
+
+# --- staged policies --------------------------------------------------------------------------
+# The same specs as their enforced twins, stored under keys of their own. The policy engine
+# evaluates them where the twin would be and only counts what they would do: a code path
+# that treats every NetworkPolicy as enforced must look for these first (they subclass the
+# twins so that selection and rendering are shared).
+
+
+@dataclass(frozen=True)
+class StagedNetworkPolicy(NetworkPolicy):
+    """A NetworkPolicy previewed, never enforced (``fabricctl policy promote`` enforces it)."""
+
+    kind: ClassVar[str] = "StagedNetworkPolicy"
+    api_versions: ClassVar[tuple[str, ...]] = ("l3fabric.io/v1",)
+
+    def promoted(self) -> NetworkPolicy:
+        """The enforced twin: the same name, namespace, labels and spec."""
+        return NetworkPolicy(replace(self.metadata, revision=None), self.spec)
+
+
+@dataclass(frozen=True)
+class StagedGlobalNetworkPolicy(GlobalNetworkPolicy):
+    """A GlobalNetworkPolicy previewed, never enforced."""
+
+    kind: ClassVar[str] = "StagedGlobalNetworkPolicy"
+
+    def promoted(self) -> GlobalNetworkPolicy:
+        """The enforced twin: the same name, labels and spec."""
+        return GlobalNetworkPolicy(replace(self.metadata, revision=None), self.spec)

@@ -12,10 +12,15 @@ Pass skips to the namespaced policies, no match falls through; then Kubernetes s
 (isolated if a NetworkPolicy selecting the pod has that policy type; allowed if any rule of
 those policies matches). Egress additionally requires the source address to be the pod's
 own (anti-spoofing); ingress from this node's addresses is always allowed.
+
+Staged policies never decide: :func:`decide` leaves them out, and :func:`decide_staged`
+answers what would happen were every staged policy promoted (each replacing its enforced
+twin of the same name), the question an operator asks before ``fabricctl policy promote``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -222,9 +227,48 @@ def decide_direction(inputs: PolicyInputs, wep: model.WorkloadEndpoint, directio
     return Decision(False, f"isolated for {direction} by {names}; no rule allows it")
 
 
+def _staged(p: object) -> bool:
+    return isinstance(p, model.StagedNetworkPolicy | model.StagedGlobalNetworkPolicy)
+
+
+def enforced(inputs: PolicyInputs) -> PolicyInputs:
+    """``inputs`` without its staged policies."""
+    if not any(map(_staged, (*inputs.policies, *inputs.global_policies))):
+        return inputs
+    return dataclasses.replace(
+        inputs, policies=tuple(p for p in inputs.policies if not _staged(p)),
+        global_policies=tuple(g for g in inputs.global_policies if not _staged(g)))
+
+
+def promoted(inputs: PolicyInputs) -> PolicyInputs | None:
+    """``inputs`` with every staged policy enforced in place of its twin; None when there
+    is no staged policy."""
+    staged = [p for p in (*inputs.policies, *inputs.global_policies)
+              if isinstance(p, model.StagedNetworkPolicy | model.StagedGlobalNetworkPolicy)]
+    if not staged:
+        return None
+    twins = {model.key_for(p.promoted()): p.promoted() for p in staged}
+    nps = {model.key_for(p): p for p in inputs.policies if not _staged(p)}
+    gnps = {model.key_for(g): g for g in inputs.global_policies if not _staged(g)}
+    for key, twin in twins.items():
+        if isinstance(twin, model.GlobalNetworkPolicy):
+            gnps[key] = twin
+        else:
+            nps[key] = twin
+    return dataclasses.replace(inputs, policies=tuple(nps[k] for k in sorted(nps)),
+                               global_policies=tuple(gnps.values()))
+
+
+def decide_staged(inputs: PolicyInputs, conn: Conn) -> Verdict | None:
+    """The verdict were the staged policies enforced; None when there are none."""
+    preview = promoted(inputs)
+    return None if preview is None else decide(preview, conn)
+
+
 def decide(inputs: PolicyInputs, conn: Conn) -> Verdict:
     """Both directions for a new connection, as the cluster would enforce it: egress at the
     source pod (if it is a pod) and ingress at the destination pod (if it is one)."""
+    inputs = enforced(inputs)
     src_ep = conn.src_ep or find_endpoint(inputs, conn.src)
     dst_ep = conn.dst_ep or find_endpoint(inputs, conn.dst)
     conn = Conn(conn.src, conn.dst, conn.proto, conn.dport, conn.sport, conn.icmp_type,
@@ -241,11 +285,12 @@ def selecting_policies(inputs: PolicyInputs, wep: model.WorkloadEndpoint) -> lis
     out: list[dict[str, str]] = []
     for g in sorted(inputs.global_policies, key=gnp_order_key):
         if gnp_selects(inputs, g, wep):
-            out.append({"policy": f"gnp/{g.metadata.name}",
+            out.append({"policy": f"{'sgnp' if _staged(g) else 'gnp'}/{g.metadata.name}",
                         "order": "" if g.spec.order is None else f"{g.spec.order:g}",
                         "types": ",".join(g.spec.effective_types)})
     for p in inputs.policies:
         if np_selects(p, wep):
-            out.append({"policy": f"np/{ep_namespace(wep)}/{p.metadata.name}", "order": "",
+            kind = "snp" if _staged(p) else "np"
+            out.append({"policy": f"{kind}/{ep_namespace(wep)}/{p.metadata.name}", "order": "",
                         "types": ",".join(p.effective_policy_types)})
     return out

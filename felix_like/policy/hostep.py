@@ -256,7 +256,8 @@ def plan_of_state(state: Any, node: str) -> HostPlan:
         configs = [v.spec for v in values if isinstance(v, model.FelixConfiguration)
                    and v.metadata.name == "default"]
         return host_plan(node, [v for v in values if isinstance(v, model.HostEndpoint)],
-                         [v for v in values if isinstance(v, model.GlobalNetworkPolicy)],
+                         [v for v in values if isinstance(v, model.GlobalNetworkPolicy)
+                          and not isinstance(v, model.StagedGlobalNetworkPolicy)],
                          [v for v in values if isinstance(v, model.WorkloadEndpoint)],
                          configs[0] if configs else model.FelixConfigurationSpec())
     if not any(h.spec.node == node for h in state.host_endpoints.values()):

@@ -223,7 +223,8 @@ class IncrementalCalculation:
         # Order within a batch: namespaces (their labels decide set membership and GNP
         # selection), policies (so endpoints added below are evaluated against them
         # once), then endpoints. Each step keeps the indexes consistent on its own.
-        order = {model.Namespace: 0, model.NetworkPolicy: 1, model.GlobalNetworkPolicy: 1}
+        order = {model.Namespace: 0, model.NetworkPolicy: 1, model.GlobalNetworkPolicy: 1,
+                 model.StagedNetworkPolicy: 1, model.StagedGlobalNetworkPolicy: 1}
         changed.sort(key=lambda c: order.get(type(c[2] if c[2] is not None else c[1]), 2))
         for key, old, new in changed:
             if new is None:
@@ -523,8 +524,8 @@ class IncrementalCalculation:
     def _publish(self, iface: str) -> None:
         """The chains of ``iface`` are those of its owner (the greatest key wins, as in
         the full calculation, which walks endpoints in key order)."""
-        for prefix in ("fo-", "fon-", "fi-", "fin-"):
-            self.chains.pop(prefix + iface, None)
+        for prefix in ("fo-", "fon-", "fi-", "fin-", "so-", "son-", "si-", "sin-"):
+            self.chains.pop(prefix + iface, None)  # staged chains: felix_like.policy.staged
         owners = self.iface_owners.get(iface)
         if not owners:
             self.from_pod.pop(iface, None)

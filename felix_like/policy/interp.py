@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 from felix_like.owned import HOST_IF_PREFIX
 from felix_like.policy.program import (
-    MARK_ALLOW,
+    MARK_ENFORCED,
     MARK_MASK,
-    MARK_PASS,
+    MARKING,
     Addr,
     Family,
     Icmp,
@@ -31,6 +31,7 @@ from felix_like.policy.program import (
     Rule,
     Ruleset,
 )
+from felix_like.policy.staged import staged_head
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class Result:
     allowed: bool
     trace: list[str] = field(default_factory=list)
     decided_by: str = ""  # comment of the rule that decided, when one did
+    staged: list[str] = field(default_factory=list)  # what staged policies would do
 
 
 class _Drop(Exception):
@@ -71,6 +73,7 @@ class Interpreter:
 
     def __init__(self, rs: Ruleset) -> None:
         self.rs = rs
+        self._staged_heads = {staged_head(i, d) for i in rs.endpoints for d in ("in", "out")}
         self._nets: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
 
     def _set_nets(self, name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
@@ -125,7 +128,10 @@ class Interpreter:
         res.trace.append(f"{what}: {iface} -> goto {chain}")
         self._run(chain, pkt, marks, res, depth=0)
 
-    def _run(self, chain: str, pkt: Packet, marks: list[int], res: Result, depth: int) -> None:
+    def _run(self, chain: str, pkt: Packet, marks: list[int], res: Result, depth: int,
+             staged: bool = False) -> None:
+        """Run ``chain``; ``staged``: within the staged pipeline, which decides nothing
+        (its allows are not the decision, its verdicts go to ``Result.staged``)."""
         if depth > 32:
             raise RecursionError(f"chain loop at {chain}")
         for rule in self.rs.chains[chain]:
@@ -139,27 +145,38 @@ class Interpreter:
                 raise _Drop
             if v.kind == "return":
                 res.trace.append(f"{label}: return")
-                if rule.comment:
+                if rule.comment and not staged:
                     res.decided_by = rule.comment
                 return
-            if v.kind == "allow":
-                res.trace.append(f"{label}: allow")
-                res.decided_by = rule.comment
-                marks[0] |= MARK_ALLOW
+            if v.kind in ("allow", "pass"):
+                res.trace.append(f"{label}: {v.kind}")
+                if not staged:
+                    res.decided_by = rule.comment
+                marks[0] |= MARKING[v.kind]
                 return
-            if v.kind == "pass":
-                res.trace.append(f"{label}: pass")
-                res.decided_by = rule.comment
-                marks[0] |= MARK_PASS
+            if v.kind in MARKING:  # a staged policy's verdict: marked, never enforced
+                would = v.kind.replace("staged-", "would ")
+                res.trace.append(f"{label}: {would}")
+                res.staged.append(f"{would}: {rule.comment}")
+                marks[0] |= MARKING[v.kind]
                 return
+            if v.kind == "count":
+                res.trace.append(f"{label}: count")
+                if rule.counted is not None and rule.counted.action == "would-deny":
+                    res.staged.append(f"would deny: {rule.comment}")
+                continue
+            if v.kind == "clear":
+                marks[0] &= ~MARK_ENFORCED
+                continue
             if v.kind == "log":
                 res.trace.append(f"{label}: log")
                 continue
             if v.kind == "jump":
-                self._run(v.target, pkt, marks, res, depth + 1)
+                self._run(v.target, pkt, marks, res, depth + 1,
+                          staged or v.target in self._staged_heads)
                 continue
             if v.kind == "goto":
-                self._run(v.target, pkt, marks, res, depth + 1)
+                self._run(v.target, pkt, marks, res, depth + 1, staged)
                 return
             raise ValueError(f"unknown verdict {v.kind}")
 

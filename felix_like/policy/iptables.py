@@ -42,9 +42,9 @@ from typing import Any
 from felix_like.netlink import netns_path
 from felix_like.owned import HOST_IF_PREFIX
 from felix_like.policy.program import (
-    MARK_ALLOW,
+    MARK_ENFORCED,
     MARK_MASK,
-    MARK_PASS,
+    MARKING,
     PROTOCOL_NAMES,
     Addr,
     Counted,
@@ -177,13 +177,18 @@ class _Render:
         lines: list[str] = []
         for args in variants:
             head = ["-A", chain, *args, *comment]
-            if v.kind in ("allow", "pass"):
-                bit = MARK_ALLOW if v.kind == "allow" else MARK_PASS
+            if v.kind in MARKING:
+                bit = MARKING[v.kind]
                 lines.append(" ".join([*head, "-j", "MARK", "--set-xmark", f"{bit:#x}/{bit:#x}"]))
                 lines.append(" ".join(["-A", chain, "-m", "mark", "--mark", f"{bit:#x}/{bit:#x}",
                                        "-j", "RETURN"]))
             elif v.kind == "log":
                 lines.append(" ".join([*head, "-j", "LOG", "--log-prefix", _q(v.target[:28])]))
+            elif v.kind == "count":  # no target: the rule only counts
+                lines.append(" ".join(head))
+            elif v.kind == "clear":
+                lines.append(" ".join([*head, "-j", "MARK", "--set-xmark",
+                                       f"0x0/{MARK_ENFORCED:#x}"]))
             elif v.kind == "jump":
                 lines.append(" ".join([*head, "-j", chain_name(v.target)]))
             elif v.kind == "goto":

@@ -52,9 +52,9 @@ from typing import Any
 
 from felix_like.owned import HOST_IF_PREFIX
 from felix_like.policy.program import (
-    MARK_ALLOW,
+    MARK_ENFORCED,
     MARK_MASK,
-    MARK_PASS,
+    MARKING,
     Addr,
     Counted,
     Family,
@@ -116,6 +116,10 @@ CLEAR_MARKS: dict[str, Any] = {"mangle": {"key": _meta("mark"),
                           "value": {"&": [_meta("mark"), 0xFFFFFFFF & ~MARK_MASK]}}}
 
 
+CLEAR_ENFORCED: dict[str, Any] = {"mangle": {"key": _meta("mark"),
+                              "value": {"&": [_meta("mark"), 0xFFFFFFFF & ~MARK_ENFORCED]}}}
+
+
 def render_match(m: object) -> dict[str, Any]:
     if isinstance(m, Family):
         return _match(_meta("nfproto"), "ipv4" if m.version == 4 else "ipv6")
@@ -163,10 +167,13 @@ def render_rule(rule: Rule) -> list[dict[str, Any]]:
     if rule.counted is not None:
         expr.append({"counter": counter_name(rule.counted)})
     v = rule.verdict
-    if v.kind == "allow":
-        expr += [_mark_or(MARK_ALLOW), {"return": None}]
-    elif v.kind == "pass":
-        expr += [_mark_or(MARK_PASS), {"return": None}]
+    if v.kind in MARKING:
+        expr += [_mark_or(MARKING[v.kind]), {"return": None}]
+    elif v.kind == "count":
+        if rule.counted is None:
+            expr.append({"counter": None})
+    elif v.kind == "clear":
+        expr.append(CLEAR_ENFORCED)
     elif v.kind == "log":
         expr.append({"log": {"prefix": v.target}})
     elif v.kind in ("jump", "goto"):

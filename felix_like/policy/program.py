@@ -14,7 +14,17 @@ from typing import Any
 
 MARK_ALLOW = 0x10000
 MARK_PASS = 0x20000
-MARK_MASK = MARK_ALLOW | MARK_PASS
+# The staged pipeline's own verdicts (felix_like.policy.ruleset: staged policies), so a
+# staged policy never sets a bit the enforced chains read.
+MARK_STAGED_ALLOW = 0x40000
+MARK_STAGED_DENY = 0x80000
+MARK_STAGED_PASS = 0x100000
+MARK_ENFORCED = MARK_ALLOW | MARK_PASS
+MARK_MASK = MARK_ENFORCED | MARK_STAGED_ALLOW | MARK_STAGED_DENY | MARK_STAGED_PASS
+
+#: Verdicts that set a mark bit and return (a policy chain's decision for its caller).
+MARKING = {"allow": MARK_ALLOW, "pass": MARK_PASS, "staged-allow": MARK_STAGED_ALLOW,
+           "staged-deny": MARK_STAGED_DENY, "staged-pass": MARK_STAGED_PASS}
 
 PROTOCOLS = {"TCP": 6, "UDP": 17, "SCTP": 132, "ICMP": 1, "ICMPv6": 58}
 PROTOCOL_NAMES = {v: k.lower() for k, v in PROTOCOLS.items()}
@@ -78,7 +88,9 @@ Match = Family | Proto | Addr | Ports | NamedPort | Icmp | Marked
 
 @dataclass(frozen=True)
 class Verdict:
-    """``allow``/``pass``: set the mark and return; ``log``: log and continue;
+    """``allow``/``pass`` and the ``staged-*`` ones (:data:`MARKING`): set the mark and
+    return; ``log``: log and continue; ``count``: nothing but the rule's counter, continue;
+    ``clear``: clear the enforced marks (:data:`MARK_ENFORCED`) and continue;
     ``jump``/``goto``: to ``target``; ``drop``, ``return``."""
 
     kind: str
@@ -89,6 +101,12 @@ DROP = Verdict("drop")
 RETURN = Verdict("return")
 ALLOW = Verdict("allow")
 PASS = Verdict("pass")
+COUNT = Verdict("count")
+CLEAR = Verdict("clear")
+STAGED_ALLOW = Verdict("staged-allow")
+#: A staged GNP rule's action -> its verdict in the staged pipeline (Log: COUNT).
+STAGED_VERDICTS = {"Allow": STAGED_ALLOW, "Deny": Verdict("staged-deny"),
+                   "Pass": Verdict("staged-pass")}
 
 
 @dataclass(frozen=True)

@@ -56,6 +56,8 @@ from datastore.labelselector import LabelSelector
 from felix_like.owned import HOST_IF_PREFIX
 from felix_like.policy.program import (
     ALLOW,
+    CLEAR,
+    COUNT,
     DROP,
     HOST_SETS,
     MARK_ALLOW,
@@ -63,6 +65,9 @@ from felix_like.policy.program import (
     PASS,
     PROTOCOLS,
     RETURN,
+    STAGED_ALLOW,
+    STAGED_VERDICTS,
+    WOULD,
     Addr,
     Counted,
     Family,
@@ -91,6 +96,7 @@ from felix_like.policy.selection import (
     normalize_nets,
     np_selects,
 )
+from felix_like.policy.staged import split_staged, staged_chains, staged_head
 
 log = logging.getLogger(__name__)
 
@@ -232,12 +238,15 @@ class _Builder:
     def _np_chain(self, p: model.NetworkPolicy, direction: str) -> tuple[str, tuple[Rule, ...]]:
         ns = p.metadata.namespace or "default"
         name = np_chain_name(p, direction)
+        staged = isinstance(p, model.StagedNetworkPolicy)
+        kind, allow = ("snp", STAGED_ALLOW) if staged else ("np", ALLOW)
         rules: list[Rule] = []
         src_or_dst = "src" if direction == "in" else "dst"
         k8s_rules = p.spec.ingress if direction == "in" else p.spec.egress
         for i, r in enumerate(k8s_rules):
-            comment = f"np/{ns}/{p.metadata.name} {direction}gress[{i}]"
-            counted = Counted("np", ns, p.metadata.name, f"{direction}gress", i, "allow")
+            comment = f"{kind}/{ns}/{p.metadata.name} {direction}gress[{i}]"
+            counted = Counted(kind, ns, p.metadata.name, f"{direction}gress", i,
+                              "would-allow" if staged else "allow")
             peers: list[tuple[Match, ...] | None] = []
             if not r.peers:
                 peers = [None]
@@ -266,7 +275,7 @@ class _Builder:
                     matches = (*(pm or ()), *(tm or ()))
                     if not _consistent(matches):
                         continue
-                    rules.append(Rule(_with_family(matches), ALLOW, comment, counted))
+                    rules.append(Rule(_with_family(matches), allow, comment, counted))
         return name, tuple(rules)
 
     # GlobalNetworkPolicy ----------------------------------------------------------------
@@ -279,12 +288,17 @@ class _Builder:
         name = gnp_chain_name(g, direction)
         rules: list[Rule] = []
         gnp_rules = g.spec.ingress if direction == "in" else g.spec.egress
+        staged = isinstance(g, model.StagedGlobalNetworkPolicy)
+        kind = "sgnp" if staged else "gnp"
         for i, r in enumerate(gnp_rules):
-            comment = f"gnp/{g.metadata.name} {direction}gress[{i}] {r.action}"
-            counted = Counted("gnp", "", g.metadata.name, f"{direction}gress", i,
-                              r.action.lower())
+            comment = f"{kind}/{g.metadata.name} {direction}gress[{i}] {r.action}"
+            action = r.action.lower()
+            counted = Counted(kind, "", g.metadata.name, f"{direction}gress", i,
+                              WOULD[action] if staged else action)
             verdict = {"Allow": ALLOW, "Deny": DROP, "Pass": PASS}.get(
                 r.action, Verdict("log", f"l3fabric {g.metadata.name[:20]}: "))
+            if staged:  # counted, never enforced: the staged pipeline's own marks
+                verdict = STAGED_VERDICTS.get(r.action, COUNT)
             for matches in self._calico_rule(r):
                 rules.append(Rule(matches, verdict, comment, counted))
         return name, tuple(rules)
@@ -365,10 +379,15 @@ class _Builder:
 
 
 def np_chain_name(p: model.NetworkPolicy, direction: str) -> str:
+    if isinstance(p, model.StagedNetworkPolicy):
+        return (f"q{direction[0]}-"
+                f"{_hash('snp', p.metadata.namespace or 'default', p.metadata.name)}")
     return f"p{direction[0]}-{_hash('np', p.metadata.namespace or 'default', p.metadata.name)}"
 
 
 def gnp_chain_name(g: model.GlobalNetworkPolicy, direction: str) -> str:
+    if isinstance(g, model.StagedGlobalNetworkPolicy):
+        return f"h{direction[0]}-{_hash('sgnp', g.metadata.name)}"
     return f"g{direction[0]}-{_hash('gnp', g.metadata.name)}"
 
 
@@ -394,6 +413,9 @@ def endpoint_chains(key: str, wep: model.WorkloadEndpoint,
     assert iface is not None
     chains: dict[str, tuple[Rule, ...]] = {}
     names: dict[str, tuple[str, ...]] = {}
+    gnps, staged_gnps = split_staged(gnps)
+    nps_with_staged = tuple(nps)
+    nps = [p for p in nps_with_staged if not isinstance(p, model.StagedNetworkPolicy)]
     for direction, typ in (("in", "Ingress"), ("out", "Egress")):
         head = f"f{direction[0]}-{iface}"
         tail = f"f{direction[0]}n-{iface}"
@@ -404,6 +426,13 @@ def endpoint_chains(key: str, wep: model.WorkloadEndpoint,
             for v in (4, 6):
                 rules.append(Rule((Addr("src", v, HOST_SETS[v]),), RETURN,
                                   "traffic from this node"))
+        staged = staged_chains(iface, ep_namespace(wep), direction, typ, staged_gnps,
+                               nps_with_staged, gnp_chain, np_chain)
+        if staged:  # evaluated first, on every new connection, enforcing nothing
+            chains.update(staged)
+            rules.append(Rule((), Verdict("jump", staged_head(iface, direction)),
+                              "staged policies"))
+            rules.append(Rule((), CLEAR))
         used: list[str] = []
         for g in gnps:
             if typ not in g.spec.effective_types:

@@ -57,3 +57,33 @@ def test_counters_rise_by_the_connections_made_and_survive_a_resync(lab: Lab) ->
     assert again[DENY_ROW].packets >= after[DENY_ROW].packets
     assert lab.run([("other", "db", "tcp", 6379, False)]) == []
     assert scrape(lab)[DENY_ROW].packets > again[DENY_ROW].packets
+
+
+STAGED = """
+apiVersion: l3fabric.io/v1
+kind: StagedNetworkPolicy
+metadata: {name: db-lockdown, namespace: default}
+spec: {podSelector: {matchLabels: {role: db}}, policyTypes: [Ingress]}
+---
+apiVersion: l3fabric.io/v1
+kind: StagedGlobalNetworkPolicy
+metadata: {name: no-6380}
+spec:
+  selector: role == "db"
+  ingress: [{action: Deny, protocol: TCP, destination: {ports: [6380]}}]
+"""
+STAGED_DENY_ROW = ("(staged default deny)", "default", "", "ingress", "would-deny")
+STAGED_GNP_ROW = ("staged:no-6380", "global", "0", "ingress", "would-deny")
+
+
+def test_a_staged_deny_counts_would_deny_while_the_traffic_flows(lab: Lab) -> None:  # noqa: F811
+    lab.apply(load(STAGED))
+    before = scrape(lab)
+    assert lab.run([("frontend", "db", "tcp", 6379, True)] * 3
+                   + [("other", "db", "tcp", 6380, True)] * 2) == []
+    after = scrape(lab)
+    # 6379 passes the staged GNP (no match) and reaches the staged default deny; 6380 is
+    # decided by the staged GNP's Deny first.
+    assert after[STAGED_DENY_ROW].packets - before[STAGED_DENY_ROW].packets >= 3
+    assert after[STAGED_GNP_ROW].packets - before[STAGED_GNP_ROW].packets >= 2
+    assert not any(r.action in ("deny", "allow") for r in after.values())

@@ -105,6 +105,11 @@ SAMPLES: list[dict[str, Any]] = [
     doc("HostEndpoint", "node1-eth0", {"node": "node1", "interfaceName": "eth0",
                                        "expectedIPs": ["10.77.1.1"]}, labels={"role": "host"}),
     doc("HostEndpoint", "node1-all", {"node": "node1", "interfaceName": "*"}),
+    doc("StagedNetworkPolicy", "lockdown", {"podSelector": {}, "policyTypes": ["Ingress"]},
+        namespace="prod"),
+    doc("StagedGlobalNetworkPolicy", "no-telnet", {
+        "selector": "all()", "ingress": [{"action": "Deny", "protocol": "TCP",
+                                          "destination": {"ports": [23]}}]}),
     doc("IPReservation", "gw", {"reservedCIDRs": ["10.244.0.1", "10.244.0.128/25"]}),
     doc("NodeStatus", "node1", {"updated": "2024-01-01T00:00:00Z", "inSync": True,
                                 "bgp": {"peers": [{"peerIP": "10.99.1.2", "state": "Established",
@@ -129,7 +134,8 @@ def test_every_kind_has_a_sample_and_an_alias() -> None:
     for cli in ("ippool", "ippools", "bgpconfig", "bgpconfiguration", "bgppeer", "node",
                 "namespace", "ns", "networkpolicy", "netpol", "globalnetworkpolicy", "gnp",
                 "workloadendpoint", "wep", "ipreservation", "ipamconfig", "nodestatus",
-                "hostendpoint", "hep", "felixconfiguration"):
+                "hostendpoint", "hep", "felixconfiguration", "snp", "sgnp",
+                "stagednetworkpolicy", "stagedglobalnetworkpolicies"):
         assert ALIASES[cli] in KINDS
     assert resolve_kind("GNP") is GlobalNetworkPolicy
     with pytest.raises(KeyError):

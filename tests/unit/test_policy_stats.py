@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
+from test_policy_staged import wep
 
 from datastore import keys, model
 from datastore.fake import FakeDatastore
@@ -32,22 +33,9 @@ spec:
 ---
 apiVersion: l3fabric.io/v1
 kind: GlobalNetworkPolicy
-metadata: {name: no-telnet}
-spec:
-  selector: all()
-  ingress: [{action: Deny, protocol: TCP, destination: {ports: [23]}}]
+metadata: {name: no-docnet}
+spec: {selector: all(), ingress: [{action: Deny, source: {nets: [192.0.2.0/24]}}]}
 """
-
-
-def wep(pod: str, labels: dict[str, str]) -> model.WorkloadEndpoint:
-    res = model.parse_document({
-        "apiVersion": "l3fabric.io/v1", "kind": "WorkloadEndpoint",
-        "metadata": {"name": f"{pod}.eth0", "namespace": "shop"},
-        "spec": {"node": "n1", "pod": pod, "endpoint": "eth0", "containerID": pod,
-                 "ipNetworks": [f"10.0.0.{len(pod)}/32"], "hostInterface": f"fab{pod}",
-                 "labels": labels}})
-    assert isinstance(res, model.WorkloadEndpoint)
-    return res
 
 
 def counted_of_ruleset() -> set[Counted]:
@@ -55,7 +43,7 @@ def counted_of_ruleset() -> set[Counted]:
     rs = calculate(PolicyInputs(
         node="n1", policies=tuple(d for d in docs if isinstance(d, model.NetworkPolicy)),
         global_policies=tuple(d for d in docs if isinstance(d, model.GlobalNetworkPolicy)),
-        endpoints=(wep("a", {"role": "db"}), wep("bb", {"role": "db"}))))
+        endpoints=(wep("a", "10.0.0.1", {"role": "db"}), wep("bb", "10.0.0.2", {"role": "db"}))))
     return {r.counted for rules in rs.chains.values() for r in rules if r.counted}
 
 
@@ -63,7 +51,7 @@ def test_every_policy_rule_and_each_namespace_default_deny_is_one_counter() -> N
     # Two pods share one counter per rule: the two ports of rule 0 are one counter too.
     assert {c.text for c in counted_of_ruleset()} == {
         "np/shop/db ingress[0] allow",
-        "gnp/no-telnet ingress[0] deny",
+        "gnp/no-docnet ingress[0] deny",
         "default-deny/shop ingress deny",
     }
 
