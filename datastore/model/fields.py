@@ -8,6 +8,7 @@ API (callers build resources with ``from_dict``/``parse_document``/``decode``)."
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import math
@@ -186,6 +187,8 @@ def _network(v: Any, path: str, *, bare_ip: bool = False) -> IPNetwork:
         raise ValidationError(None, path, f"{text!r} is not a CIDR (expected address/prefix)")
     if slash and not plen.isdigit():
         raise ValidationError(None, path, f"{text!r} is not a valid CIDR")
+    with contextlib.suppress(ValueError):  # the usual case in one parse (an agent reads
+        return ipaddress.ip_network(text)  # every endpoint's); errors are worded below
     try:
         loose = ipaddress.ip_network(text, strict=False)
     except ValueError:
