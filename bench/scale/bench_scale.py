@@ -18,7 +18,8 @@ Then ONE real ``fabric-agent`` starts in a node namespace exactly as ``bench.cni
 --agent fabric-agent`` starts it (its `_fabric_agent`, `_node_uplink` and `_Plugin` are
 reused), and this measures:
 
-- start -> ``/readyz`` 200 (polled every 20 ms);
+- start -> ``/readyz`` 200 (polled every 20 ms), and the agent's own CPU time (utime +
+  stime) by then, which a machine loaded by other work does not stretch;
 - VmRSS (and VmHWM) of the agent and of its ExaBGP separately, at ready and after churn;
 - the agent's CPU (utime + stime of its own pid, % of one core) over ``--churn-seconds``
   while a separate process (``--churn-worker``, this module) rewrites remote
@@ -555,6 +556,9 @@ async def _run(shape: Cluster, args: argparse.Namespace, tmp: Path, made: list[s
                     await asyncio.wait_for(poller, 5)
                     res["ready_s"] = ready["ready_s"]
                     agent_pid = tree[0]
+                    # What start-up cost the agent itself: a loaded machine stretches the
+                    # wall time (ready_s) but not this.
+                    res["ready_cpu_s"] = _cpu_s(agent_pid)
                     exabgp = _exabgp_of(Path(sock).parent / f"bgp-{node}")
                     pids = {"agent": agent_pid, **({"exabgp": exabgp} if exabgp else {})}
                     relay = cni._tree(exabgp)[1:] if exabgp else []  # ExaBGP's API helper
@@ -637,6 +641,7 @@ def _report(res: dict[str, Any]) -> None:
     ra = res.get("rss_after_churn", {})
     rows: list[list[Any]] = [
         ["start -> /readyz 200 (s)", res["ready_s"]],
+        ["agent CPU from start to ready (s)", res["ready_cpu_s"]],
         ["agent RSS at ready (MiB)", r["agent"]["rss_mib"]],
         ["agent RSS after churn / peak (MiB)",
          f"{ra.get('agent', {}).get('rss_mib', 0):.0f} / "
