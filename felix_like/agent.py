@@ -276,7 +276,7 @@ class Agent:
             if w.spec.host_interface))
         if self.readiness.ready and not was_ready:
             log.info("agent ready: in sync and dataplane programmed")
-            self.notifier.ready("ready: in sync, dataplane programmed")  # Type=notify
+            self.notifier.ready(self.readiness.reason())  # Type=notify; STATUS=ready
 
     def _report_missing_interfaces(self, st: ClusterState, res: ApplyResult) -> None:
         """Report the local endpoints whose host interface does not exist (a pod gone
