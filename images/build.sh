@@ -57,8 +57,14 @@ rootfs() {
     mv "$tar.part" "$tar"
   fi
   echo "images: podman import rootfs-$name"
+  replaced+=("$(image_id "l3fabric/rootfs-$name:latest")")
   podman import --change "LABEL l3fabric.rootfs=$sum" "$tar" "l3fabric/rootfs-$name:latest" >/dev/null
 }
+
+# The images a rebuild replaces, removed at the end (derived images first) so that rebuilds
+# do not pile up untagged copies; one still used by a container stays.
+replaced=()
+image_id() { podman image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
 
 rootfs node "$NODE_PACKAGES"
 rootfs router "$ROUTER_PACKAGES"
@@ -82,10 +88,16 @@ echo "images: wheels of l3fabric ($src${L3FABRIC_IMAGES_REF:+ at $L3FABRIC_IMAGE
 build() {
   local tag=$1 dir=$2
   echo "images: podman build $tag"
+  local old
+  old=$(image_id "$tag")
   podman build -q --network none --pull=never -t "$tag" -f "$dir/Containerfile" "$dir" \
     >/dev/null 2>"$ctx/build.log" || { cat "$ctx/build.log" >&2; exit 1; }
+  [ "$old" = "$(image_id "$tag")" ] || replaced=("$old" "${replaced[@]}")
 }
 build l3fabric/node:latest "$ctx"
 build l3fabric/bird:2.0.12 images/router
 build l3fabric/etcd:3.4.23 images/etcd
+for id in "${replaced[@]}"; do
+  [ -n "$id" ] && podman rmi "$id" >/dev/null 2>&1 || true
+done
 podman images --filter reference='l3fabric/*' --format '{{.Repository}}:{{.Tag}} {{.Size}}'
