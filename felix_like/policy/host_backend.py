@@ -15,8 +15,6 @@ is not updated, so the next apply tries again.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from typing import Any
 
 from felix_like.policy.hostep import (
     CHAIN_PREFIX,
@@ -28,47 +26,15 @@ from felix_like.policy.hostep import (
     iptables_filter,
     nft_commands,
 )
+from felix_like.policy.side_tables import SideTable
 
 log = logging.getLogger(__name__)
 
-Runner = Callable[[Sequence[str], str], str]
-NftRun = Callable[[dict[str, Any]], tuple[int, Any, str]]
 
-
-class HostEndpointError(RuntimeError):
-    pass
-
-
-class HostEndpointManager:
+class HostEndpointManager(SideTable[HostPlan]):
     """``HostEndpointManager(backend, netns)``; ``apply(plan)``, ``forget()``, ``cleanup()``."""
 
-    def __init__(self, backend: str, netns: str | None, *, run: Runner | None = None,
-                 nft: NftRun | None = None) -> None:
-        self.backend = backend
-        self.netns = netns
-        self._run = run
-        self._nft = nft
-        self.programmed: HostPlan | None = None
-
-    def _runner(self) -> Runner:
-        if self._run is None:
-            from felix_like.policy.iptables import subprocess_runner
-
-            self._run = subprocess_runner(self.netns)
-        return self._run
-
-    def _nft_run(self, cmds: list[dict[str, Any]]) -> None:
-        if self._nft is None:
-            import nftables
-
-            from felix_like.netlink import run_in_netns
-
-            ctx = run_in_netns(self.netns, nftables.Nftables)
-            ctx.set_json_output(True)
-            self._nft = ctx.json_cmd
-        rc, _, err = self._nft({"nftables": cmds})
-        if rc != 0:
-            raise HostEndpointError(f"nft: host endpoint transaction failed: {err.strip()}")
+    what = "host endpoint"
 
     def apply(self, plan: HostPlan) -> bool:
         """Program ``plan``; True if anything was sent."""
@@ -105,10 +71,6 @@ class HostEndpointManager:
                  if n.startswith(SET_PREFIX) and n not in wanted]
         if stale:
             run(["ipset", "restore"], "".join(f"destroy {n}\n" for n in stale))
-
-    def forget(self) -> None:
-        """Trust nothing we think we programmed: the next apply programs the plan again."""
-        self.programmed = None
 
     def cleanup(self) -> None:
         """Remove everything this applier owns (agent --cleanup). Missing state is fine."""
