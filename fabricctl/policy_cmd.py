@@ -167,7 +167,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if f["ingress"] is not None:
             print(f"  ingress at the destination: {f['ingress']}")
         st = f["staged"]
-        if st is not None:
+        same = st is not None and (st["allowed"], st["egress"], st["ingress"]) == (
+            f["allowed"], f["egress"], f["ingress"])
+        if st is not None and not same:  # the staged policies would change this flow
             print(f"  staged policies: {'would allow' if st['allowed'] else 'WOULD DENY'}")
             for side in ("egress", "ingress"):
                 if st[side] is not None:

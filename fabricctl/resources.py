@@ -75,6 +75,10 @@ WIDE_COLUMNS: dict[str, list[tuple[str, str]]] = {
     "FelixConfiguration": [("FAILSAFEIN", "spec.failsafeInboundHostPorts"),
                            ("FAILSAFEOUT", "spec.failsafeOutboundHostPorts")],
 }
+# Staged policies have their enforced twins' specs, hence their columns.
+for _staged, _twin in (("StagedNetworkPolicy", "NetworkPolicy"),
+                       ("StagedGlobalNetworkPolicy", "GlobalNetworkPolicy")):
+    COLUMNS[_staged], WIDE_COLUMNS[_staged] = COLUMNS[_twin], WIDE_COLUMNS[_twin]
 
 GET_FORMATS = ("table", "wide", "name", "json", "yaml")
 
