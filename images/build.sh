@@ -73,7 +73,7 @@ rootfs router "$ROUTER_PACKAGES"
 # same Debian 12 Python 3.11 as the host's), so that the build itself needs no network.
 ctx=$(mktemp -d /tmp/l3fabric-images.XXXXXX)
 trap 'rm -rf "$ctx"' EXIT
-cp images/node/Containerfile "$ctx/"
+cp images/node/Containerfile images/node/l3fabric-pod "$ctx/"
 # The working tree by default; L3FABRIC_IMAGES_REF=<git ref> builds from that commit instead
 # (a tree with edits in progress need not be importable).
 src=$REPO
