@@ -82,6 +82,7 @@ docs/architecture.svg: docs/architecture.dot
 	dot -Tsvg $< -o $@
 
 clean:
-	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis bench/results docs/architecture.svg
+	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis bench/results docs/architecture.svg \
+	  dist build
 
 endif
