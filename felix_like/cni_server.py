@@ -84,6 +84,10 @@ class CniServer:
             # this (a task nobody awaits; re-raised, asyncio's stream callback logs it
             # with a traceback). The connection closes unanswered; the runtime retries.
             log.info("CNI request interrupted: the agent is stopping")
+        except (ConnectionResetError, BrokenPipeError):
+            # The runtime gave up on the call (killed its plugin) before our answer: what
+            # the handler did stands, and the runtime's retry or DEL takes it from there.
+            log.info("CNI request: the caller hung up before the answer")
         except Exception as e:
             log.exception("CNI request failed")
             with contextlib.suppress(Exception):

@@ -38,3 +38,31 @@ async def test_a_request_cancelled_by_the_shutdown_logs_no_traceback(
         await server.stop()
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+async def test_an_answer_to_a_caller_that_hung_up_logs_no_traceback(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A runtime that kills its plugin mid-call (the shim gone before the answer) is not an
+    agent error: one line, no traceback; what the handler did stands for the retry."""
+    answered = asyncio.Event()
+
+    async def slow(plugin: str, env: dict[str, str], stdin: str) -> tuple[int, str, str]:
+        await asyncio.sleep(0.2)
+        answered.set()
+        return 0, "{}", ""
+
+    caplog.set_level(logging.INFO)
+    server = CniServer(str(tmp_path / "s.sock"), slow)
+    await server.start()
+    try:
+        _, writer = await asyncio.open_unix_connection(server.path)
+        writer.write(shim.encode_message({"plugin": "l3fabric", "env": {"CNI_COMMAND": "ADD"},
+                                          "stdin": "{}"}))
+        writer.write_eof()
+        writer.close()  # the shim is killed: nobody reads the answer
+        await asyncio.wait_for(answered.wait(), 5)
+        await asyncio.sleep(0.1)
+    finally:
+        await server.stop()
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
