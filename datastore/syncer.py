@@ -55,6 +55,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import functools
 import logging
 import random
 import time
@@ -74,6 +76,24 @@ from datastore.client import (
 )
 
 log = logging.getLogger(__name__)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):  # not glibc
+        return None
+    return trim
+
+
+def release_free_heap() -> None:
+    """Hand the heap a snapshot freed back to the system: glibc keeps freed small blocks in
+    its arenas, so without this a process keeps the RSS of its largest snapshot (some
+    10 MiB at 1,000 nodes x 50 pods). A no-op without glibc's ``malloc_trim``."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 T = TypeVar("T")
 
@@ -221,6 +241,7 @@ class Syncer(Generic[T]):
                     out.extend(await self._last_good(kv))
                 out.append(ev)
         out.extend(self._end_snapshot(seen, rev))
+        release_free_heap()
         return out
 
     async def snapshot(self) -> tuple[list[KV], int]:
