@@ -271,12 +271,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     for lab in list_labs():
         st = LabState.load(lab)
         if st is not None:
-            rows.append([lab, st.phase, st.topology, len(st.nodes), len(st.pods)])
+            rows.append([lab, st.phase, st.runtime, st.topology, len(st.nodes), len(st.pods)])
     if args.output != "table":
-        dump([dict(zip(["lab", "phase", "topology", "nodes", "pods"], r, strict=True))
-              for r in rows], args.output)
+        dump([dict(zip(["lab", "phase", "runtime", "topology", "nodes", "pods"], r,
+                       strict=True)) for r in rows], args.output)
     else:
-        table(["LAB", "PHASE", "TOPOLOGY", "NODES", "PODS"], rows)
+        table(["LAB", "PHASE", "RUNTIME", "TOPOLOGY", "NODES", "PODS"], rows)
     return 0
 
 

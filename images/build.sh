@@ -83,7 +83,8 @@ if [ -n "${L3FABRIC_IMAGES_REF:-}" ]; then
   git -C "$REPO" archive "$L3FABRIC_IMAGES_REF" | tar -x -C "$src"
 fi
 echo "images: wheels of l3fabric ($src${L3FABRIC_IMAGES_REF:+ at $L3FABRIC_IMAGES_REF}) and its dependencies"
-"$PY" -m pip wheel -q --disable-pip-version-check -w "$ctx/wheels" "$src"
+"$PY" -m pip wheel -q --disable-pip-version-check -w "$ctx/wheels" "$src" \
+  >"$ctx/pip.log" 2>&1 || { cat "$ctx/pip.log" >&2; exit 1; }
 
 build() {
   local tag=$1 dir=$2
