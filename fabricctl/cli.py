@@ -29,6 +29,7 @@ _MODULES = [
     ("fabricctl.node_cmd", "add_parser"),
     ("fabricctl.cni_cmd", "add_parser"),
     ("fabricctl.policy_cmd", "add_parser"),
+    ("fabricctl.flows_cmd", "add_parser"),
     ("fabricctl.lab_cmd", "add_parser"),
     ("fabricctl.install_cmd", "add_parsers"),
     ("fabricctl.tor_cmd", "add_parser"),

@@ -66,6 +66,7 @@ from felix_like.kernel_events import (
 from felix_like.metrics import HealthServer, Metrics
 from felix_like.netlink import Rtnl, open_iproute
 from felix_like.node_status import keep_node_status
+from felix_like.policy.flowlog import FlowLogger, start_flow_log
 from felix_like.policy.manager import PolicyManager
 from felix_like.policy.stats import PolicyCounterCollector, counter_reader
 from felix_like.routes import (
@@ -146,6 +147,7 @@ class Agent:
         self._pod_routes: Rtnl | None = None
         self.routes: RouteManager = RouteManager(_Unopened())
         self.policy: PolicyManager | None = None  # made in the netlink thread by run()
+        self.flows: FlowLogger | None = None  # the flow log's reader, from run()
         self._synced = asyncio.Event()
         self._inputs: IpamInputs | None = None
         self._inputs_gen = -1
@@ -563,6 +565,8 @@ class Agent:
             self.cfg.policy_backend, self.cfg.netns, self.node))
         self.metrics.registry.register(
             PolicyCounterCollector(counter_reader(self.policy.backend)))
+        self.flows = start_flow_log(self.node, self.cfg.netns, Path(self.cfg.socket).parent,
+                                    self.policy, self.metrics.registry)
         self.bgp.interfaces = await self._in_netlink(lambda: interface_addresses(self.ipr))
         await self.health.start()
         # WATCHDOG=1 and STATUS= for systemd (felix_like.sdnotify), from the first step on.
@@ -615,6 +619,8 @@ class Agent:
             with contextlib.suppress(Exception):
                 await self.bgp.stop(drain=False)
             await self.health.stop()
+            if self.flows is not None:
+                self.flows.stop()
             # NodeStatus is left to expire with its lease: a restart within the TTL keeps it.
             await self.ds.close()
             if self.ipr is not None:

@@ -39,6 +39,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.registry import Collector
 
 from datastore.version import l3fabric_version
+from felix_like.policy.flowlog import FLOW_FAMILIES
 from felix_like.policy.stats import BYTES as POLICY_BYTES
 from felix_like.policy.stats import LABELS as POLICY_LABELS
 from felix_like.policy.stats import PACKETS as POLICY_PACKETS
@@ -187,6 +188,7 @@ class Metrics:
         out += [(n + ("_total" if t == "counter" else ""), t, labels)
                 for n, t, labels, _ in BGP_FAMILIES]
         out += [(n + "_total", "counter", POLICY_LABELS) for n in (POLICY_PACKETS, POLICY_BYTES)]
+        out += [(n + "_total", "counter", ()) for n, _ in FLOW_FAMILIES]
         for m in vars(self).values():
             if isinstance(m, MetricWrapperBase):
                 name = m._name + ("_total" if m._type == "counter" else "")

@@ -165,6 +165,8 @@ class Interpreter:
                 if rule.counted is not None and rule.counted.action == "would-deny":
                     res.staged.append(f"would deny: {rule.comment}")
                 continue
+            if v.kind == "flowlog":
+                continue
             if v.kind == "clear":
                 marks[0] &= ~MARK_ENFORCED
                 continue

@@ -42,6 +42,9 @@ from typing import Any
 from felix_like.netlink import netns_path
 from felix_like.owned import HOST_IF_PREFIX
 from felix_like.policy.program import (
+    FLOWLOG_BURST,
+    FLOWLOG_GROUP,
+    FLOWLOG_RATE,
     MARK_ENFORCED,
     MARK_MASK,
     MARKING,
@@ -184,6 +187,11 @@ class _Render:
                                        "-j", "RETURN"]))
             elif v.kind == "log":
                 lines.append(" ".join([*head, "-j", "LOG", "--log-prefix", _q(v.target[:28])]))
+            elif v.kind == "flowlog":
+                lines.append(" ".join([
+                    "-A", chain, *args, "-m", "limit", "--limit", f"{FLOWLOG_RATE}/sec",
+                    "--limit-burst", str(FLOWLOG_BURST), "-j", "NFLOG", "--nflog-group",
+                    str(FLOWLOG_GROUP), "--nflog-prefix", _q(v.target)]))
             elif v.kind == "count":  # no target: the rule only counts
                 lines.append(" ".join(head))
             elif v.kind == "clear":

@@ -43,7 +43,6 @@ diff. If the kernel was changed behind our back, ``forget()`` (the periodic resy
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -52,6 +51,9 @@ from typing import Any
 
 from felix_like.owned import HOST_IF_PREFIX
 from felix_like.policy.program import (
+    FLOWLOG_BURST,
+    FLOWLOG_GROUP,
+    FLOWLOG_RATE,
     MARK_ENFORCED,
     MARK_MASK,
     MARKING,
@@ -155,7 +157,7 @@ def render_match(m: object) -> dict[str, Any]:
 def counter_name(c: Counted) -> str:
     """The named counter of ``c``: a hash, since policy names may hold what nft names may
     not; the counter's comment spells ``c`` (:attr:`Counted.text`)."""
-    return "c-" + hashlib.sha1(c.text.encode()).hexdigest()[:16]
+    return c.short
 
 
 def render_rule(rule: Rule) -> list[dict[str, Any]]:
@@ -174,6 +176,9 @@ def render_rule(rule: Rule) -> list[dict[str, Any]]:
             expr.append({"counter": None})
     elif v.kind == "clear":
         expr.append(CLEAR_ENFORCED)
+    elif v.kind == "flowlog":
+        expr += [{"limit": {"rate": FLOWLOG_RATE, "per": "second", "burst": FLOWLOG_BURST}},
+                 {"log": {"prefix": v.target, "group": FLOWLOG_GROUP}}]
     elif v.kind == "log":
         expr.append({"log": {"prefix": v.target}})
     elif v.kind in ("jump", "goto"):

@@ -9,6 +9,7 @@ shape of the program and its invariants are described in :mod:`felix_like.policy
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +92,8 @@ class Verdict:
     """``allow``/``pass`` and the ``staged-*`` ones (:data:`MARKING`): set the mark and
     return; ``log``: log and continue; ``count``: nothing but the rule's counter, continue;
     ``clear``: clear the enforced marks (:data:`MARK_ENFORCED`) and continue;
+    ``flowlog``: send the packet to the flow log's NFLOG group, rate-limited in the
+    kernel, with prefix ``target`` (:attr:`Counted.short`), and continue;
     ``jump``/``goto``: to ``target``; ``drop``, ``return``."""
 
     kind: str
@@ -146,6 +149,11 @@ class Counted:
         ref = "/".join(p for p in (self.kind, self.namespace, self.policy) if p)
         where = self.direction if self.rule is None else f"{self.direction}[{self.rule}]"
         return f"{ref} {where} {self.action}"
+
+    @property
+    def short(self) -> str:
+        """A short name of it (a hash): the nft counter's name and the flow log prefix."""
+        return "c-" + hashlib.sha1(self.text.encode()).hexdigest()[:16]
 
     @classmethod
     def parse(cls, text: str) -> Counted | None:
@@ -214,3 +222,20 @@ class Ruleset:
 
 
 HOST_SETS = {4: "host4", 6: "host6"}
+
+#: The NFLOG group of the flow log (felix_like.policy.flowlog reads it), and the kernel's
+#: limit per logging rule: a flood costs the agent at most this many records per second
+#: per rule before its own limit.
+FLOWLOG_GROUP = 4242
+FLOWLOG_RATE, FLOWLOG_BURST = 20, 50
+
+
+def with_flow_logs(rules: list[Rule]) -> list[Rule]:
+    """``rules`` with a flow-log rule before each counted deny (enforced or staged): the
+    same matches, logging, then the rule itself."""
+    out: list[Rule] = []
+    for r in rules:
+        if r.counted is not None and r.counted.action in ("deny", "would-deny"):
+            out.append(Rule(r.matches, Verdict("flowlog", r.counted.short), r.comment))
+        out.append(r)
+    return out

@@ -82,6 +82,7 @@ from felix_like.policy.program import (
     Ruleset,
     SetSpec,
     Verdict,
+    with_flow_logs,
 )
 from felix_like.policy.selection import (
     Net,
@@ -301,7 +302,7 @@ class _Builder:
                 verdict = STAGED_VERDICTS.get(r.action, COUNT)
             for matches in self._calico_rule(r):
                 rules.append(Rule(matches, verdict, comment, counted))
-        return name, tuple(rules)
+        return name, tuple(with_flow_logs(rules))
 
     def _calico_rule(self, r: model.Rule) -> list[tuple[Match, ...]]:
         """A Calico rule as alternative match tuples (their OR)."""
@@ -456,7 +457,7 @@ def endpoint_chains(key: str, wep: model.WorkloadEndpoint,
             trules.append(Rule((), DROP, f"{typ.lower()} isolated: no policy allowed it",
                                Counted("default-deny", ep_namespace(wep), "",
                                        typ.lower(), None, "deny")))
-        chains[tail] = tuple(trules)
+        chains[tail] = tuple(with_flow_logs(trules))
         names[direction] = tuple(used)
     return chains, LocalEndpoint(
         key=key, iface=iface, namespace=ep_namespace(wep), pod=wep.spec.pod,

@@ -37,6 +37,7 @@ from felix_like.policy.program import (
     Marked,
     Rule,
     Verdict,
+    with_flow_logs,
 )
 
 ChainOf = Callable[[model.GlobalNetworkPolicy], str]
@@ -89,4 +90,4 @@ def staged_chains(iface: str, namespace: str, direction: str, typ: str,
         trules.append(Rule((), COUNT, f"staged: {typ.lower()} no policy would allow it",
                            Counted("staged-default-deny", namespace, "", f"{typ.lower()}",
                                    None, "would-deny")))
-    return {head: tuple(rules), tail: tuple(trules)}
+    return {head: tuple(rules), tail: tuple(with_flow_logs(trules))}

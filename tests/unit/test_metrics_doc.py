@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from felix_like.metrics import BgpSample, Metrics, PeerSample
+from felix_like.policy.flowlog import FlowLogCollector
 from felix_like.policy.stats import PolicyCounterCollector
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
@@ -31,6 +33,7 @@ def agent_metrics() -> Metrics:
     m = Metrics()
     m.sample_bgp(lambda: BgpSample(peers=(PeerSample("10.0.0.2", True, 3, 100, 0),)))
     m.registry.register(PolicyCounterCollector(dict))
+    m.registry.register(FlowLogCollector(SimpleNamespace(logged=0, suppressed=0)))  # type: ignore[arg-type]
     return m
 
 
