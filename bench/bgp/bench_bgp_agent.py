@@ -23,6 +23,15 @@ route is present in / gone from the remote node's kernel, polled over netlink ev
   kernel closes the TCP session: the ToR sees it at once) or frozen with SIGSTOP (a hung
   or powered-off node: only the 3 s hold timer notices) → r2a's block gone from r1a's FIB.
 
+With ``BENCH_SIM_NODES=N`` (and ``BENCH_SIM_PODS``, default 50, ``BENCH_SIM_POLICIES``,
+default 200) the same lab runs inside a simulated cluster: before any agent starts, etcd
+gets `bench.scale.bench_scale`'s N - 1 other nodes (Nodes, NodeStatus, labelled
+WorkloadEndpoints in 50 namespaces, their blocks, affinities and handles, and the
+NetworkPolicies), without its IPPool and BGPConfiguration (the lab writes its own). Every
+real agent then holds the whole cluster, as it would among 1,000 nodes; nobody announces
+the simulated blocks (their nodes are etcd values only). Results go to
+``bgp_agent_scale.json``.
+
 Baselines, same run: a route added over netlink in a namespace until visible in a dump
 (the floor of any FIB measurement here); BIRD to BIRD — a static route enabled at ToR 2
 until in ToR 1's FIB, and disabled until gone (one BGP hop, no agent, no etcd); and the
@@ -31,6 +40,7 @@ configured hold time for the silent failure.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import ipaddress
@@ -54,6 +64,9 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from helpers.fabric import Fabric, Node, two_racks, wait_for  # noqa: E402
 
+from bench.scale.bench_scale import Cluster, _bulk_put  # noqa: E402
+from datastore import keys  # noqa: E402
+from datastore.client import Datastore, EtcdConfig  # noqa: E402
 from datastore.embedded import EmbeddedEtcd  # noqa: E402
 from felix_like.netlink import open_iproute  # noqa: E402
 
@@ -238,11 +251,31 @@ def baseline_bird(fab: Fabric, at: Fib, n: int) -> tuple[list[float], list[float
     return up, down
 
 
-def run(tmp: Path, pods: int, failures: int) -> dict[str, Any]:
+def load_simulated(etcd: EmbeddedEtcd, shape: Cluster) -> dict[str, Any]:
+    """Write the simulated cluster but its IPPool and BGPConfiguration (the lab's own)."""
+    skip = {keys.ippool("default"), keys.bgp_config()}
+
+    async def load() -> tuple[int, int]:
+        async with Datastore(EtcdConfig.from_strings(etcd.endpoint)) as ds:
+            return await _bulk_put(ds, ((k, v) for k, v in shape.values() if k not in skip))
+
+    t0 = time.perf_counter()
+    n, size = asyncio.run(load())
+    return {"nodes": shape.nodes, "pods_per_node": shape.pods_per_node,
+            "policies": shape.policies, "keys": n, "value_bytes": size,
+            "load_s": time.perf_counter() - t0}
+
+
+def run(tmp: Path, pods: int, failures: int, sim: Cluster | None = None) -> dict[str, Any]:
     etcd = EmbeddedEtcd.temporary()
     etcd.start()
     fibs: list[Fib] = []
+    simulated: dict[str, Any] = {}
     try:
+        if sim is not None:
+            simulated = load_simulated(etcd, sim)
+            print(f"simulated cluster written: {simulated['keys']} keys in "
+                  f"{simulated['load_s']:.1f} s", flush=True)
         with namespaces() as made:
             fab = Fabric(lambda tag: mkns(made, tag), etcd, tmp)
             try:
@@ -254,7 +287,11 @@ def run(tmp: Path, pods: int, failures: int) -> dict[str, Any]:
                 # claims a new block.
                 fab.pool("r2", R2_POOL, 31, 'rack == "r2"')
                 fab.start_tors()
-                fab.start_agents()
+                t_agents = time.perf_counter()
+                # Each agent decodes the whole simulated cluster at start (2 cores shared).
+                fab.start_agents(timeout=40 if sim is None else 300)
+                if sim is not None:
+                    simulated["agents_ready_s"] = time.perf_counter() - t_agents
                 fab.add_pod("r1a", "warm1")  # claims r1's only block
                 fab.add_pod("r2a", "warm2")
                 for tor in fab.tors.values():
@@ -289,7 +326,7 @@ def run(tmp: Path, pods: int, failures: int) -> dict[str, Any]:
                 "add_p50_ms": pct(x["add"], 0.5) * 1e3, "add_p99_ms": pct(x["add"], 0.99) * 1e3,
                 "ratio_p50_to_bird_hop": pct(x["remote"], 0.5) / base}
     return {
-        "pods": pods, "hold_time_s": HOLD,
+        "pods": pods, "hold_time_s": HOLD, "simulated_cluster": simulated,
         "pod_add_borrowed_32": series(borrowed),
         "pod_add_new_block": series(blocks),
         "node_failure_kill9": {**stats_ms(killed),
@@ -309,9 +346,12 @@ def main() -> int:
         return 1
     pods = int(os.environ.get("BENCH_PODS", PODS))
     failures = int(os.environ.get("BENCH_FAILURES", 3))
+    sim_nodes = int(os.environ.get("BENCH_SIM_NODES", 0))
+    sim = Cluster(sim_nodes, int(os.environ.get("BENCH_SIM_PODS", 50)),
+                  int(os.environ.get("BENCH_SIM_POLICIES", 200)), 50, 0) if sim_nodes else None
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="fabb-") as d:
-        res = run(Path(d), pods, failures)
+        res = run(Path(d), pods, failures, sim)
     # Other work on the machine shifts every figure, the baselines too: recorded with them.
     res["load_average_1m"] = {"before": load_before, "after": os.getloadavg()[0]}
     b, k = res["pod_add_borrowed_32"], res["pod_add_new_block"]
@@ -338,11 +378,13 @@ def main() -> int:
          bu["max_ms"]],
         ["baseline: BIRD → BIRD → FIB (withdraw)", bd["n"], bd["p50_ms"], bd["p99_ms"],
          bd["max_ms"]],
-    ], title="BGP through the real agent (ExaBGP 5 + BIRD 2 ToRs, namespaces on one host)")
+    ], title="BGP through the real agent (ExaBGP 5 + BIRD 2 ToRs, namespaces on one host)"
+       + (f", inside a simulated cluster of {sim.nodes} nodes x {sim.pods_per_node} pods, "
+          f"{sim.policies} policies" if sim else ""))
     print(f"ratios: borrowed /32 p50 = {b['ratio_p50_to_bird_hop']:.1f}x one BIRD hop, new "
           f"block = {k['ratio_p50_to_bird_hop']:.1f}x; silent failure = "
           f"{fs['ratio_p50_to_hold_time']:.2f}x the hold time")
-    path = write_results("bgp_agent", res)
+    path = write_results("bgp_agent_scale" if sim else "bgp_agent", res)
     print(f"results: {path}")
     return 0
 
