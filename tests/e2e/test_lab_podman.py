@@ -202,8 +202,9 @@ def bgp_connections(cname: str) -> set[str]:
 
 def test_agent_under_systemd_in_node_container(lab: tuple[dict[str, str], str, Path]) -> None:
     """The bare-metal path against a real systemd (PID 1 of the node containers):
-    install-agent --start returns once the agent is ready (Type=notify), a restart keeps the
-    BGP session and every ping, uninstall leaves the node as it was before install-agent."""
+    install-agent --start returns once the agent is ready (Type=notify), a restart and an
+    in-place upgrade keep the BGP session and every ping, uninstall leaves the node as it
+    was before install-agent."""
     env, name, path = lab
     up = fabricctl(env, "lab", "up", "--runtime", "podman", "--no-agents", str(path))
     assert up.returncode == 0, up.stderr[-3000:]
@@ -234,20 +235,30 @@ def test_agent_under_systemd_in_node_container(lab: tuple[dict[str, str], str, P
     sessions = bgp_connections(tor)
     assert len(sessions) == 2, sessions
 
-    # Restart node1's agent while pod a pings pod b every 0.1 s.
-    ping = subprocess.Popen([FABRICCTL, "lab", "exec", "--lab", name, "default/a", "--", "ping",
-                             "-i", "0.1", "-c", "50", "-q", ips["default/b"]], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        time.sleep(1)
-        in_container(node1, "systemctl", "restart", "fabric-agent")
-        assert in_container(node1, "systemctl", "is-active", "fabric-agent").stdout.strip() \
-            == "active"
-        out, _ = ping.communicate(timeout=60)
-    finally:
-        ping.kill()
-    assert " 0% packet loss" in out, out
-    assert bgp_connections(tor) == sessions  # the same TCP connections: no session reset
+    def keeps_session_and_pings(*action: str) -> None:
+        """Run ``action`` in node1 while pod a pings pod b every 0.1 s: the agent is active
+        after it, no ping is lost and the ToR keeps the same BGP TCP connections."""
+        ping = subprocess.Popen([FABRICCTL, "lab", "exec", "--lab", name, "default/a", "--",
+                                 "ping", "-i", "0.1", "-c", "50", "-q", ips["default/b"]],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+        try:
+            time.sleep(1)
+            in_container(node1, "sh", "-c", " ".join(action))
+            assert in_container(node1, "systemctl", "is-active",
+                                "fabric-agent").stdout.strip() == "active"
+            out, _ = ping.communicate(timeout=60)
+        finally:
+            ping.kill()
+        assert " 0% packet loss" in out, (action, out)
+        assert bgp_connections(tor) == sessions, action  # no session reset
+
+    keeps_session_and_pings("systemctl", "restart", "fabric-agent")
+    # An in-place upgrade: the package's files replaced under the running ExaBGP and relay
+    # (the image's own wheel, reinstalled), then a restart.
+    keeps_session_and_pings(
+        "/opt/l3fabric/bin/pip install -q --no-deps --no-index --force-reinstall "
+        "/opt/l3fabric/wheels/l3fabric-*.whl && systemctl restart fabric-agent")
 
     assert fabricctl(env, "lab", "pod", "del", "default/a", "--lab", name).returncode == 0
     un = in_container(node1, "fabricctl", "uninstall")
