@@ -148,32 +148,34 @@ class ParsedKey:
     node: str | None = None
 
 
+#: (sub-prefix, kind, path segments after it), in the order parse() tries them.
+_KINDS_BY_PREFIX: tuple[tuple[str, str, int], ...] = (
+    (IPPOOLS, "IPPool", 1),
+    (BGP_CONFIGS, "BGPConfiguration", 1),
+    (BGP_PEERS, "BGPPeer", 1),
+    (FELIX_CONFIGS, "FelixConfiguration", 1),
+    (HOST_ENDPOINTS, "HostEndpoint", 1),
+    (NODES, "Node", 1),
+    (NAMESPACES, "Namespace", 1),
+    (POLICIES, "NetworkPolicy", 2),
+    (GLOBAL_POLICIES, "GlobalNetworkPolicy", 1),
+    (STAGED_POLICIES, "StagedNetworkPolicy", 2),
+    (STAGED_GLOBAL_POLICIES, "StagedGlobalNetworkPolicy", 1),
+    (WORKLOADS, "WorkloadEndpoint", 2),
+    (IPAM_RESERVATIONS, "IPReservation", 1),
+    (NODE_STATUS, "NodeStatus", 1),
+)
+
+
 def parse(key: str) -> ParsedKey | None:
     """Which resource a key names, or None for keys we do not model (ipam internals)."""
     try:
         rel = relative(key)
     except ValueError:
         return None
-    parts = rel.split("/")
     if rel == IPAM_CONFIG:
         return ParsedKey("IPAMConfig", name="default")
-    table: list[tuple[str, str, int]] = [
-        (IPPOOLS, "IPPool", 1),
-        (BGP_CONFIGS, "BGPConfiguration", 1),
-        (BGP_PEERS, "BGPPeer", 1),
-        (FELIX_CONFIGS, "FelixConfiguration", 1),
-        (HOST_ENDPOINTS, "HostEndpoint", 1),
-        (NODES, "Node", 1),
-        (NAMESPACES, "Namespace", 1),
-        (POLICIES, "NetworkPolicy", 2),
-        (GLOBAL_POLICIES, "GlobalNetworkPolicy", 1),
-        (STAGED_POLICIES, "StagedNetworkPolicy", 2),
-        (STAGED_GLOBAL_POLICIES, "StagedGlobalNetworkPolicy", 1),
-        (WORKLOADS, "WorkloadEndpoint", 2),
-        (IPAM_RESERVATIONS, "IPReservation", 1),
-        (NODE_STATUS, "NodeStatus", 1),
-    ]
-    for prefix, kind, nparts in table:
+    for prefix, kind, nparts in _KINDS_BY_PREFIX:
         if not rel.startswith(prefix):
             continue
         rest = rel[len(prefix) :].split("/")
@@ -185,5 +187,4 @@ def parse(key: str) -> ParsedKey | None:
             ns, _, name = rest[1].partition(".")
             return ParsedKey(kind, name=name, namespace=ns, node=rest[0])
         return ParsedKey(kind, name=rest[0])
-    del parts
     return None
