@@ -86,16 +86,20 @@ echo "images: wheels of l3fabric ($src${L3FABRIC_IMAGES_REF:+ at $L3FABRIC_IMAGE
 "$PY" -m pip wheel -q --disable-pip-version-check -w "$ctx/wheels" "$src" \
   >"$ctx/pip.log" 2>&1 || { cat "$ctx/pip.log" >&2; exit 1; }
 
-build() {
-  local tag=$1 dir=$2
+# The node image's label l3fabric.source: a digest of the Python source it was built from
+# (tests/e2e/test_lab_podman.py computes the same from its tree and skips on a stale image).
+SOURCE=$(images/source-digest.sh "$src")
+
+build() {  # build TAG DIR [podman build flags]
+  local tag=$1 dir=$2 old
+  shift 2
   echo "images: podman build $tag"
-  local old
   old=$(image_id "$tag")
-  podman build -q --network none --pull=never -t "$tag" -f "$dir/Containerfile" "$dir" \
+  podman build -q --network none --pull=never "$@" -t "$tag" -f "$dir/Containerfile" "$dir" \
     >/dev/null 2>"$ctx/build.log" || { cat "$ctx/build.log" >&2; exit 1; }
   [ "$old" = "$(image_id "$tag")" ] || replaced=("$old" "${replaced[@]}")
 }
-build l3fabric/node:latest "$ctx"
+build l3fabric/node:latest "$ctx" --label "l3fabric.source=$SOURCE"
 build l3fabric/bird:2.0.12 images/router
 build l3fabric/etcd:3.4.23 images/etcd
 for id in "${replaced[@]}"; do
