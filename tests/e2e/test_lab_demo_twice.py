@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.procs import running_with
 
 REPO = Path(__file__).parents[2]
 FABRICCTL = str(Path(sys.executable).parent / "fabricctl")
@@ -31,23 +32,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("bird") is None or shutil.which("etcd") is None,
                        reason="needs BIRD 2 (bird2) and etcd (etcd-server)"),
 ]
-
-
-def lab_processes(marker: str) -> list[str]:
-    """Command lines of running processes that name ``marker`` (the private state dir:
-    etcd's data dir, BIRD's config, the agents' sockets, ExaBGP's config, the relays)."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        if marker in cmd and stat.rsplit(")", 1)[1].split()[0] != "Z":
-            out.append(cmd.strip())
-    return out
 
 
 def matrix(stdout: str) -> str:
@@ -82,7 +66,7 @@ def test_demo_twice_then_down_leaves_nothing(demo_env: tuple[dict[str, str], str
                            capture_output=True, text=True, timeout=150)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
     t1 = time.monotonic()
-    running_after_first = len(lab_processes(state_dir))
+    running_after_first = len(running_with(state_dir))
     assert running_after_first >= 1 + 4 + 4 * 3  # etcd, BIRDs, agents + ExaBGPs + relays
     second = subprocess.run([FABRICCTL, "lab", "demo", str(path)], env=env,
                             capture_output=True, text=True, timeout=150)
@@ -94,7 +78,7 @@ def test_demo_twice_then_down_leaves_nothing(demo_env: tuple[dict[str, str], str
     assert m1 == m2
     # Nothing of the first lab still runs next to the second: the same process count
     # (etcd, 4 BIRD, 4 agents, their ExaBGPs and relays), one namespace per node and pod.
-    assert len(lab_processes(state_dir)) == running_after_first
+    assert len(running_with(state_dir)) == running_after_first
     ours = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True
                                       ).stdout.split() if n.startswith(f"clab-{name}-")]
     assert len(ours) == 9 + 8, ours  # mgmt, 2 spines, 2 leaves, 4 nodes; 8 pods
@@ -107,7 +91,7 @@ def test_demo_twice_then_down_leaves_nothing(demo_env: tuple[dict[str, str], str
     assert not [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                           text=True).stdout.split()
                 if n.startswith(f"clab-{name}-")]
-    assert lab_processes(state_dir) == []
+    assert running_with(state_dir) == []
     # The root namespace never had any of it: no l3fabric table, no lab route.
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     assert "l3fabric" not in tables

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.procs import running_with
 
 REPO = Path(__file__).parents[2]
 FABRICCTL = str(Path(sys.executable).parent / "fabricctl")
@@ -74,22 +75,6 @@ def containers(lab: str) -> list[dict[str, str]]:
                           "--format", "json"], capture_output=True, text=True, check=True)
     return [{"name": c["Names"][0], "image": c["Image"], "state": c["State"], "id": c["Id"]}
             for c in json.loads(out.stdout or "[]")]
-
-
-def running_with(marker: str) -> list[str]:
-    """Command lines of running (not zombie) processes that name ``marker``."""
-    out = []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        if marker in cmd and stat.rsplit(")", 1)[1].split()[0] != "Z":
-            out.append(cmd.strip())
-    return out
 
 
 @contextlib.contextmanager

@@ -17,6 +17,22 @@ def running(pid: int | str) -> bool:
         return False
 
 
+def running_with(marker: str) -> list[str]:
+    """Command lines of the running (not zombie) processes that name ``marker`` (a lab's
+    private state directory, a container's id)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmd and running(d.name):
+            out.append(cmd.strip())
+    return out
+
+
 def tcp_connections(ns: str, peer: str, port: int = 179) -> frozenset[tuple[str, str]]:
     """The established TCP connections in namespace ``ns`` with ``peer`` on ``port``
     (either end: 179 is BGP), as (local, remote) ``address:port`` pairs from ``ss``.
