@@ -265,6 +265,7 @@ class FlowLogger:
         self.bucket = TokenBucket(rate, burst)
         self.logged = 0
         self.suppressed = 0
+        self.cpu_seconds = 0.0  # the reader thread's CPU time so far
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -293,7 +294,9 @@ class FlowLogger:
 
     def _run(self) -> None:
         assert self._sock is not None
+        start = time.thread_time()
         while not self._stop.is_set():
+            self.cpu_seconds = time.thread_time() - start
             try:
                 data = self._sock.recv(1 << 16)
             except TimeoutError:

@@ -58,6 +58,10 @@ def test_counters_rise_by_the_connections_made_and_survive_a_resync(lab: Lab) ->
     assert lab.run([("other", "db", "tcp", 6379, False)]) == []
     assert scrape(lab)[DENY_ROW].packets > again[DENY_ROW].packets
 
+    # A policy change rewrites the policy's chain: its counts stay.
+    lab.apply(load(DB_FROM_FRONTEND.replace("[{port: 6379}]", "[{port: 6379}, {port: 6380}]")))
+    assert scrape(lab)[ALLOW_ROW].packets >= after[ALLOW_ROW].packets
+
 
 STAGED = """
 apiVersion: l3fabric.io/v1

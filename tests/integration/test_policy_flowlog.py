@@ -5,6 +5,8 @@ connections and their return traffic log nothing; a staged deny logs "would-deny
 from __future__ import annotations
 
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ from helpers.policy_docs import DB_FROM_FRONTEND
 from test_policy_traffic import GNP_DENY_BEFORE_ALLOW, Lab, lab, load  # noqa: F401
 
 from fabricctl import cli
+from felix_like.netlink import run_in_netns
 from felix_like.policy.flowlog import Enricher, FlowLogger
 
 # The GNP that denies namespaces of user alice, the db's NetworkPolicy, a staged lockdown.
@@ -33,6 +36,7 @@ def flows(lab: Lab, tmp_path: Path) -> Iterator[tuple[Lab, Path]]:  # noqa: F811
     logger = FlowLogger("n1", lab.nodes["n1"], path,
                         Enricher(lambda: m.state, lambda: m.ruleset))
     logger.start()
+    lab.flow_logger = logger  # type: ignore[attr-defined]
     try:
         yield lab, path
     finally:
@@ -77,3 +81,42 @@ def test_a_denied_connection_is_logged_with_its_policy_and_rule(
               if r["verdict"] == "would-deny"]
     assert staged and staged[0]["policy"] == "(staged default deny)"
     assert staged[0]["dst"]["pod"] == "web"
+
+
+def flood(ns: str, dst: str, port: int, count: int) -> None:
+    """``count`` UDP datagrams from inside ``ns`` to ``dst``, as fast as one socket goes."""
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setblocking(False)
+            sent = 0
+            while sent < count:
+                try:
+                    s.sendto(b"x", (dst, port))
+                    sent += 1
+                except BlockingIOError:
+                    time.sleep(0.0005)
+
+    run_in_netns(ns, send)
+
+
+def test_a_flood_of_denied_packets_costs_little_and_hides_no_other_record(
+        flows: tuple[Lab, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    the_lab, path = flows
+    the_lab.apply(load(POLICIES))
+    logger = the_lab.flow_logger  # type: ignore[attr-defined]
+    cpu0, t0 = logger.cpu_seconds, time.monotonic()
+    done = threading.Thread(target=flood, args=(the_lab.pods["aliceclient"], "10.244.1.10",
+                                                53, 100_000))
+    done.start()
+    # Another denied connection in the middle of the flood (the db's default deny).
+    assert the_lab.run([("other", "db", "tcp", 6380, False)]) == []
+    done.join(120)
+    time.sleep(0.5)
+    cpu, wall = logger.cpu_seconds - cpu0, time.monotonic() - t0
+    got = read_flows(path, capsys)
+    assert any(r["src"].get("pod") == "other" and r["policy"] == "(default deny)"
+               for r in got), "the other connection's record was lost in the flood"
+    flood_records = [r for r in got if r["src"].get("pod") == "aliceclient"]
+    # The kernel's limit per rule: its burst and a rate's worth per second, not 100,000.
+    assert 0 < len(flood_records) <= 50 + 20 * (wall + 1)
+    assert cpu < 0.2 * wall, f"flow log reader: {cpu:.3f} s of CPU in {wall:.1f} s"

@@ -18,7 +18,7 @@ from datastore.fake import FakeDatastore
 from fabricctl import cli, policy_stats_cmd
 from felix_like.metrics import HealthServer, Metrics
 from felix_like.policy.iptables import parse_saved_counters
-from felix_like.policy.nft import counter_name, parse_counters
+from felix_like.policy.nft import parse_counters
 from felix_like.policy.program import Counted
 from felix_like.policy.ruleset import PolicyInputs, calculate
 from felix_like.policy.stats import PolicyCounterCollector, rows_from_metrics, sort_rows
@@ -66,11 +66,16 @@ def test_counter_text_round_trips_and_labels_name_no_pod() -> None:
 
 def test_backend_listings_are_read_back_by_comment() -> None:
     c = Counted("np", "shop", "db", "ingress", 0, "allow")
+    counted_rule = {"family": "inet", "table": "l3fabric", "chain": "pi-1", "comment": c.text}
     nft_out = {"nftables": [
         {"metainfo": {}},
-        {"counter": {"name": counter_name(c), "comment": c.text, "packets": 7, "bytes": 420}},
-        {"counter": {"name": "someone-elses", "packets": 1, "bytes": 1}}]}
-    assert parse_counters(nft_out) == {c: (7, 420)}
+        {"rule": {**counted_rule, "expr": [{"counter": {"packets": 4, "bytes": 240}}]}},
+        {"rule": {**counted_rule, "expr": [{"counter": {"packets": 3, "bytes": 180}},
+                                          {"drop": None}]}},
+        {"rule": {**counted_rule, "comment": "traffic from this node",
+                  "expr": [{"counter": {"packets": 1, "bytes": 1}}]}},
+        {"rule": {**counted_rule, "expr": [{"return": None}]}}]}
+    assert parse_counters(nft_out) == {"pi-1": {c: (7, 420)}}
     saved = "\n".join([
         "*filter",
         ":fab-pi-abc - [0:0]",
