@@ -299,6 +299,7 @@ def _add_counts(into: dict[Counted, tuple[int, int]],
 
 
 _RENDERED_COMMENT = re.compile(r'--comment "([^"]*)"')
+_LISTED_RULE = re.compile(r"^\s*(\d+)\s+(\d+)\s.*?/\* (.*?) \*/", re.M)
 
 
 def _has_counted(lines: tuple[str, ...]) -> bool:
@@ -364,6 +365,18 @@ class IptablesBackend:
         chains = {ln[1:].split()[0] for ln in text.splitlines()
                   if ln.startswith(":") and ln[1:].startswith(PREFIX)}
         return chains, f"-A FORWARD -j {FWD}" in text, f"-A INPUT -j {INPUT}" in text
+
+    def _chain_counts(self, version: int, chain: str) -> dict[Counted, tuple[int, int]]:
+        """The counted rules of one chain (``iptables -L CHAIN -v -x -n``: a few ms,
+        where a save of the whole table takes hundreds at 1,000 policies)."""
+        text = self.run(["iptables" if version == 4 else "ip6tables", "-t", "filter", "-L",
+                         chain, "-v", "-x", "-n"], "")
+        found: dict[Counted, tuple[int, int]] = {}
+        for m in _LISTED_RULE.finditer(text):
+            counted = Counted.parse(m.group(3))
+            if counted is not None:
+                _add_counts(found, {counted: (int(m.group(1)), int(m.group(2)))})
+        return found
 
     def read_counters(self) -> dict[Counted, tuple[int, int]]:
         """Every policy counter: (packets, bytes) by what it counts, from the rules'
@@ -445,10 +458,12 @@ class IptablesBackend:
         for v, text in restores.items():
             with self._counters_lock:
                 retiring: dict[Counted, tuple[int, int]] = {}
-                if rewritten[v]:
+                if full and rewritten[v]:  # every chain: one save of the table
                     for chain, counts in parse_saved_counters(self._save(v)).items():
                         if chain in rewritten[v]:
                             _add_counts(retiring, counts)
+                for chain in () if full else sorted(rewritten[v]):  # a few: one list each
+                    _add_counts(retiring, self._chain_counts(v, chain))
                 self.run(["iptables-restore" if v == 4 else "ip6tables-restore",
                           "--noflush"], text)
                 _add_counts(self._retired, retiring)

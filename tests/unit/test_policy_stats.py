@@ -17,7 +17,7 @@ from datastore import keys, model
 from datastore.fake import FakeDatastore
 from fabricctl import cli, policy_stats_cmd
 from felix_like.metrics import HealthServer, Metrics
-from felix_like.policy.iptables import parse_saved_counters
+from felix_like.policy.iptables import IptablesBackend, parse_saved_counters
 from felix_like.policy.nft import parse_counters
 from felix_like.policy.program import Counted
 from felix_like.policy.ruleset import PolicyInputs, calculate
@@ -154,3 +154,19 @@ def test_policy_stats_finds_agents_through_their_node_status() -> None:
 
     # An agent that reports no URL (an older one) is not read.
     assert asyncio.run(go()) == {"n1": "http://10.0.0.1:9091/metrics"}
+
+
+def test_iptables_reads_one_chains_counts_from_its_listing() -> None:
+    listing = "\n".join([
+        "Chain fab-pi-6569472df194 (1 references)",
+        "    pkts      bytes target     prot opt in     out     source               "
+        "destination",
+        "       5      300 MARK       6    --  *      *       0.0.0.0/0            0.0.0.0/0"
+        "            match-set fab-s4-b9 src /* np/shop/db ingress[0] allow */ MARK or 0x10000",
+        "       5      300 RETURN     0    --  *      *       0.0.0.0/0            0.0.0.0/0"
+        "            mark match 0x10000/0x10000",
+        "       2      120 MARK       6    --  *      *       0.0.0.0/0            0.0.0.0/0"
+        "            /* np/shop/db ingress[0] allow */ MARK or 0x10000"])
+    backend = IptablesBackend(run=lambda cmd, stdin: listing)
+    c = Counted("np", "shop", "db", "ingress", 0, "allow")
+    assert backend._chain_counts(4, "fab-pi-6569472df194") == {c: (7, 420)}
