@@ -78,8 +78,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         st = _backend(args.runtime).up(topo, progress=_progress, wait=args.wait,
                                        start_agents=not args.no_agents)
     except runner.LabError:
-        _progress(f"lab {topo.name} is not complete; `fabricctl lab down {topo.name}` "
-                  "removes what was made")
+        from .lab.state import LabState
+
+        st = LabState.load(topo.name)
+        if st is not None and st.phase != "up":  # something was made, not all
+            _progress(f"lab {topo.name} is not complete; `fabricctl lab down {topo.name}` "
+                      "removes what was made")
         raise
     print(f"lab {st.lab} is up ({st.runtime}): etcd {st.etcd_endpoint} "
           f"(inside {st.mgmt_netns})")
