@@ -480,32 +480,41 @@ class NftBackend:
                                      dict(rs.from_pod), dict(rs.to_pod))
         return len(cmds)
 
-    def _list_chains(self, names: list[str]) -> ChainCounts:
-        """The counts of the counted rules of chains ``names``, one listing each."""
-        return parse_counters(self._run([{"list": {"chain": {**T, "name": n}}}
-                                         for n in names]))
+    def _list(self, what: dict[str, Any]) -> Any:
+        """One terse listing (rules, not set elements) in the reader's libnftables
+        context (a scrape runs on any thread); None when it does not exist."""
+        if self._reader is None:
+            import nftables
 
-    def read_counters(self) -> dict[Counted, tuple[int, int]]:
-        """Every policy counter: (packets, bytes) by what it counts, from a terse listing
-        of the table (rules, not set elements) in a libnftables context of its own (a
-        scrape runs on any thread), plus what rewritten rules had counted. Listing
-        changes nothing."""
-        with self._counters_lock:
-            if self._reader is None:
-                import nftables
+            from felix_like.netlink import run_in_netns
 
-                from felix_like.netlink import run_in_netns
-
-                self._reader = run_in_netns(self.netns, nftables.Nftables)
-                self._reader.set_json_output(True)
-                self._reader.set_terse_output(True)
-            rc, out, err = self._reader.json_cmd({"nftables": [
-                {"list": {"table": {"family": FAMILY, "name": TABLE}}}]})
-            found = dict(self._retired)
+            self._reader = run_in_netns(self.netns, nftables.Nftables)
+            self._reader.set_json_output(True)
+            self._reader.set_terse_output(True)
+        rc, out, err = self._reader.json_cmd({"nftables": [{"list": what}]})
         if rc != 0:
             if "No such file" in err:
-                return found  # no table yet
+                return None
             raise NftError(f"listing the policy counters failed: {err.strip()}")
+        return out
+
+    def _list_chains(self, names: list[str]) -> ChainCounts:
+        """The counts of the counted rules of chains ``names``: a listing of each (one
+        batch cannot list several: libnftables caches the first chain only), or of the
+        table when there are many."""
+        if len(names) > 8:
+            return parse_counters(self._list({"table": {"family": FAMILY, "name": TABLE}}))
+        found: ChainCounts = {}
+        for n in names:
+            found.update(parse_counters(self._list({"chain": {**T, "name": n}})))
+        return found
+
+    def read_counters(self) -> dict[Counted, tuple[int, int]]:
+        """Every policy counter: (packets, bytes) by what it counts, from a listing of the
+        table plus what rewritten rules had counted. Listing changes nothing."""
+        with self._counters_lock:
+            out = self._list({"table": {"family": FAMILY, "name": TABLE}})
+            found = dict(self._retired)
         add_counts(found, parse_counters(out))
         return found
 
