@@ -1,11 +1,14 @@
-"""``fabricctl flows [--file F] [--follow] [--denied] [--last N] [-o table|json]``: the flow
-log of this node.
+"""``fabricctl flows [--node N | --file F] [--follow] [--denied] [--last N] [-o table|json]``:
+the flow log of a node.
 
 The agent appends one JSON object per logged connection to its flow log
 (``felix_like.policy.flowlog``: ``<its socket's directory>/flows.jsonl``, by default
 ``/run/l3fabric/flows.jsonl``, rotated to ``.1`` .. ``.3``); this command reads it on the
 node, the newest rotated file first, then follows the live one with ``--follow`` (also
-across a rotation). Nothing about flows is in etcd.
+across a rotation). ``--node N`` reads the last 1,000 records from node N's agent instead
+(its ``/flows`` page, beside its metrics, found through its NodeStatus as
+``fabricctl policy stats`` does; ``--follow`` then asks again every second). Nothing about
+flows is in etcd.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from cni.shim import DEFAULT_SOCKET
-from fabricctl.common import CliError
+from datastore.client import Datastore
+from fabricctl.common import CliError, run
 from fabricctl.output import table
+from fabricctl.policy_stats_cmd import agent_urls, http_get
 
 DEFAULT_FILE = str(Path(DEFAULT_SOCKET).parent / "flows.jsonl")
 
@@ -29,7 +34,8 @@ DEFAULT_FILE = str(Path(DEFAULT_SOCKET).parent / "flows.jsonl")
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("flows", help="connections the node's policies denied (the flow log)")
     p.add_argument("--file", default=DEFAULT_FILE,
-                   help=f"the agent's flow log (default {DEFAULT_FILE})")
+                   help=f"the agent's flow log on this node (default {DEFAULT_FILE})")
+    p.add_argument("--node", help="read node N's flow log from its agent (needs etcd)")
     p.add_argument("--follow", "-f", action="store_true", help="wait for new records")
     p.add_argument("--denied", action="store_true",
                    help="only connections denied (not a staged policy's would-deny)")
@@ -103,14 +109,62 @@ def _follow(path: Path) -> Iterator[dict[str, Any]]:
         time.sleep(0.2)
 
 
-def cmd_flows(args: argparse.Namespace) -> int:
-    path = Path(args.file)
-    if not path.exists():
-        raise CliError(f"no flow log at {path} (run on a node, or give --file)")
+def _remote(node: str, args: argparse.Namespace) -> Iterator[list[dict[str, Any]]]:
+    """The records node ``node``'s agent serves, once, or every second with --follow."""
+    async def go(ds: Datastore) -> dict[str, str]:
+        return await agent_urls(ds, node)
 
+    urls = run(args, go)
+    if node not in urls:
+        raise CliError(f"node {node!r}: no live agent reports where it serves its flows")
+    url = urls[node].rsplit("/", 1)[0] + "/flows"
+    while True:
+        try:
+            text = http_get(url)
+        except OSError as e:
+            raise CliError(f"node {node}: {url}: {e}") from e
+        yield [r for r in map(_parse, text.splitlines()) if r is not None]
+        if not args.follow:
+            return
+        time.sleep(1)
+
+
+def _show_remote(args: argparse.Namespace, wanted: Callable[[dict[str, Any]], bool]) -> int:
+    """Print node ``args.node``'s records; with --follow, those that came since."""
+    last: str | None = None  # the last record printed, as its JSON text
+    first = True
+    for batch in _remote(args.node, args):
+        lines = [json.dumps(r, sort_keys=True) for r in batch if wanted(r)]
+        if last in lines:
+            lines = lines[lines.index(last) + 1:]
+        elif first and args.last:
+            lines = lines[-args.last:]
+        records = [json.loads(x) for x in lines]
+        if args.output == "json" and not args.follow:
+            print(json.dumps(records, indent=2))
+        elif args.output == "json":
+            for r in records:
+                print(json.dumps(r), flush=True)
+        elif first:
+            table(HEADERS, [row(r) for r in records])
+        else:
+            for r in records:
+                print("  ".join(str(c) for c in row(r)), flush=True)
+        sys.stdout.flush()
+        last = lines[-1] if lines else last
+        first = False
+    return 0
+
+
+def cmd_flows(args: argparse.Namespace) -> int:
     def wanted(r: dict[str, Any]) -> bool:
         return not args.denied or r.get("verdict") == "deny"
 
+    if args.node:
+        return _show_remote(args, wanted)
+    path = Path(args.file)
+    if not path.exists():
+        raise CliError(f"no flow log at {path} (run on a node, or give --file or --node)")
     records = [r for r in _records(path) if wanted(r)]
     if args.last:
         records = records[-args.last:]

@@ -67,6 +67,7 @@ from felix_like.metrics import HealthServer, Metrics
 from felix_like.netlink import Rtnl, open_iproute
 from felix_like.node_status import keep_node_status
 from felix_like.policy.flowlog import FlowLogger, start_flow_log
+from felix_like.policy.flowlog import tail as flowlog_tail
 from felix_like.policy.manager import PolicyManager
 from felix_like.policy.stats import PolicyCounterCollector, counter_reader
 from felix_like.routes import (
@@ -567,6 +568,9 @@ class Agent:
             PolicyCounterCollector(counter_reader(self.policy.backend)))
         self.flows = start_flow_log(self.node, self.cfg.netns, Path(self.cfg.socket).parent,
                                     self.policy, self.metrics.registry)
+        if self.flows is not None:
+            flows_file = self.flows.path
+            self.health.pages["/flows"] = lambda: flowlog_tail(flows_file)
         self.bgp.interfaces = await self._in_netlink(lambda: interface_addresses(self.ipr))
         await self.health.start()
         # WATCHDOG=1 and STATUS= for systemd (felix_like.sdnotify), from the first step on.

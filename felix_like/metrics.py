@@ -267,6 +267,8 @@ class HealthServer:
         self.host = host
         self.port = port
         self.readiness = readiness or Readiness()
+        # More read-only pages by path (the flow log's ``/flows``), rendered off the loop.
+        self.pages: dict[str, Callable[[], bytes]] = {}
         self._server: asyncio.Server | None = None
 
     @property
@@ -295,6 +297,9 @@ class HealthServer:
                 # Off the event loop: collectors read the kernel (policy counters).
                 body = await asyncio.to_thread(self.metrics.render)
                 status, ctype = "200 OK", CONTENT_TYPE_LATEST
+            elif path in self.pages:
+                body = await asyncio.to_thread(self.pages[path])
+                status, ctype = "200 OK", "application/x-ndjson"
             elif path == "/livez":
                 status, ctype, body = "200 OK", "text/plain", b"ok\n"
             elif path == "/readyz":

@@ -373,3 +373,19 @@ def start_flow_log(node: str, netns: str | None, directory: Path, policy: Any,
         return None
     registry.register(FlowLogCollector(logger))
     return logger
+
+
+def tail(path: Path, lines: int = 1000) -> bytes:
+    """The last ``lines`` records of the flow log (the agent's ``/flows`` page, which
+    ``fabricctl flows --node`` reads)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - lines * 600))
+            data = f.read()
+    except FileNotFoundError:
+        return b""
+    kept = data.splitlines(keepends=True)[-lines:]
+    if kept and not kept[0].startswith(b"{"):
+        kept = kept[1:]  # cut in the middle of a record
+    return b"".join(kept)

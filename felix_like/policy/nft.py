@@ -258,10 +258,15 @@ def _has_counted(rules: Iterable[Rule]) -> bool:
 
 
 def rewritten_chains(old: Programmed, rs: Ruleset) -> list[str]:
-    """The counted chains a diff from ``old`` to ``rs`` flushes or deletes."""
-    return sorted(name for name, rules in old.chains.items()
-                  if _has_counted(rules) and (name not in rs.chains or (
-                      rs.chains[name] is not rules and rs.chains[name] != rules)))
+    """The counted chains a diff from ``old`` to ``rs`` flushes or deletes (unchanged
+    chains, the same objects, are passed over first: a pod add touches a handful)."""
+    out = []
+    for name, rules in old.chains.items():
+        new = rs.chains.get(name)
+        if new is rules or (new is not None and new == rules) or not _has_counted(rules):
+            continue
+        out.append(name)
+    return sorted(out)
 
 
 def _map_elems(name: str, items: dict[str, str]) -> list[Any]:

@@ -3,14 +3,19 @@ its suppressed count, rotation, and ``fabricctl flows`` over the rotated files."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import struct
+import threading
 from pathlib import Path
 
 import pytest
 
-from fabricctl import cli
+from datastore import keys, model
+from datastore.fake import FakeDatastore
+from fabricctl import cli, flows_cmd
+from felix_like.metrics import HealthServer, Metrics
 from felix_like.policy.flowlog import (
     NFNL_SUBSYS_ULOG,
     NFULA_PAYLOAD,
@@ -23,6 +28,7 @@ from felix_like.policy.flowlog import (
     bind_messages,
     parse_headers,
     parse_messages,
+    tail,
 )
 
 SYN = (bytes([0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0])
@@ -89,3 +95,32 @@ def test_flows_reads_rotated_files_oldest_first(tmp_path: Path,
     assert seqs == sorted(seqs) and seqs[-1] == 7
     assert cli.main(["flows", "--file", str(path), "--denied", "--last", "2", "-o", "json"]) == 0
     assert [r["seq"] for r in json.loads(capsys.readouterr().out)] == [5, 7]
+
+
+def test_flows_of_another_node_come_from_its_agent(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "flows.jsonl"
+    path.write_text("".join(json.dumps({"seq": i, "verdict": "deny", "node": "n2"}) + "\n"
+                            for i in range(3)))
+    metrics = Metrics()
+    server = HealthServer(metrics, "127.0.0.1", 0)
+    server.pages["/flows"] = lambda: tail(path, lines=2)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(server.start(), loop).result(5)
+    ds = FakeDatastore()
+    st = model.parse_document({
+        "apiVersion": model.API_VERSION, "kind": "NodeStatus", "metadata": {"name": "n2"},
+        "status": {"metrics": f"http://127.0.0.1:{server.port}/metrics"}})
+    asyncio.run(ds.put(keys.node_status("n2"), model.encode(st)))
+    monkeypatch.setattr(flows_cmd, "run", lambda args, fn: asyncio.run(fn(ds)))
+    try:
+        assert cli.main(["flows", "--node", "n2", "-o", "json"]) == 0
+        assert [r["seq"] for r in json.loads(capsys.readouterr().out)] == [1, 2]
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        loop.close()
