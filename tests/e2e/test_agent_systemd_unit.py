@@ -11,30 +11,20 @@ drop-in) each bring a new agent, and the same ExaBGP keeps running across both
 
 from __future__ import annotations
 
-import os
 import resource
-import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from helpers.images import NODE_IMAGE, PODMAN, skip_unless_built
 
-PODMAN = ["podman", "--cgroup-manager", "cgroupfs"]
-IMAGE = "l3fabric/node:latest"
+IMAGE = NODE_IMAGE
 EXABGP_PID = "/run/l3fabric/bgp-n1/exabgp.pid"
 
 
-def _image_missing() -> bool:
-    return (os.geteuid() == 0 and shutil.which("podman") is not None
-            and subprocess.run([*PODMAN, "image", "exists", IMAGE]).returncode != 0)
-
-
-pytestmark = [
-    pytest.mark.skipif(shutil.which("podman") is None, reason="needs podman"),
-    pytest.mark.skipif(_image_missing(), reason=f"{IMAGE} is not built: run `make images`"),
-]
+pytestmark = skip_unless_built((IMAGE,))
 
 
 @pytest.fixture

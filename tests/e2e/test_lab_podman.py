@@ -27,41 +27,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers.images import PODMAN, REPO, skip_unless_built
 from helpers.procs import running_with
 
-REPO = Path(__file__).parents[2]
 FABRICCTL = str(Path(sys.executable).parent / "fabricctl")
-PODMAN = ["podman", "--cgroup-manager", "cgroupfs"]
-IMAGES = ("l3fabric/node:latest", "l3fabric/bird:2.0.12", "l3fabric/etcd:3.4.23")
 
 
-def _missing_images() -> list[str]:
-    if shutil.which("podman") is None:
-        return list(IMAGES)
-    return [i for i in IMAGES
-            if subprocess.run([*PODMAN, "image", "exists", i]).returncode != 0]
-
-
-def _stale_node_image() -> bool:
-    """The node image was built from other source than this tree's (its l3fabric.source
-    label against images/source-digest.sh here): it would test other code."""
-    built = subprocess.run([*PODMAN, "image", "inspect", "--format",
-                            '{{index .Labels "l3fabric.source"}}', IMAGES[0]],
-                           capture_output=True, text=True).stdout.strip()
-    here = subprocess.run([str(REPO / "images/source-digest.sh")], capture_output=True,
-                          text=True).stdout.strip()
-    return built != here
-
-
-MISSING = _missing_images() if os.geteuid() == 0 else []
-STALE = os.geteuid() == 0 and not MISSING and _stale_node_image()
-pytestmark = [
-    pytest.mark.skipif(shutil.which("podman") is None, reason="needs podman"),
-    pytest.mark.skipif(bool(MISSING), reason="the lab's podman images are not built: run "
-                       f"`make images` (missing: {', '.join(MISSING)})"),
-    pytest.mark.skipif(STALE, reason="l3fabric/node:latest was built from other source than "
-                       "this tree: run `make images`"),
-]
+pytestmark = skip_unless_built()
 
 
 def fabricctl(env: dict[str, str], *args: str, timeout: float = 120
