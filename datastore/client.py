@@ -15,6 +15,7 @@ raises `CompactedError`, after which only a full resync is correct.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -243,6 +244,19 @@ class _Client(aetcd.Client):  # type: ignore[misc]
         self._watcher = aetcd.watcher.Watcher(
             rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
         self._connected.set()
+
+    def reset_watcher(self) -> None:
+        """Replace the shared watch stream (aetcd's Watcher) with a new one. aetcd lets one
+        watch creation be pending at a time and bounds only the wait for its answer, not
+        the wait for its turn; after an etcd outage a creation was seen left pending for
+        good, every later watch queued behind it. Its stream is cancelled; watches still
+        on it end (the syncer re-watches)."""
+        old = self._watcher
+        if old is not None and old._request_handler is not None:
+            old._request_handler.cancel()
+        if self.channel is not None:
+            self._watcher = aetcd.watcher.Watcher(
+                rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
 
 
 def _kv(raw: Any) -> KV:
@@ -520,7 +534,14 @@ class Datastore:
         client is open.
         """
         try:
-            w = await self._client.watch_prefix(prefix.encode(), start_revision=start_revision)
+            # Bounded: a wedged watch stream never answers (see `_Client.reset_watcher`).
+            w = await asyncio.wait_for(
+                self._client.watch_prefix(prefix.encode(), start_revision=start_revision),
+                2 * self.config.timeout + 1)
+        except (TimeoutError, aexc.WatchTimeoutError) as e:
+            self._client.reset_watcher()
+            raise UnavailableError(f"watch on {prefix}: not created in time ({e!r}); "
+                                   "watch stream reset") from e
         except _EXPECTED as e:
             raise _translate(e) from e
         try:
