@@ -144,9 +144,12 @@ def _kernel_routes(ns: str, proto: str) -> list[str]:
             if ln.strip()]
 
 
-def check_node_state(lab: SoakLab, objs: dict[str, Any], live: list[PodView]) -> list[str]:
-    """Per node: veths, local routes, nft/ipset elements and conntrack entries belong to
-    live pods only; metrics and NodeStatus agree with the kernel."""
+def check_node_state(lab: SoakLab, objs: dict[str, Any], live: list[PodView],
+                     deleted: list[Deleted]) -> list[str]:
+    """Per node: veths, local routes, nft/ipset elements belong to live pods only, and no
+    conntrack entry has the address of a pod deleted from that node (its agent deletes
+    them; other nodes' entries for it expire on their own); metrics and NodeStatus agree
+    with the kernel."""
     out = []
     live_ips = {ip for p in live for ip in p.ips}
     for node in lab.nodes:
@@ -170,9 +173,11 @@ def check_node_state(lab: SoakLab, objs: dict[str, Any], live: list[PodView]) ->
         stale = _set_elements(ns) - live_ips
         if stale:
             out.append(f"{node}: policy set elements of no live pod: {sorted(stale)}")
-        ct = _conntrack_pod_addresses(ns) - live_ips
+        gone_here = {ip for d in deleted if d.node == node for ip in d.ips} - live_ips
+        ct = _conntrack_pod_addresses(ns) & gone_here
         if ct:
-            out.append(f"{node}: conntrack entries for addresses of no live pod: {sorted(ct)}")
+            out.append(f"{node}: conntrack entries for addresses of pods deleted from it: "
+                       f"{sorted(ct)}")
         # Metrics and NodeStatus against the kernel.
         code, text = runner.http_get_in(ns, f"http://{lab.mgmt_ip(node)}:9091/metrics", 2.0)
         if code != 200:

@@ -58,15 +58,8 @@ MIN_PODS, MAX_PODS = 10, 40
 
 
 @dataclass
-class Pod:
-    key: str
-    ns: str
-    name: str
-    node: str
-    netns: str
-    container: str
-    labels: dict[str, str]
-    ips: list[str] = field(default_factory=list)
+class Pod(PodView):
+    labels: dict[str, str] = field(default_factory=dict)
     state: str = "new"  # adding, live, del (needs a DEL), deleting
     retry_at: float = 0.0
     kill_add: bool = False
@@ -170,7 +163,8 @@ class Soak:
         node = self.rng.choice(self.lab.nodes)
         pod = Pod(f"{ns}/{name}", ns, name, node,
                   runner.pod_netns_name(self.lab.topo.name, ns, name),
-                  f"soak-{self.seed}-{name}", churn.pod_labels(self.rng), kill_add=kill)
+                  f"soak-{self.seed}-{name}", [], labels=churn.pod_labels(self.rng),
+                  kill_add=kill)
         self.lab.st.add_namespace(pod.netns)
         runner.sh("ip", "netns", "add", pod.netns)
         runner.sh("ip", "-n", pod.netns, "link", "set", "lo", "up")
@@ -470,7 +464,7 @@ class Soak:
                                f"{proto['info']}")
         out += check_addresses(self.lab, objs, live)
         out += check_endpoints(self.lab, objs, live, self.deleted)
-        out += check_node_state(self.lab, objs, live)
+        out += check_node_state(self.lab, objs, live, self.deleted)
         out += check_ipam(self.lab)
         expected = expected_reach(objs, live)
         if not out:
