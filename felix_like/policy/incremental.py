@@ -60,6 +60,7 @@ from felix_like.policy.selection import (
     np_selects,
 )
 from felix_like.state import ChangeLog, ClusterState
+from felix_like.policy.staged import shadow
 
 log = logging.getLogger(__name__)
 
@@ -283,6 +284,8 @@ class IncrementalCalculation:
             for d in ("in", "out"):
                 self._rerender[np_chain_name(new, d)] = ("np", new, d)
             return
+                twin = shadow(new)  # the staged pipeline's copy, where one uses it
+                self._rerender[np_chain_name(twin, d)] = ("np", twin, d)
         for pol, present in ((old, False), (new, True)):
             if pol is None:
                 continue

@@ -48,6 +48,7 @@ import ipaddress
 import json
 import logging
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from datastore import model
@@ -97,7 +98,12 @@ from felix_like.policy.selection import (
     normalize_nets,
     np_selects,
 )
-from felix_like.policy.staged import split_staged, staged_chains, staged_head
+from felix_like.policy.staged import (
+    ShadowNetworkPolicy,
+    split_staged,
+    staged_chains,
+    staged_head,
+)
 
 log = logging.getLogger(__name__)
 
@@ -233,14 +239,20 @@ class _Builder:
 
     # NetworkPolicy ----------------------------------------------------------------------
 
-    def np_chain(self, p: model.NetworkPolicy, direction: str) -> str:
+    def np_chain(self, p: model.NetworkPolicy | DefaultDeny, direction: str) -> str:
         return self._cached_chain(("np", p, direction), lambda: self._np_chain(p, direction))
 
-    def _np_chain(self, p: model.NetworkPolicy, direction: str) -> tuple[str, tuple[Rule, ...]]:
+    def _np_chain(self, p: model.NetworkPolicy | DefaultDeny,
+                  direction: str) -> tuple[str, tuple[Rule, ...]]:
+        if isinstance(p, DefaultDeny):
+            return p.chain(direction)
         ns = p.metadata.namespace or "default"
         name = np_chain_name(p, direction)
         staged = isinstance(p, model.StagedNetworkPolicy)
         kind, allow = ("snp", STAGED_ALLOW) if staged else ("np", ALLOW)
+        counts = not isinstance(p, ShadowNetworkPolicy)  # counted in its own chain
+        if not counts:
+            kind = "np"  # an enforced policy, as the staged pipeline sees it
         rules: list[Rule] = []
         src_or_dst = "src" if direction == "in" else "dst"
         k8s_rules = p.spec.ingress if direction == "in" else p.spec.egress
@@ -276,7 +288,8 @@ class _Builder:
                     matches = (*(pm or ()), *(tm or ()))
                     if not _consistent(matches):
                         continue
-                    rules.append(Rule(_with_family(matches), allow, comment, counted))
+                    rules.append(Rule(_with_family(matches), allow, comment,
+                                      counted if counts else None))
         return name, tuple(rules)
 
     # GlobalNetworkPolicy ----------------------------------------------------------------
@@ -379,7 +392,35 @@ class _Builder:
         self.rs.endpoints[local.iface] = local
 
 
-def np_chain_name(p: model.NetworkPolicy, direction: str) -> str:
+@dataclass(frozen=True)
+class DefaultDeny:
+    """A namespace's default deny for one direction (``Ingress``/``Egress``): one chain
+    shared by its isolated pods (``d…``: flow log, counter, drop), so a pod's own chains
+    hold no counted rule and a pod add adds one ``goto`` per direction."""
+
+    namespace: str
+    typ: str
+
+    def chain(self, direction: str) -> tuple[str, tuple[Rule, ...]]:
+        counted = Counted("default-deny", self.namespace, "", self.typ.lower(), None, "deny")
+        return np_chain_name(self, direction), tuple(with_flow_logs([Rule(
+            (), DROP, f"{self.typ.lower()} isolated: no policy allowed it", counted)]))
+
+
+_DEFAULT_DENIES: dict[tuple[str, str], DefaultDeny] = {}
+
+
+def default_deny(namespace: str, typ: str) -> DefaultDeny:
+    """One object per namespace and direction (its chain is rendered once)."""
+    return _DEFAULT_DENIES.setdefault((namespace, typ), DefaultDeny(namespace, typ))
+
+
+def np_chain_name(p: model.NetworkPolicy | DefaultDeny, direction: str) -> str:
+    if isinstance(p, DefaultDeny):
+        return f"d{direction[0]}-{_hash('default-deny', p.namespace)}"
+    if isinstance(p, ShadowNetworkPolicy):
+        return (f"r{direction[0]}-"
+                f"{_hash('shadow', p.metadata.namespace or 'default', p.metadata.name)}")
     if isinstance(p, model.StagedNetworkPolicy):
         return (f"q{direction[0]}-"
                 f"{_hash('snp', p.metadata.namespace or 'default', p.metadata.name)}")
@@ -454,10 +495,9 @@ def endpoint_chains(key: str, wep: model.WorkloadEndpoint,
             trules.append(Rule((), Verdict("jump", chain), f"np/{ns}/{p.metadata.name}"))
             trules.append(Rule((Marked(MARK_ALLOW),), RETURN))
         if isolating:
-            trules.append(Rule((), DROP, f"{typ.lower()} isolated: no policy allowed it",
-                               Counted("default-deny", ep_namespace(wep), "",
-                                       typ.lower(), None, "deny")))
-        chains[tail] = tuple(with_flow_logs(trules))
+            trules.append(Rule((), Verdict("goto", np_chain(
+                default_deny(ep_namespace(wep), typ), direction))))
+        chains[tail] = tuple(trules)
         names[direction] = tuple(used)
     return chains, LocalEndpoint(
         key=key, iface=iface, namespace=ep_namespace(wep), pod=wep.spec.pod,

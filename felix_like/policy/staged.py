@@ -43,6 +43,25 @@ from felix_like.policy.program import (
 ChainOf = Callable[[model.GlobalNetworkPolicy], str]
 
 
+class ShadowNetworkPolicy(model.StagedNetworkPolicy):
+    """An enforced NetworkPolicy as the staged pipeline evaluates it: its rules with the
+    staged allow and no counter (its own chain counts it once, in the enforced pipeline)."""
+
+
+_SHADOWS: dict[int, tuple[model.NetworkPolicy, ShadowNetworkPolicy]] = {}
+
+
+def shadow(p: model.NetworkPolicy) -> ShadowNetworkPolicy:
+    """The shadow of ``p``, one object per policy object (so its chain is rendered once)."""
+    hit = _SHADOWS.get(id(p))
+    if hit is None or hit[0] is not p:
+        if len(_SHADOWS) > 20000:
+            _SHADOWS.clear()
+        hit = (p, ShadowNetworkPolicy(p.metadata, p.spec))
+        _SHADOWS[id(p)] = hit  # holds ``p``: its id cannot be reused meanwhile
+    return hit[1]
+
+
 def split_staged(gnps: Iterable[model.GlobalNetworkPolicy],
                  ) -> tuple[list[model.GlobalNetworkPolicy], list[model.GlobalNetworkPolicy]]:
     """(enforced, staged), each in the given order."""
@@ -84,7 +103,8 @@ def staged_chains(iface: str, namespace: str, direction: str, typ: str,
         for p in isolating:
             staged = isinstance(p, model.StagedNetworkPolicy)
             ref = f"{'snp' if staged else 'np'}/{namespace}/{p.metadata.name}"
-            trules.append(Rule((), Verdict("jump", np_chain(p, direction)), ref))
+            chain = np_chain(p if staged else shadow(p), direction)
+            trules.append(Rule((), Verdict("jump", chain), ref))
             trules.append(Rule((Marked(MARK_ALLOW),), RETURN))
             trules.append(Rule((Marked(MARK_STAGED_ALLOW),), RETURN))
         trules.append(Rule((), COUNT, f"staged: {typ.lower()} no policy would allow it",

@@ -75,7 +75,7 @@ def test_staged_policies_count_what_they_would_do_and_enforce_nothing() -> None:
     assert not allowed and staged == ["would deny: staged: ingress no policy would allow it"]
     # web -> db: enforced allows; the staged default deny adds up with it: would allow.
     allowed, staged = verdict(st, "10.0.0.2", "10.0.0.1", 80)
-    assert allowed and staged == []
+    assert allowed and staged == ["would allow: np/shop/web-allowed ingress[0]"]
     # web -> other on 23: nothing enforced selects other, so it flows; the staged GNP
     # would deny it (its rule counts "would-deny").
     allowed, staged = verdict(st, "10.0.0.2", "10.0.0.3", 23)
@@ -85,6 +85,11 @@ def test_staged_policies_count_what_they_would_do_and_enforce_nothing() -> None:
     assert {"snp/shop/lockdown ingress would-deny", "sgnp/no-telnet ingress[0] would-deny",
             "staged-default-deny/shop ingress would-deny"} & counted == {
         "sgnp/no-telnet ingress[0] would-deny", "staged-default-deny/shop ingress would-deny"}
+    # The staged pipeline evaluates the enforced policy through an uncounted copy: its
+    # allow counter counts a connection once.
+    np_counted = [name for name, rules in rs.chains.items() for r in rules
+                  if r.counted is not None and r.counted.kind == "np"]
+    assert np_counted and all(name.startswith("p") for name in np_counted)
     # Without the enforced policy, the staged default deny previews the lockdown.
     del st[keys.policy("shop", "web-allowed")]
     allowed, staged = verdict(st, "10.0.0.3", "10.0.0.1", 80)
@@ -96,6 +101,16 @@ def test_incremental_calculation_equals_the_full_one_with_staged_policies() -> N
     inc = IncrementalCalculation("n1")
     assert inc.update(dict(st), []) == calculate(inputs_from_state(st, "n1"))
     del st[keys.staged_global_policy("no-telnet")]
+    assert inc.update(dict(st), []) == calculate(inputs_from_state(st, "n1"))
+    # A rules-only change of the enforced policy reaches the staged pipeline's copy too.
+    st[keys.policy("shop", "web-allowed")] = model.parse_document(yaml.safe_load("""
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-allowed, namespace: shop}
+spec:
+  podSelector: {matchLabels: {role: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {role: web}}}], ports: [{port: 80}]}]
+"""))
     assert inc.update(dict(st), []) == calculate(inputs_from_state(st, "n1"))
     st.pop(keys.staged_policy("shop", "lockdown"))
     assert inc.update(dict(st), []) == calculate(inputs_from_state({
