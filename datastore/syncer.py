@@ -57,10 +57,18 @@ import asyncio
 import contextlib
 import ctypes
 import functools
+import gc
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
 
@@ -85,6 +93,31 @@ def _malloc_trim() -> Callable[[int], int] | None:
     except (AttributeError, OSError):  # not glibc
         return None
     return trim
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a page is decoded: its values are acyclic and
+    live as long as their keys, and a snapshot growing the heap by millions of objects
+    would otherwise run full collections that walk all of them, again and again (some
+    20 % of the CPU of decoding a 1,000-node cluster)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+@functools.cache
+def freeze_heap_once() -> None:
+    """For the owner of the process, after its first snapshot: what the snapshot made lives
+    as long as the keys, so the cyclic GC's full collections need not walk it again
+    (~0.2-0.7 s each at 1,000 nodes x 50 pods, landing on whatever runs, a pod's ADD
+    included). Once per process: each freeze keeps whatever garbage cycles exist at that
+    moment alive for good."""
+    gc.freeze()
 
 
 def release_free_heap() -> None:
@@ -233,10 +266,9 @@ class Syncer(Generic[T]):
             if n != attempt:
                 attempt = n
                 seen.clear()
-            for kv in kvs:
-                ev = self._diff(kv, seen)
-                if ev is None:
-                    continue
+            with _gc_paused():
+                diffs = [(kv, ev) for kv in kvs if (ev := self._diff(kv, seen)) is not None]
+            for kv, ev in diffs:
                 if isinstance(ev, ConfigError) and ev.key not in self.current:
                     out.extend(await self._last_good(kv))
                 out.append(ev)

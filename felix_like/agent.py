@@ -53,7 +53,15 @@ from datastore.client import (
     UnavailableError,
 )
 from datastore.schema import ensure_schema
-from datastore.syncer import ConfigError, ConnectionState, Deleted, InSync, Syncer, Update
+from datastore.syncer import (
+    ConfigError,
+    ConnectionState,
+    Deleted,
+    InSync,
+    Syncer,
+    Update,
+    freeze_heap_once,
+)
 from datastore.version import l3fabric_version
 from felix_like import calc
 from felix_like.kernel_events import (
@@ -436,6 +444,7 @@ class Agent:
                 if not self.routes.in_sync:
                     self.routes.mark_in_sync()
                     log.info("datastore in sync at revision %d", ev.revision)
+                    freeze_heap_once()  # what the snapshot made lives as long as the cluster
                 self._dirty.set()
             elif isinstance(ev, ConfigError):
                 self.metrics.config_errors.inc()
