@@ -5,8 +5,9 @@
 cluster, only the sub-prefixes the agent watches (`felix_like.agent.WATCHED`). In a fresh
 process each, measured by its VmRSS and CPU time (utime + stime):
 
-- the agent's path: the syncer's snapshot diff (`Syncer.apply_snapshot`, the decoder of
-  `felix_like.state`) and every event applied to a `ClusterState`;
+- the agent's path: the syncer's paged snapshot (`Syncer.resync`, pages served from
+  memory as etcd would serve them, decoded by `felix_like.state`'s decoder) and every
+  event applied to a `ClusterState`;
 - the baseline, same run: ``json.loads`` of every value, kept in a dict by key (the
   floor of any decoder, and what holding the cluster as plain parsed JSON would cost).
 
@@ -17,6 +18,8 @@ Reported: memory and CPU per key, and both as ratios to the baseline. Results in
 from __future__ import annotations
 
 import argparse
+import asyncio
+import bisect
 import json
 import os
 import subprocess
@@ -41,6 +44,26 @@ def _cpu_s() -> float:
     return t.user + t.system
 
 
+class _Pages:
+    """Serves ``list_page`` from memory, in key order, as etcd pages a snapshot."""
+
+    def __init__(self, kvs: list[Any]) -> None:
+        self.kvs = sorted(kvs, key=lambda kv: kv.key)
+        self.keys = [kv.key for kv in self.kvs]
+
+    async def list_page(self, prefix: str, start: str = "", revision: int = 0,
+                        limit: int = 0) -> Any:
+        from datastore.kv import Page
+
+        i = bisect.bisect_left(self.keys, start or prefix)
+        out = []
+        while i < len(self.kvs) and self.keys[i].startswith(prefix) and len(out) < limit:
+            out.append(self.kvs[i])
+            i += 1
+        more = i < len(self.kvs) and self.keys[i].startswith(prefix)
+        return Page(out, len(self.kvs), more)
+
+
 def _measure(how: str, nodes: int, pods: int, policies: int) -> dict[str, Any]:
     """In this process: build the keys, then decode them ``how`` ("agent" or "json")."""
     from bench.scale.bench_scale import Cluster
@@ -55,13 +78,14 @@ def _measure(how: str, nodes: int, pods: int, policies: int) -> dict[str, Any]:
     kvs = [KV(k, v, i + 1, i + 1, 1)
            for i, (k, v) in enumerate(kv for kv in shape.values() if kv[0].startswith(prefixes))]
     raw = sum(len(kv.key) + len(kv.value) for kv in kvs)
+    pages = _Pages(kvs)  # before the measure: the raw values are etcd's, not the agent's
     rss0, cpu0 = _rss_mib(), _cpu_s()
     held: Any
     if how == "agent":
-        syncer: Syncer[Any] = Syncer(None, keys.PREFIX, decode_value,  # type: ignore[arg-type]
-                                     prefixes=WATCHED)
+        syncer: Syncer[Any] = Syncer(pages, keys.PREFIX,  # type: ignore[arg-type]
+                                     decode_value, prefixes=WATCHED)
         state = ClusterState()
-        for ev in syncer.apply_snapshot(kvs, len(kvs)):
+        for ev in asyncio.run(syncer.resync()):
             if isinstance(ev, Update):
                 state.apply(ev)
         held = (syncer, state)
