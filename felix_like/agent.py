@@ -121,6 +121,7 @@ class AgentConfig:
     socket: str = DEFAULT_SOCKET
     metrics_addr: str = "127.0.0.1:9091"
     policy_backend: str = "nftables"
+    flow_log_allowed: bool = False  # flow-log allowed new connections, not only denied
     node_ip: str | None = None  # CIDR form (10.77.1.1/30) for registering the Node
     node_ip6: str | None = None  # CIDR form (fd99::1/64): the Node's bgp.ipv6Address
     netns: str | None = None  # dataplane namespace; None: the agent's own
@@ -572,7 +573,8 @@ class Agent:
         # first apply after a restart deletes every learned route until the refresh answers.
         await self._in_netlink(self.routes.apply)
         self.policy = await self._in_netlink(lambda: PolicyManager(
-            self.cfg.policy_backend, self.cfg.netns, self.node))
+            self.cfg.policy_backend, self.cfg.netns, self.node,
+            log_allowed=self.cfg.flow_log_allowed))
         self.metrics.registry.register(
             PolicyCounterCollector(counter_reader(self.policy.backend)))
         self.flows = start_flow_log(self.node, self.cfg.netns, Path(self.cfg.socket).parent,

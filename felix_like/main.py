@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-addr", default=_env("metrics-addr", "127.0.0.1:9091"))
     p.add_argument("--policy-backend", choices=["nftables", "iptables"],
                    default=_env("policy-backend", "nftables"))
+    p.add_argument("--flow-log-allowed", action="store_true",
+                   default=(_env("flow-log-allowed", "") or "").lower() in ("1", "true", "yes"),
+                   help="log allowed new connections to the flow log too (denied ones always)")
     p.add_argument("--node-ip", default=_env("node-ip"),
                    help="address in CIDR form for registering the Node (default: the "
                         "address of the default route's interface)")
@@ -96,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cfg = AgentConfig(node=args.node, etcd=etcd, socket=args.socket,
                       metrics_addr=args.metrics_addr, policy_backend=args.policy_backend,
+                      flow_log_allowed=args.flow_log_allowed,
                       node_ip=args.node_ip, node_ip6=args.node_ip6, netns=args.netns,
                       resync_interval=args.resync_interval, status_ttl=args.status_ttl,
                       status_interval=min(10.0, args.status_ttl / 3))

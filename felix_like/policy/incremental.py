@@ -60,8 +60,8 @@ from felix_like.policy.selection import (
     namespace_labels,
     np_selects,
 )
-from felix_like.state import ChangeLog, ClusterState
 from felix_like.policy.staged import shadow
+from felix_like.state import ChangeLog, ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +108,9 @@ def _relevant(key: str, value: Any, node_key: str) -> bool:
 class IncrementalCalculation:
     """``update(state, host_addresses) -> Ruleset`` for one node, keeping what it can."""
 
-    def __init__(self, node: str) -> None:
+    def __init__(self, node: str, log_allowed: bool = False) -> None:
         self.node = node
+        self.log_allowed = log_allowed  # flow-log allowed connections too
         self.node_key = keys.node(node)
         self.reset()
 
@@ -120,7 +121,8 @@ class IncrementalCalculation:
         self._log_of: ClusterState | None = None
         self.seen: dict[str, Any] = {}
         self.namespaces: dict[str, model.Namespace] = {}
-        self.inputs = PolicyInputs(node=self.node, namespaces=self.namespaces)
+        self.inputs = PolicyInputs(node=self.node, namespaces=self.namespaces,
+                                   log_allowed=self.log_allowed)
         self.nps: dict[str, model.NetworkPolicy] = {}
         self.nps_by_ns: dict[str, dict[str, model.NetworkPolicy]] = {}
         self.gnps: dict[str, model.GlobalNetworkPolicy] = {}
@@ -284,9 +286,9 @@ class IncrementalCalculation:
             self.nps_by_ns[new.metadata.namespace or "default"][key] = new
             for d in ("in", "out"):
                 self._rerender[np_chain_name(new, d)] = ("np", new, d)
-            return
                 twin = shadow(new)  # the staged pipeline's copy, where one uses it
                 self._rerender[np_chain_name(twin, d)] = ("np", twin, d)
+            return
         for pol, present in ((old, False), (new, True)):
             if pol is None:
                 continue
@@ -493,7 +495,7 @@ class IncrementalCalculation:
         return name
 
     def _render(self, name: str, kind: str, policy: Any, direction: str) -> None:
-        _, rules, sets = policy_program(kind, policy, direction)
+        _, rules, sets = policy_program(kind, policy, direction, self.log_allowed)
         names = tuple(dict.fromkeys(s[0] for s in sets))
         for set_name, spec, filler in sets:
             if set_name not in self.sets:

@@ -166,7 +166,8 @@ class PolicyManager:
                  impl: Backend | None = None,
                  forget: Callable[[str | None, Iterable[str]], int] | None = None,
                  nat: NatManager | None = None,
-                 hosts: HostEndpointManager | None = None) -> None:
+                 hosts: HostEndpointManager | None = None,
+                 log_allowed: bool = False) -> None:
         self.backend_name = backend
         self.netns = netns
         self.node = node
@@ -181,7 +182,7 @@ class PolicyManager:
         self.host_addresses = self._read_hosts()
         self.state: ClusterState | Mapping[str, Any] = {}
         self.ruleset: Ruleset | None = None
-        self.calc = IncrementalCalculation(node)
+        self.calc = IncrementalCalculation(node, log_allowed)  # flow-log allowed ones too
         self.last_apply_seconds = 0.0
         self.last_calc_seconds = 0.0
         self.last_commands = 0

@@ -230,12 +230,14 @@ FLOWLOG_GROUP = 4242
 FLOWLOG_RATE, FLOWLOG_BURST = 20, 50
 
 
-def with_flow_logs(rules: list[Rule]) -> list[Rule]:
-    """``rules`` with a flow-log rule before each counted deny (enforced or staged): the
-    same matches, logging, then the rule itself."""
+def with_flow_logs(rules: list[Rule], allowed: bool = False) -> list[Rule]:
+    """``rules`` with a flow-log rule before each counted deny (enforced or staged), and
+    with ``allowed`` before each enforced allow too: the same matches, logging, then the
+    rule itself."""
+    logged = ("deny", "would-deny", "allow") if allowed else ("deny", "would-deny")
     out: list[Rule] = []
     for r in rules:
-        if r.counted is not None and r.counted.action in ("deny", "would-deny"):
+        if r.counted is not None and r.counted.action in logged:
             out.append(Rule(r.matches, Verdict("flowlog", r.counted.short), r.comment))
         out.append(r)
     return out

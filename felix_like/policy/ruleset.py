@@ -170,7 +170,7 @@ class _Builder:
         and replay its chain and sets on later calculations."""
         # Keyed by the policy object's identity (the agent's mirror keeps an object until
         # its key changes); the entry holds the object, so the id cannot be reused.
-        ikey = (key[0], id(key[1]), key[2])
+        ikey = (key[0], id(key[1]), key[2], self.inputs.log_allowed)
         entry = _PROGRAMS.get(ikey)
         hit = entry[1] if entry is not None and entry[0] is key[1] else None
         if hit is None:
@@ -290,7 +290,7 @@ class _Builder:
                         continue
                     rules.append(Rule(_with_family(matches), allow, comment,
                                       counted if counts else None))
-        return name, tuple(rules)
+        return name, tuple(with_flow_logs(rules, self.inputs.log_allowed))
 
     # GlobalNetworkPolicy ----------------------------------------------------------------
 
@@ -315,7 +315,7 @@ class _Builder:
                 verdict = STAGED_VERDICTS.get(r.action, COUNT)
             for matches in self._calico_rule(r):
                 rules.append(Rule(matches, verdict, comment, counted))
-        return name, tuple(with_flow_logs(rules))
+        return name, tuple(with_flow_logs(rules, self.inputs.log_allowed))
 
     def _calico_rule(self, r: model.Rule) -> list[tuple[Match, ...]]:
         """A Calico rule as alternative match tuples (their OR)."""
@@ -433,10 +433,11 @@ def gnp_chain_name(g: model.GlobalNetworkPolicy, direction: str) -> str:
     return f"g{direction[0]}-{_hash('gnp', g.metadata.name)}"
 
 
-def policy_program(kind: str, policy: Any, direction: str) -> _Program:
+def policy_program(kind: str, policy: Any, direction: str,
+                   log_allowed: bool = False) -> _Program:
     """The chain of one (policy, direction) and the sets it uses (``kind``: np | gnp), for
     callers that keep their own cache (the incremental calculation)."""
-    b = _Builder(PolicyInputs(node=""))
+    b = _Builder(PolicyInputs(node="", log_allowed=log_allowed))
     if kind == "np":
         return b.record(lambda: b._np_chain(policy, direction))
     return b.record(lambda: b._gnp_chain(policy, direction))

@@ -35,6 +35,7 @@ class PolicyInputs:
     namespaces: Mapping[str, model.Namespace] = field(default_factory=dict)
     endpoints: tuple[model.WorkloadEndpoint, ...] = ()  # every node's
     host_addresses: tuple[str, ...] = ()  # this node's addresses, bare IPs
+    log_allowed: bool = False  # flow-log allowed new connections too (fabric-agent flag)
 
 
 def inputs_from_state(

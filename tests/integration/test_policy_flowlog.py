@@ -19,6 +19,7 @@ from test_policy_traffic import GNP_DENY_BEFORE_ALLOW, Lab, lab, load  # noqa: F
 from fabricctl import cli
 from felix_like.netlink import run_in_netns
 from felix_like.policy.flowlog import Enricher, FlowLogger
+from felix_like.policy.manager import PolicyManager
 
 # The GNP that denies namespaces of user alice, the db's NetworkPolicy, a staged lockdown.
 POLICIES = "---".join([GNP_DENY_BEFORE_ALLOW.split("---")[0], DB_FROM_FRONTEND, """
@@ -120,3 +121,24 @@ def test_a_flood_of_denied_packets_costs_little_and_hides_no_other_record(
     # The kernel's limit per rule: its burst and a rate's worth per second, not 100,000.
     assert 0 < len(flood_records) <= 50 + 20 * (wall + 1)
     assert cpu < 0.2 * wall, f"flow log reader: {cpu:.3f} s of CPU in {wall:.1f} s"
+
+
+def test_allowed_connections_are_logged_when_the_operator_turns_it_on(
+        lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
+    m = PolicyManager(lab.backend, lab.nodes["n1"], "n1", log_allowed=True)
+    lab.managers["n1"] = m  # the fixture cleans it up
+    path = tmp_path / "flows.jsonl"
+    logger = FlowLogger("n1", lab.nodes["n1"], path,
+                        Enricher(lambda: m.state, lambda: m.ruleset))
+    logger.start()
+    try:
+        lab.apply(load(POLICIES))
+        # An allowed connection with data both ways: logged once, its packets after the
+        # first and the replies not at all.
+        assert lab.run([("frontend", "db", "tcp", 6379, True)]) == []
+        allowed = [r for r in read_flows(path, capsys) if r["verdict"] == "allow"]
+        assert allowed and allowed[0]["policy"] == "db-from-frontend"
+        assert allowed[0]["src"]["pod"] == "frontend" and allowed[0]["rule"] == "0"
+        assert len(allowed) < 3
+    finally:
+        logger.stop()
