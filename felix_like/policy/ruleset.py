@@ -88,13 +88,14 @@ from felix_like.policy.program import (
 from felix_like.policy.selection import (
     Net,
     PolicyInputs,
-    entity_selector_matches,
     ep_namespace,
+    filler_matches,
+    fixed_elements,
     gnp_order_key,
     gnp_selects,
     inputs_from_state,
     ipblock_nets,
-    k8s_peer_matches,
+    member_elements,
     normalize_nets,
     np_selects,
 )
@@ -504,44 +505,6 @@ def endpoint_chains(key: str, wep: model.WorkloadEndpoint,
         key=key, iface=iface, namespace=ep_namespace(wep), pod=wep.spec.pod,
         addresses=tuple(str(n) for n in wep.spec.ip_networks),
         ingress_policies=names["in"], egress_policies=names["out"])
-
-
-def _ep_ips(wep: model.WorkloadEndpoint, version: int) -> list[str]:
-    out: list[str] = []
-    for n in wep.spec.ip_networks:
-        if n.version == version:
-            # A pod normally has /32s; a wider network counts as all its addresses.
-            out.append(str(n.network_address) if n.num_addresses == 1 else str(n))
-    return out
-
-
-def fixed_elements(filler: tuple[Any, ...]) -> tuple[str, ...]:
-    """Elements of a ``nets`` set (they depend on no endpoint)."""
-    return tuple(str(n) for n in filler[1]) if filler[0] == "nets" else ()
-
-
-def filler_matches(inputs: PolicyInputs, filler: tuple[Any, ...],
-                   wep: model.WorkloadEndpoint) -> bool:
-    """Whether ``wep`` contributes to the sets filled by ``filler`` (selector or port sets;
-    never for ``nets``). ``inputs`` is only read for namespace labels."""
-    kind = filler[0]
-    if kind == "k8s":
-        return k8s_peer_matches(inputs, filler[1], filler[2], wep)
-    if kind == "calico":
-        return entity_selector_matches(inputs, filler[1], filler[2], wep)
-    if kind == "port":
-        return any(p.name == filler[1] for p in wep.spec.ports)
-    return False
-
-
-def member_elements(filler: tuple[Any, ...], version: int,
-                    wep: model.WorkloadEndpoint) -> tuple[Any, ...]:
-    """What a matching ``wep`` puts into the ``version`` set of ``filler``: its addresses
-    (a selector set) or its ``(address, protocol, port)`` of that port name."""
-    if filler[0] == "port":
-        return tuple((a, PROTOCOLS[p.protocol], p.port) for p in wep.spec.ports
-                     if p.name == filler[1] for a in _ep_ips(wep, version))
-    return tuple(str(n) for n in wep.spec.ip_networks if n.version == version)
 
 
 def _anti_spoof(wep: model.WorkloadEndpoint) -> list[Rule]:

@@ -18,6 +18,7 @@ from typing import Any
 from datastore import keys, model
 from datastore.calico_selector import Selector
 from datastore.labelselector import LabelSelector
+from felix_like.policy.program import PROTOCOLS
 
 NAMESPACE_LABEL = "projectcalico.org/namespace"
 
@@ -163,3 +164,44 @@ def normalize_nets(nets: Iterable[Net]) -> tuple[Net, ...]:
             else:
                 out.append(n)
     return tuple(out)
+
+
+# --- set members: who contributes what to a selector or named-port set -------------------
+
+
+def _ep_ips(wep: model.WorkloadEndpoint, version: int) -> list[str]:
+    out: list[str] = []
+    for n in wep.spec.ip_networks:
+        if n.version == version:
+            # A pod normally has /32s; a wider network counts as all its addresses.
+            out.append(str(n.network_address) if n.num_addresses == 1 else str(n))
+    return out
+
+
+def fixed_elements(filler: tuple[Any, ...]) -> tuple[str, ...]:
+    """Elements of a ``nets`` set (they depend on no endpoint)."""
+    return tuple(str(n) for n in filler[1]) if filler[0] == "nets" else ()
+
+
+def filler_matches(inputs: PolicyInputs, filler: tuple[Any, ...],
+                   wep: model.WorkloadEndpoint) -> bool:
+    """Whether ``wep`` contributes to the sets filled by ``filler`` (selector or port sets;
+    never for ``nets``). ``inputs`` is only read for namespace labels."""
+    kind = filler[0]
+    if kind == "k8s":
+        return k8s_peer_matches(inputs, filler[1], filler[2], wep)
+    if kind == "calico":
+        return entity_selector_matches(inputs, filler[1], filler[2], wep)
+    if kind == "port":
+        return any(p.name == filler[1] for p in wep.spec.ports)
+    return False
+
+
+def member_elements(filler: tuple[Any, ...], version: int,
+                    wep: model.WorkloadEndpoint) -> tuple[Any, ...]:
+    """What a matching ``wep`` puts into the ``version`` set of ``filler``: its addresses
+    (a selector set) or its ``(address, protocol, port)`` of that port name."""
+    if filler[0] == "port":
+        return tuple((a, PROTOCOLS[p.protocol], p.port) for p in wep.spec.ports
+                     if p.name == filler[1] for a in _ep_ips(wep, version))
+    return tuple(str(n) for n in wep.spec.ip_networks if n.version == version)
