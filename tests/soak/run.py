@@ -55,6 +55,7 @@ FAULTS = ("agent_kill9", "agent_restart", "exabgp_kill9", "bird_restart", "link_
           "etcd_member_kill", "etcd_leader_kill", "etcd_outage", "etcd_partition",
           "cni_add_killed")
 MIN_PODS, MAX_PODS = 10, 40
+MEMORY_RUN = 300.0  # RSS growth is judged in runs this long or longer
 
 
 @dataclass
@@ -504,13 +505,17 @@ class Soak:
                     self.rss.setdefault((f"{what} {node}", pid), []).append(kib)
 
     def check_memory(self) -> list[str]:
+        """RSS growth under 10 % per process, from the first settle after churn began to
+        the last, for processes seen at three settles or more; judged only in runs of
+        `MEMORY_RUN` seconds or more (a short run's agents are still warming up: their
+        growth is reported, not judged)."""
         out = []
         for (what, pid), series in self.rss.items():
             if len(series) >= 3:
                 base = series[1]  # the first settle after churn began
                 growth = (series[-1] - base) / base
                 self.event(f"RSS {what} pid {pid}: {series} KiB ({growth:+.1%})")
-                if growth > 0.10:
+                if growth > 0.10 and self.seconds >= MEMORY_RUN:
                     out.append(f"RSS of {what} (pid {pid}) grew {growth:.1%}: {series} KiB")
         return out
 
@@ -650,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             print(f"soak: teardown left {problems}", flush=True)
         shutil.rmtree(home, ignore_errors=True)
-        if not soak.violations:
+        if not soak.violations and not args.dump:  # a directory we made, left empty
             shutil.rmtree(dump_dir, ignore_errors=True)
 
 
