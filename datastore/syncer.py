@@ -480,6 +480,8 @@ class Syncer(Generic[T]):
                     yield ev
                 for ev in batch:
                     yield ev
+                batch = []
+                release_free_heap()  # again, once the consumer has taken every event
                 need_snapshot = False
                 failures = 0
                 self._schedule_resync()
