@@ -5,6 +5,7 @@ One JSON request per stdin line, one JSON reply per stdout line:
 * ``{"op": "dump", "prefix": P}`` -> ``{"ok": true, "kvs": {key: [value, mod_revision]}}``
 * ``{"op": "put", "key": K, "value": V}``, ``{"op": "delete", "key": K}``
 * ``{"op": "cas", "key": K, "value": V, "mod": R}`` (replace only if unchanged since R)
+* ``{"op": "delete_prefix", "prefix": P}``
 
 Every request is bounded (4 s); a failure is ``{"error": "..."}``, never a traceback:
 etcd being down is what the soak does to it.
@@ -31,6 +32,9 @@ async def _one(ds: Datastore, req: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True}
     if op == "delete":
         await ds.delete(str(req["key"]))
+        return {"ok": True}
+    if op == "delete_prefix":
+        await ds.delete_prefix(str(req["prefix"]))
         return {"ok": True}
     if op == "cas":
         await ds.update(str(req["key"]), str(req["value"]).encode(), int(req["mod"]))

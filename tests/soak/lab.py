@@ -43,6 +43,7 @@ POOLS = {"pa": "10.244.0.0/17", "pb": "10.244.128.0/17"}
 BACKENDS = {"node1": "nftables", "node2": "iptables", "node3": "nftables",
             "node4": "iptables"}
 NAMESPACES = {"sa": {"team": "a"}, "sb": {"team": "b"}}
+ETCD_QUOTA = 48 * 1024 * 1024  # small, so the soak can fill it ("disk full")
 
 
 def _quiet(_: str) -> None:
@@ -69,7 +70,8 @@ class Member:
                 "--initial-advertise-peer-urls", f"http://{self.ip}:2380",
                 "--initial-cluster", self.cluster, "--initial-cluster-state", "new",
                 "--initial-cluster-token", "soak", "--heartbeat-interval", "100",
-                "--election-timeout", "1000", "--log-level", "warn"]
+                "--election-timeout", "1000", "--log-level", "warn",
+                "--quota-backend-bytes", str(ETCD_QUOTA)]
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.alive()
@@ -127,6 +129,12 @@ class SoakLab:
         if m.proc is not None and m.proc.alive():
             runner._kill_group(m.proc.pid, signal.SIGKILL)
             _wait_dead(m.proc)
+
+    def etcdctl(self, *args: str, endpoints: str | None = None) -> str:
+        p = runner.sh(*runner.in_netns(self.st.mgmt_netns, "etcdctl", "--endpoints",
+                                       endpoints or self.endpoints, "--command-timeout",
+                                       "20s", *args), check=False, timeout=60)
+        return (p.stdout + p.stderr).strip()
 
     def member_port(self, m: Member) -> str:
         """The member's port on the management bridge (down: the member is cut off)."""

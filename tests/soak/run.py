@@ -53,7 +53,8 @@ from .prober import Prober
 CONVERGE = 30.0  # N: every invariant holds within this many seconds of a settle start
 FAULTS = ("agent_kill9", "agent_restart", "exabgp_kill9", "bird_restart", "link_flap",
           "etcd_member_kill", "etcd_leader_kill", "etcd_outage", "etcd_partition",
-          "cni_add_killed")
+          "etcd_quota", "cni_add_killed")
+JUNK = f"{PREFIX}soak/junk/"  # where etcd_quota fills the cluster (no agent watches it)
 MIN_PODS, MAX_PODS = 10, 40
 MEMORY_RUN = 300.0  # RSS growth is judged in runs this long or longer
 
@@ -383,6 +384,12 @@ class Soak:
                 lab.kill_member(m)
                 start({f"etcd:{m.name}"}, rng.uniform(2, 8),
                       lambda m=m: lab.start_member(m), f"kill -9 etcd {m.name}")
+        elif kind == "etcd_quota":
+            if any(t.startswith("etcd:") for t in busy):
+                return
+            what = self.fill_etcd()
+            start({"etcd:*"} | {f"etcd:{m.name}" for m in members}, rng.uniform(3, 8),
+                  self.free_etcd, what)
         elif kind == "etcd_outage":
             if any(t.startswith("etcd:") for t in busy):
                 return
@@ -394,6 +401,32 @@ class Soak:
                     lab.start_member(m)
             start({"etcd:*"} | {f"etcd:{m.name}" for m in members}, rng.uniform(5, 15),
                   heal, "every etcd member killed")
+
+    def fill_etcd(self) -> str:
+        """Disk full: write 1 MB values until etcd refuses them (its NOSPACE alarm)."""
+        assert self.lab.etcd is not None
+        blob = "x" * 1_000_000
+        for i in range(120):
+            res = self.lab.etcd.call("put", key=f"{JUNK}{i}", value=blob, timeout=20)
+            if not res.get("ok"):
+                return f"etcd filled to its quota after {i} MB ({res.get('error', '')[:80]})"
+        return "etcd filled with 120 MB without reaching its quota"
+
+    def free_etcd(self) -> None:
+        """The operator's recovery: delete, compact, defragment every member, disarm."""
+        assert self.lab.etcd is not None
+        res = self.lab.etcd.call("delete_prefix", prefix=JUNK, timeout=30)
+        status = self.lab.etcdctl("endpoint", "status", "-w", "json")
+        rev = 0
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            rev = max(int(r["Status"]["header"]["revision"]) for r in json.loads(status))
+        out = [f"delete: {res.get('ok') or res.get('error')}"]
+        if rev:
+            out.append(self.lab.etcdctl("compact", str(rev), "--physical"))
+        for m in self.lab.members:
+            out.append(self.lab.etcdctl("defrag", endpoints=m.endpoint))
+        out.append(self.lab.etcdctl("alarm", "disarm"))
+        self.event("etcd freed: " + " | ".join(o.replace("\n", " ")[:120] for o in out))
 
     def heal_due(self, force: bool = False) -> None:
         now = time.monotonic()
