@@ -8,6 +8,7 @@ one CIDR stays one path segment (``10.244.0.0/26`` -> ``10.244.0.0-26``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 PREFIX = "/l3fabric/v1/"
@@ -167,6 +168,9 @@ _KINDS_BY_PREFIX: tuple[tuple[str, str, int], ...] = (
 )
 
 
+# Cached: decoding a value parses its key twice (is it read at all, then which kind it
+# must hold), once each for the ~50,000 keys of a 1,000-node snapshot. ParsedKey is frozen.
+@functools.lru_cache(maxsize=256)
 def parse(key: str) -> ParsedKey | None:
     """Which resource a key names, or None for keys we do not model (ipam internals)."""
     try:
