@@ -26,6 +26,11 @@ a local endpoint whose host veth is gone (stale) — logged once, counted in
 ``l3fabric_endpoints_without_interface``, listed in NodeStatus, its route programmed when
 the interface appears; readiness is not held back by it. Until ready, ``/readyz`` names the
 start-up step it waits for and that step's last error (`felix_like.metrics.Readiness`).
+
+A little over 600 lines, kept whole: the `Agent` is one thing, the wiring of the parts
+above and the tasks that run them. Each part's logic lives in its own module
+(`kernel_events`, `node_status`, `routes`, `policy.manager`, `bgp.controller`, the CNI
+handler); what is left here is which event reaches which part, in which order.
 """
 
 from __future__ import annotations
@@ -46,7 +51,6 @@ from bgp.controller import BgpController
 from cni.protocol import ERR_TRY_AGAIN_LATER, CniError, error_json, requested_version
 from datastore import keys, model
 from datastore.client import (
-    ConflictError,
     Datastore,
     DatastoreError,
     EtcdConfig,
@@ -73,7 +77,7 @@ from felix_like.kernel_events import (
 )
 from felix_like.metrics import HealthServer, Metrics
 from felix_like.netlink import Rtnl, open_iproute
-from felix_like.node_status import keep_node_status
+from felix_like.node_status import keep_node_status, register_node
 from felix_like.policy.flowlog import FlowLogger, start_flow_log
 from felix_like.policy.flowlog import tail as flowlog_tail
 from felix_like.policy.manager import PolicyManager
@@ -464,26 +468,8 @@ class Agent:
         return await asyncio.get_running_loop().run_in_executor(self._netlink, fn)
 
     async def register_node(self) -> None:
-        """Create ``nodes/<node>`` if absent; an existing Node is left as the operator wrote it."""
-        key = keys.node(self.node)
-        if await self.ds.get(key) is not None:
-            return
-        ip = self.cfg.node_ip or await self._in_netlink(lambda: detect_node_ip(self.ipr))
-        if ip is None:
-            raise RuntimeError(
-                f"node {self.node} is not registered and no address was found: pass --node-ip")
-        bgp = {"ipv4Address": ip}
-        if self.cfg.node_ip6:
-            bgp["ipv6Address"] = self.cfg.node_ip6
-        node = model.parse_document({
-            "apiVersion": model.API_VERSION, "kind": "Node",
-            "metadata": {"name": self.node},
-            "spec": {"bgp": bgp},
-        })
-        with contextlib.suppress(ConflictError):  # someone registered it meanwhile
-            await self.ds.create(key, model.encode(node))
-            log.info("registered node %s with address %s", self.node,
-                     " and ".join(bgp.values()))
+        await register_node(self.ds, self.node, self.cfg.node_ip, self.cfg.node_ip6,
+                            lambda: self._in_netlink(lambda: detect_node_ip(self.ipr)))
 
     def metrics_url(self) -> str:
         """Where the metrics are served, as another host reaches them (an address bound

@@ -1,6 +1,8 @@
-"""The node's NodeStatus in etcd: written when it changes, kept alive by its lease.
+"""The node's own records in etcd: its Node registration, and its NodeStatus written when it
+changes and kept alive by its lease.
 
-Owns the one key ``status/<node>`` of the agent's node and the lease it is written under.
+Owns the one key ``status/<node>`` of the agent's node and the lease it is written under,
+and the creation of ``nodes/<node>`` when the operator has not written it.
 ``updated`` in the document is the time of the last change, not of the last keep-alive:
 every node watching ``status/`` would otherwise see each node's rewrite every interval.
 A dead agent's lease expires after ``ttl`` seconds and its NodeStatus with it; a restart
@@ -14,12 +16,37 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from datastore.client import Datastore, DatastoreError, NotFoundError
+from datastore import keys, model
+from datastore.client import ConflictError, Datastore, DatastoreError, NotFoundError
 
 log = logging.getLogger(__name__)
+
+
+async def register_node(ds: Datastore, node: str, node_ip: str | None, node_ip6: str | None,
+                        detect_ip: Callable[[], Awaitable[str | None]]) -> None:
+    """Create ``nodes/<node>`` if absent, with ``node_ip`` or else the address ``detect_ip``
+    finds; an existing Node is left as the operator wrote it."""
+    key = keys.node(node)
+    if await ds.get(key) is not None:
+        return
+    ip = node_ip or await detect_ip()
+    if ip is None:
+        raise RuntimeError(
+            f"node {node} is not registered and no address was found: pass --node-ip")
+    bgp = {"ipv4Address": ip}
+    if node_ip6:
+        bgp["ipv6Address"] = node_ip6
+    document = model.parse_document({
+        "apiVersion": model.API_VERSION, "kind": "Node",
+        "metadata": {"name": node},
+        "spec": {"bgp": bgp},
+    })
+    with contextlib.suppress(ConflictError):  # someone registered it meanwhile
+        await ds.create(key, model.encode(document))
+        log.info("registered node %s with address %s", node, " and ".join(bgp.values()))
 
 
 async def keep_node_status(ds: Datastore, key: str, build: Callable[[], dict[str, Any]],
