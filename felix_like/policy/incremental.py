@@ -14,7 +14,8 @@ Owned here: a cache of the last calculation and the indexes that make a change c
   into which set). Sets filled from the same selector (one per IP family) form a group;
   an endpoint change evaluates each group once against the old and the new endpoint:
   O(distinct selectors) per pod add, never O(policies x endpoints). A set that comes into
-  use is filled once, evaluating each (namespace, labels) group of endpoints once.
+  use is filled once: a NetworkPolicy peer's set from the endpoints of the namespaces it
+  can select, any other set by evaluating each (namespace, labels) group of endpoints once.
 * **Endpoint chains** of a local endpoint depend on the policies selecting it; each local
   endpoint keeps the keys of the policies selecting it. A policy change re-evaluates only
   the local endpoints of its namespace (a GlobalNetworkPolicy: every local endpoint), and
@@ -447,7 +448,8 @@ class IncrementalCalculation:
         self._dirty_sets.add(name)
 
     def _fill(self, name: str, s: _Set) -> None:
-        """A set came into use: fill it from every endpoint (one evaluation per group)."""
+        """A set came into use: fill it from its candidates (`_candidates`), else from
+        every endpoint (one evaluation per group)."""
         s.filled = True
         self._dirty_sets.add(name)
         if s.filler[0] == "nets":
