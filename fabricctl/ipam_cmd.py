@@ -22,9 +22,9 @@ from fabricctl.output import add_output_flag, dump, table
 from ipam.allocator import IpamClient
 from ipam.check import DEFAULT_CLAIM_GRACE, DEFAULT_LEAK_GRACE, FixResult, check
 from ipam.inputs import EtcdInputs
-from ipam.model import IpamError
 from ipam.report import address_holder, utilisation
 from ipam.snapshot import load_snapshot
+from ipam.values import IpamError
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

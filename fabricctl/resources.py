@@ -341,7 +341,7 @@ async def _delete_one(ds: Datastore, cls: type[model.Resource], name: str,
         return removal.node_existed
     if cls.kind == "IPPool":
         from ipam.allocator import delete_pool  # refuses while the pool has allocations
-        from ipam.model import IpamError
+        from ipam.values import IpamError
 
         if await ds.get(keys.ippool(name)) is None:
             return False

@@ -91,7 +91,7 @@ from felix_like.routes import (
 )
 from felix_like.sdnotify import SystemdNotifier, keep_alive
 from felix_like.state import ClusterState, decode_value
-from ipam.model import IpamInputs
+from ipam.values import IpamInputs
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from datastore import model
 from felix_like.routes import Route, render_routes
 from felix_like.state import ClusterState
 from ipam.inputs import pool_spec
-from ipam.model import IpamConfig, IpamInputs
+from ipam.values import IpamConfig, IpamInputs
 
 
 def endpoint_addresses(weps: Iterable[model.WorkloadEndpoint]) -> list[tuple[str, str]]:

@@ -17,7 +17,7 @@ from cni.protocol import CniError, CniRequest
 from datastore import model as m
 from datastore.client import DatastoreError, UnavailableError
 from felix_like import plumbing
-from ipam.model import (
+from ipam.values import (
     AddressInUseError,
     AddressNotInPoolError,
     AddressReservedError,

@@ -27,7 +27,7 @@ from felix_like.cni_delegate import exec_ipam_quiet
 from felix_like.cni_ipam import CniIpam
 from felix_like.workloads import WorkloadStore
 from ipam.block import Block, BlockFormatError
-from ipam.model import HandleRecord
+from ipam.values import HandleRecord
 
 
 @dataclass

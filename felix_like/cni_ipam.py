@@ -32,7 +32,7 @@ from felix_like.cni_base import (
 from felix_like.cni_delegate import exec_ipam, exec_ipam_quiet
 from ipam.allocator import IpamClient
 from ipam.block import Block, BlockFormatError, affinity_of, block_count, reserved_ordinals
-from ipam.model import HandleRecord, IpamError, IpamInputs, PoolSpec
+from ipam.values import HandleRecord, IpamError, IpamInputs, PoolSpec
 
 
 @dataclass(frozen=True)

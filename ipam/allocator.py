@@ -50,7 +50,9 @@ from ipam.blockcache import BlockCache
 from ipam.claims import BlockClaims, overlaps_existing
 from ipam.counted import CountedStore, IpamStats
 from ipam.inputs import EtcdInputs, InputsProvider
-from ipam.model import (
+from ipam.planner import BlockPlanner, Plan
+from ipam.teardown import NodeRelease, delete_pool, finish_block_release, release_node
+from ipam.values import (
     AddressInUseError,
     AddressNotInPoolError,
     AddressReservedError,
@@ -66,8 +68,6 @@ from ipam.model import (
     PoolSpec,
     pools_text,
 )
-from ipam.planner import BlockPlanner, Plan
-from ipam.teardown import NodeRelease, delete_pool, finish_block_release, release_node
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import logging
 
 from datastore.kv import KV
 from ipam.block import Block, BlockFormatError, affinity_of, reserved_ordinals
-from ipam.model import IpamInputs
+from ipam.values import IpamInputs
 
 log = logging.getLogger(__name__)
 

@@ -47,8 +47,8 @@ from datastore.client import KV, Compare, Datastore, Delete, Op, Put
 from ipam.affinity import CONFIRMED, PENDING, PENDING_DELETION, affinity_value
 from ipam.allocator import finish_block_release
 from ipam.block import Block, BlockFormatError, affinity_of
-from ipam.model import HandleEntry, HandleRecord
 from ipam.snapshot import Snapshot, load_snapshot
+from ipam.values import HandleEntry, HandleRecord
 
 log = logging.getLogger(__name__)
 

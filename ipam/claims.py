@@ -34,8 +34,8 @@ from ipam.affinity import CONFIRMED, PENDING, PENDING_DELETION, affinity_value, 
 from ipam.block import Block, BlockFormatError, block_count, iter_block_cidrs
 from ipam.blockcache import BlockCache
 from ipam.counted import CountedStore, IpamStats, in_background
-from ipam.model import IpamInputs, PoolSpec, pools_text
 from ipam.planner import BlockPlanner, Plan
+from ipam.values import IpamInputs, PoolSpec, pools_text
 
 log = logging.getLogger(__name__)
 

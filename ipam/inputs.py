@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from datastore import keys, model
-from ipam.model import IpamConfig, IpamInputs, NodeSelector, PoolSpec, select_all
+from ipam.values import IpamConfig, IpamInputs, NodeSelector, PoolSpec, select_all
 
 log = logging.getLogger(__name__)
 

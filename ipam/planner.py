@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datastore.kv import KV
 from ipam.block import AllocationAttrs, Block
 from ipam.blockcache import BlockCache
-from ipam.model import HandleEntry, IpamInputs
+from ipam.values import HandleEntry, IpamInputs
 
 
 @dataclass

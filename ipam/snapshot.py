@@ -18,7 +18,7 @@ from datastore.client import KV, Datastore
 from ipam.affinity import AffinityState, parse_affinity
 from ipam.block import Block, BlockFormatError
 from ipam.inputs import pool_spec
-from ipam.model import HandleRecord, PoolSpec
+from ipam.values import HandleRecord, PoolSpec
 
 log = logging.getLogger(__name__)
 

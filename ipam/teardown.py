@@ -19,7 +19,7 @@ from ipam import crashpoints
 from ipam.affinity import PENDING_DELETION, affinity_value
 from ipam.block import Block, BlockFormatError, affinity_of
 from ipam.inputs import load_pools
-from ipam.model import IpamConflictError, IpamError, PoolInUseError
+from ipam.values import IpamConflictError, IpamError, PoolInUseError
 
 
 @dataclass(frozen=True)

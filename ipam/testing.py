@@ -72,7 +72,7 @@ def churn_worker(endpoints: str, node: str, worker: int, count: int, release_eve
 
     from datastore.client import EtcdConfig
     from ipam.allocator import IpamClient
-    from ipam.model import IpamError
+    from ipam.values import IpamError
 
     async def run() -> dict[str, Any]:
         rng = random.Random(seed * 1000 + worker)

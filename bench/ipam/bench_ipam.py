@@ -45,8 +45,8 @@ from datastore import keys
 from datastore.client import Compare, Datastore, EtcdConfig, Get, Put
 from datastore.embedded import EmbeddedEtcd
 from ipam.block import Block
-from ipam.model import HandleEntry, HandleRecord
 from ipam.testing import churn_worker, put_nodes, put_pool
+from ipam.values import HandleEntry, HandleRecord
 
 BASELINE = ("raw CAS = txn(compare mod_revision == last, put a ~4-byte value), one key per "
             "process, no read before it; same client as the allocator")

@@ -6,7 +6,7 @@
 
 The cluster is etcd values only, written in bulk (100 puts per transaction, 16 in flight)
 into a private etcd (`EmbeddedEtcd`, loopback and its unix socket), every value built by
-the model's encoders (`datastore.model`, `ipam.block.Block`, `ipam.model.HandleRecord`,
+the model's encoders (`datastore.model`, `ipam.block.Block`, `ipam.values.HandleRecord`,
 `ipam.affinity`), so the agent reads what real nodes write: ``--nodes`` - 1 other Nodes
 with their NodeStatus, ``--pods-per-node`` WorkloadEndpoints each (labels ``app``, ``role``
 spread over ``--namespaces`` Namespaces), their IPAM blocks, affinities and handles in one
@@ -70,7 +70,7 @@ from datastore.embedded import EmbeddedEtcd
 from felix_like.netlink import run_in_netns
 from ipam.affinity import CONFIRMED, affinity_value
 from ipam.block import AllocationAttrs, Block, affinity_of
-from ipam.model import HandleEntry, HandleRecord
+from ipam.values import HandleEntry, HandleRecord
 
 POOL = ipaddress.IPv4Network("10.128.0.0/10")
 BLOCK: int = 26

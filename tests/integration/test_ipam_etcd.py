@@ -16,9 +16,9 @@ from datastore.embedded import EmbeddedEtcd
 from ipam import crashpoints
 from ipam.allocator import IpamClient
 from ipam.check import check
-from ipam.model import PoolExhaustedError
 from ipam.snapshot import load_snapshot
 from ipam.testing import churn_worker, put_ipam_config, put_nodes, put_pool
+from ipam.values import PoolExhaustedError
 
 
 @pytest.fixture

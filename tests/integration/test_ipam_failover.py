@@ -9,9 +9,9 @@ from collections import Counter
 from datastore.client import Datastore, EtcdConfig
 from ipam.allocator import IpamClient
 from ipam.check import check
-from ipam.model import IpamError
 from ipam.snapshot import load_snapshot
 from ipam.testing import put_nodes, put_pool
+from ipam.values import IpamError
 from tests.helpers.etcd_cluster import etcd_cluster
 
 TOTAL = 1000

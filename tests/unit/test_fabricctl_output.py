@@ -19,9 +19,9 @@ from datastore.schema import encode_version
 from fabricctl import cli, resources, version_cmd
 from fabricctl.version_cmd import Cluster, skew_warnings
 from ipam.block import AllocationAttrs, Block, affinity_of
-from ipam.model import HandleEntry, HandleRecord
 from ipam.report import address_holder
 from ipam.snapshot import build_snapshot
+from ipam.values import HandleEntry, HandleRecord
 
 NODES = [
     {"apiVersion": "l3fabric.io/v1", "kind": "Node",

@@ -16,7 +16,8 @@ from ipam import crashpoints
 from ipam.allocator import IpamClient, delete_pool, release_node
 from ipam.check import check
 from ipam.inputs import load_inputs, static_inputs
-from ipam.model import (
+from ipam.testing import put_ipam_config, put_nodes, put_pool, put_reservation
+from ipam.values import (
     AddressInUseError,
     AddressNotInPoolError,
     AddressReservedError,
@@ -24,7 +25,6 @@ from ipam.model import (
     PoolExhaustedError,
     PoolInUseError,
 )
-from ipam.testing import put_ipam_config, put_nodes, put_pool, put_reservation
 
 
 async def setup(ds: Datastore, cidr: str = "10.0.0.0/28", size: int = 30,
