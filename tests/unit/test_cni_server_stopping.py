@@ -13,6 +13,19 @@ from cni import shim
 from felix_like.cni_server import CniServer
 
 
+async def _send(path: str, command: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """One shim request, written and half-closed, as the shim sends it."""
+    reader, writer = await asyncio.open_unix_connection(path)
+    writer.write(shim.encode_message({"plugin": "l3fabric", "env": {"CNI_COMMAND": command},
+                                      "stdin": "{}"}))
+    writer.write_eof()
+    return reader, writer
+
+
+def _tracebacks_and_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
 async def test_a_request_cancelled_by_the_shutdown_logs_no_traceback(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The etcd client raises CancelledError in a request it is closed under (the agent
@@ -27,17 +40,13 @@ async def test_a_request_cancelled_by_the_shutdown_logs_no_traceback(
     server = CniServer(str(tmp_path / "s.sock"), interrupted)
     await server.start()
     try:
-        reader, writer = await asyncio.open_unix_connection(server.path)
-        writer.write(shim.encode_message({"plugin": "l3fabric", "env": {"CNI_COMMAND": "DEL"},
-                                          "stdin": "{}"}))
-        writer.write_eof()
+        reader, writer = await _send(server.path, "DEL")
         assert await reader.read() == b""
         writer.close()
         await asyncio.sleep(0.05)  # asyncio's done-callback of the connection task runs
     finally:
         await server.stop()
-    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
-    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert _tracebacks_and_errors(caplog) == []
 
 
 async def test_an_answer_to_a_caller_that_hung_up_logs_no_traceback(
@@ -55,14 +64,10 @@ async def test_an_answer_to_a_caller_that_hung_up_logs_no_traceback(
     server = CniServer(str(tmp_path / "s.sock"), slow)
     await server.start()
     try:
-        _, writer = await asyncio.open_unix_connection(server.path)
-        writer.write(shim.encode_message({"plugin": "l3fabric", "env": {"CNI_COMMAND": "ADD"},
-                                          "stdin": "{}"}))
-        writer.write_eof()
+        _, writer = await _send(server.path, "ADD")
         writer.close()  # the shim is killed: nobody reads the answer
         await asyncio.wait_for(answered.wait(), 5)
         await asyncio.sleep(0.1)
     finally:
         await server.stop()
-    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
-    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert _tracebacks_and_errors(caplog) == []
