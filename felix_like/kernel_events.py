@@ -211,7 +211,7 @@ class KernelChanges:
     addresses: bool = False  # an IPv4 address was added or removed
     deleted: set[str] = field(default_factory=set)  # our protocols' dsts gone from main
     appeared: set[str] = field(default_factory=set)  # pod veths that exist now
-    vanished: set[str] = field(default_factory=set)  # pod veths deleted
+    vanished: set[str] = field(default_factory=set)  # pod veths deleted (maybe made again)
     everything: bool = False  # notifications were lost: read and retry everything
 
 
@@ -226,9 +226,17 @@ def kernel_changes(batch: Sequence[MonitorEvent], links: dict[int, int]) -> Kern
             before = links.pop(ev.index, None)
             if not ev.deleted:
                 links[ev.index] = ev.usable
-            if ev.name.startswith(HOST_IF_PREFIX):  # the last word on a veth counts
-                (out.vanished if ev.deleted else out.appeared).add(ev.name)
-                (out.appeared if ev.deleted else out.vanished).discard(ev.name)
+            if ev.name.startswith(HOST_IF_PREFIX):
+                # A deleted veth took its routes with it, even when a veth of the same
+                # name is made again in the same burst (a runtime's retried ADD replacing
+                # the pod): it stays "vanished", so the record of its routes is dropped
+                # and the apply adds them through the new one. Only a veth that exists
+                # at the end of the burst has "appeared".
+                if ev.deleted:
+                    out.vanished.add(ev.name)
+                    out.appeared.discard(ev.name)
+                else:
+                    out.appeared.add(ev.name)
             elif ev.usable & ~(before or 0) and ev.name not in out.came_up:
                 out.came_up.append(ev.name)
         elif (isinstance(ev, RouteDeleted) and ev.proto in OWNED_PROTOS

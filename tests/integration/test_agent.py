@@ -150,6 +150,26 @@ def test_pods_added_in_parallel_get_their_route_once(node: Node,
     assert all(any(r.startswith(f"{ip} dev fab") for r in rs) for ip in ips), rs
 
 
+def test_a_pod_veth_replaced_under_its_name_gets_its_route_back(
+        node: Node, netns: Callable[[str], str]) -> None:
+    """A runtime's retried ADD can replace a pod's veth by one of the same name: the
+    kernel drops the pod's /32 with the old veth, for IPv4 without a notification. The
+    agent sees the deletion among the link notifications, even when the new veth follows
+    in the same burst, and puts the route back through the new veth at once, not at its
+    periodic resync a minute later. (The chaos soak found the route missing.)"""
+    pod = netns("pod")
+    ip = cni(node, "ADD", "c1", pod, "web")["ips"][0]["address"].split("/")[0]
+    dev = next(r.split()[2] for r in routes(node.ns) if r.startswith(f"{ip} dev fab"))
+    subprocess.run(["ip", "-n", node.ns, "-batch", "-"], check=True, text=True, timeout=10,
+                   input=f"link del {dev}\nlink add {dev} type veth peer name tmp-{dev[3:9]}\n"
+                         f"link set {dev} up\n")
+    deadline = time.monotonic() + 15  # well under the agent's periodic resync (60 s)
+    while not any(r.startswith(f"{ip} dev {dev}") for r in routes(node.ns)):
+        assert time.monotonic() < deadline, (
+            f"{ip}'s route did not come back through the new {dev}: {routes(node.ns)}")
+        time.sleep(0.1)
+
+
 def test_the_agents_ipam_keeps_reservations_and_ipam_config(
         netns: Callable[[str], str], etcd: EmbeddedEtcd, tmp_path: Path) -> None:
     """The agent allocates from its mirror of etcd: IPReservations and the IPAMConfig

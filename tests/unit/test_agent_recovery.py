@@ -64,13 +64,17 @@ def test_kernel_changes_a_link_coming_up_routes_deleted_and_veths_coming_and_goi
     assert kernel_changes([LinkChange(2, up1, IFF_UP)], links).came_up == [up1]
     assert kernel_changes([LinkChange(2, up1, IFF_UP | IFF_LOWER_UP)], links).came_up == [up1]
     assert kernel_changes([LinkChange(2, up1, IFF_UP | IFF_LOWER_UP)], links).came_up == []
-    # Pod veths come and go: not a reason to read every route again; the last word counts.
+    # Pod veths come and go: not a reason to read every route again. A veth deleted in
+    # the burst has vanished, with its routes, even if one of its name is made again
+    # (a retried ADD replacing the pod's veth); it has appeared if it exists at the end.
     got = kernel_changes([LinkChange(9, "fab123", 0), LinkChange(9, "fab123", IFF_UP),
                            LinkChange(7, "fabold", 0, deleted=True),
-                           LinkChange(8, "fabshort", 0), LinkChange(8, "fabshort", 0, True)],
+                           LinkChange(8, "fabshort", 0), LinkChange(8, "fabshort", 0, True),
+                           LinkChange(10, "fabagain", 0, True), LinkChange(11, "fabagain", 0)],
                           links)
-    assert got == KernelChanges(appeared={"fab123"}, vanished={"fabold", "fabshort"})
-    assert 7 not in links and 8 not in links
+    assert got == KernelChanges(appeared={"fab123", "fabagain"},
+                                vanished={"fabold", "fabshort", "fabagain"})
+    assert 7 not in links and 8 not in links and 10 not in links
     # Only our protocols in the main table; IPv4 addresses only.
     other = [RouteDeleted(socket.AF_INET, "10.0.0.0/24", 2, 254),
              RouteDeleted(socket.AF_INET, "10.244.1.5/32", PROTO_L3FABRIC, 255),
@@ -151,6 +155,26 @@ async def test_an_endpoint_without_its_interface_is_reported_once_and_does_not_b
     await agent._apply_locked()
     assert agent.without_interface == {"workloads/n1/default.a.eth0": "fabok"}
     assert gauge(agent) == 1
+
+
+async def test_a_veth_replaced_under_its_name_gets_its_route_back(tmp_path: Path) -> None:
+    """A runtime's retried ADD replaces a pod's veth by one of the same name: the kernel
+    dropped the route with the old veth, silently for IPv4, and the route manager's record
+    still matches what is desired. The deletion in the burst drops the record, so the
+    apply adds the route through the new veth, not at the next periodic resync."""
+    kernel = FakeKernel(links={"lo": 1, "fabpod": 7})
+    agent = agent_on(kernel, tmp_path, dict([
+        wep("n1", "default", "a", "10.244.0.1/32", "fabpod")]))
+    await agent._apply_locked()
+    assert kernel.forwards("10.244.0.1") == "dev fabpod"
+    del kernel.table["10.244.0.1/32"]  # the old veth went, and its route with it
+    kernel.links["fabpod"] = 8  # a new veth of the same name
+    batch = [LinkChange(7, "fabpod", 0, deleted=True), LinkChange(8, "fabpod", IFF_UP)]
+    await agent._follow_kernel(kernel_changes(batch, {7: IFF_UP}))
+    assert agent._dirty.is_set()
+    await agent._apply_locked()
+    assert kernel.forwards("10.244.0.1") == "dev fabpod"
+    assert agent.without_interface == {}
 
 
 async def test_a_refused_route_holds_readiness_back_and_the_reason_says_which(
