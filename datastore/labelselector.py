@@ -153,16 +153,49 @@ def check_label_value(value: str, path: str) -> None:
 EMPTY_LABELS: FrozenMap[str] = FrozenMap()
 
 
+# Label maps already checked, by their items: a cluster's endpoints repeat a few label
+# sets (one per deployment), so an agent decoding 50,000 of them checks each set once and
+# holds one map per set, not one per endpoint. Bounded: cleared when full.
+_CHECKED: dict[tuple[tuple[Any, Any], ...], FrozenMap[str]] = {}
+_CHECKED_MAX = 4096
+
+
 def check_labels(value: Any, path: str) -> FrozenMap[str]:
-    """A ``{key: value}`` label object, checked entry by entry; None means no labels."""
+    """A ``{key: value}`` label object, checked entry by entry; None means no labels.
+    Equal label objects (same items, same order) give the same map."""
     if value is None:
         return EMPTY_LABELS
     if not isinstance(value, Mapping):
         raise ValidationError(None, path, f"expected an object, got {type_name(value)}")
+    items = tuple(value.items())
+    try:
+        return _CHECKED[items]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable value: not a string, reported below
+        items = ()
+    checked = _check_labels(value, path)
+    if items:
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.clear()
+        _CHECKED[items] = checked
+    return checked
+
+
+# Label keys already checked: a cluster uses few, and a label set seen once per pod (one
+# with a pod-template-hash) still has its keys checked once.
+_GOOD_KEYS: set[str] = set()
+
+
+def _check_labels(value: Mapping[Any, Any], path: str) -> FrozenMap[str]:
     for k, v in value.items():
         if not isinstance(k, str):
             raise ValidationError(None, path, f"expected string keys, got {type_name(k)}")
-        check_label_key(k, f"{path}.{k}")
+        if k not in _GOOD_KEYS:
+            check_label_key(k, f"{path}.{k}")
+            if len(_GOOD_KEYS) >= _CHECKED_MAX:
+                _GOOD_KEYS.clear()
+            _GOOD_KEYS.add(k)
         if not isinstance(v, str):
             raise ValidationError(None, f"{path}.{k}", f"expected a string, got {type_name(v)}")
         check_label_value(v, f"{path}.{k}")

@@ -70,6 +70,9 @@ def decode_value(key: str, value: bytes) -> Any:
     last good one); affinities become `Affinity`; blocks what BGP exports of them; what
     the agent does not consume (see `consumed`) decodes to None and is ignored.
     """
+    wep = model.decode_canonical_endpoint(key, value)  # most keys, in one pass
+    if wep is not None:
+        return wep
     if not consumed(key):
         return None
     rel = keys.relative(key)

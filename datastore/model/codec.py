@@ -187,11 +187,38 @@ def parse_document(obj: Any) -> Resource:
     return cls.from_dict(obj)
 
 
+_WORKLOADS = keys.PREFIX + keys.WORKLOADS
+
+
+def decode_canonical_endpoint(key: str, value: bytes) -> WorkloadEndpoint | None:
+    """The endpoint at ``key`` if its value is in the form the CNI handler writes
+    (`WorkloadEndpoint.from_canonical`), else None: ``decode`` then reads it the general
+    way, and words any error. Every agent decodes every endpoint of the cluster."""
+    if not key.startswith(_WORKLOADS) or len(value) > MAX_VALUE_BYTES:
+        return None
+    node, _, rest = key[len(_WORKLOADS) :].partition("/")
+    namespace, dot, name = rest.partition(".")
+    if not node or not dot or not namespace or "/" in rest:
+        return None
+    try:
+        obj = json.loads(value.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if type(obj) is not dict:
+        return None
+    return WorkloadEndpoint.from_canonical(obj, name, namespace, node)
+
+
 def decode(key: str, value: bytes, revision: int | None = None) -> Resource:
     """Parse and validate the etcd value at ``key``; it must be the kind the key holds and
     name the same resource. A value without ``metadata.name``/``namespace`` takes them from
     the key (handy with ``etcdctl put``). ``revision`` goes into ``metadata.revision``.
     Every error is a ValidationError naming the key relative to ``/l3fabric/v1/``."""
+    wep = decode_canonical_endpoint(key, value)
+    if wep is not None:
+        if revision is not None:
+            wep = replace(wep, metadata=replace(wep.metadata, revision=revision))
+        return wep
     try:
         rel = keys.relative(key)
     except ValueError:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,7 +16,11 @@ from datastore.labelselector import (
     check_labels,
 )
 from datastore.model.fields import (
+    _DNS1123_LABEL,
+    _DNS1123_SUBDOMAIN,
+    _IFNAME,
     _L4_PROTOCOLS,
+    _MAC,
     IPNetwork,
     _dns_subdomain,
     _ifname,
@@ -27,7 +33,7 @@ from datastore.model.fields import (
     _ranged,
     _str,
 )
-from datastore.model.resource import Metadata, Resource
+from datastore.model.resource import API_VERSION, Metadata, Resource
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +156,82 @@ class WorkloadEndpoint(Resource):
             )
         return cls(metadata, spec)
 
+    @classmethod
+    def from_canonical(
+        cls, obj: Mapping[str, Any], name: str, namespace: str, node: str
+    ) -> WorkloadEndpoint | None:
+        """The endpoint ``obj`` holds if it is in the form the CNI handler writes, checked
+        in one pass; None for any other form, valid or not, which ``from_dict`` then reads
+        (and words the error of). What this accepts ``from_dict`` accepts, giving an equal
+        endpoint (``tests/unit/test_model_canonical.py`` holds it to that); an agent
+        decodes every endpoint of the cluster, and this is 4-5 times cheaper.
+
+        ``name``, ``namespace`` and ``node`` are the key's: the value must say the same."""
+        md = obj.get("metadata")
+        spec = obj.get("spec")
+        if (
+            len(obj) != 4
+            or obj.get("apiVersion") != API_VERSION
+            or obj.get("kind") != cls.kind
+            or type(md) is not dict
+            or type(spec) is not dict
+            or md.get("name") != name
+            or md.get("namespace") != namespace
+            or not _CANONICAL_METADATA.issuperset(md)
+            or not _CANONICAL_SPEC.issuperset(spec)
+            or spec.get("node") != node
+            or spec.get("namespace", namespace) != namespace
+            or len(name) > 253
+            or not _DNS1123_SUBDOMAIN.fullmatch(name)
+            or len(namespace) > 63
+            or not _DNS1123_LABEL.fullmatch(namespace)
+            or len(node) > 253
+            or not _DNS1123_SUBDOMAIN.fullmatch(node)
+        ):
+            return None
+        pod, endpoint, cid = spec.get("pod"), spec.get("endpoint"), spec.get("containerID")
+        mac, host_if = spec.get("mac"), spec.get("hostInterface")
+        if (
+            type(pod) is not str
+            or type(endpoint) is not str
+            or type(cid) is not str
+            or not cid
+            or name != f"{pod}.{endpoint}"
+            or len(pod) > 253
+            or not _DNS1123_SUBDOMAIN.fullmatch(pod)
+            or not _IFNAME.fullmatch(endpoint)
+            or (mac is not None and (type(mac) is not str or not _MAC.fullmatch(mac)))
+            or (host_if is not None and (type(host_if) is not str
+                                         or not _IFNAME.fullmatch(host_if)))
+        ):
+            return None
+        nets = _canonical_networks(spec.get("ipNetworks"))
+        if nets is None:
+            return None
+        ports = spec.get("ports")
+        if ports is not None and type(ports) is not list:
+            return None
+        try:
+            md_labels = check_labels(md.get("labels"), "metadata.labels")
+            labels = check_labels(spec.get("labels"), "spec.labels")
+            port_list = tuple(EndpointPort.from_dict(p, "spec.ports") for p in ports or ())
+        except ValidationError:
+            return None
+        return cls(
+            Metadata(name=name, namespace=sys.intern(namespace), labels=md_labels),
+            WorkloadEndpointSpec(
+                node=sys.intern(node),
+                pod=pod,
+                endpoint=sys.intern(endpoint),
+                container_id=cid,
+                ip_networks=nets,
+                mac=_interned(mac),
+                host_interface=host_if,
+                labels=labels,
+                ports=port_list,
+            ),
+        )
+
     def _check(self) -> None:
         want = self.make_name(self.spec.pod, self.spec.endpoint)
         if self.metadata.name != want:
@@ -159,3 +241,33 @@ class WorkloadEndpoint(Resource):
 
     def _body(self) -> dict[str, Any]:
         return self.spec.to_dict(self.metadata.namespace or "default")
+
+
+# The fields of the form `WorkloadEndpoint.from_canonical` reads (metadata without
+# annotations or a Kubernetes server's fields: those endpoints take the general path).
+_CANONICAL_METADATA = frozenset(("name", "namespace", "labels"))
+_CANONICAL_SPEC = frozenset(WorkloadEndpointSpec.FIELDS)
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"  # no leading zeros, as ipaddress
+_HOST_V4 = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}/32")
+
+
+def _canonical_networks(value: Any) -> tuple[IPNetwork, ...] | None:
+    """Host networks (``a.b.c.d/32``, ``…/128``) as the handler writes them, or None."""
+    if type(value) is not list:
+        return None if value is not None else ()
+    out: list[IPNetwork] = []
+    for text in value:
+        if type(text) is not str:
+            return None
+        if _HOST_V4.fullmatch(text):
+            a, b, c, d = text[:-3].split(".")
+            out.append(ipaddress.IPv4Network(
+                ((int(a) << 24) | (int(b) << 16) | (int(c) << 8) | int(d), 32)))
+        elif text.endswith("/128") and "%" not in text and ":" in text:
+            try:
+                out.append(ipaddress.IPv6Network(text))
+            except ValueError:
+                return None
+        else:
+            return None
+    return tuple(out)
