@@ -74,8 +74,16 @@ bench: setup
 dist: setup
 	$(PY) -m build --outdir dist .
 
-## The architecture picture: docs/architecture.svg from its graphviz source (not in git).
-docs: docs/architecture.svg
+## The docs' pictures (not in git): docs/architecture.svg from its graphviz source, and
+## docs/dashboard.png, dashboards/l3fabric.json drawn with matplotlib (the `docs` extra, not a
+## runtime dependency) from a ~30 s live run of a real fabric-agent (bench/dashboard/).
+docs: docs/architecture.svg docs/dashboard.png
+
+docs/dashboard.png: dashboards/l3fabric.json $(wildcard bench/dashboard/*.py) | setup
+	@$(PY) -c 'import matplotlib' 2>/dev/null || { echo "make docs: installing the docs extra (matplotlib)"; \
+	  $(VENV)/bin/pip install --disable-pip-version-check --progress-bar off -q -e '.[docs]'; }
+	$(PY) -m bench.dashboard.record
+	$(PY) -m bench.dashboard.render bench/results/dashboard_series.json -o $@
 
 docs/architecture.svg: docs/architecture.dot
 	@command -v dot >/dev/null || { echo "make docs: graphviz's dot is missing (make setup installs it)" >&2; exit 1; }
@@ -83,6 +91,6 @@ docs/architecture.svg: docs/architecture.dot
 
 clean:
 	rm -rf .mypy_cache .ruff_cache .pytest_cache .hypothesis bench/results docs/architecture.svg \
-	  dist build
+	  docs/dashboard.png dist build
 
 endif

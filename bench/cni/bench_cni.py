@@ -267,19 +267,25 @@ def _node_uplink(node: str, made: list[str]) -> None:
         subprocess.run(["ip", "-n", ns, "link", "set", dev, "up"], check=True)
 
 
-def _readyz(node: str) -> int:
-    """The agent's ``/readyz`` status, read from inside ``node`` (0: no answer)."""
+def agent_get(node: str, path: str) -> tuple[int, str]:
+    """GET ``path`` of the agent's HTTP endpoint (``/readyz``, ``/metrics``) from inside
+    ``node``: (status, body); (0, "") when nothing answers."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no env proxy
 
-    def get() -> int:
+    def get() -> tuple[int, str]:
         try:
-            with opener.open(f"http://127.0.0.1:{AGENT_METRICS_PORT}/readyz", timeout=2) as r:
-                return int(r.status)
+            with opener.open(f"http://127.0.0.1:{AGENT_METRICS_PORT}{path}", timeout=2) as r:
+                return int(r.status), r.read().decode()
         except urllib.error.HTTPError as e:
-            return int(e.code)
+            return int(e.code), ""
         except OSError:
-            return 0
+            return 0, ""
     return run_in_netns(node, get)
+
+
+def _readyz(node: str) -> int:
+    """The agent's ``/readyz`` status, read from inside ``node`` (0: no answer)."""
+    return agent_get(node, "/readyz")[0]
 
 
 def _cmdline(pid: int) -> bytes:
