@@ -416,6 +416,30 @@ class Syncer(Generic[T]):
         self._mod[key] = wev.revision
         return [self._decode(key, wev.kv.value, wev.revision)]
 
+    def observe_write(self, key: str, value: bytes | None, revision: int
+                      ) -> list[SyncEvent[T]]:
+        """This process's own write to ``key`` (``value``, None for a delete), committed
+        at ``revision``: applied now as its watch event would be, so the consumer acts on
+        it without waiting for the watch to echo it. Nothing happens for a key outside
+        the mirror or when the watch has already brought that revision or a later one.
+
+        The echo, when it comes, decodes to an equal value and changes nothing. An older
+        event of the same key still on its way is applied when it comes and then replaced
+        by the echo (events keep their order within a sub-prefix), so the mirror ends as
+        etcd does. Not the sub-prefix's ``applied`` revision: only the watch moves it.
+        """
+        prefix = self._prefix_of(key)
+        if prefix is None or self.applied[prefix] >= revision \
+                or self._mod.get(key, 0) >= revision:
+            return []
+        if value is None:
+            self._mod.pop(key, None)
+            if key in self.current or key in self.errors:
+                return [self._forget(key, revision)]
+            return []
+        self._mod[key] = revision
+        return [self._decode(key, value, revision)]
+
     def _prefix_of(self, key: str) -> str | None:
         for prefix in self.prefixes:
             if key.startswith(prefix):

@@ -40,7 +40,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -56,6 +56,7 @@ from datastore.client import (
     EtcdConfig,
     UnavailableError,
 )
+from datastore.kv import Delete, Op, Put
 from datastore.schema import ensure_schema
 from datastore.syncer import (
     ConfigError,
@@ -519,11 +520,27 @@ class Agent:
         # IPAM decides from the cluster state (last good values, no extra etcd reads)
         # and gives up quickly when etcd is away: the runtime retries on code 11.
         self.ipam = ipam = IpamClient(self.ds, self.node, inputs=self._ipam_inputs,
-                                      unavailable_budget=3.0)
+                                      unavailable_budget=3.0, on_commit=self._ipam_committed)
         self.handler = CniHandler(self.node, self.ds, ipam, node_netns=self.cfg.netns,
                                   dataplane=self, metrics=self.metrics)
         self.cni_server = CniServer(self.cfg.socket, self._serve_cni)
         await self.cni_server.start()
+
+    def _ipam_committed(self, revision: int, ops: Sequence[Op]) -> None:
+        """This node's IPAM transaction committed: its blocks and affinities go into the
+        cluster state now (through the syncer, as their watch events would), so the
+        apply that follows (the ADD's own, step 7 of docs/architecture.md §6) already
+        exports a borrowed address or a newly confirmed block, and lays its blackhole,
+        instead of one more apply after etcd's watch echoes the write."""
+        changed = False
+        for op in ops:
+            if isinstance(op, Put | Delete):
+                value = op.value if isinstance(op, Put) else None
+                for ev in self.syncer.observe_write(op.key, value, revision):
+                    if isinstance(ev, Update | Deleted):
+                        changed = self.cluster.apply(ev) or changed
+        if changed:
+            self._dirty.set()
 
     async def _ipam_inputs(self) -> IpamInputs:
         try:

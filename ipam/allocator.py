@@ -48,7 +48,7 @@ from ipam.affinity import CONFIRMED, parse_affinity
 from ipam.block import AllocationAttrs, affinity_of, block_cidr_for
 from ipam.blockcache import BlockCache
 from ipam.claims import BlockClaims, overlaps_existing
-from ipam.counted import CountedStore, IpamStats
+from ipam.counted import CountedStore, IpamStats, OnCommit
 from ipam.inputs import EtcdInputs, InputsProvider
 from ipam.planner import BlockPlanner, Plan
 from ipam.teardown import NodeRelease, delete_pool, finish_block_release, release_node
@@ -84,7 +84,7 @@ class IpamClient:
                  inputs: InputsProvider | None = None, max_attempts: int = 25,
                  unavailable_budget: float = 20.0,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 claim_ahead: bool = True) -> None:
+                 claim_ahead: bool = True, on_commit: OnCommit | None = None) -> None:
         if not node:
             raise ValueError("node name is empty")
         self._ds = ds
@@ -98,7 +98,8 @@ class IpamClient:
         self._unavailable_budget = unavailable_budget
         self._sleep = sleep
         self.stats = IpamStats()
-        self._store = CountedStore(ds, self.stats)
+        # ``on_commit``: told of each committed transaction (blocks, affinities, handles)
+        self._store = CountedStore(ds, self.stats, on_commit)
         self._cache = BlockCache(node)
         self._planner = BlockPlanner(self._cache, now)
         self._claims = BlockClaims(self._store, self._cache, self._planner, node, now=now,

@@ -10,7 +10,7 @@ sees what an allocation waits for.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from datastore.client import KV, Compare, Datastore, Op, TxnResult
@@ -39,12 +39,20 @@ class IpamStats:
     block_writes: int = 0
 
 
-class CountedStore:
-    """The `Datastore` requests of one allocator, each counted in its `IpamStats`."""
+#: Told of each committed transaction: its revision and the operations it applied.
+OnCommit = Callable[[int, Sequence[Op]], None]
 
-    def __init__(self, ds: Datastore, stats: IpamStats) -> None:
+
+class CountedStore:
+    """The `Datastore` requests of one allocator, each counted in its `IpamStats`.
+    ``on_commit`` hears of every transaction that committed (the agent puts the blocks
+    and affinities it wrote into its cluster state at once, not at the watch's echo)."""
+
+    def __init__(self, ds: Datastore, stats: IpamStats, on_commit: OnCommit | None = None
+                 ) -> None:
         self.ds = ds
         self.stats = stats
+        self.on_commit = on_commit
 
     def _count(self) -> None:
         if in_background.get():
@@ -55,7 +63,10 @@ class CountedStore:
     async def txn(self, compare: Sequence[Compare], success: Sequence[Op],
                   failure: Sequence[Op] = ()) -> TxnResult:
         self._count()
-        return await self.ds.txn(compare, success, failure)
+        res = await self.ds.txn(compare, success, failure)
+        if res.succeeded and self.on_commit is not None:
+            self.on_commit(res.revision, success)
+        return res
 
     async def get(self, key: str) -> KV | None:
         self._count()

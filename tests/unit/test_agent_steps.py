@@ -14,6 +14,7 @@ import pytest
 from test_agent_calc import aff, wep
 from test_routes_unit import PROTO_STATIC, FakeKernel
 
+from bgp.export import export_prefixes
 from datastore.syncer import Deleted, Update
 from felix_like.agent import Agent, AgentConfig
 from felix_like.routes import PodRouteRefused, RouteManager
@@ -108,3 +109,36 @@ async def test_a_refused_policy_apply_is_counted_and_retried(tmp_path: Path) -> 
     assert "l3fabric_policy_apply_failures_total 1.0" in text
     assert agent._dirty.is_set()  # tried again at the next apply
     assert agent.readiness.reason().startswith("waiting for the first policy apply; last error")
+
+
+async def test_the_agents_own_ipam_writes_are_in_its_state_before_the_watch_echoes_them(
+        tmp_path: Path) -> None:
+    """A borrowed address and a newly confirmed block are what this node announces; the
+    allocator's committed transactions put them into the agent's state at once (through
+    the syncer), so the ADD's own apply exports them. No watch event is fed here."""
+    from datastore.fake import FakeDatastore
+    from ipam.allocator import IpamClient
+    from ipam.testing import put_nodes, put_pool
+
+    kernel = FakeKernel(links={"lo": 1})
+    agent, _ = stepped_agent(kernel, tmp_path)
+    ds = FakeDatastore()
+    await put_pool(ds, "p", "10.0.0.0/28", 28)
+    await put_nodes(ds, ["n1", "n2"])
+    await IpamClient(ds, "n2").auto_assign("h2", namespace="ns", pod="p2")  # n2's block
+    n1 = IpamClient(ds, "n1", on_commit=agent._ipam_committed, claim_ahead=False)
+    (got,) = await n1.auto_assign("h1", namespace="ns", pod="p1")
+    assert got.borrowed
+    assert export_prefixes("n1", agent.cluster) == {f"{got.address}/32"}
+    assert agent._dirty.is_set()  # and an apply is asked for, ADD or not
+    await n1.release_by_handle("h1")
+    assert export_prefixes("n1", agent.cluster) == set()
+
+    # A block of its own: its affinity confirmed is announced and blackholed at once.
+    await put_pool(ds, "q", "10.1.0.0/28", 30)
+    n1.invalidate()  # read the new pool
+    (own,) = await n1.auto_assign("h3", namespace="ns", pod="p3")
+    assert not own.borrowed
+    assert export_prefixes("n1", agent.cluster) == {own.block}
+    await agent.apply()
+    assert kernel.forwards(own.address) == "drop"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from datastore.client import Compare, Page, Put
+from datastore.client import Compare, Delete, Page, Put
 from datastore.fake import FakeDatastore
 from datastore.syncer import (
     ConfigError,
@@ -163,6 +163,48 @@ async def test_an_update_says_whether_the_decoded_value_changed() -> None:
     assert [(e.key, e.value, e.changed) for e in evs if isinstance(e, Update)] == [
         (P + "a", {"v": 1}, False), (P + "a", {"v": 1}, False), (P + "a", {"v": 2}, True),
         (P + "b", {"v": 2}, True)]
+    await it.aclose()  # type: ignore[attr-defined]
+
+
+async def test_an_own_write_is_applied_at_once_and_its_echo_changes_nothing() -> None:
+    """`observe_write`: the writer's own committed write is an event now; the watch's echo
+    of it is an unchanged Update; a revision the watch has already brought is ignored,
+    and an older event still on its way is replaced by the echo, as in etcd."""
+    fake = FakeDatastore()
+    await fake.put(P + "a", j(v=1))
+    s, it = make(fake)
+    await until(it, lambda e: isinstance(e, InSync))
+
+    res = await fake.txn([], [Put(P + "a", j(v=2)), Put(P + "n", j(v=5))])
+    assert s.observe_write(P + "a", j(v=2), res.revision) == [
+        Update(P + "a", {"v": 2}, res.revision)]
+    assert s.observe_write(P + "n", j(v=5), res.revision) == [
+        Update(P + "n", {"v": 5}, res.revision)]
+    assert s.current == {P + "a": {"v": 2}, P + "n": {"v": 5}}
+    assert s.observe_write(P + "a", j(v=2), res.revision) == []  # told twice: once
+    assert s.observe_write("/other/x", j(v=1), res.revision + 1) == []  # not mirrored
+    echoes = await take(it, 2)
+    assert [(e.key, e.changed) for e in echoes if isinstance(e, Update)] == [
+        (P + "a", False), (P + "n", False)]
+
+    # The watch is past this revision already: nothing (the mirror holds the newer one).
+    await fake.put(P + "a", j(v=3))
+    await take(it, 1)
+    assert s.observe_write(P + "a", j(v=2), res.revision) == []
+    assert s.current[P + "a"] == {"v": 3}
+
+    # Someone else's write, not yet watched, then ours: ours now, theirs when it comes,
+    # ours again at its echo.
+    await fake.put(P + "a", j(v=4))
+    res = await fake.txn([], [Delete(P + "n"), Put(P + "a", j(v=6))])
+    assert s.observe_write(P + "n", None, res.revision) == [Deleted(P + "n", res.revision)]
+    assert s.observe_write(P + "a", j(v=6), res.revision) == [
+        Update(P + "a", {"v": 6}, res.revision)]
+    evs = await take(it, 2)  # the delete's echo finds nothing left to delete
+    assert [(e.key, e.value) for e in evs if isinstance(e, Update)] == [
+        (P + "a", {"v": 4}), (P + "a", {"v": 6})]
+    assert s.current == {P + "a": {"v": 6}}
+    assert await sentinel(fake, it) == []
     await it.aclose()  # type: ignore[attr-defined]
 
 
