@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.bgp.bench_bgp import mkns, namespaces, pct
-from bench.common import print_table, write_results
+from bench.common import print_table, progress, write_results
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
@@ -257,7 +257,9 @@ def load_simulated(etcd: EmbeddedEtcd, shape: Cluster) -> dict[str, Any]:
 
     async def load() -> tuple[int, int]:
         async with Datastore(EtcdConfig.from_strings(etcd.endpoint)) as ds:
-            return await _bulk_put(ds, ((k, v) for k, v in shape.values() if k not in skip))
+            with progress("writing the simulated cluster to etcd") as shown:
+                return await _bulk_put(ds, ((k, v) for k, v in shape.values()
+                                            if k not in skip), shown)
 
     t0 = time.perf_counter()
     n, size = asyncio.run(load())
@@ -289,7 +291,8 @@ def run(tmp: Path, pods: int, failures: int, sim: Cluster | None = None) -> dict
                 fab.start_tors()
                 t_agents = time.perf_counter()
                 # Each agent decodes the whole simulated cluster at start (2 cores shared).
-                fab.start_agents(timeout=40 if sim is None else 300)
+                with progress(f"waiting for the {len(fab.nodes)} agents' readiness"):
+                    fab.start_agents(timeout=40 if sim is None else 300)
                 if sim is not None:
                     simulated["agents_ready_s"] = time.perf_counter() - t_agents
                 fab.add_pod("r1a", "warm1")  # claims r1's only block

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.common import print_table, rate, write_results
+from bench.common import print_table, progress, rate, write_results
 from cni.shim import pick_interpreter, write_executable
 from datastore import model as m
 from datastore.client import Datastore, EtcdConfig
@@ -369,13 +369,16 @@ async def _fabric_agent(sock: str, node: str, unix_endpoint: str
             if proc.returncode is not None:
                 raise RuntimeError(f"fabric-agent exited ({proc.returncode}):\n{log_tail()}")
             return await asyncio.to_thread(_readyz, node) == 200
-        if not await _until(ready, 60):
-            raise RuntimeError(f"fabric-agent not ready after 60 s:\n{log_tail()}")
+        with progress("waiting for fabric-agent's /readyz"):
+            if not await _until(ready, 60):
+                raise RuntimeError(f"fabric-agent not ready after 60 s:\n{log_tail()}")
 
         async def exabgp_with_relay() -> bool:
             pid = _exabgp_pid(sock, node)
             return pid is not None and len(_tree(pid)) > 1
-        if not await _until(exabgp_with_relay, 20):
+        with progress("waiting for fabric-agent's ExaBGP and its relay"):
+            started = await _until(exabgp_with_relay, 20)
+        if not started:
             print(f"bench_cni: fabric-agent's ExaBGP or its relay did not start; CPU counts "
                   f"{', '.join(_proc_name(p) for p in _tree(proc.pid))}", file=sys.stderr)
         pids = _tree(proc.pid)

@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cni import bench_cni as cni
-from bench.common import print_table, write_results
+from bench.common import Progress, print_table, progress, write_results
 from cni.shim import pick_interpreter, write_executable
 from datastore import keys
 from datastore import model as m
@@ -207,8 +207,10 @@ def _namespace(name: str, i: int) -> tuple[str, bytes]:
     return m.key_for(res), m.encode(res)
 
 
-async def _bulk_put(ds: Datastore, kvs: Iterator[tuple[str, bytes]]) -> tuple[int, int]:
-    """Write every (key, value), TXN_OPS per transaction, IN_FLIGHT at once: (keys, bytes)."""
+async def _bulk_put(ds: Datastore, kvs: Iterator[tuple[str, bytes]],
+                    shown: Progress | None = None) -> tuple[int, int]:
+    """Write every (key, value), TXN_OPS per transaction, IN_FLIGHT at once: (keys, bytes).
+    ``shown``: the progress line that says how many keys are written so far."""
     sem = asyncio.Semaphore(IN_FLIGHT)
     tasks: list[asyncio.Task[Any]] = []
     count = size = 0
@@ -227,6 +229,8 @@ async def _bulk_put(ds: Datastore, kvs: Iterator[tuple[str, bytes]]) -> tuple[in
             await sem.acquire()
             tasks.append(asyncio.create_task(one(batch)))
             batch = []
+            if shown is not None:
+                shown.note = f"{count:,} keys"
     if batch:
         await sem.acquire()
         tasks.append(asyncio.create_task(one(batch)))
@@ -356,7 +360,8 @@ async def _cpu_window(pids: dict[str, int], seconds: float, node: str) -> dict[s
     c0 = {n: _cpu_s(p) for n, p in pids.items()}
     m0 = await asyncio.to_thread(_counters, node)
     t0 = time.monotonic()
-    await asyncio.sleep(seconds)
+    with progress(f"measuring the agent's CPU over {seconds:g} s"):
+        await asyncio.sleep(seconds)
     dt = time.monotonic() - t0
     m1 = await asyncio.to_thread(_counters, node)
     out: dict[str, Any] = {n: (_cpu_s(p) - c0[n]) / dt * 100 for n, p in pids.items()}
@@ -529,7 +534,8 @@ async def _run(shape: Cluster, args: argparse.Namespace, tmp: Path, made: list[s
         cni._node_uplink(node, made)
         async with Datastore(EtcdConfig.from_strings(etcd.endpoint)) as ds:
             t0 = time.perf_counter()
-            n_keys, n_bytes = await _bulk_put(ds, shape.values())
+            with progress("writing the simulated cluster to etcd") as shown:
+                n_keys, n_bytes = await _bulk_put(ds, shape.values(), shown)
             await _bulk_put(ds, iter([_doc("BGPPeer", "uplink", {
                 "peerIP": cni.UPLINK_PEER_IP.split("/")[0], "asNumber": 64512,
                 "node": node})]))
