@@ -13,6 +13,14 @@ Where each answer comes from (read-only; owns only presentation):
 - in sync, errors, BGP sessions, version: that NodeStatus, as the agent last wrote it.
 - blocks and addresses: IPAM's blocks in etcd (`ipam.report.node_usage`), so a down node's
   are shown too.
+
+Exit status, so that scripts can ask "is the fabric healthy?" without parsing: 0 when every
+node listed has its agent ``up`` and in sync; `EXIT_UNHEALTHY` (3) when one is ``down``,
+``unknown`` or not in sync, whatever the output format. 3 is the LSB "not running" status
+that ``systemctl is-active`` and ``systemctl status`` return for an inactive unit, and
+fabricctl's own failures keep theirs (1: etcd unreachable, no such node; 2: usage), so a
+script tells "unhealthy" from "could not ask". Config errors and BGP sessions do not count:
+they are shown, and a node with a peer down is still in service.
 """
 
 from __future__ import annotations
@@ -31,6 +39,8 @@ from ipam.snapshot import build_snapshot
 
 #: What the AGENT column says.
 UP, DOWN, UNKNOWN = "up", "down", "unknown"
+#: The exit status when a node listed is not healthy (see the module docstring).
+EXIT_UNHEALTHY = 3
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -39,7 +49,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                             parser_class=type(p))
     s = nsub.add_parser("status", help="each node's agent (alive by its lease), sync, config "
                                        "errors, blocks, addresses, BGP peers and version "
-                                       "(every node when none is named)")
+                                       "(every node when none is named); exit 0 when every "
+                                       "node listed is up and in sync, "
+                                       f"{EXIT_UNHEALTHY} when one is not",
+                        epilog=f"exit status: 0 every node listed is up and in sync; "
+                               f"{EXIT_UNHEALTHY} one is down, unknown or not in sync; "
+                               "1 fabricctl could not answer (etcd, no such node); 2 usage")
     s.add_argument("node", nargs="?", help="one node (default: every node)")
     add_output_flag(s)
     s.set_defaults(func=cmd_status)
@@ -166,10 +181,15 @@ def print_status(records: list[dict[str, Any]], now: datetime) -> None:
               f"{', '.join(down)}")
 
 
+def healthy(record: dict[str, Any]) -> bool:
+    """The node's agent is alive by its lease and in sync."""
+    return bool(record["agent"] == UP and record["inSync"])
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     records = run(args, lambda ds: _load(ds, args.node))
     if args.output != "table":
         dump(records[0] if args.node is not None else records, args.output)
-        return 0
-    print_status(records, datetime.now(UTC))
-    return 0
+    else:
+        print_status(records, datetime.now(UTC))
+    return 0 if all(healthy(r) for r in records) else EXIT_UNHEALTHY

@@ -28,7 +28,8 @@ def test_node_status_table_json_and_missing(etcd: EmbeddedEtcd) -> None:
                     "/l3fabric/v1/status/nodes/n1", json.dumps(STATUS)], check=True,
                    capture_output=True)
     r = fab(etcd, "node", "status")
-    assert r.returncode == 0, r.stderr
+    # Its liveness unknown and not in sync: not healthy, exit 3 (output as always).
+    assert r.returncode == 3, r.stderr
     lines = r.stdout.splitlines()
     # A status written by hand (no lease, no Node): listed, its liveness unknown.
     assert lines[1].split()[:4] == ["n1", "(no", "Node)", "unknown"]
@@ -36,7 +37,7 @@ def test_node_status_table_json_and_missing(etcd: EmbeddedEtcd) -> None:
     assert lines[peers].split()[:3] == ["NODE", "PEER", "ADDRESS"]
     assert lines[peers + 1].split()[:5] == ["n1", "10.99.1.2", "node", "65000", "Established"]
     r = fab(etcd, "node", "status", "n1", "-o", "json")
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 3, r.stderr
     assert json.loads(r.stdout)["peers"][0]["prefixesOut"] == 2
     r = fab(etcd, "node", "status", "ghost")
     assert r.returncode == 1 and "does not exist" in r.stderr

@@ -1,7 +1,8 @@
 """``fabricctl node status`` against a real etcd and real agents on a LAN (full mesh):
 an alive node with its sync, blocks, addresses and BGP peers; a Node that never ran an
 agent listed as down; an agent killed shows down once its NodeStatus lease expires (a
-short ``--status-ttl``), still listed with what IPAM holds for it."""
+short ``--status-ttl``), still listed with what IPAM holds for it. The exit status is 0 only
+when every node listed is up and in sync, 3 otherwise."""
 
 from __future__ import annotations
 
@@ -22,16 +23,21 @@ from datastore.embedded import EmbeddedEtcd
 FABRICCTL = str(Path(sys.executable).with_name("fabricctl"))
 
 
-def fabricctl(etcd: EmbeddedEtcd, *args: str) -> str:
+UNHEALTHY = 3  # node status's exit status when a node listed is down or not in sync
+
+
+def fabricctl(etcd: EmbeddedEtcd, *args: str, code: int = 0) -> str:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("L3FABRIC_", "ETCDCTL_"))}
     env.update(L3FABRIC_ETCD_ENDPOINTS=etcd.endpoint, L3FABRIC_CONFIG="/dev/null")
     r = subprocess.run([FABRICCTL, *args], capture_output=True, text=True, env=env, timeout=60)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == code, r.stderr
     return r.stdout
 
 
 def status(etcd: EmbeddedEtcd) -> dict[str, dict[str, Any]]:
-    return {r["node"]: r for r in json.loads(fabricctl(etcd, "node", "status", "-o", "json"))}
+    """Every node's record; n3 never runs an agent, so the exit status says unhealthy."""
+    return {r["node"]: r for r in json.loads(fabricctl(etcd, "node", "status", "-o", "json",
+                                                       code=UNHEALTHY))}
 
 
 @pytest.fixture
@@ -76,7 +82,7 @@ def test_node_status_shows_alive_nodes_peers_and_a_killed_agent_as_down(
     assert st["n2"]["agent"] == "up"
     assert st["n3"]["agent"] == "down" and st["n3"]["peers"] == []
 
-    table = fabricctl(etcd, "node", "status").splitlines()
+    table = fabricctl(etcd, "node", "status", code=UNHEALTHY).splitlines()
     assert table[0].split()[:3] == ["NODE", "AGENT", "IN"]
     rows = {line.split()[0]: line.split() for line in table[1:4]}
     assert rows["n1"][:3] == ["n1", "up", "yes"] and rows["n1"][4:7] == ["1", "1", "1/2"]
@@ -85,6 +91,9 @@ def test_node_status_shows_alive_nodes_peers_and_a_killed_agent_as_down(
                              "PEER ADDRESS" in line))
     assert any(line.split()[:2] == ["n1", "10.0.0.2"] and "Established" in line
                for line in table[peers + 1:])
+    # n1 alone is up and in sync: a script asking about it gets 0.
+    assert fabricctl(etcd, "node", "status", "n1").splitlines()[1].split()[:3] == [
+        "n1", "up", "yes"]
 
     # The agent of n2 dies (its ExaBGP lives on): once its lease expires, n2 is down, still
     # listed, with the block IPAM holds for it.
@@ -96,6 +105,6 @@ def test_node_status_shows_alive_nodes_peers_and_a_killed_agent_as_down(
     assert st["n2"]["blocks"] == [n2_block] and st["n2"]["addresses"] == 1
     assert st["n2"]["peers"] == []
     assert st["n1"]["agent"] == "up"
-    one = fabricctl(etcd, "node", "status", "n2").splitlines()
+    one = fabricctl(etcd, "node", "status", "n2", code=UNHEALTHY).splitlines()
     assert one[1].split()[:2] == ["n2", "down"]
     assert one[-1].startswith("down (no NodeStatus") and one[-1].endswith(": n2")

@@ -16,7 +16,7 @@ from datastore import keys, model
 from datastore.client import KV, Datastore
 from datastore.fake import FakeDatastore
 from fabricctl import cli, node_cmd
-from fabricctl.node_cmd import health, node_rows, rows
+from fabricctl.node_cmd import health, healthy, node_rows, rows
 from ipam.block import AllocationAttrs, Block, affinity_of
 from ipam.report import node_usage
 from ipam.snapshot import build_snapshot
@@ -83,6 +83,8 @@ def test_every_node_is_listed_alive_down_or_unknown() -> None:
         # Written without a lease: liveness cannot be told.
         ["n3", "unknown", "", "", 0, 0, "none", 0],
     ]
+    # Only an agent up and in sync is healthy (the exit status of node status).
+    assert [r["node"] for r in records if healthy(r)] == ["n1"]
 
 
 @pytest.fixture
@@ -116,7 +118,8 @@ def store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeDatastore:
 
 def test_status_table_lists_a_node_without_agent_as_down(
         store: FakeDatastore, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["node", "status"]) == 0
+    # n2 is down: the exit status says the fabric is not healthy (the table is printed)
+    assert cli.main(["node", "status"]) == node_cmd.EXIT_UNHEALTHY
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["NODE", "AGENT", "IN", "SYNC", "VERSION", "BLOCKS", "ADDRESSES",
                               "BGP", "UP", "ERRORS"]
@@ -130,9 +133,12 @@ def test_status_table_lists_a_node_without_agent_as_down(
 
 def test_status_of_one_node_json_and_a_missing_node(
         store: FakeDatastore, capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["node", "status", "n2", "-o", "json"]) == 0
+    assert cli.main(["node", "status", "n2", "-o", "json"]) == node_cmd.EXIT_UNHEALTHY
     rec = json.loads(capsys.readouterr().out)
     assert rec["node"] == "n2" and rec["agent"] == "down"
     assert rec["blocks"] == ["10.0.0.0/26"] and rec["addresses"] == 1 and rec["peers"] == []
     assert cli.main(["node", "status", "ghost"]) == 1
     assert "does not exist" in capsys.readouterr().err
+    # n1 alone is up and in sync: 0, its config errors notwithstanding
+    assert cli.main(["node", "status", "n1"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["n1", "up", "yes"]
