@@ -70,7 +70,9 @@ _SECRET_NAME = re.compile(r"pass(word|phrase)?|secret|token|private.?key", re.I)
 #: Secrets by their syntax, for text that names no value we know (a ToR's or ExaBGP's
 #: configuration, a log line quoting one): what matches becomes the replacement.
 _SECRET_SYNTAX = [
-    (re.compile(r'(\bpassword\s+)"[^"\n]*"'), rf'\1"{REDACTED}"'),  # ExaBGP md5-, BIRD
+    # ExaBGP md5-, BIRD: the quoted string whole, backslash escapes (``\"``) included; one
+    # left open on its line (a lone backslash before the quote) is replaced to the line's end.
+    (re.compile(r'(\bpassword\s+)"(?:[^"\\\n]|\\.)*(?:"|$)', re.M), rf'\1"{REDACTED}"'),
     (re.compile(r"(\bneighbor\s+\S+\s+password\s+)\S+"), rf"\1{REDACTED}"),  # FRR
     (re.compile(r"(-----BEGIN [A-Z ]*PRIVATE KEY-----).*?(-----END [A-Z ]*PRIVATE KEY-----)",
                 re.S), rf"\1\n{REDACTED}\n\2"),

@@ -29,6 +29,17 @@ def test_secret_syntax_is_replaced_without_knowing_the_value() -> None:
     assert f"-----BEGIN EC PRIVATE KEY-----\n{REDACTED}\n-----END EC PRIVATE KEY-----" in text
 
 
+def test_a_quoted_password_with_escaped_quotes_is_replaced_whole() -> None:
+    r = Redactor()
+    assert r.text('protocol bgp tor { password "ab\\"cd"; }') == \
+        f'protocol bgp tor {{ password "{REDACTED}"; }}'
+    assert r.text('md5-password "p\\\\\\"q\\"";\n') == f'md5-password "{REDACTED}";\n'
+    # two on a line stay two; one a backslash leaves open is replaced to the end of its line
+    assert r.text('password "a"; password "b";') == \
+        f'password "{REDACTED}"; password "{REDACTED}";'
+    assert r.text('password "ab\\";\nnext "line"') == f'password "{REDACTED}"\nnext "line"'
+
+
 def test_agent_conf_names_tls_files_which_stay() -> None:
     r = Redactor()
     r.learn({"L3FABRIC_ETCD_KEY": "/etc/l3fabric/client-key.pem"})
