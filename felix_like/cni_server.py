@@ -98,7 +98,11 @@ class CniServer:
                 await writer.drain()
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
+            # A second cancel (the loop cancelling every task left at shutdown) may come
+            # while the connection closes: the task must still end normally, since
+            # Python 3.11's stream callback asks a cancelled task for its exception and
+            # logs the CancelledError with a traceback. Nothing follows in this task.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await writer.wait_closed()
 
 

@@ -71,3 +71,37 @@ async def test_an_answer_to_a_caller_that_hung_up_logs_no_traceback(
     finally:
         await server.stop()
     assert _tracebacks_and_errors(caplog) == []
+
+
+async def test_a_request_cancelled_twice_by_the_shutdown_logs_no_traceback(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The shutdown cancels a waiting request's task, and cancels it again (the event
+    loop's own cancel of every task left) while it closes its connection: the task still
+    ends normally, so Python 3.11's stream callback, which asks a cancelled task for its
+    exception, logs no traceback."""
+    entered = asyncio.Event()
+
+    async def waits(plugin: str, env: dict[str, str], stdin: str) -> tuple[int, str, str]:
+        entered.set()
+        await asyncio.Event().wait()  # a DEL waiting on an etcd that is away
+        return 0, "{}", ""
+
+    caplog.set_level(logging.INFO)
+    server = CniServer(str(tmp_path / "s.sock"), waits)
+    await server.start()
+    try:
+        reader, writer = await _send(server.path, "DEL")
+        await asyncio.wait_for(entered.wait(), 5)
+        (task,) = [t for t in asyncio.all_tasks()
+                   if getattr(t.get_coro(), "__name__", "") == "_serve"]
+        task.cancel()
+        for _ in range(3):
+            await asyncio.sleep(0)  # caught; the task now waits for its connection to close
+            task.cancel()
+        assert await reader.read() == b""
+        writer.close()
+        await asyncio.sleep(0.05)
+        assert task.done() and not task.cancelled()
+    finally:
+        await server.stop()
+    assert _tracebacks_and_errors(caplog) == []
