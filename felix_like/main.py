@@ -47,7 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--netns", default=_env("netns"),
                    help="program this network namespace instead of the agent's own")
     p.add_argument("--resync-interval", type=float,
-                   default=float(_env("resync-interval", "60") or 60))
+                   default=float(_env("resync-interval", "60") or 60),
+                   help="seconds between re-reads of the kernel (routes, addresses, the "
+                        "policy table: what was changed behind the agent's back is put "
+                        "right), jittered by 10 %% (default 60)")
+    p.add_argument("--snapshot-interval", type=float,
+                   default=float(_env("snapshot-interval", "1800") or 1800),
+                   help="seconds between fresh snapshots of etcd (the watches' safety "
+                        "net), after which the policy is recalculated from scratch, "
+                        "jittered by 20 %%; every agent reads the whole cluster then "
+                        "(default 1800)")
     p.add_argument("--status-ttl", type=int, default=int(_env("status-ttl", "30") or 30),
                    help="seconds the node's NodeStatus outlives the agent (its etcd lease, "
                         "kept alive every third of it, at most every 10 s): how long a "
@@ -101,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                       metrics_addr=args.metrics_addr, policy_backend=args.policy_backend,
                       flow_log_allowed=args.flow_log_allowed,
                       node_ip=args.node_ip, node_ip6=args.node_ip6, netns=args.netns,
-                      resync_interval=args.resync_interval, status_ttl=args.status_ttl,
+                      resync_interval=args.resync_interval,
+                      snapshot_interval=args.snapshot_interval, status_ttl=args.status_ttl,
                       status_interval=min(10.0, args.status_ttl / 3))
 
     async def run() -> None:

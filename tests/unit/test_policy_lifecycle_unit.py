@@ -19,6 +19,7 @@ from felix_like.policy.incremental import IncrementalCalculation
 from felix_like.policy.interp import TCP, allowed
 from felix_like.policy.manager import PolicyManager
 from felix_like.policy.ruleset import Ruleset, calculate, inputs_from_state
+from felix_like.state import ClusterState
 
 DB = wep("default", "db", "10.244.1.10", {"role": "db"})
 FRONTEND = wep("default", "frontend", "10.244.1.11", {"role": "frontend"})
@@ -125,3 +126,26 @@ def test_the_flows_of_a_remote_endpoints_released_address_are_forgotten() -> Non
     m.set_state(dict(st))
     m.apply()
     assert forgotten == [{"10.244.2.10/32"}]
+
+
+def test_the_periodic_resync_converges_the_kernel_and_keeps_the_calculation() -> None:
+    """`resync` (every minute) makes the next apply a full converge of the kernel from
+    the same ruleset; `recalculate` (after a fresh etcd snapshot) recalculates it from
+    the whole state. Both end at the full calculation's ruleset."""
+    m, _ = _manager()
+    forgets: list[int] = []
+    m.backend.forget = lambda: forgets.append(1)  # type: ignore[method-assign]
+    st = ClusterState.of(_state(DB, FRONTEND))
+    m.set_state(st)
+    m.apply()
+    kept = m.ruleset
+    assert kept is not None and kept.elements
+    m.resync()
+    m.apply()
+    assert forgets == [1] and m.ruleset is not None
+    # Not recalculated: the sets are the very objects of the last calculation.
+    assert all(m.ruleset.elements[n] is e for n, e in kept.elements.items())
+    m.recalculate()
+    m.apply()
+    assert m.ruleset == calculate(inputs_from_state(dict(st.policy_items()), NODE, [HOST]))
+    assert any(m.ruleset.elements[n] is not e for n, e in kept.elements.items())
