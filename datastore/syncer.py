@@ -243,6 +243,7 @@ class Syncer(Generic[T]):
         self.connected: bool | None = None  # None until the first answer from etcd
         self.resyncs = 0
         self._watch_start: dict[str, int] = dict.fromkeys(self.prefixes, 0)
+        self._undelivered: list[SyncEvent[T]] = []  # see `resync`
         self._next_resync: float | None = None
 
     # -- steps (pure bookkeeping plus one list()) ------------------------------------------
@@ -258,20 +259,28 @@ class Syncer(Generic[T]):
         its new value) and counts as seen only the keys of the last attempt, so what was
         deleted in between still comes out as `Deleted`.
         """
-        out: list[SyncEvent[T]] = []
+        # The events of an attempt that failed part-way (etcd went away between pages):
+        # the mirror already holds their values, so the next attempt finds those keys
+        # unchanged and would not emit them again; they are delivered with its events.
+        out, self._undelivered = self._undelivered, []
         seen: set[str] = set()
         rev, attempt = 0, 0
-        async for kvs, page_rev, n in self.pages():
-            rev = page_rev
-            if n != attempt:
-                attempt = n
-                seen.clear()
-            with _gc_paused():
-                diffs = [(kv, ev) for kv in kvs if (ev := self._diff(kv, seen)) is not None]
-            for kv, ev in diffs:
-                if isinstance(ev, ConfigError) and ev.key not in self.current:
-                    out.extend(await self._last_good(kv))
-                out.append(ev)
+        try:
+            async for kvs, page_rev, n in self.pages():
+                rev = page_rev
+                if n != attempt:
+                    attempt = n
+                    seen.clear()
+                with _gc_paused():
+                    diffs = [(kv, ev) for kv in kvs
+                             if (ev := self._diff(kv, seen)) is not None]
+                for kv, ev in diffs:
+                    if isinstance(ev, ConfigError) and ev.key not in self.current:
+                        out.extend(await self._last_good(kv))
+                    out.append(ev)
+        except BaseException:
+            self._undelivered = out
+            raise
         out.extend(self._end_snapshot(seen, rev))
         release_free_heap()
         return out

@@ -571,3 +571,30 @@ def test_the_agent_watches_what_its_calculation_reads_and_no_more() -> None:
     for key in sample:
         assert key.startswith(s.prefixes) == consumed(key), key
     assert not keys.node_status("n").startswith(s.prefixes)
+
+
+async def test_a_snapshot_that_fails_part_way_still_delivers_what_it_read() -> None:
+    """etcd goes away between two pages of the first snapshot: the keys of the pages
+    already read are in the mirror, so the next attempt finds them unchanged; their
+    events come all the same, before its InSync. (A restarted agent whose first attempt
+    failed after the config/ pages never had its BGP configuration and peers.)"""
+    fake = BetweenPages()
+    for i in range(4):
+        await fake.put(ROOT + f"config/k{i}", j(i=i))
+        await fake.put(ROOT + f"workloads/k{i}", j(i=i))
+    async def fail_once() -> None:
+        if fake.pages == 2:
+            fake.fail_next()  # the third page's read: etcd away after config/'s pages
+
+    fake.after_page = fail_once
+    clock = FakeClock()
+    s: Syncer[dict[str, Any]] = Syncer(fake, ROOT, decode, prefixes=("workloads/", "config/"),
+                                       page_size=2, now=clock.now, sleep=clock.sleep,
+                                       rand=lambda: 0.5)
+    it = s.events()
+    evs = await until(it, lambda e: isinstance(e, InSync))
+    assert [e.up for e in evs if isinstance(e, ConnectionState)] == [False, True]
+    assert {e.key: e.value for e in evs if isinstance(e, Update)} == {
+        ROOT + f"{sub}k{i}": {"i": i} for sub in ("config/", "workloads/") for i in range(4)}
+    assert await sentinel(fake, it) == []
+    await it.aclose()  # type: ignore[attr-defined]
