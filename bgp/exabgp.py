@@ -14,7 +14,12 @@ Failure modes:
   next `tick`.
 - ExaBGP drops a reload that comes while updates are still queued for a peer (its loop
   re-arms the signal before it checks): a reload its log does not show within
-  ``RELOAD_SEEN_WITHIN`` seconds is signalled again (`check_reload_seen`).
+  ``RELOAD_SEEN_WITHIN`` seconds is signalled again (`check_reload_seen`). Updates queued
+  for a peer that never comes up (a peer its config names wrongly, or a router that is
+  down) stay queued for good, and so would every reload: after ``RELOADS_BEFORE_RESTART``
+  dropped in a row, ExaBGP is told to restart its BGP side (SIGALRM: it reads the config
+  again whatever is queued, and re-establishes its sessions; the process, and the routes
+  the agent learned, stay).
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ log = logging.getLogger(__name__)
 
 # What ExaBGP logs when it reloads its config, and how long after the signal we look.
 RELOAD_LOG_LINE = b"performing reload of exabgp"
+RESTART_LOG_LINE = b"performing restart of exabgp"
 RELOAD_SEEN_WITHIN = 2.0
+RELOADS_BEFORE_RESTART = 3
 
 
 class ExabgpProcess:
@@ -53,6 +60,8 @@ class ExabgpProcess:
         self.text: str | None = None  # the config as last written (or adopted)
         self.restarts = 0
         self.reloads_repeated = 0
+        self.dropped_in_a_row = 0  # reloads ExaBGP dropped since it last took one
+        self.bgp_restarts = 0  # SIGALRMs sent after too many dropped reloads
         # A config change that ExaBGP could not be told of yet (it does not handle SIGUSR1
         # until it has set up, and the signal's default action kills it).
         self.reload_pending = False
@@ -171,15 +180,29 @@ class ExabgpProcess:
         try:
             with open(self.log_path, "rb") as f:
                 f.seek(self.reload_unseen[0])
-                seen = RELOAD_LOG_LINE in f.read()
+                text = f.read()
+                seen = RELOAD_LOG_LINE in text or RESTART_LOG_LINE in text
         except OSError:
             seen = False
         self.reload_unseen = None
-        if not seen:
-            log.warning("exabgp dropped the reload of its config (it does while updates "
-                        "are queued): signalling it again")
-            self.reloads_repeated += 1
-            self.reload()
+        if seen:
+            self.dropped_in_a_row = 0
+            return
+        self.dropped_in_a_row += 1
+        if self.dropped_in_a_row >= RELOADS_BEFORE_RESTART and self.pid is not None:
+            log.warning("exabgp dropped %d reloads of its config in a row (updates stay "
+                        "queued for a peer that is not up): restarting its BGP side "
+                        "(SIGALRM) so that it reads the config", self.dropped_in_a_row)
+            self.dropped_in_a_row = 0
+            self.bgp_restarts += 1
+            self.reload_unseen = (self._log_size(), self.now() + RELOAD_SEEN_WITHIN)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGALRM)
+            return
+        log.warning("exabgp dropped the reload of its config (it does while updates "
+                    "are queued): signalling it again")
+        self.reloads_repeated += 1
+        self.reload()
 
     def tick(self, now: float) -> None:
         """The supervisor's periodic look at a running ExaBGP: a reload still pending, or

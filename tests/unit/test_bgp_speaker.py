@@ -20,6 +20,7 @@ import pytest
 
 from bgp.config import NeighborSpec
 from bgp.controller import BgpController
+from bgp.exabgp import RELOADS_BEFORE_RESTART
 from bgp.speaker import BgpSpeaker, _PeerState
 from felix_like.metrics import Metrics
 
@@ -451,3 +452,56 @@ def test_a_route_with_a_link_local_next_hop_is_not_reflected(tmp_path: Path) -> 
     sent = asyncio.run(run())
     assert any(f"neighbor {b} announce route fd44::80/122 next-hop fd98::2" in x for x in sent)
     assert not any("fd44::40/122" in x for x in sent), sent
+
+
+# ExaBGP with a peer that never comes up and updates queued for it: it drops every
+# reload; SIGALRM (its restart) reads the config whatever is queued.
+STUCK = """
+import signal, sys, time
+def usr1(*_):
+    print("reactor         scheduling reload", flush=True)
+def alrm(*_):
+    print("reactor         performing restart of exabgp 5", flush=True)
+signal.signal(signal.SIGUSR1, usr1)
+signal.signal(signal.SIGALRM, alrm)
+print("ready", flush=True)
+while True:
+    time.sleep(0.05)
+"""
+
+
+def test_reloads_dropped_again_and_again_make_exabgp_restart_its_bgp_side(
+        tmp_path: Path) -> None:
+    exe = tmp_path / "exabgp"
+    exe.write_text(f"#!{sys.executable}\n{STUCK}")
+    exe.chmod(0o755)
+    clock = [0.0]
+    sp = BgpSpeaker("n1", netns=None, socket_path=str(tmp_path / "s.sock"),
+                    workdir=tmp_path, exabgp_bin=str(exe), now=lambda: clock[0])
+    sp.exabgp.launch()
+    try:
+        def log() -> str:
+            return sp.exabgp.log_path.read_text()
+
+        deadline = time.monotonic() + 10
+        while "ready" not in log():
+            assert time.monotonic() < deadline and sp.running()
+            time.sleep(0.05)
+        sp.exabgp.reload()
+        for _ in range(RELOADS_BEFORE_RESTART):
+            time.sleep(0.2)
+            clock[0] += 5
+            sp.exabgp.check_reload_seen(clock[0])
+        assert sp.exabgp.reloads_repeated == RELOADS_BEFORE_RESTART - 1
+        assert sp.exabgp.bgp_restarts == 1
+        time.sleep(0.3)
+        assert log().count("scheduling reload") == RELOADS_BEFORE_RESTART
+        assert log().splitlines()[-1].endswith("performing restart of exabgp 5")
+        clock[0] += 5
+        sp.exabgp.check_reload_seen(clock[0])  # the restart took the config: done
+        assert sp.exabgp.reload_unseen is None and sp.exabgp.dropped_in_a_row == 0
+        assert sp.exabgp.bgp_restarts == 1 and sp.running()
+    finally:
+        assert sp.exabgp.proc is not None
+        sp.exabgp.proc.kill()
+        sp.exabgp.proc.wait()
