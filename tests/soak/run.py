@@ -675,20 +675,30 @@ def main(argv: list[str] | None = None) -> int:
     dump_dir = Path(args.dump) if args.dump else Path(tempfile.mkdtemp(prefix="soak-",
                                                                         dir="/tmp"))
     home = Path(tempfile.mkdtemp(prefix="soak-lab-", dir="/tmp"))
-    t = time.monotonic()
-    lab = build(home)
-    print(f"soak: lab {lab.topo.name} up in {time.monotonic() - t:.1f} s", flush=True)
-    soak = Soak(lab, args.seed, args.seconds, faults, dump_dir,
-                say=lambda s: print(s, flush=True))
+
+    def terminated(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)  # the lab comes down in the finally below
+
+    signal.signal(signal.SIGTERM, terminated)
+    signal.signal(signal.SIGHUP, terminated)
+    lab: SoakLab | None = None
+    soak: Soak | None = None
     try:
+        t = time.monotonic()
+        lab = build(home)
+        print(f"soak: lab {lab.topo.name} up in {time.monotonic() - t:.1f} s", flush=True)
+        soak = Soak(lab, args.seed, args.seconds, faults, dump_dir,
+                    say=lambda s: print(s, flush=True))
         return soak.run()
     finally:
-        soak.close()
-        problems = lab.close()
-        if problems:
-            print(f"soak: teardown left {problems}", flush=True)
+        if soak is not None:
+            soak.close()
+        if lab is not None:
+            problems = lab.close()
+            if problems:
+                print(f"soak: teardown left {problems}", flush=True)
         shutil.rmtree(home, ignore_errors=True)
-        if not soak.violations and not args.dump:  # a directory we made, left empty
+        if (soak is None or not soak.violations) and not args.dump:  # made here, empty
             shutil.rmtree(dump_dir, ignore_errors=True)
 
 
