@@ -17,9 +17,11 @@ Failure modes:
   ``RELOAD_SEEN_WITHIN`` seconds is signalled again (`check_reload_seen`). Updates queued
   for a peer that never comes up (a peer its config names wrongly, or a router that is
   down) stay queued for good, and so would every reload: after ``RELOADS_BEFORE_RESTART``
-  dropped in a row, ExaBGP is told to restart its BGP side (SIGALRM: it reads the config
-  again whatever is queued, and re-establishes its sessions; the process, and the routes
-  the agent learned, stay).
+  dropped in a row while a neighbour is not Established, ExaBGP is told to restart its
+  BGP side (SIGALRM: it reads the config again whatever is queued, and re-establishes its
+  sessions; the process, and the routes the agent learned, stay). With every neighbour
+  up, the queue drains and the reload is only signalled again: a slow machine must not
+  cost the sessions a reset.
 """
 
 from __future__ import annotations
@@ -39,15 +41,19 @@ log = logging.getLogger(__name__)
 RELOAD_LOG_LINE = b"performing reload of exabgp"
 RESTART_LOG_LINE = b"performing restart of exabgp"
 RELOAD_SEEN_WITHIN = 2.0
-RELOADS_BEFORE_RESTART = 3
+RELOADS_BEFORE_RESTART = 5
 
 
 class ExabgpProcess:
     """The ExaBGP of one node and its config file, under ``workdir``."""
 
     def __init__(self, node: str, *, netns: str | None, workdir: Path, exabgp_bin: str,
-                 now: Callable[[], float]) -> None:
+                 now: Callable[[], float],
+                 peers_down: Callable[[], bool] = lambda: True) -> None:
         self.node = node
+        # Whether a neighbour is not Established (the speaker knows): only then can
+        # updates stay queued for good, and a restart be worth its session resets.
+        self.peers_down = peers_down
         self.netns = netns
         self.workdir = workdir
         self.exabgp_bin = exabgp_bin
@@ -189,7 +195,8 @@ class ExabgpProcess:
             self.dropped_in_a_row = 0
             return
         self.dropped_in_a_row += 1
-        if self.dropped_in_a_row >= RELOADS_BEFORE_RESTART and self.pid is not None:
+        if (self.dropped_in_a_row >= RELOADS_BEFORE_RESTART and self.pid is not None
+                and self.peers_down()):
             log.warning("exabgp dropped %d reloads of its config in a row (updates stay "
                         "queued for a peer that is not up): restarting its BGP side "
                         "(SIGALRM) so that it reads the config", self.dropped_in_a_row)

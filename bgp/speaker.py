@@ -138,7 +138,8 @@ class BgpSpeaker:
         self.now = now
         self.sync_timeout = sync_timeout
         self.exabgp = ExabgpProcess(node, netns=netns, workdir=self.workdir,
-                                    exabgp_bin=exabgp_bin, now=now)
+                                    exabgp_bin=exabgp_bin, now=now,
+                                    peers_down=self._a_neighbor_is_down)
         self.rib = ImportTable(max_prefixes)
         self.neighbors: dict[str, NeighborSpec] = {}
         self.peers: dict[str, _PeerState] = {}
@@ -678,6 +679,11 @@ class BgpSpeaker:
     def prefixes_dropped(self) -> dict[str, int]:
         """Per configured peer: new prefixes refused at its max-prefix limit."""
         return {ip: self.rib.dropped(ip) for ip in sorted(self.neighbors)}
+
+    def _a_neighbor_is_down(self) -> bool:
+        """Whether some configured neighbour's session is not Established."""
+        return any((st := self.peers.get(ip)) is None or st.state != "Established"
+                   for ip in self.neighbors)
 
     def peer_status(self) -> list[dict[str, Any]]:
         """One dict per configured neighbour, NodeStatus ``status.bgp.peers[]`` shape."""

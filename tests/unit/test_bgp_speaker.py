@@ -472,12 +472,18 @@ while True:
 
 def test_reloads_dropped_again_and_again_make_exabgp_restart_its_bgp_side(
         tmp_path: Path) -> None:
+    """With a neighbour down (its updates stay queued), the fifth reload dropped in a row
+    becomes a restart of ExaBGP's BGP side; with every neighbour Established (the queue
+    drains, however slowly) reloads are only signalled again: no session reset."""
     exe = tmp_path / "exabgp"
     exe.write_text(f"#!{sys.executable}\n{STUCK}")
     exe.chmod(0o755)
     clock = [0.0]
     sp = BgpSpeaker("n1", netns=None, socket_path=str(tmp_path / "s.sock"),
                     workdir=tmp_path, exabgp_bin=str(exe), now=lambda: clock[0])
+    sp.neighbors = {PEER: NeighborSpec(PEER, 65000, 65001, "10.99.1.1", "10.99.1.1", "node")}
+    sp.peers[PEER] = _PeerState(0.0)
+    sp.peers[PEER].state = "Established"
     sp.exabgp.launch()
     try:
         def log() -> str:
@@ -488,6 +494,14 @@ def test_reloads_dropped_again_and_again_make_exabgp_restart_its_bgp_side(
             assert time.monotonic() < deadline and sp.running()
             time.sleep(0.05)
         sp.exabgp.reload()
+        for _ in range(RELOADS_BEFORE_RESTART + 2):  # every neighbour up: no restart
+            time.sleep(0.2)
+            clock[0] += 5
+            sp.exabgp.check_reload_seen(clock[0])
+        assert sp.exabgp.bgp_restarts == 0 and "restart" not in log()
+        sp.peers[PEER].state = "Active"  # the neighbour goes down: its updates stay queued
+        sp.exabgp.dropped_in_a_row = 0
+        sp.exabgp.reloads_repeated = 0
         for _ in range(RELOADS_BEFORE_RESTART):
             time.sleep(0.2)
             clock[0] += 5
@@ -495,7 +509,7 @@ def test_reloads_dropped_again_and_again_make_exabgp_restart_its_bgp_side(
         assert sp.exabgp.reloads_repeated == RELOADS_BEFORE_RESTART - 1
         assert sp.exabgp.bgp_restarts == 1
         time.sleep(0.3)
-        assert log().count("scheduling reload") == RELOADS_BEFORE_RESTART
+        assert log().count("scheduling reload") == 2 * RELOADS_BEFORE_RESTART + 2
         assert log().splitlines()[-1].endswith("performing restart of exabgp 5")
         clock[0] += 5
         sp.exabgp.check_reload_seen(clock[0])  # the restart took the config: done
