@@ -177,6 +177,8 @@ class Agent:
         # CNI handler reports before etcd's watch echoes them (the echo then changes nothing).
         self.cluster = ClusterState()
         self._dirty = asyncio.Event()
+        self._cni_in_flight = 0  # CNI calls being handled (see _ipam_committed)
+        self._dirty_after_cni = False
         self._route_error = ""  # the last apply's first refused route, if any
         # Routes the kernel refused are tried again after a pause that doubles (0.5 s to
         # 30 s) while they keep failing; any event in between applies at once, as always.
@@ -547,7 +549,14 @@ class Agent:
                 for ev in self.syncer.observe_write(op.key, value, revision):
                     if isinstance(ev, Update | Deleted):
                         changed = self.cluster.apply(ev) or changed
-        if changed:
+        if not changed:
+            return
+        if self._cni_in_flight:
+            # Not now: an apply while a pod is being wired would find its veth half made
+            # (the ADD's own apply follows with everything). Once the calls are answered
+            # (a DEL, a failed ADD, a claim made ahead of need, whose echo changes nothing).
+            self._dirty_after_cni = True
+        else:
             self._dirty.set()
 
     async def _ipam_inputs(self) -> IpamInputs:
@@ -569,7 +578,14 @@ class Agent:
             err = CniError(ERR_TRY_AGAIN_LATER, "etcd is unreachable; try again later",
                            self.etcd_down_reason)
             return 1, error_json(err, requested_version(stdin)), ""
-        code, out, err_text = await self.handler.handle(plugin, env, stdin)
+        self._cni_in_flight += 1
+        try:
+            code, out, err_text = await self.handler.handle(plugin, env, stdin)
+        finally:
+            self._cni_in_flight -= 1
+            if not self._cni_in_flight and self._dirty_after_cni:
+                self._dirty_after_cni = False
+                self._dirty.set()
         return code, out, err_text
 
     async def run(self, stop: asyncio.Event) -> None:

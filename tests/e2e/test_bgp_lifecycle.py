@@ -106,7 +106,10 @@ def test_a_tor_peer_added_changed_and_removed_at_run_time(fabric: Fabric) -> Non
              "pf's /32 withdrawn", 0.2, lambda: tor1.birdc("show", "route"))
     wait_for(lambda: not fab.nodes["r1b"].routes("81"), 20, "r1b's FIB: nothing learned",
              0.2, lambda: str(fab.nodes["r1b"].routes("81")))
-    assert fab.get("status/nodes/r1b")["status"]["bgp"]["peers"] == []
+    # The NodeStatus is written on change, by its own task: the peer leaves it too.
+    wait_for(lambda: fab.get("status/nodes/r1b")["status"]["bgp"]["peers"] == [], 10,
+             "r1b's NodeStatus without the peer", 0.2,
+             lambda: str(fab.get("status/nodes/r1b")["status"]["bgp"]))
 
 
 def test_a_tor_peer_removed_while_the_agent_restarts_leaves_nothing_in_the_fib(
