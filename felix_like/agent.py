@@ -178,6 +178,7 @@ class Agent:
         self.cluster = ClusterState()
         self._dirty = asyncio.Event()
         self._cni_in_flight = 0  # CNI calls being handled (see _ipam_committed)
+        self._gone_addresses: set[str] = set()  # of removed local endpoints, for the policy
         self._dirty_after_cni = False
         self._route_error = ""  # the last apply's first refused route, if any
         # Routes the kernel refused are tried again after a pause that doubles (0.5 s to
@@ -226,6 +227,11 @@ class Agent:
                     f"{self._route_error or 'another endpoint holds its address'})")
 
     async def endpoint_removed(self, key: str) -> None:
+        old = self.cluster.values.get(key)
+        if isinstance(old, model.WorkloadEndpoint):
+            # Its flows go at the next policy apply, also when this process never
+            # programmed it (a DEL just after a restart, before the first apply).
+            self._gone_addresses.update(str(n) for n in old.spec.ip_networks)
         self.cluster.remove(key)
         await self.apply()
 
@@ -344,8 +350,15 @@ class Agent:
         t0 = time.monotonic()
         policy = self.policy
         policy.set_state(st)
+        gone, self._gone_addresses = self._gone_addresses, set()
+
+        def apply() -> None:
+            if gone:
+                policy.forget_addresses(gone)  # kept by the manager until an apply succeeds
+            policy.apply()
+
         try:
-            await self._in_netlink(policy.apply)
+            await self._in_netlink(apply)
         except Exception as e:  # the kernel keeps the previous ruleset; retry
             log.error("policy apply failed (previous rules stay in force): %s", e)
             self.metrics.policy_apply_failures.inc()

@@ -182,6 +182,10 @@ class PolicyManager:
         self.host_addresses = self._read_hosts()
         self.state: ClusterState | Mapping[str, Any] = {}
         self.ruleset: Ruleset | None = None
+        # Addresses of local endpoints removed before this manager saw them programmed
+        # (deleted while the agent restarted, before its first apply): their flows go at
+        # the next apply that succeeds (`forget_addresses`).
+        self._also_gone: set[str] = set()
         self.calc = IncrementalCalculation(node, log_allowed)  # flow-log allowed ones too
         self.last_apply_seconds = 0.0
         self.last_calc_seconds = 0.0
@@ -221,7 +225,8 @@ class PolicyManager:
         # Local endpoints that went, and any endpoint's address released anywhere: a
         # remote pod's flow through this node (a local client's egress) must not reach
         # the next pod given that address either.
-        gone = gone_addresses(self.ruleset, rs) | self.calc.take_released()
+        gone = gone_addresses(self.ruleset, rs) | self.calc.take_released() | self._also_gone
+        self._also_gone = set()
         self.ruleset = rs
         if gone:
             try:
@@ -236,6 +241,11 @@ class PolicyManager:
             log.debug("policy: %d commands for %d endpoints, %d chains, %d sets in %.1f ms",
                       self.last_commands, len(rs.endpoints), len(rs.chains), len(rs.sets),
                       self.last_apply_seconds * 1000)
+
+    def forget_addresses(self, nets: Iterable[str]) -> None:
+        """The flows of these addresses (CIDRs of a local endpoint that is gone) are
+        deleted at the next apply, whatever this manager saw of the endpoint."""
+        self._also_gone.update(nets)
 
     def resync(self) -> None:
         """Re-read host addresses and make the next apply a full converge of the kernel

@@ -27,9 +27,13 @@ class FakePolicy:
     def __init__(self) -> None:
         self.state: Any = None
         self.applies = 0
+        self.forgotten: set[str] = set()
 
     def set_state(self, st: Any) -> None:
         self.state = st
+
+    def forget_addresses(self, nets: Any) -> None:
+        self.forgotten.update(nets)
 
     def apply(self) -> None:
         self.applies += 1
@@ -142,3 +146,20 @@ async def test_the_agents_own_ipam_writes_are_in_its_state_before_the_watch_echo
     assert export_prefixes("n1", agent.cluster) == {own.block}
     await agent.apply()
     assert kernel.forwards(own.address) == "drop"
+
+
+async def test_a_pod_deleted_before_the_first_policy_apply_has_its_flows_forgotten(
+        tmp_path: Path) -> None:
+    """A DEL just after the agent restarted, before it is in sync: this process never
+    programmed the pod, yet the next policy apply deletes the flows of its addresses
+    (their conntrack entries would let the address's next pod into established flows)."""
+    kernel = FakeKernel(links={"lo": 1, "fab1": 7})
+    agent, policy = stepped_agent(kernel, tmp_path)
+    key, a = wep("n1", "default", "a", "10.244.0.5/32", "fab1")
+    agent.cluster.apply(Update(key, a, 3))  # from the snapshot, not reported by an ADD
+    agent.syncer.in_sync = False  # the snapshot is not complete: no policy apply yet
+    await agent.endpoint_removed(key)
+    assert policy.applies == 0 and policy.forgotten == set()
+    agent.syncer.in_sync = True
+    await agent.apply()
+    assert policy.applies == 1 and policy.forgotten == {"10.244.0.5/32"}

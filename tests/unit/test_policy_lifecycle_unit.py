@@ -149,3 +149,15 @@ def test_the_periodic_resync_converges_the_kernel_and_keeps_the_calculation() ->
     m.apply()
     assert m.ruleset == calculate(inputs_from_state(dict(st.policy_items()), NODE, [HOST]))
     assert any(m.ruleset.elements[n] is not e for n, e in kept.elements.items())
+
+
+def test_addresses_to_forget_are_forgotten_at_the_next_apply_that_succeeds() -> None:
+    """`forget_addresses`: a local endpoint this manager never saw programmed (deleted
+    while the agent restarted) still has its flows deleted, once."""
+    m, forgotten = _manager()
+    m.forget_addresses({"10.244.1.99/32"})
+    m.set_state(dict(_state(DB, FRONTEND)))
+    m.apply()
+    assert forgotten == [{"10.244.1.99/32"}]
+    m.apply()
+    assert forgotten == [{"10.244.1.99/32"}]
