@@ -40,7 +40,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -226,11 +226,13 @@ class Agent:
                     f"{r.dst.split('/')[0]} is already routed on this node (route {r}: "
                     f"{self._route_error or 'another endpoint holds its address'})")
 
-    async def endpoint_removed(self, key: str) -> None:
+    async def endpoint_removed(self, key: str, addresses: Iterable[str] = ()) -> None:
+        # Its flows go at the next policy apply, also when this process never programmed
+        # it (a DEL just after a restart, before the first apply; ``addresses``: what the
+        # handler read of it, when the snapshot has not brought it yet).
+        self._gone_addresses.update(addresses)
         old = self.cluster.values.get(key)
         if isinstance(old, model.WorkloadEndpoint):
-            # Its flows go at the next policy apply, also when this process never
-            # programmed it (a DEL just after a restart, before the first apply).
             self._gone_addresses.update(str(n) for n in old.spec.ip_networks)
         self.cluster.remove(key)
         await self.apply()

@@ -9,7 +9,7 @@ import contextlib
 import ipaddress
 import logging
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any, Final, Protocol
 
 from cni import protocol as proto
@@ -58,7 +58,7 @@ class EndpointSink(Protocol):
 
     async def endpoint_added(self, key: str, wep: m.WorkloadEndpoint) -> None: ...
 
-    async def endpoint_removed(self, key: str) -> None: ...
+    async def endpoint_removed(self, key: str, addresses: Iterable[str] = ()) -> None: ...
 
 
 def owns_pod_routes(sink: EndpointSink | None) -> bool:

@@ -322,7 +322,8 @@ class CniHandler:
             hosts = tuple(ipaddress.ip_interface(str(n)) for n in wep.spec.ip_networks)
             if self.dataplane is not None:
                 try:
-                    await self.dataplane.endpoint_removed(key)
+                    await self.dataplane.endpoint_removed(
+                        key, [str(n) for n in wep.spec.ip_networks])
                 except Exception as e:
                     log.warning("DEL %s: dataplane: %s", handle, e)
                     routes_removed_by_dataplane = False

@@ -147,7 +147,7 @@ class RecordingSink:
             raise RuntimeError("dataplane refused the endpoint (test)")
         self.added[key] = wep
 
-    async def endpoint_removed(self, key: str) -> None:
+    async def endpoint_removed(self, key: str, addresses: Any = ()) -> None:
         self.removed.append(key)
         self.added.pop(key, None)
 

@@ -755,7 +755,7 @@ class _RouteOwner:
     async def endpoint_added(self, key: str, wep: Any) -> None:
         self.events.append(("added", key, [r["dst"] for r in our_routes(self.node)]))
 
-    async def endpoint_removed(self, key: str) -> None:
+    async def endpoint_removed(self, key: str, addresses: Any = ()) -> None:
         self.events.append(("removed", key, [r["dst"] for r in our_routes(self.node)]))
 
 
