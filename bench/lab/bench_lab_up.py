@@ -10,6 +10,7 @@ Run as root: ``python -m bench.lab.bench_lab_up``.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -64,15 +65,20 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench_lab_up: needs root (network namespaces); skipped")
         return 0
-    os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="lb", dir="/tmp")
+    state_home = tempfile.mkdtemp(prefix="lb", dir="/tmp")
+    os.environ["XDG_STATE_HOME"] = state_home
     rows = []
     results: dict[str, Any] = {}
-    for label, racks, per_rack in (("leaf-spine 4 nodes", 2, 2), ("leaf-spine 16 nodes", 4, 4)):
-        base = measure(leaf_spine(racks, per_rack), agents=False)
-        full = measure(leaf_spine(racks, per_rack), agents=True)
-        rows.append([label, base, full, full / base])
-        results[label] = {"nodes": racks * per_rack, "baseline_no_agents_s": round(base, 3),
-                          "up_s": round(full, 3), "ratio": round(full / base, 2)}
+    try:
+        for label, racks, per_rack in (("leaf-spine 4 nodes", 2, 2),
+                                       ("leaf-spine 16 nodes", 4, 4)):
+            base = measure(leaf_spine(racks, per_rack), agents=False)
+            full = measure(leaf_spine(racks, per_rack), agents=True)
+            rows.append([label, base, full, full / base])
+            results[label] = {"nodes": racks * per_rack, "baseline_no_agents_s": round(base, 3),
+                              "up_s": round(full, 3), "ratio": round(full / base, 2)}
+    finally:
+        shutil.rmtree(state_home, ignore_errors=True)  # the labs' state, empty once down
     print_table(["topology", "no agents (s)", "full up (s)", "ratio"], rows,
                 title="lab bring-up (until BIRD answers and every agent is ready)")
     print(write_results("lab_up", {"results": results}))
