@@ -177,9 +177,7 @@ class Agent:
         # CNI handler reports before etcd's watch echoes them (the echo then changes nothing).
         self.cluster = ClusterState()
         self._dirty = asyncio.Event()
-        self._cni_in_flight = 0  # CNI calls being handled (see _ipam_committed)
         self._gone_addresses: set[str] = set()  # of removed local endpoints, for the policy
-        self._dirty_after_cni = False
         self._route_error = ""  # the last apply's first refused route, if any
         # Routes the kernel refused are tried again after a pause that doubles (0.5 s to
         # 30 s) while they keep failing; any event in between applies at once, as always.
@@ -569,14 +567,7 @@ class Agent:
                 for ev in self.syncer.observe_write(op.key, value, revision):
                     if isinstance(ev, Update | Deleted):
                         changed = self.cluster.apply(ev) or changed
-        if not changed:
-            return
-        if self._cni_in_flight:
-            # Not now: an apply while a pod is being wired would find its veth half made
-            # (the ADD's own apply follows with everything). Once the calls are answered
-            # (a DEL, a failed ADD, a claim made ahead of need, whose echo changes nothing).
-            self._dirty_after_cni = True
-        else:
+        if changed:
             self._dirty.set()
 
     async def _ipam_inputs(self) -> IpamInputs:
@@ -598,14 +589,7 @@ class Agent:
             err = CniError(ERR_TRY_AGAIN_LATER, "etcd is unreachable; try again later",
                            self.etcd_down_reason)
             return 1, error_json(err, requested_version(stdin)), ""
-        self._cni_in_flight += 1
-        try:
-            code, out, err_text = await self.handler.handle(plugin, env, stdin)
-        finally:
-            self._cni_in_flight -= 1
-            if not self._cni_in_flight and self._dirty_after_cni:
-                self._dirty_after_cni = False
-                self._dirty.set()
+        code, out, err_text = await self.handler.handle(plugin, env, stdin)
         return code, out, err_text
 
     async def run(self, stop: asyncio.Event) -> None:

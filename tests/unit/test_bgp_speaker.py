@@ -197,14 +197,26 @@ while True:
 """
 
 
+def _stand_in(tmp_path: Path, script: str, clock: list[float]) -> BgpSpeaker:
+    """A speaker whose "ExaBGP" is ``script`` (its log is the script's stdout)."""
+    exe = tmp_path / "exabgp"
+    exe.write_text(f"#!{sys.executable}\n{script}")
+    exe.chmod(0o755)
+    return BgpSpeaker("n1", netns=None, socket_path=str(tmp_path / "s.sock"),
+                      workdir=tmp_path, exabgp_bin=str(exe), now=lambda: clock[0])
+
+
+def _wait_ready(sp: BgpSpeaker) -> None:
+    deadline = time.monotonic() + 10
+    while "ready" not in sp.exabgp.log_path.read_text():
+        assert time.monotonic() < deadline and sp.running()
+        time.sleep(0.05)
+
+
 def test_a_reload_waits_for_the_handler_and_a_dropped_one_is_signalled_again(
         tmp_path: Path) -> None:
-    exe = tmp_path / "exabgp"
-    exe.write_text(f"#!{sys.executable}\n{STAND_IN}")
-    exe.chmod(0o755)
     clock = [0.0]
-    sp = BgpSpeaker("n1", netns=None, socket_path=str(tmp_path / "s.sock"),
-                    workdir=tmp_path, exabgp_bin=str(exe), now=lambda: clock[0])
+    sp = _stand_in(tmp_path, STAND_IN, clock)
     sp.exabgp.launch()
     try:
         sp.exabgp.reload()  # too early: it would have killed the process
@@ -213,10 +225,7 @@ def test_a_reload_waits_for_the_handler_and_a_dropped_one_is_signalled_again(
         def log() -> str:
             return sp.exabgp.log_path.read_text()
 
-        deadline = time.monotonic() + 10
-        while "ready" not in log():
-            assert time.monotonic() < deadline and sp.running()
-            time.sleep(0.05)
+        _wait_ready(sp)
         sp.exabgp.reload()  # what the supervisor does while a reload is pending
         assert not sp.exabgp.reload_pending
         time.sleep(0.3)
@@ -475,12 +484,8 @@ def test_reloads_dropped_again_and_again_make_exabgp_restart_its_bgp_side(
     """With a neighbour down (its updates stay queued), the fifth reload dropped in a row
     becomes a restart of ExaBGP's BGP side; with every neighbour Established (the queue
     drains, however slowly) reloads are only signalled again: no session reset."""
-    exe = tmp_path / "exabgp"
-    exe.write_text(f"#!{sys.executable}\n{STUCK}")
-    exe.chmod(0o755)
     clock = [0.0]
-    sp = BgpSpeaker("n1", netns=None, socket_path=str(tmp_path / "s.sock"),
-                    workdir=tmp_path, exabgp_bin=str(exe), now=lambda: clock[0])
+    sp = _stand_in(tmp_path, STUCK, clock)
     sp.neighbors = {PEER: NeighborSpec(PEER, 65000, 65001, "10.99.1.1", "10.99.1.1", "node")}
     sp.peers[PEER] = _PeerState(0.0)
     sp.peers[PEER].state = "Established"
@@ -489,10 +494,7 @@ def test_reloads_dropped_again_and_again_make_exabgp_restart_its_bgp_side(
         def log() -> str:
             return sp.exabgp.log_path.read_text()
 
-        deadline = time.monotonic() + 10
-        while "ready" not in log():
-            assert time.monotonic() < deadline and sp.running()
-            time.sleep(0.05)
+        _wait_ready(sp)
         sp.exabgp.reload()
         for _ in range(RELOADS_BEFORE_RESTART + 2):  # every neighbour up: no restart
             time.sleep(0.2)
