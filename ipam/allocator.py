@@ -36,7 +36,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TypeVar
 
 import netaddr
@@ -71,7 +71,8 @@ from ipam.values import (
 
 log = logging.getLogger(__name__)
 
-# How long an allocation keeps retrying lost block CAS races (beyond max_attempts).
+# How long an allocation or a release keeps retrying lost block CAS races (beyond
+# max_attempts).
 CONFLICT_BUDGET = 10.0
 
 T = TypeVar("T")
@@ -162,6 +163,23 @@ class IpamClient:
                            block=e.block, borrowed=e.block not in affine, seq=e.seq,
                            handle=handle) for e in entries]
 
+    async def _rounds(self) -> AsyncIterator[int]:
+        """The attempt numbers of one compare-and-swap loop over blocks.
+
+        Bounded by count AND time: a block is one CAS unit, so a second client writing
+        the same block in a tight loop (two processes of one node, a borrower, a release
+        beside allocations) can win many rounds in a row. Both sides re-read and retry at
+        once, so they stay in lockstep; a short jittered pause before every round after
+        the first breaks it, and the loser keeps trying for ``CONFLICT_BUDGET`` seconds.
+        """
+        deadline = time.monotonic() + CONFLICT_BUDGET
+        attempt = 0
+        while attempt < self._max_attempts or time.monotonic() < deadline:
+            if attempt:
+                await self._sleep(random.uniform(0, min(0.02, 0.001 * 2 ** min(attempt, 8))))
+            attempt += 1
+            yield attempt
+
     async def _commit(self, plan: Plan, handle: str, handle_kv: KV | None,
                       record: HandleRecord | None, *, fills: bool = False
                       ) -> tuple[bool, KV | None]:
@@ -233,13 +251,8 @@ class IpamClient:
                            extra: dict[str, str]) -> list[Assignment]:
         handle_kv = self._cache.handles.get(handle)
         verified = False  # handle_kv read from etcd by this call
-        # Attempts are bounded by count AND time: a block is one CAS unit, so a second
-        # allocator writing the same block in a tight loop (two processes of one node) can
-        # win many rounds in a row; the loser keeps trying, backing off, for a while.
-        deadline = time.monotonic() + CONFLICT_BUDGET
         _attempt = 0
-        while _attempt < self._max_attempts or time.monotonic() < deadline:
-            _attempt += 1
+        async for _attempt in self._rounds():
             inputs = await self._inputs()
             affine = await self._claims.ensure_affine(inputs)
             record = HandleRecord.from_json(handle_kv.value) if handle_kv else \
@@ -296,10 +309,6 @@ class IpamClient:
                 self.stats.borrowed += borrowed
                 self._claims.maybe_claim_ahead(inputs, (v for v in (4, 6) if want[v]))
                 return self._assignments(handle, new_record.entries)
-            # Lost the block to another allocator. Race: two allocators of one node (or
-            # a borrower) re-read and pick the same next free address again and again;
-            # a short jittered pause breaks the lockstep so the loser cannot starve.
-            await self._sleep(random.uniform(0, min(0.02, 0.001 * 2 ** min(_attempt, 8))))
         raise IpamConflictError(
             f"assigning addresses to {handle}: blocks kept changing under us "
             f"({_attempt} attempts over {CONFLICT_BUDGET:.0f} s)")
@@ -330,13 +339,8 @@ class IpamClient:
     async def _assign_ip(self, address: str, handle: str, namespace: str, pod: str,
                          extra: dict[str, str]) -> Assignment:
         handle_kv = self._cache.handles.get(handle)
-        # Attempts are bounded by count AND time: a block is one CAS unit, so a second
-        # allocator writing the same block in a tight loop (two processes of one node) can
-        # win many rounds in a row; the loser keeps trying, backing off, for a while.
-        deadline = time.monotonic() + CONFLICT_BUDGET
         _attempt = 0
-        while _attempt < self._max_attempts or time.monotonic() < deadline:
-            _attempt += 1
+        async for _attempt in self._rounds():
             inputs = await self._inputs()
             pool = inputs.pool_of(address)
             if pool is None or pool.disabled:
@@ -403,7 +407,7 @@ class IpamClient:
                 self.stats.allocations += 1
                 return self._assignments(handle, [entry])[0]
         raise IpamConflictError(f"assigning {address}: block kept changing "
-                                f"({self._max_attempts} attempts)")
+                                f"({_attempt} attempts over {CONFLICT_BUDGET:.0f} s)")
 
     # -- public API: release -----------------------------------------------------------
 
@@ -430,7 +434,8 @@ class IpamClient:
 
     async def _release_handle(self, handle: str) -> int:
         hkv = self._cache.handles.get(handle) or await self._store.get(keys.ipam_handle(handle))
-        for _attempt in range(self._max_attempts):
+        _attempt = 0
+        async for _attempt in self._rounds():
             if hkv is None:
                 return 0
             try:
@@ -458,7 +463,7 @@ class IpamClient:
                 self.stats.releases += freed
                 return freed
         raise IpamConflictError(f"releasing {handle}: blocks kept changing "
-                                f"({self._max_attempts} attempts)")
+                                f"({_attempt} attempts over {CONFLICT_BUDGET:.0f} s)")
 
     async def release_ips(self, addresses: Iterable[str], *,
                           seqs: Mapping[str, int] | None = None) -> list[str]:
@@ -496,7 +501,8 @@ class IpamClient:
         cidr = await self._find_block(address)
         if cidr is None:
             return False
-        for _attempt in range(self._max_attempts):
+        _attempt = 0
+        async for _attempt in self._rounds():
             kv = (await self._block_kvs([cidr]))[cidr]
             shared = None if kv is None else self._cache.block(cidr, kv)
             if kv is None or shared is None:
@@ -516,7 +522,8 @@ class IpamClient:
             if ok:
                 self.stats.releases += 1
                 return True
-        raise IpamConflictError(f"releasing {address}: block kept changing")
+        raise IpamConflictError(f"releasing {address}: block kept changing "
+                                f"({_attempt} attempts over {CONFLICT_BUDGET:.0f} s)")
 
     # -- public API: queries and node removal ------------------------------------------
 

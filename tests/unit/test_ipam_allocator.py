@@ -4,13 +4,14 @@ strict affinity, requested addresses, reservations, pools, release, node removal
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import replace
 
 import netaddr
 import pytest
 
 from datastore import keys
-from datastore.client import KV, Datastore
+from datastore.client import KV, Compare, Datastore, Op, TxnResult
 from datastore.fake import FakeDatastore
 from ipam import crashpoints
 from ipam.allocator import IpamClient, delete_pool, release_node
@@ -398,3 +399,48 @@ async def test_addresses_another_client_frees_in_a_full_block_are_seen_before_gi
     assert await IpamClient(ds, "n1").release_ips([got[2].address]) == [got[2].address]
     (again,) = await a.auto_assign("h4", namespace="ns", pod="p4")
     assert again.address == got[2].address
+
+
+class _ContendedBlocks(FakeDatastore):
+    """Another writer touches every block just before each of the next ``rounds`` IPAM
+    transactions, so each of them loses its compare (two processes of one node in lockstep)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rounds = 0
+
+    async def txn(self, compare: Sequence[Compare], success: Sequence[Op],
+                  failure: Sequence[Op] = ()) -> TxnResult:
+        if self.rounds > 0 and compare:
+            self.rounds -= 1
+            blocks, _ = await self.list(keys.ipam_block(""))
+            for kv in blocks:
+                await self.put(kv.key, kv.value)  # a txn without compares
+        return await super().txn(compare, success, failure)
+
+
+@pytest.mark.parametrize("how", ["handle", "address"])
+async def test_a_release_outlasts_more_lost_races_than_its_attempt_count(how: str) -> None:
+    """A release that loses its block's compare round after round (another process of the
+    node allocating in the same block) keeps trying, pausing a jittered moment between
+    rounds, for the conflict budget — not just ``max_attempts`` rounds — and then frees."""
+    ds = _ContendedBlocks()
+    await setup(ds, size=28, nodes=1)
+    pauses: list[float] = []
+
+    async def sleep(s: float) -> None:
+        pauses.append(s)
+
+    a = IpamClient(ds, "n1", max_attempts=3, sleep=sleep)
+    (got,) = await a.auto_assign("h", namespace="ns", pod="p")
+    ds.rounds = 10
+    if how == "handle":
+        assert await a.release_by_handle("h") == 1
+    else:
+        assert await a.release_ips([got.address]) == [got.address]
+    assert ds.rounds == 0 and len(pauses) == 10 and all(0 <= p <= 0.02 for p in pauses)
+    assert await ds.get(keys.ipam_handle("h")) is None
+    b = IpamClient(ds, "n1")  # the pool's one block of 16 has all 16 free again
+    again = {(await b.auto_assign(f"h{i}", namespace="ns", pod=f"p{i}"))[0].address
+             for i in range(16)}
+    assert got.address in again and len(again) == 16
