@@ -437,7 +437,7 @@ class Agent:
             if ch.came_up or ch.everything:
                 routes.reread()
             gone = routes.forget(ch.deleted)
-            changed = any([routes.link_gone(name) for name in ch.vanished])
+            changed = any([routes.link_gone(name, index) for name, index in ch.vanished])
             if ch.everything:
                 return gone, routes.retry_waiting() or changed
             return gone, any([routes.link_appeared(name) for name in appeared]) or changed

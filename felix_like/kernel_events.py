@@ -211,7 +211,8 @@ class KernelChanges:
     addresses: bool = False  # an IPv4 address was added or removed
     deleted: set[str] = field(default_factory=set)  # our protocols' dsts gone from main
     appeared: set[str] = field(default_factory=set)  # pod veths that exist now
-    vanished: set[str] = field(default_factory=set)  # pod veths deleted (maybe made again)
+    # pod veths deleted (maybe made again under their name), as (name, ifindex)
+    vanished: set[tuple[str, int]] = field(default_factory=set)
     everything: bool = False  # notifications were lost: read and retry everything
 
 
@@ -229,11 +230,12 @@ def kernel_changes(batch: Sequence[MonitorEvent], links: dict[int, int]) -> Kern
             if ev.name.startswith(HOST_IF_PREFIX):
                 # A deleted veth took its routes with it, even when a veth of the same
                 # name is made again in the same burst (a runtime's retried ADD replacing
-                # the pod): it stays "vanished", so the record of its routes is dropped
-                # and the apply adds them through the new one. Only a veth that exists
-                # at the end of the burst has "appeared".
+                # the pod): it stays "vanished", so the record of its routes through
+                # the deleted one (its index) is dropped and the apply adds them through
+                # the new one. Only a veth that exists at the end of the burst has
+                # "appeared".
                 if ev.deleted:
-                    out.vanished.add(ev.name)
+                    out.vanished.add((ev.name, ev.index))
                     out.appeared.discard(ev.name)
                 else:
                     out.appeared.add(ev.name)

@@ -277,6 +277,10 @@ class RouteManager:
         self._in_sync = False
         # Desired local routes whose interface was missing at the last try, by dst.
         self._waiting: dict[str, Route] = {}
+        # The interface index each local route of the record goes through, where known: a
+        # veth deleted and made again under its name has a new index, and only routes
+        # through the deleted one went with it.
+        self._oif: dict[str, int] = {}
         self.last_dump_at: float | None = None
         self.last_apply_at: float | None = None
 
@@ -337,14 +341,19 @@ class RouteManager:
             del self._waiting[dst]
         return bool(found)
 
-    def link_gone(self, name: str) -> bool:
-        """Interface ``name`` was deleted and the kernel deleted every route through it
-        (IPv4 without a notification): drop them from our record, so that the next apply()
-        finds the ones still desired missing (and waiting for the interface). Whether any
-        of them is desired."""
+    def link_gone(self, name: str, index: int | None = None) -> bool:
+        """Interface ``name`` (of ``index``, when known) was deleted and the kernel deleted
+        every route through it (IPv4 without a notification): drop them from our record,
+        so that the next apply() finds the ones still desired missing (and waiting for the
+        interface). Whether any of them is desired.
+
+        A route the record has through another interface of that name stays: a pod's veth
+        replaced under its name (a repeated ADD) whose deletion is reported after an
+        apply routed the pod through the new one."""
         if self._programmed is None:
             return False
-        found = [dst for dst, r in self._programmed.items() if r.dev == name]
+        found = [dst for dst, r in self._programmed.items() if r.dev == name
+                 and (index is None or self._oif.get(dst, index) == index)]
         for dst in found:
             del self._programmed[dst]
         return any(dst in self._desired for dst in found)
@@ -386,6 +395,7 @@ class RouteManager:
             if dst in self._waiting:  # its interface is still missing
                 p.no_interface.append(want)
                 continue
+            self._oif.pop(dst, None)
             try:
                 if have is None:
                     {"added": p.added, "replaced": p.replaced,
@@ -478,10 +488,15 @@ class RouteManager:
             host, _, plen = r.dst.partition("/")
             self._pods.add_route(r.family, host, int(plen), oif=oif, table=RT_TABLE_MAIN,
                                  proto=r.proto, scope=RT_SCOPE_LINK)
+            self._oif[r.dst] = oif
             return
         if r.kind == "local":
             assert r.dev is not None
-            kw.update(oif=links.index(r.dev), scope=RT_SCOPE_LINK, type=RTN_UNICAST)
+            oif = links.index(r.dev)
+            kw.update(oif=oif, scope=RT_SCOPE_LINK, type=RTN_UNICAST)
+            self._ipr.route(command, **kw)
+            self._oif[r.dst] = oif
+            return
         elif r.kind == "blackhole":
             kw.update(type=RTN_BLACKHOLE)
         elif len(r.via) == 1:
@@ -492,6 +507,7 @@ class RouteManager:
 
     def _dump(self, links: _LinkIndex) -> dict[str, Route]:
         found: dict[str, Route] = {}
+        self._oif = {}
         for family in (AF_INET, AF_INET6):
             for msg in self._ipr.route("dump", family=family, table=RT_TABLE_MAIN):
                 r = route_from_msg(msg, links.name)
@@ -503,6 +519,9 @@ class RouteManager:
                     log.warning("duplicate owned route for %s ignored: %s", r.dst, r)
                     continue
                 found[r.dst] = r
+                oif = msg.get_attr("RTA_OIF")
+                if r.kind == "local" and oif is not None:
+                    self._oif[r.dst] = int(oif)
         self.last_dump_at = self._now()
         log.debug("dumped %d owned routes", len(found))
         return found

@@ -52,7 +52,7 @@ def node(netns: Callable[[str], str], etcd: EmbeddedEtcd,
 def cni(agent: Node, command: str, container: str, pod_ns: str,
         pod: str) -> dict[str, Any]:
     code, out = cni_result(agent, command, container, pod_ns, pod)
-    assert code == 0, out
+    assert code == 0, f"{out}\n{agent.log_tail(6000)}"
     return json.loads(out) if out.strip() else {}
 
 

@@ -13,6 +13,7 @@ import pytest
 from test_agent_calc import wep
 from test_routes_unit import FakeKernel
 
+from felix_like import calc
 from felix_like.agent import Agent, AgentConfig
 from felix_like.kernel_events import (
     IFF_LOWER_UP,
@@ -73,7 +74,7 @@ def test_kernel_changes_a_link_coming_up_routes_deleted_and_veths_coming_and_goi
                            LinkChange(10, "fabagain", 0, True), LinkChange(11, "fabagain", 0)],
                           links)
     assert got == KernelChanges(appeared={"fab123", "fabagain"},
-                                vanished={"fabold", "fabshort", "fabagain"})
+                                vanished={("fabold", 7), ("fabshort", 8), ("fabagain", 10)})
     assert 7 not in links and 8 not in links and 10 not in links
     # Only our protocols in the main table; IPv4 addresses only.
     other = [RouteDeleted(socket.AF_INET, "10.0.0.0/24", 2, 254),
@@ -150,7 +151,7 @@ async def test_an_endpoint_without_its_interface_is_reported_once_and_does_not_b
     # silently; on the RTM_DELLINK the endpoint is reported at once.
     del kernel.links["fabok"]
     del kernel.table["10.244.0.1/32"]
-    await agent._follow_kernel(KernelChanges(vanished={"fabok"}))
+    await agent._follow_kernel(KernelChanges(vanished={("fabok", 7)}))
     assert agent._dirty.is_set()
     await agent._apply_locked()
     assert agent.without_interface == {"workloads/n1/default.a.eth0": "fabok"}
@@ -175,6 +176,31 @@ async def test_a_veth_replaced_under_its_name_gets_its_route_back(tmp_path: Path
     await agent._apply_locked()
     assert kernel.forwards("10.244.0.1") == "dev fabpod"
     assert agent.without_interface == {}
+
+
+async def test_a_veths_deletion_reported_after_the_pod_was_routed_through_its_new_one(
+        tmp_path: Path) -> None:
+    """A repeated ADD replaces the pod's veth under its name (index 7 -> 8) and its apply
+    routes the pod through the new one; the old veth's RTM_DELLINK is read after that
+    apply. The route through the new veth stays in the record: the ADD's check that its
+    route is in the kernel holds (it failed 102, "another endpoint holds its address")."""
+    kernel = FakeKernel(links={"lo": 1, "fabpod": 7})
+    agent = agent_on(kernel, tmp_path, dict([
+        wep("n1", "default", "a", "10.244.0.1/32", "fabpod")]))
+    await agent._apply_locked()
+    del kernel.table["10.244.0.1/32"]
+    kernel.links["fabpod"] = 8
+    key, new = wep("n1", "default", "a", "10.244.0.2/32", "fabpod")
+    agent.cluster.put(key, new)
+    await agent._apply_locked()
+    assert kernel.forwards("10.244.0.2") == "dev fabpod"
+    batch = [LinkChange(7, "fabpod", 0, deleted=True), LinkChange(8, "fabpod", IFF_UP)]
+    await agent._follow_kernel(kernel_changes(batch, {7: IFF_UP}))
+    (want,) = [r for r in calc.desired_routes("n1", agent.cluster) if r.kind == "local"]
+    assert agent.routes.is_programmed(want)
+    # The deletion of the veth the route went through still drops it from the record.
+    await agent._follow_kernel(KernelChanges(vanished={("fabpod", 8)}))
+    assert not agent.routes.is_programmed(want)
 
 
 async def test_a_refused_route_holds_readiness_back_and_the_reason_says_which(

@@ -335,7 +335,8 @@ def test_routes_through_a_deleted_link_leave_the_record_and_wait_for_it() -> Non
     del k.links["fabaaa"]
     del k.table["10.244.1.5/32"]  # the kernel took it with the link, silently
     assert not m.link_gone("fabother")
-    assert m.link_gone("fabaaa")
+    assert not m.link_gone("fabaaa", 6)  # another link of that name went: not this route's
+    assert m.link_gone("fabaaa", 7)
     res = m.apply()
     assert [r.dst for r in res.no_interface] == ["10.244.1.5/32"] and not res.failed
     assert m.programmed.keys() == {"10.244.1.0/26"}
