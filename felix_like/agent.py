@@ -542,13 +542,9 @@ class Agent:
 
         # IPAM decides from the cluster state (last good values, no extra etcd reads)
         # and gives up quickly when etcd is away: the runtime retries on code 11.
-        # Not wired: on_commit=self._ipam_committed (the IPAM write-through, see its
-        # docstring) made a repeated ADD after an operator's release fail with 102 about
-        # half the time (tests/integration/test_agent_live_config.py::
-        # test_an_add_repeated_after_the_operator_released_its_address_holds_what_it_answers);
-        # the cause is not found yet, so the watch's echo brings this node's writes.
+        # What it commits goes into the cluster state at once (_ipam_committed).
         self.ipam = ipam = IpamClient(self.ds, self.node, inputs=self._ipam_inputs,
-                                      unavailable_budget=3.0)
+                                      unavailable_budget=3.0, on_commit=self._ipam_committed)
         self.handler = CniHandler(self.node, self.ds, ipam, node_netns=self.cfg.netns,
                                   dataplane=self, metrics=self.metrics)
         self.cni_server = CniServer(self.cfg.socket, self._serve_cni)
