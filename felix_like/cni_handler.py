@@ -223,6 +223,7 @@ class CniHandler:
             # The pod's IPv6 link-local would be its own gateway's (fe80::ecee:eeff:feee:eeee).
             raise CniError(proto.ERR_INVALID_CONFIG, f"requested MAC {plumbing.HOST_MAC} is "
                            "the host side's, the pod's gateway: choose another")
+        steps = _Steps()
         try:
             prior = await self._store.endpoint_at(key)
             if prior is not None and prior[1].spec.container_id != req.container_id:
@@ -233,7 +234,9 @@ class CniHandler:
         except DatastoreError as e:
             raise datastore_error("reading the workload endpoint", e) from e
 
+        steps.done("read")
         got = await self._addresses.assign(req, handle, namespace, pod)
+        steps.done("ipam")
         undo: list[tuple[str, Callable[[], Any]]] = [
             ("releasing the addresses", lambda: self._addresses.unassign(req, handle, got))]
         try:
@@ -248,6 +251,7 @@ class CniHandler:
                     host_routes=host_routes)
             except plumbing.PlumbingError as e:
                 raise CniError(ERR_WIRING, f"wiring the pod failed: {e}") from e
+            steps.done("wiring")
             undo.append(("removing the veth", lambda: asyncio.to_thread(
                 plumbing.unwire_pod, self.node_netns, host_if, hosts,
                 host_routes=host_routes)))
@@ -266,6 +270,7 @@ class CniHandler:
                     raise CniError(ERR_WIRING, f"wiring the pod failed: {e}") from e
                 except Exception as e:
                     raise CniError(ERR_DATAPLANE, f"programming the dataplane failed: {e}") from e
+                steps.done("dataplane")
 
             # Undone also when the put fails: it may have been written all the same.
             undo.append(("deleting the workload endpoint", lambda: self._store.delete_wep(
@@ -277,6 +282,7 @@ class CniHandler:
             except DatastoreError as e:
                 raise datastore_error("writing the workload endpoint", e) from e
             self._store.remember(key, KV(key, value, rev, rev, 0), wep)
+            steps.done("endpoint")
         except BaseException:
             for what, step in reversed(undo):
                 try:
@@ -293,7 +299,11 @@ class CniHandler:
                                 handle, what)
             raise
 
-        log.info("ADD %s: %s on %s (%s)", handle, ",".join(map(str, hosts)), host_if, key)
+        if self.metrics is not None:
+            for step, took in steps.took.items():
+                self.metrics.cni_add_steps.labels(step).observe(took)
+        log.info("ADD %s: %s on %s (%s) in %s", handle, ",".join(map(str, hosts)), host_if,
+                 key, steps)
         ours = proto.Result(
             interfaces=(
                 proto.Interface(name=host_if, mac=plumbing.HOST_MAC, mtu=wired.mtu),
@@ -445,3 +455,21 @@ def _chain(prev: proto.Result | None, ours: proto.Result) -> proto.Result:
                 for ip in ours.ips)
     return proto.Result(interfaces=prev.interfaces + ours.interfaces, ips=prev.ips + ips,
                         routes=prev.routes + ours.routes, dns=prev.dns)
+
+
+class _Steps:
+    """The time of each step of one ADD (docs/architecture.md §6), for the
+    ``l3fabric_cni_add_step_seconds`` histogram and the ADD's log line."""
+
+    def __init__(self) -> None:
+        self.took: dict[str, float] = {}
+        self._start = self._last = time.monotonic()
+
+    def done(self, step: str) -> None:
+        now = time.monotonic()
+        self.took[step] = now - self._last
+        self._last = now
+
+    def __str__(self) -> str:
+        parts = ", ".join(f"{k} {v * 1000:.0f}" for k, v in self.took.items())
+        return f"{(self._last - self._start) * 1000:.0f} ms ({parts})"

@@ -142,6 +142,11 @@ class Metrics:
         self.cni_latency = Histogram(
             "l3fabric_cni_request_seconds", "CNI request latency, by verb", ["verb"],
             buckets=_LATENCY_BUCKETS, registry=r)
+        self.cni_add_steps = Histogram(
+            "l3fabric_cni_add_step_seconds",
+            "time of each step of a successful ADD: read (the endpoint's prior value), "
+            "ipam, wiring (veth and addresses), dataplane (routes and policy applied), "
+            "endpoint (its write to etcd)", ["step"], buckets=_LATENCY_BUCKETS, registry=r)
         self.routes_programmed = Gauge(
             "l3fabric_routes_programmed", "routes of ours in the kernel, by kind", ["kind"],
             registry=r)

@@ -728,6 +728,8 @@ async def test_parallel_adds_get_distinct_addresses(fab: Fabric,
     text = fab.metrics.render().decode()
     assert 'l3fabric_cni_requests_total{result="ok",verb="ADD"} 8.0' in text
     assert 'l3fabric_cni_request_seconds_count{verb="DEL"} 8.0' in text
+    for step in ("read", "ipam", "wiring", "endpoint"):  # each ADD's steps, timed
+        assert f'l3fabric_cni_add_step_seconds_count{{step="{step}"}} 8.0' in text
 
 
 async def test_pods_on_a_node_reach_each_other(fab: Fabric,
