@@ -45,6 +45,7 @@ import contextlib
 import functools
 import ipaddress
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -193,6 +194,25 @@ def pod_series(fab: Fabric, node: str, tor: Fib, remote: Fib, n: int, tag: str, 
     return out
 
 
+_ADD_LINE = re.compile(r" ADD \S+: .* in (\d+) ms \(([^)]*)\)$")
+
+
+def add_steps(node: Node) -> dict[str, dict[str, float]]:
+    """p50 / p99 ms of each step of the ADDs the node's agent logged (the CNI handler's
+    line: "ADD <handle>: ... in 57 ms (read 1, ipam 12, ...)"), the total as "all"."""
+    took: dict[str, list[float]] = {}
+    for line in node.log.read_text().splitlines():
+        m = _ADD_LINE.search(line)
+        if m is None:
+            continue
+        took.setdefault("all", []).append(float(m[1]) / 1e3)
+        for part in m[2].split(", "):
+            step, _, ms = part.rpartition(" ")
+            took.setdefault(step, []).append(float(ms) / 1e3)
+    return {step: {"n": len(xs), "p50_ms": pct(xs, 0.5) * 1e3, "p99_ms": pct(xs, 0.99) * 1e3}
+            for step, xs in took.items()}
+
+
 def block_of(node: Node) -> str:
     return str(next(p for p, rest in node.routes("80").items()
                     if rest.startswith("blackhole")))
@@ -313,6 +333,7 @@ def run(tmp: Path, pods: int, failures: int, sim: Cluster | None = None) -> dict
                 fibs.append(tor2)
                 borrowed = pod_series(fab, "r1b", tor1, r2a, pods, "b", R1_POOL)
                 blocks = pod_series(fab, "r2b", tor2, r1a, pods, "k", R2_POOL, 31, fillers=1)
+                steps = {n: add_steps(fab.nodes[n]) for n in ("r1b", "r2b")}
                 killed = [node_failure(fab, "r2a", r1a, silent=False) for _ in range(failures)]
                 frozen = [node_failure(fab, "r2a", r1a, silent=True) for _ in range(failures)]
             finally:
@@ -330,8 +351,8 @@ def run(tmp: Path, pods: int, failures: int, sim: Cluster | None = None) -> dict
                 "ratio_p50_to_bird_hop": pct(x["remote"], 0.5) / base}
     return {
         "pods": pods, "hold_time_s": HOLD, "simulated_cluster": simulated,
-        "pod_add_borrowed_32": series(borrowed),
-        "pod_add_new_block": series(blocks),
+        "pod_add_borrowed_32": {**series(borrowed), "agent_add_steps": steps["r1b"]},
+        "pod_add_new_block": {**series(blocks), "agent_add_steps": steps["r2b"]},
         "node_failure_kill9": {**stats_ms(killed),
                                "ratio_p50_to_bird_withdraw": pct(killed, 0.5)
                                / pct(bird_down, 0.5)},
@@ -384,6 +405,10 @@ def main() -> int:
     ], title="BGP through the real agent (ExaBGP 5 + BIRD 2 ToRs, namespaces on one host)"
        + (f", inside a simulated cluster of {sim.nodes} nodes x {sim.pods_per_node} pods, "
           f"{sim.policies} policies" if sim else ""))
+    for what, x in (("borrowed /32 (r1b)", b), ("new block + fillers (r2b)", k)):
+        st = x["agent_add_steps"]
+        print(f"agent's ADD steps, {what}, p50 / p99 ms: " + ", ".join(
+            f"{step} {v['p50_ms']:.0f} / {v['p99_ms']:.0f}" for step, v in st.items()))
     print(f"ratios: borrowed /32 p50 = {b['ratio_p50_to_bird_hop']:.1f}x one BIRD hop, new "
           f"block = {k['ratio_p50_to_bird_hop']:.1f}x; silent failure = "
           f"{fs['ratio_p50_to_hold_time']:.2f}x the hold time")
