@@ -33,6 +33,7 @@ class BlockSummary:
     cidr: str
     node: str | None  # the affinity's node; None for an orphaned block
     holders: tuple[tuple[str, str], ...]  # (address, node) for addresses held by other nodes
+    free: int | None = None  # addresses not allocated (None: not known)
 
 
 def decode_block(value: bytes | str) -> BlockSummary:
@@ -41,7 +42,8 @@ def decode_block(value: bytes | str) -> BlockSummary:
     owner = node_of_affinity(blk.affinity)
     holders = tuple((blk.address(o), at.node) for o, at in blk.allocated()
                     if at.node and at.node != owner)
-    return BlockSummary(cidr=blk.cidr, node=owner, holders=holders)
+    return BlockSummary(cidr=blk.cidr, node=owner, holders=holders,
+                        free=len(blk.unallocated))
 
 
 def confirmed_blocks(node: str, state: ClusterState) -> set[str]:

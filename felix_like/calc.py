@@ -50,4 +50,5 @@ def ipam_inputs(node: str, state: ClusterState) -> IpamInputs:
                           for c in r.spec.reserved_cidrs)
     return IpamInputs(pools=tuple(pools), config=config, reservations=tuple(reservations),
                       node_labels={} if me is None else dict(me.metadata.labels),
-                      in_use=state.addresses_in_use())
+                      in_use=state.addresses_in_use(), room=state.block_room(),
+                      orphans=state.orphan_blocks())

@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from bgp.export import BlockSummary, decode_block
@@ -148,6 +149,9 @@ class ClusterState:
         # (a set per address would cost ~200 bytes for each of the cluster's endpoints)
         self._by_address: dict[str, str | set[str]] = {}
         self._blocks_by_node: dict[str | None, set[str]] = {}  # owner -> block keys
+        self._room: dict[str, int] = {}  # block cidr -> free addresses
+        self._room_view = MappingProxyType(self._room)
+        self._orphans: dict[str, None] = {}  # cidrs of blocks without an affinity
         self._borrowed: dict[str, dict[str, tuple[str, ...]]] = {}  # holder -> key -> addrs
         self._affinities: dict[str, dict[str, Affinity]] = {}  # node -> key -> affinity
         self._policy_logs: weakref.WeakSet[ChangeLog] = weakref.WeakSet()
@@ -211,6 +215,10 @@ class ClusterState:
         elif isinstance(v, BlockSummary):
             self.blocks[key] = v
             self._blocks_by_node.setdefault(v.node, set()).add(key)
+            if v.free is not None:
+                self._room[v.cidr] = v.free
+            if v.node is None:
+                self._orphans[v.cidr] = None
             for holder, addrs in _holders(v).items():
                 self._borrowed.setdefault(holder, {})[key] = addrs
         elif isinstance(v, Affinity):
@@ -265,6 +273,8 @@ class ClusterState:
                         self._by_address[addr] = held.pop()
         elif isinstance(v, BlockSummary):
             self.blocks.pop(key, None)
+            self._room.pop(v.cidr, None)
+            self._orphans.pop(v.cidr, None)
             _discard(self._blocks_by_node, v.node, key)
             for holder in _holders(v):
                 borrowed = self._borrowed.get(holder)
@@ -326,6 +336,15 @@ class ClusterState:
         """Every address some endpoint of any node holds (bare IPs): a live, read-only
         view of the index (O(1) to take, whatever the cluster's size)."""
         return self._by_address.keys()
+
+    def block_room(self) -> Mapping[str, int]:
+        """Free addresses by block cidr, every block: a live, read-only view (IPAM's
+        borrowing reads only blocks with room instead of every block of the cluster)."""
+        return self._room_view
+
+    def orphan_blocks(self) -> AbstractSet[str]:
+        """The cidrs of blocks no node has: a live, read-only view."""
+        return self._orphans.keys()
 
     def confirmed_blocks(self, node: str) -> list[str]:
         """The CIDRs of ``node``'s confirmed affinities, sorted."""

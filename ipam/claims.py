@@ -223,6 +223,20 @@ class BlockClaims:
         kvs = await self._store.list(keys.full(keys.IPAM_BLOCKS), keys_only=True)
         return [keys.segment_to_cidr(kv.key.rsplit("/", 1)[-1]) for kv in kvs]
 
+    async def _orphan_candidates(self, inputs: IpamInputs) -> dict[str, KV]:
+        """Blocks that may be orphans to adopt: the ones the inputs know of (the agent's
+        cluster state: a few reads, not every block of the cluster), else every block."""
+        if inputs.orphans is None:
+            return await self.all_blocks()
+        cidrs = sorted(inputs.orphans)
+        got = await asyncio.gather(*(self._store.get(keys.ipam_block(c)) for c in cidrs))
+        out: dict[str, KV] = {}
+        for cidr, kv in zip(cidrs, got, strict=True):
+            if kv is not None:
+                out[cidr] = kv
+                self._cache.remember(kv, cidr)
+        return out
+
     async def all_blocks(self) -> dict[str, KV]:
         kvs = await self._store.list(keys.full(keys.IPAM_BLOCKS))
         out: dict[str, KV] = {}
@@ -289,7 +303,7 @@ class BlockClaims:
             if ahead:
                 continue
             if blocks is None:
-                blocks = await self.all_blocks() if existing else {}
+                blocks = await self._orphan_candidates(inputs) if existing else {}
             for cidr, kv in sorted(blocks.items()):
                 if pool.contains(cidr) and (b := self._cache.block(cidr, kv)) is not None \
                         and b.affinity is None \

@@ -10,6 +10,8 @@ holds copies, and only a committed transaction makes them the cache's.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -44,6 +46,8 @@ class BlockPlanner:
         # cache's generation, except this node's own committed allocations, which only
         # take room away.
         self._full_head: tuple[Mapping[str, KV], list[str], int, int] | None = None
+        # `room_order`'s order of every known block for one inputs object and version.
+        self._room_memo: tuple[IpamInputs, int, frozenset[str], list[str]] | None = None
 
     def has_room(self, blocks: Mapping[str, KV], inputs: IpamInputs, version: int,
                  plan: Plan) -> bool:
@@ -91,6 +95,28 @@ class BlockPlanner:
             memo[1].insert(0, (version, frozenset(blocks), order))
             del memo[1][16:]
         return order
+
+    def room_order(self, room: Mapping[str, int], inputs: IpamInputs,
+                   version: int) -> list[str]:
+        """The cidrs of ``room`` (free addresses by block) in usable pools of ``version``,
+        in `eligible`'s order (pool name, then address), those with room only.
+
+        The order of every block is kept while the pools, the node's labels and the set
+        of blocks stay the same (an agent makes new inputs after every change it sees)."""
+        memo = self._room_memo
+        if memo is None or memo[1] != version or len(memo[2]) != len(room) \
+                or (memo[0] is not inputs and (memo[0].pools != inputs.pools
+                                               or memo[0].node_labels != inputs.node_labels)) \
+                or room.keys() != memo[2]:
+            usable = {p.name for p in inputs.usable_pools(version)}
+            found: list[tuple[tuple[str, int], str]] = []
+            for cidr in room:
+                pool = inputs.pool_of(cidr)
+                if pool is not None and pool.name in usable:
+                    found.append(((pool.name, _first(cidr)), cidr))
+            memo = self._room_memo = (inputs, version, frozenset(room),
+                                      [c for _, c in sorted(found)])
+        return [c for c in memo[3] if room.get(c)]
 
     def take_affine(self, plan: Plan, affine: Mapping[str, KV], n: int,
                     attrs: AllocationAttrs, inputs: IpamInputs, version: int) -> int:
@@ -146,3 +172,9 @@ class BlockPlanner:
                                 for o in ords)
             taken += len(ords)
         return taken
+
+
+@functools.lru_cache(maxsize=65536)
+def _first(cidr: str) -> int:
+    """A block's first address, as a number (for ordering)."""
+    return int(ipaddress.ip_network(cidr, strict=False).network_address)

@@ -77,6 +77,13 @@ class IpamInputs:
     # read by membership only): never handed out, even when their block says free
     # (`fabricctl ipam release` of a running pod's address).
     in_use: AbstractSet[str] = frozenset()
+    # Free addresses by block cidr, for every block the provider knows (the agent's cluster
+    # state, a live view): where borrowing looks first, instead of reading every block of
+    # the cluster. None: not known (the allocator reads every block).
+    room: Mapping[str, int] | None = field(default=None, compare=False)
+    # The cidrs of blocks no node has (an orphan, adopted before a block is borrowed from),
+    # from the same provider. None: not known (the claim reads every block to find them).
+    orphans: AbstractSet[str] | None = field(default=None, compare=False)
     _pool_cache: dict[str, PoolSpec | None] = field(default_factory=dict, compare=False,
                                                     repr=False, hash=False)
 

@@ -18,12 +18,12 @@ def pool(name: str, cidr: str, disabled: bool = False) -> model.IPPool:
     return res
 
 
-def test_decode_block_keeps_other_nodes_holders_only() -> None:
+def test_decode_block_keeps_other_nodes_holders_only_and_the_room_left() -> None:
     b = Block.new("10.244.1.0/26", affinity_of("n1"))
     b.assign_ordinal(1, AllocationAttrs("h1", node="n1"))
     b.assign_ordinal(5, AllocationAttrs("h2", node="n2"))
     s = decode_block(b.to_json())
-    assert s == BlockSummary("10.244.1.0/26", "n1", (("10.244.1.5", "n2"),))
+    assert s == BlockSummary("10.244.1.0/26", "n1", (("10.244.1.5", "n2"),), free=62)
 
 
 def test_exports_confirmed_blocks_and_borrowed_addresses() -> None:

@@ -77,8 +77,15 @@ def test_affinities_blocks_and_pools_make_what_bgp_exports() -> None:
     st.put(bkey, decode_block(other.to_json()))
     st.remove(keys.ipam_affinity("n1", "10.244.1.0/26"))
     assert export_prefixes("n1", st) == {"10.244.2.4/32"}
+    room, orphans = st.block_room(), st.orphan_blocks()  # live views, for IPAM
+    assert room == {"10.244.2.0/26": 63} and not orphans
+    orphan = Block.new("10.244.3.0/26", None)
+    st.put(keys.ipam_block("10.244.3.0/26"), decode_block(orphan.to_json()))
+    assert room["10.244.3.0/26"] == 64 and set(orphans) == {"10.244.3.0/26"}
+    st.remove(keys.ipam_block("10.244.3.0/26"))
     st.remove(bkey)
     assert export_prefixes("n1", st) == set() and st.blocks_of("n2") == []
+    assert room == {} and not orphans
     pkey = keys.ippool("a")
     st.put(pkey, decode_value(pkey, pool_doc("a", "10.244.0.0/16")))
     assert pool_cidrs(st) == ["10.244.0.0/16"]

@@ -15,6 +15,7 @@ from datastore.client import KV, Compare, Datastore, Op, TxnResult
 from datastore.fake import FakeDatastore
 from ipam import crashpoints
 from ipam.allocator import IpamClient, delete_pool, release_node
+from ipam.block import Block
 from ipam.check import check
 from ipam.inputs import load_inputs, static_inputs
 from ipam.testing import put_ipam_config, put_nodes, put_pool, put_reservation
@@ -444,3 +445,83 @@ async def test_a_release_outlasts_more_lost_races_than_its_attempt_count(how: st
     again = {(await b.auto_assign(f"h{i}", namespace="ns", pod=f"p{i}"))[0].address
              for i in range(16)}
     assert got.address in again and len(again) == 16
+
+
+class _CountingReads(FakeDatastore):
+    """Counts the reads of IPAM blocks: whole-prefix lists and single gets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.block_lists = 0
+        self.block_gets: list[str] = []
+
+    async def list(self, prefix: str, keys_only: bool = False) -> tuple[list[KV], int]:
+        if prefix == keys.ipam_block("") and not keys_only:
+            self.block_lists += 1
+        return await super().list(prefix, keys_only)
+
+    async def get(self, key: str) -> KV | None:
+        if key.startswith(keys.ipam_block("")):
+            self.block_gets.append(key)
+        return await super().get(key)
+
+
+async def _views(ds: Datastore, node: str) -> IpamInputs:
+    """The inputs with each block's room and the orphans, as the agent's cluster state
+    knows them."""
+    kvs, _ = await ds.list(keys.ipam_block(""))
+    blocks = [Block.from_json(kv.value) for kv in kvs]
+    return replace(await load_inputs(ds, node),
+                   room={b.cidr: len(b.unallocated) for b in blocks},
+                   orphans=frozenset(b.cidr for b in blocks if b.affinity is None))
+
+
+async def test_borrowing_reads_the_blocks_with_room_not_every_block() -> None:
+    """With each block's room known (the agent's cluster state), a borrowing allocation
+    reads a few blocks that have room, in order, and never every block of the pool."""
+    ds = _CountingReads()
+    clients = await setup(ds, cidr="10.0.0.0/26", size=30, nodes=17)  # 16 blocks of 4
+    for c in clients[:16]:  # every block claimed; the first 12 full
+        for i in range(4 if int(c.node[1:]) <= 12 else 1):
+            await c.auto_assign(f"{c.node}.h{i}", namespace="ns", pod="p")
+    me = IpamClient(ds, "n17", inputs=static_inputs(await _views(ds, "n17")))
+    ds.block_lists, ds.block_gets = 0, []
+    (got,) = await me.auto_assign("n17.h", namespace="ns", pod="p")
+    assert got.borrowed and got.block == "10.0.0.48/30"  # the first block with room
+    assert ds.block_lists == 0 and 0 < len(ds.block_gets) <= 4
+
+
+async def test_borrowing_from_a_stale_view_of_the_blocks_room_still_finds_an_address(
+        ) -> None:
+    """The state's view of the blocks' room lags etcd's: the blocks it names are full by
+    now, and it has not seen the one with room. The allocation then searches every block,
+    as read now, and borrows."""
+    ds = _CountingReads()
+    clients = await setup(ds, cidr="10.0.0.0/28", size=30, nodes=5)  # 4 blocks of 4
+    for c in clients[:4]:
+        await c.auto_assign(f"{c.node}.h0", namespace="ns", pod="p")
+    inputs = await _views(ds, "n5")
+    (last,) = await clients[3].affine_blocks()
+    assert inputs.room is not None
+    stale = {c: free for c, free in inputs.room.items() if c != last}
+    for c in clients[:3]:  # blocks 1-3 fill up behind the view's back
+        for i in range(1, 4):
+            await c.auto_assign(f"{c.node}.h{i}", namespace="ns", pod="p")
+    me = IpamClient(ds, "n5", inputs=static_inputs(replace(inputs, room=stale)))
+    ds.block_lists = 0
+    (got,) = await me.auto_assign("n5.h", namespace="ns", pod="p")
+    assert got.borrowed and got.block == last and ds.block_lists == 1
+
+
+async def test_an_orphan_the_inputs_know_of_is_adopted_without_reading_every_block() -> None:
+    ds = _CountingReads()
+    clients = await setup(ds, cidr="10.0.0.0/29", size=30, nodes=3)  # 2 blocks of 4
+    await clients[0].auto_assign("a0", namespace="ns", pod="p")
+    await clients[1].auto_assign("b0", namespace="ns", pod="p")
+    out = await release_node(ds, "n1")
+    assert out.orphaned_blocks == ("10.0.0.0/30",)
+    me = IpamClient(ds, "n3", inputs=static_inputs(await _views(ds, "n3")))
+    ds.block_lists = 0
+    (got,) = await me.auto_assign("c0", namespace="ns", pod="p")
+    assert got.block == "10.0.0.0/30" and not got.borrowed and ds.block_lists == 0
+    assert await me.affine_blocks() == ["10.0.0.0/30"]
