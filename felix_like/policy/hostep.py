@@ -41,6 +41,7 @@ from typing import Any
 from datastore import model
 from datastore.calico_selector import Selector
 from felix_like.owned import HOST_IF_PREFIX
+from felix_like.policy.program import ipset_members
 
 log = logging.getLogger(__name__)
 
@@ -393,15 +394,6 @@ def set_name(nets: tuple[str, ...], version: int) -> str:
     return f"{SET_PREFIX}{version}-{hashlib.sha1(','.join(nets).encode()).hexdigest()[:12]}"
 
 
-def _ipset_members(nets: tuple[str, ...]) -> list[str]:
-    """hash:net holds no /0: it goes in as its two halves."""
-    out: list[str] = []
-    for n in nets:
-        net = ipaddress.ip_network(n)
-        out.extend(str(s) for s in (net.subnets() if net.prefixlen == 0 else [net]))
-    return out
-
-
 def ipsets(plan: HostPlan) -> dict[str, tuple[int, tuple[str, ...]]]:
     """Every ipset the plan's rules use: name -> (version, members)."""
     out: dict[str, tuple[int, tuple[str, ...]]] = {}
@@ -421,7 +413,7 @@ def ipset_script(plan: HostPlan) -> str:
         tmp = name + "-t"
         lines += [f"create {name} hash:net family {fam} -exist",
                   f"create {tmp} hash:net family {fam} -exist", f"flush {tmp}"]
-        lines += [f"add {tmp} {m} -exist" for m in _ipset_members(nets)]
+        lines += [f"add {tmp} {m} -exist" for m in ipset_members(nets)]
         lines += [f"swap {tmp} {name}", f"destroy {tmp}"]
     return "\n".join(lines) + "\n" if lines else ""
 

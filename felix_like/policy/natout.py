@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from datastore import model
+from felix_like.policy.program import ipset_members
 
 log = logging.getLogger(__name__)
 
@@ -156,15 +157,6 @@ def ipset_name(what: str, version: int) -> str:
     return f"{NAT_SET_PREFIX}{what}{version}"
 
 
-def _ipset_members(nets: tuple[str, ...]) -> list[str]:
-    """hash:net holds no /0: it goes in as its two halves."""
-    out: list[str] = []
-    for n in nets:
-        net = ipaddress.ip_network(n)
-        out.extend(str(s) for s in (net.subnets() if net.prefixlen == 0 else [net]))
-    return out
-
-
 def ipset_script(plan: NatPlan) -> str:
     """``ipset restore`` input that makes every set hold the plan's members; each set is
     filled under a temporary name and swapped in, so a rule never sees it half full."""
@@ -177,7 +169,7 @@ def ipset_script(plan: NatPlan) -> str:
             for n in (name, tmp):
                 lines.append(f"create {n} hash:net family {fam} -exist")
             lines.append(f"flush {tmp}")
-            lines.extend(f"add {tmp} {m} -exist" for m in _ipset_members(nets))
+            lines.extend(f"add {tmp} {m} -exist" for m in ipset_members(nets))
             lines.append(f"swap {tmp} {name}")
             lines.append(f"destroy {tmp}")
     return "\n".join(lines) + "\n"

@@ -10,6 +10,7 @@ shape of the program and its invariants are described in :mod:`felix_like.policy
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,4 +241,14 @@ def with_flow_logs(rules: list[Rule], allowed: bool = False) -> list[Rule]:
         if r.counted is not None and r.counted.action in logged:
             out.append(Rule(r.matches, Verdict("flowlog", r.counted.short), r.comment))
         out.append(r)
+    return out
+
+
+def ipset_members(nets: tuple[str, ...]) -> list[str]:
+    """The members of an ipset of ``nets``: hash:net holds no /0, so it goes in as its two
+    halves."""
+    out: list[str] = []
+    for n in nets:
+        net = ipaddress.ip_network(n)
+        out.extend(str(s) for s in (net.subnets() if net.prefixlen == 0 else [net]))
     return out
