@@ -428,6 +428,7 @@ class RouteManager:
                     p.fail(have, f"route del {have} failed: {exc}")
                     continue
             del programmed[dst]
+            self._oif.pop(dst, None)
             p.removed.append(have)
 
         self.last_apply_at = self._now()
@@ -490,13 +491,11 @@ class RouteManager:
                                  proto=r.proto, scope=RT_SCOPE_LINK)
             self._oif[r.dst] = oif
             return
+        oif = None
         if r.kind == "local":
             assert r.dev is not None
             oif = links.index(r.dev)
             kw.update(oif=oif, scope=RT_SCOPE_LINK, type=RTN_UNICAST)
-            self._ipr.route(command, **kw)
-            self._oif[r.dst] = oif
-            return
         elif r.kind == "blackhole":
             kw.update(type=RTN_BLACKHOLE)
         elif len(r.via) == 1:
@@ -504,6 +503,8 @@ class RouteManager:
         else:
             kw.update(multipath=[_nexthop(g, links) for g in r.via], type=RTN_UNICAST)
         self._ipr.route(command, **kw)
+        if oif is not None:
+            self._oif[r.dst] = oif
 
     def _dump(self, links: _LinkIndex) -> dict[str, Route]:
         found: dict[str, Route] = {}

@@ -10,15 +10,13 @@ holds copies, and only a committed transaction makes them the cache's.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from datastore.kv import KV
 from ipam.block import AllocationAttrs, Block
 from ipam.blockcache import BlockCache
-from ipam.values import HandleEntry, IpamInputs
+from ipam.values import HandleEntry, IpamInputs, span
 
 
 @dataclass
@@ -46,7 +44,8 @@ class BlockPlanner:
         # cache's generation, except this node's own committed allocations, which only
         # take room away.
         self._full_head: tuple[Mapping[str, KV], list[str], int, int] | None = None
-        # `room_order`'s order of every known block for one inputs object and version.
+        # `room_order`'s order of every known block: (the inputs it was computed with, the
+        # version, the blocks it orders, the order).
         self._room_memo: tuple[IpamInputs, int, frozenset[str], list[str]] | None = None
 
     def has_room(self, blocks: Mapping[str, KV], inputs: IpamInputs, version: int,
@@ -113,7 +112,7 @@ class BlockPlanner:
             for cidr in room:
                 pool = inputs.pool_of(cidr)
                 if pool is not None and pool.name in usable:
-                    found.append(((pool.name, _first(cidr)), cidr))
+                    found.append(((pool.name, span(cidr)[1]), cidr))
             memo = self._room_memo = (inputs, version, frozenset(room),
                                       [c for _, c in sorted(found)])
         return [c for c in memo[3] if room.get(c)]
@@ -173,8 +172,3 @@ class BlockPlanner:
             taken += len(ords)
         return taken
 
-
-@functools.lru_cache(maxsize=65536)
-def _first(cidr: str) -> int:
-    """A block's first address, as a number (for ordering)."""
-    return int(ipaddress.ip_network(cidr, strict=False).network_address)

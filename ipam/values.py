@@ -25,9 +25,10 @@ def select_all(labels: Mapping[str, str]) -> bool:
 
 
 @lru_cache(maxsize=65536)
-def _span(address_or_cidr: str) -> tuple[int, int, int]:
-    """(version, first, last) of an address or CIDR. Cached: a claim asks `PoolSpec.contains`
-    about every block in the cluster, and parsing one costs microseconds."""
+def span(address_or_cidr: str) -> tuple[int, int, int]:
+    """(version, first, last) of an address or CIDR, as numbers. Cached: a claim asks
+    `PoolSpec.contains` about every block in the cluster, and borrowing orders every block
+    by its first address; parsing one costs microseconds."""
     net = netaddr.IPNetwork(address_or_cidr)
     return int(net.version), int(net.first), int(net.last)
 
@@ -47,11 +48,11 @@ class PoolSpec:
 
     @property
     def version(self) -> int:
-        return _span(self.cidr)[0]
+        return span(self.cidr)[0]
 
     def contains(self, address_or_cidr: str) -> bool:
-        version, first, last = _span(address_or_cidr)
-        v, f, la = _span(self.cidr)
+        version, first, last = span(address_or_cidr)
+        v, f, la = span(self.cidr)
         return version == v and first >= f and last <= la
 
     def describe(self) -> str:
