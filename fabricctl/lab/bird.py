@@ -7,6 +7,10 @@ the IPPool and the fabric range (RFC 8212 needs explicit filters on eBGP anyway)
 router never carries or installs anything else. ``next hop self`` everywhere, because
 every session runs over its own point-to-point link and no two nodes share a segment;
 ``merge paths on`` in the kernel protocol gives ECMP (two spines).
+
+In a dual-stack lab every session also carries IPv6 unicast (MP-BGP over the IPv4
+session), with the same filters for the IPv6 pool and fabric; ``next hop self`` is then
+the router's IPv6 address on the link.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ def render_bird(topo: Topology, router: str) -> str:
     if r is None or r.role != "router":
         raise TopologyError(f"{topo.name}: {router} is not a router")
     assert r.asn is not None
+    v6 = topo.dual_stack
     lines = [
         f"# BIRD 2 config for {router} in lab {topo.name}; rendered by `fabricctl lab`.",
         "# Do not edit: change the topology and re-render (fabricctl lab render).",
@@ -39,13 +44,32 @@ def render_bird(topo: Topology, router: str) -> str:
         "# Links are already in the kernel: only learned routes go there.",
         "filter to_kernel { if source = RTS_DEVICE then reject; if net ~ LAB_NETS then accept;"
         " reject; }",
+    ]
+    if v6:
+        lines += [
+            f"define LAB_NETS6 = [ {topo.pool6_cidr}+, {topo.fabric6_cidr}+ ];",
+            "filter lab_only6 { if net ~ LAB_NETS6 then accept; reject; }",
+            "filter to_kernel6 { if source = RTS_DEVICE then reject; "
+            "if net ~ LAB_NETS6 then accept; reject; }",
+        ]
+    lines += [
         "",
         "protocol device { scan time 10; }",
-        "protocol direct { ipv4 { import filter lab_only; }; interface \"eth*\"; }",
+        "protocol direct { ipv4 { import filter lab_only; };"
+        + (" ipv6 { import filter lab_only6; };" if v6 else "") + " interface \"eth*\"; }",
         "protocol kernel {",
         "  ipv4 { import none; export filter to_kernel; };",
         "  merge paths on;",
         "}",
+    ]
+    if v6:
+        lines += [
+            "protocol kernel {",
+            "  ipv6 { import none; export filter to_kernel6; };",
+            "  merge paths on;",
+            "}",
+        ]
+    lines += [
         "",
         "template bgp fabric {",
         f"  local as {r.asn};",
@@ -58,6 +82,11 @@ def render_bird(topo: Topology, router: str) -> str:
         "  error wait time 1, 10;",
         "  ipv4 { import filter lab_only; export filter lab_only; next hop self; "
         "gateway direct; };",
+    ]
+    if v6:
+        lines.append("  ipv6 { import filter lab_only6; export filter lab_only6; "
+                     "next hop self; gateway direct; };")
+    lines += [
         "}",
     ]
     if r.rr_cluster_id:

@@ -290,7 +290,7 @@ def pod_netns(ns: str, pod: str) -> str:
 def _cni(state: LabState, command: str, node: str, ns: str, pod: str, netns: str,
          labels: dict[str, str]) -> subprocess.CompletedProcess[str]:
     conf, env = cni_request(state.lab, command, NODE_AGENT_SOCKET, ns, pod, netns, labels,
-                            NODE_CNI_PATH)
+                            NODE_CNI_PATH, state.ipv6)
     # The plugin runs inside the node container, as the node's runtime would run it.
     return podman("exec", "-i", *[a for k, v in env.items() for a in ("-e", f"{k}={v}")],
                   _container(state, node), f"{NODE_CNI_PATH}/l3fabric",

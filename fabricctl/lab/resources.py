@@ -1,5 +1,7 @@
 """The etcd resources a lab writes (pure): IPPool, BGPConfiguration, Nodes, BGPPeers.
 
+A dual-stack lab adds an IPv6 pool (``default-v6``) and each Node's ``bgp.ipv6Address``.
+
 Labs run without the node-to-node mesh: every node peers with the router(s) at the other
 end of its fabric links, as the topology's links say. Nodes carry their AS number and
 their rack as a label (``rack``), so policies and peers can select by rack.
@@ -26,14 +28,20 @@ def lab_resources(topo: Topology) -> list[dict[str, Any]]:
         {"apiVersion": api, "kind": "BGPConfiguration", "metadata": {"name": "default"},
          "spec": {"asNumber": DEFAULT_AS, "nodeToNodeMesh": False, "holdTime": HOLD_TIME}},
     ]
+    if topo.pool6_cidr is not None:
+        out.insert(1, {"apiVersion": api, "kind": "IPPool", "metadata": {"name": "default-v6"},
+                       "spec": {"cidr": str(topo.pool6_cidr), "blockSize": topo.block_size6}})
     for n in topo.by_role("node"):
         addr = topo.fabric_address(n.name)
         labels = {"l3fabric.io/lab": topo.name}
         if n.rack:
             labels["rack"] = n.rack
+        bgp: dict[str, Any] = {"ipv4Address": str(addr), "asNumber": n.asn}
+        addr6 = topo.fabric_address6(n.name)
+        if addr6 is not None:
+            bgp["ipv6Address"] = str(addr6)
         out.append({"apiVersion": api, "kind": "Node",
-                    "metadata": {"name": n.name, "labels": labels},
-                    "spec": {"bgp": {"ipv4Address": str(addr), "asNumber": n.asn}}})
+                    "metadata": {"name": n.name, "labels": labels}, "spec": {"bgp": bgp}})
     for n in topo.by_role("node"):
         for s, is_a in topo.sessions_of(n.name):
             peer, peer_ip, peer_asn = (s.b, s.b_ip, s.b_asn) if is_a else (s.a, s.a_ip, s.a_asn)

@@ -7,7 +7,9 @@ What it makes, for lab ``L`` (all recorded in the state file *before* being made
   and the mgmt node's address) and the lab's etcd, listening only there;
 * in every other node: ``eth0`` on the management bridge (no default route: the subnet
   route is all it has), one veth per fabric link with the planned address,
-  ``net.ipv4.ip_forward=1`` and the node's other ``sysctls`` — inside the namespace;
+  ``net.ipv4.ip_forward=1`` and the node's other ``sysctls`` — inside the namespace; in a
+  dual-stack lab each link also has its IPv6 addresses (no duplicate detection: the plan
+  has no duplicates) and IPv6 forwarding is on, in the lab's namespaces only;
 * BIRD in every router namespace, an agent (``fabric-agent``) in every node namespace,
   each in its own session, logging under the lab directory;
 * pods (``lab pod add``): ``clab-L-pod-<ns>-<pod>``, wired by the real CNI plugin, as
@@ -192,7 +194,8 @@ def new_state(topo: Topology, runtime: str, busy: bool = False) -> LabState:
     d.mkdir(parents=True)
     state = LabState(lab=topo.name, topology=str(topo.path or ""), dir=str(d),
                      etcd_endpoint=topo.etcd_endpoint,
-                     mgmt_netns=netns_name(topo.name, topo.mgmt.name), runtime=runtime)
+                     mgmt_netns=netns_name(topo.name, topo.mgmt.name), runtime=runtime,
+                     ipv6=topo.dual_stack)
     state.save()
     return state
 
@@ -258,8 +261,11 @@ def _wire(state: LabState, topo: Topology, progress: Progress) -> None:
         root.append(f"link add name {lk.a.ifname} netns {ns_a} type veth "
                     f"peer name {lk.b.ifname} netns {ns_b}")
         for ns, ep in ((ns_a, lk.a), (ns_b, lk.b)):
-            per_ns.setdefault(ns, []).extend([f"addr add {ep.address} dev {ep.ifname}",
-                                              f"link set {ep.ifname} up"])
+            lines = per_ns.setdefault(ns, [])
+            lines.append(f"addr add {ep.address} dev {ep.ifname}")
+            if ep.address6 is not None:
+                lines.append(f"addr add {ep.address6} dev {ep.ifname} nodad")
+            lines.append(f"link set {ep.ifname} up")
     ip_batch(root)
     ip_batch(bridge, mgmt_ns)
     for ns, lines in per_ns.items():
@@ -269,6 +275,8 @@ def _wire(state: LabState, topo: Topology, progress: Progress) -> None:
             continue
         sysctls = dict(n.sysctls)
         sysctls["net.ipv4.ip_forward"] = "1"  # routers and nodes forward, inside the lab only
+        if topo.dual_stack:
+            sysctls["net.ipv6.conf.all.forwarding"] = "1"
         args = [f"{k}={v}" for k, v in sorted(sysctls.items())]
         sh(*in_netns(netns_name(topo.name, n.name), "sysctl", "-q", "-w", *args))
 
@@ -331,8 +339,17 @@ def _start_agents(state: LabState, topo: Topology, progress: Progress) -> None:
                [str(BIN_DIR / "fabric-agent"), "--node", n.name,
                 "--etcd-endpoints", topo.etcd_endpoint,
                 "--socket", agent_socket(state, n.name), "--metrics-addr", metrics,
-                "--node-ip", str(topo.fabric_address(n.name))],
+                *node_ip_args(topo, n.name)],
                nd / "agent.log", env={"L3FABRIC_LAB": topo.name})
+
+
+def node_ip_args(topo: Topology, node: str) -> list[str]:
+    """``--node-ip`` (and ``--node-ip6`` in a dual-stack lab) of a node's agent."""
+    out = ["--node-ip", str(topo.fabric_address(node))]
+    addr6 = topo.fabric_address6(node)
+    if addr6 is not None:
+        out += ["--node-ip6", str(addr6)]
+    return out
 
 
 def _wait_ready(state: LabState, topo: Topology, progress: Progress, wait: float,
@@ -501,12 +518,17 @@ def _cni_bin(state: LabState) -> Path:
 
 
 def cni_request(lab: str, command: str, agent_socket: str, ns: str, pod: str, netns: str,
-                labels: dict[str, str], cni_path: str) -> tuple[dict[str, Any], dict[str, str]]:
+                labels: dict[str, str], cni_path: str, ipv6: bool = False
+                ) -> tuple[dict[str, Any], dict[str, str]]:
     """The network config and environment of one CNI call for pod ``ns/pod`` (namespace
-    ``/var/run/netns/<netns>`` where the plugin runs), as a runtime on the node sends them."""
+    ``/var/run/netns/<netns>`` where the plugin runs), as a runtime on the node sends them;
+    ``ipv6``: a dual-stack lab's, whose pods get an address of each family."""
+    ipam: dict[str, Any] = {"type": "l3fabric-ipam"}
+    if ipv6:
+        ipam.update(assign_ipv4=True, assign_ipv6=True)
     conf: dict[str, Any] = {
         "cniVersion": "1.0.0", "name": "l3fabric", "type": "l3fabric",
-        "agentSocket": agent_socket, "mtu": 0, "ipam": {"type": "l3fabric-ipam"},
+        "agentSocket": agent_socket, "mtu": 0, "ipam": ipam,
     }
     if labels:
         conf["args"] = {"cni": {"labels": [{"key": k, "value": v} for k, v in labels.items()]}}
@@ -521,7 +543,7 @@ def cni_request(lab: str, command: str, agent_socket: str, ns: str, pod: str, ne
 def _cni(state: LabState, command: str, node: str, ns: str, pod: str, netns: str,
          labels: dict[str, str]) -> subprocess.CompletedProcess[str]:
     conf, env = cni_request(state.lab, command, state.nodes[node]["agent_socket"], ns, pod,
-                            netns, labels, str(_cni_bin(state)))
+                            netns, labels, str(_cni_bin(state)), state.ipv6)
     # Run the plugin the way a runtime on the node would: inside the node's namespace.
     return subprocess.run(
         in_netns(state.nodes[node]["netns"], "env", "-i",

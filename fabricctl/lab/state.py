@@ -68,6 +68,7 @@ class LabState:
     pods: dict[str, dict[str, Any]] = field(default_factory=dict)
     phase: str = "creating"  # creating -> up; down removes the file
     runtime: str = "netns"  # "netns" (runner) or "podman" (podman: one container per node)
+    ipv6: bool = False  # a dual-stack lab: pods get an IPv6 address too
 
     @property
     def path(self) -> Path:
@@ -101,7 +102,8 @@ class LabState:
                    mgmt_netns=d.get("mgmt_netns", ""),
                    namespaces=list(d.get("namespaces", [])), processes=procs,
                    nodes=dict(d.get("nodes", {})), pods=dict(d.get("pods", {})),
-                   phase=d.get("phase", "creating"), runtime=d.get("runtime", "netns"))
+                   phase=d.get("phase", "creating"), runtime=d.get("runtime", "netns"),
+                   ipv6=bool(d.get("ipv6", False)))
 
     @classmethod
     def load(cls, lab: str) -> LabState | None:

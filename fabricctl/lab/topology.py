@@ -15,6 +15,10 @@ beyond containerlab's own fields lives in node ``labels`` (all optional unless s
 ``l3fabric.pool-cidr`` / ``l3fabric.block-size`` / ``l3fabric.fabric-cidr``
     on the mgmt node: the lab's IPPool (default 10.244.0.0/16, blocks of 26) and the range
     fabric links are numbered from (default 10.77.0.0/16).
+``l3fabric.pool6-cidr`` / ``l3fabric.block-size6`` / ``l3fabric.fabric6-cidr``
+    on the mgmt node: an IPv6 pool makes the lab dual-stack (blocks of 122 by default);
+    fabric links then also get IPv6 addresses, from ``fabric6-cidr`` (default fd77::/48),
+    and every BGP session carries IPv6 unicast beside IPv4 (MP-BGP, IPv6 next hops).
 
 Address plan (deterministic, so a file never needs more than the above):
 
@@ -24,8 +28,10 @@ Address plan (deterministic, so a file never needs more than the above):
 * fabric links: a link's ``ipv4`` list if given (containerlab's brief-link field), else
   link number *i* (1-based, file order) is ``<fabric-cidr>.<i>.0/30`` (the third octet
   of the fabric range plus *i*), first endpoint ``.1``, second ``.2``.
-* a node's BGP address (``bgp.ipv4Address``) is the address of its first fabric link;
-  a router's id is the address of its first link.
+* in a dual-stack lab, a link's ``ipv6`` list if given, else link number *i* is
+  ``<fabric6-cidr>:<i>::/64`` (the fourth group of a /48), endpoints ``::1`` and ``::2``;
+* a node's BGP address (``bgp.ipv4Address``, and ``bgp.ipv6Address`` when dual-stack) is
+  the address of its first fabric link; a router's id is the address of its first link.
 
 Nothing here does I/O except :func:`load`; everything else is pure and unit tested.
 """
@@ -53,6 +59,8 @@ DEFAULT_MGMT = "172.20.20.0/24"
 DEFAULT_POOL = "10.244.0.0/16"
 DEFAULT_BLOCK = 26
 DEFAULT_FABRIC = "10.77.0.0/16"
+DEFAULT_BLOCK6 = 122
+DEFAULT_FABRIC6 = "fd77::/48"
 ETCD_PORT = 2379
 ETCD_PEER_PORT = 2380
 METRICS_PORT = 9091
@@ -67,6 +75,7 @@ class Endpoint:
     node: str
     ifname: str
     address: ipaddress.IPv4Interface
+    address6: ipaddress.IPv6Interface | None = None  # a dual-stack lab's
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,7 @@ class Session:
     b: str
     b_ip: ipaddress.IPv4Interface
     b_asn: int
+    ipv6: bool = False  # the session also carries IPv6 unicast (a dual-stack lab)
 
     @property
     def ibgp(self) -> bool:
@@ -123,6 +133,13 @@ class Topology:
     links: tuple[Link, ...]
     comment: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    pool6_cidr: ipaddress.IPv6Network | None = None  # set: the lab is dual-stack
+    block_size6: int = DEFAULT_BLOCK6
+    fabric6_cidr: ipaddress.IPv6Network | None = None
+
+    @property
+    def dual_stack(self) -> bool:
+        return self.pool6_cidr is not None
 
     # -- views ---------------------------------------------------------------------------
 
@@ -145,6 +162,11 @@ class Topology:
         links = self.links_of(node)
         return links[0].mine(node).address if links else None
 
+    def fabric_address6(self, node: str) -> ipaddress.IPv6Interface | None:
+        """The node's IPv6 BGP address in a dual-stack lab: its first link's."""
+        links = self.links_of(node)
+        return links[0].mine(node).address6 if links else None
+
     def router_id(self, node: str) -> ipaddress.IPv4Address:
         addr = self.fabric_address(node)
         if addr is None:
@@ -161,7 +183,8 @@ class Topology:
             if na.role == "node" and nb.role == "node":
                 continue  # nodes peer through routers (nodeToNodeMesh is off in labs)
             assert na.asn is not None and nb.asn is not None
-            out.append(Session(na.name, lk.a.address, na.asn, nb.name, lk.b.address, nb.asn))
+            out.append(Session(na.name, lk.a.address, na.asn, nb.name, lk.b.address, nb.asn,
+                               ipv6=lk.a.address6 is not None))
         return out
 
     def sessions_of(self, node: str) -> list[tuple[Session, bool]]:
@@ -270,36 +293,96 @@ def parse(doc: Any, path: Path | None = None, comment: str = "") -> Topology:
         raise TopologyError(f"{src}: exactly one node needs l3fabric.role: mgmt "
                             f"(found {len(mgmts)})")
     mlabels = raw_nodes[mgmts[0].name].get("labels") or {}
-    pool = _net(str(mlabels.get("l3fabric.pool-cidr", DEFAULT_POOL)), f"{src}: pool-cidr")
-    fabric = _net(str(mlabels.get("l3fabric.fabric-cidr", DEFAULT_FABRIC)),
-                  f"{src}: fabric-cidr")
-    if fabric.prefixlen > 16:
-        raise TopologyError(f"{src}: l3fabric.fabric-cidr {fabric} must be a /16 or larger")
-    try:
-        block = int(str(mlabels.get("l3fabric.block-size", DEFAULT_BLOCK)))
-    except ValueError:
-        raise TopologyError(f"{src}: l3fabric.block-size is not a number") from None
-    if not pool.prefixlen <= block <= 32:
-        raise TopologyError(f"{src}: block size {block} does not fit the pool {pool}")
+    pool, block, fabric = _family_plan(mlabels, src, "", DEFAULT_POOL, DEFAULT_BLOCK,
+                                       DEFAULT_FABRIC, 16)
     if pool.overlaps(fabric) or pool.overlaps(mgmt_subnet) or fabric.overlaps(mgmt_subnet):
         raise TopologyError(f"{src}: pool {pool}, fabric {fabric} and management "
                             f"{mgmt_subnet} must not overlap")
 
-    links = _parse_links(topo.get("links") or [], nodes, fabric, src)
+    pool6, block6, fabric6 = _ipv6_plan(mlabels, src)
+    links = _parse_links(topo.get("links") or [], nodes, fabric, src, fabric6)
     for n in nodes.values():
         if n.role in ("router", "node") and not any(
                 n.name in (lk.a.node, lk.b.node) for lk in links):
             raise TopologyError(f"{src}: {n.role} {n.name} has no fabric link")
     return Topology(name=name, path=path, mgmt_subnet=mgmt_subnet, mgmt_gw=gw,
                     pool_cidr=pool, block_size=block, fabric_cidr=fabric, nodes=nodes,
-                    links=tuple(links), comment=comment, raw=doc)
+                    links=tuple(links), comment=comment, raw=doc, pool6_cidr=pool6,
+                    block_size6=block6, fabric6_cidr=fabric6)
+
+
+def _family_plan(labels: dict[str, Any], src: str, v: str, pool: str, block: int,
+                 fabric: str, widest: int) -> tuple[Any, int, Any]:
+    """One family's pool, block size and fabric range from the mgmt node's labels
+    (``v``: "" for IPv4, "6" for IPv6); the fabric range is ``widest`` bits or wider."""
+    net = ipaddress.IPv4Network if v == "" else ipaddress.IPv6Network
+    nets = []
+    for what, default in (("pool", pool), ("fabric", fabric)):
+        text = str(labels.get(f"l3fabric.{what}{v}-cidr", default))
+        try:
+            nets.append(net(text, strict=True))
+        except ValueError as e:
+            raise TopologyError(f"{src}: {what}{v}-cidr: {e}") from None
+    pool_net, fabric_net = nets
+    if fabric_net.prefixlen > widest:
+        raise TopologyError(f"{src}: l3fabric.fabric{v}-cidr {fabric_net} must be a "
+                            f"/{widest} or larger")
+    try:
+        size = int(str(labels.get(f"l3fabric.block-size{v}", block)))
+    except ValueError:
+        raise TopologyError(f"{src}: l3fabric.block-size{v} is not a number") from None
+    if not pool_net.prefixlen <= size <= pool_net.max_prefixlen:
+        raise TopologyError(f"{src}: block size {size} does not fit the pool {pool_net}")
+    return pool_net, size, fabric_net
+
+
+def _ipv6_plan(labels: dict[str, Any], src: str
+               ) -> tuple[ipaddress.IPv6Network | None, int, ipaddress.IPv6Network | None]:
+    """The IPv6 pool, its block size and the IPv6 fabric range; no pool: IPv4 only."""
+    if labels.get("l3fabric.pool6-cidr") is None:
+        for key in ("l3fabric.block-size6", "l3fabric.fabric6-cidr"):
+            if labels.get(key) is not None:
+                raise TopologyError(f"{src}: {key} needs l3fabric.pool6-cidr (the lab's "
+                                    "IPv6 pool) on the mgmt node")
+        return None, DEFAULT_BLOCK6, None
+    pool, block, fabric = _family_plan(labels, src, "6", "", DEFAULT_BLOCK6, DEFAULT_FABRIC6, 48)
+    if pool.overlaps(fabric):
+        raise TopologyError(f"{src}: IPv6 pool {pool} and fabric {fabric} must not overlap")
+    return pool, block, fabric
+
+
+def _link_addresses6(item: dict[str, Any], i: int, fabric6: ipaddress.IPv6Network | None,
+                     where: str) -> list[ipaddress.IPv6Interface | None]:
+    """A link's two IPv6 addresses in a dual-stack lab (given, or derived), else None."""
+    given = item.get("ipv6")
+    if fabric6 is None:
+        if given is not None:
+            raise TopologyError(f"{where}: ipv6 addresses need l3fabric.pool6-cidr (the lab's "
+                                "IPv6 pool) on the mgmt node")
+        return [None, None]
+    if given is None:
+        if i >= 1 << (64 - fabric6.prefixlen):
+            raise TopologyError(f"{where}: the fabric range {fabric6} has no room for it")
+        base = int(fabric6.network_address) + (i << 64)
+        return [ipaddress.IPv6Interface(f"{ipaddress.IPv6Address(base + k)}/64")
+                for k in (1, 2)]
+    if not isinstance(given, list) or len(given) != 2:
+        raise TopologyError(f"{where}: ipv6 must list one address per endpoint")
+    try:
+        addrs = [ipaddress.IPv6Interface(str(a)) for a in given]
+    except ValueError as e:
+        raise TopologyError(f"{where}: {e}") from None
+    if addrs[0].network != addrs[1].network or addrs[0].ip == addrs[1].ip:
+        raise TopologyError(f"{where}: {addrs[0]} and {addrs[1]} are not two addresses of "
+                            "one subnet")
+    return list(addrs)
 
 
 def _parse_links(items: list[Any], nodes: dict[str, LabNode], fabric: ipaddress.IPv4Network,
-                 src: str) -> list[Link]:
+                 src: str, fabric6: ipaddress.IPv6Network | None = None) -> list[Link]:
     links: list[Link] = []
     used_if: set[tuple[str, str]] = set()
-    used_ip: set[ipaddress.IPv4Address] = set()
+    used_ip: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
     for i, item in enumerate(items, start=1):
         where = f"{src}: link {i}"
         eps = item.get("endpoints") if isinstance(item, dict) else None
@@ -321,8 +404,9 @@ def _parse_links(items: list[Any], nodes: dict[str, LabNode], fabric: ipaddress.
                 raise TopologyError(f"{where}: {e}") from None
             if addrs[0].network != addrs[1].network:
                 raise TopologyError(f"{where}: {addrs[0]} and {addrs[1]} are not in one subnet")
+        addrs6 = _link_addresses6(item, i, fabric6, where)
         ends = []
-        for ep, addr in zip(eps, addrs, strict=True):
+        for ep, addr, addr6 in zip(eps, addrs, addrs6, strict=True):
             node, sep, ifname = str(ep).partition(":")
             if not sep or node not in nodes:
                 raise TopologyError(f"{where}: endpoint {ep!r} is not <known node>:<interface>")
@@ -333,11 +417,13 @@ def _parse_links(items: list[Any], nodes: dict[str, LabNode], fabric: ipaddress.
                 raise TopologyError(f"{where}: {node}:{ifname} is used twice")
             if nodes[node].role == "mgmt":
                 raise TopologyError(f"{where}: the mgmt node takes no fabric links")
-            if addr.ip in used_ip:
-                raise TopologyError(f"{where}: address {addr.ip} is used twice")
+            for a in (addr, addr6):
+                if a is not None and a.ip in used_ip:
+                    raise TopologyError(f"{where}: address {a.ip} is used twice")
+                if a is not None:
+                    used_ip.add(a.ip)
             used_if.add((node, ifname))
-            used_ip.add(addr.ip)
-            ends.append(Endpoint(node, ifname, addr))
+            ends.append(Endpoint(node, ifname, addr, addr6))
         if ends[0].node == ends[1].node:
             raise TopologyError(f"{where}: a link joins two different nodes")
         links.append(Link(i, ends[0], ends[1]))

@@ -118,6 +118,39 @@ def test_up_two_node_then_down_leaves_nothing(labenv: Path, tmp_path: Path) -> N
     assert_nothing_left(st, before)
 
 
+def test_a_dual_stack_leaf_spine_lab_routes_both_families_across_racks(
+        labenv: Path, tmp_path: Path) -> None:
+    """``l3fabric.pool6-cidr`` on the mgmt node: links get IPv6 too, BIRD carries IPv6 on
+    every session, and pods on two racks get an address of each family and reach each
+    other at both, through leaves and spines."""
+    path = lab_copy("leaf-spine", tmp_path)
+    doc = yaml.safe_load(path.read_text())
+    doc["topology"]["nodes"]["mgmt"]["labels"]["l3fabric.pool6-cidr"] = "fd44::/48"
+    path.write_text(yaml.safe_dump(doc))
+    topo = topology.load(path)
+    st = runner.up(topo, wait=60)
+    try:
+        a = runner.pod_add(st, "node1", "default", "a")
+        b = runner.pod_add(st, "node4", "default", "b")
+        for pod in (a, b):
+            assert [ip.split(".")[0].split(":")[0] for ip in pod["ips"]] == ["10", "fd44"], pod
+        spine = f"clab-{topo.name}-spine1"
+        deadline = time.monotonic() + 30
+        blocks: list[str] = []
+        while len(blocks) < 2 and time.monotonic() < deadline:
+            r6 = runner.sh("ip", "-n", spine, "-6", "route").stdout
+            blocks = [ln for ln in r6.splitlines() if ln.startswith("fd44:")]
+            time.sleep(0.3)
+        assert len(blocks) == 2, r6  # both nodes' IPv6 blocks, learned from the leaves
+        for dst in b["ips"]:
+            p = runner.sh(*runner.in_netns(a["netns"], "ping", "-c2", "-i0.2", "-W2", dst),
+                          check=False)
+            assert p.returncode == 0, f"{a['pod']} -> {dst}: {p.stdout}"
+    finally:
+        problems = runner.down(st)
+    assert problems == []
+
+
 def test_down_after_the_runner_was_killed_mid_way(labenv: Path, tmp_path: Path) -> None:
     before = root_view()
     path = lab_copy("two-node", tmp_path)

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fabricctl.lab import graph, topology
 from fabricctl.lab.bird import render_bird
@@ -61,6 +62,38 @@ def test_not_a_router() -> None:
 @pytest.mark.parametrize("name", ["two-node", "leaf-spine", "route-reflector"])
 def test_bird_accepts_every_rendered_config(name: str, tmp_path: Path) -> None:
     t = load(name)
+    for r in t.by_role("router"):
+        conf = tmp_path / f"{r.name}.conf"
+        conf.write_text(render_bird(t, r.name))
+        p = subprocess.run(["bird", "-p", "-c", str(conf)], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+
+
+def dual_stack(name: str) -> topology.Topology:
+    doc = yaml.safe_load((REPO / f"containerlab/{name}.clab.yml").read_text())
+    doc["topology"]["nodes"]["mgmt"]["labels"]["l3fabric.pool6-cidr"] = "fd44::/48"
+    return topology.parse(doc)
+
+
+def test_a_dual_stack_lab_carries_ipv6_on_every_session_with_its_own_filters() -> None:
+    conf = render_bird(dual_stack("leaf-spine"), "leaf1")
+    assert "define LAB_NETS6 = [ fd44::/48+, fd77::/48+ ];" in conf
+    assert ("  ipv6 { import filter lab_only6; export filter lab_only6; next hop self; "
+            "gateway direct; };") in conf
+    assert "ipv6 { import none; export filter to_kernel6; };" in conf
+    assert "ipv6 { import filter lab_only6; }; interface" in conf  # direct: the links
+    # The IPv4 lab's lines are all there, in order (the direct protocol gains IPv6).
+    v4 = render_bird(load("leaf-spine"), "leaf1")
+    assert "LAB_NETS6" not in v4 and "ipv6" not in v4
+    direct = 'protocol direct { ipv4 { import filter lab_only; }; interface "eth*"; }'
+    assert direct in v4.splitlines()
+    rest = iter(conf.splitlines())
+    assert all(ln in rest for ln in v4.splitlines() if ln != direct)
+
+
+@pytest.mark.skipif(shutil.which("bird") is None, reason="BIRD 2 is not installed (bird2)")
+def test_bird_accepts_a_dual_stack_config(tmp_path: Path) -> None:
+    t = dual_stack("leaf-spine")
     for r in t.by_role("router"):
         conf = tmp_path / f"{r.name}.conf"
         conf.write_text(render_bird(t, r.name))

@@ -219,3 +219,65 @@ def test_leaf_spine_is_as_per_rack() -> None:
         "peerIP": "10.77.7.1", "asNumber": 65102, "node": "node3"}
     # two spines, two leaves, four nodes
     assert len(t.by_role("router")) == 4 and len(t.by_role("node")) == 4
+
+
+def dual(**labels: Any) -> dict[str, Any]:
+    doc = minimal()
+    doc["topology"]["nodes"]["mgmt"]["labels"].update(
+        {"l3fabric.pool6-cidr": "fd44::/48", **labels})
+    return doc
+
+
+def test_an_ipv6_pool_makes_the_lab_dual_stack_with_derived_link_addresses() -> None:
+    t = topology.parse(dual())
+    assert t.dual_stack and str(t.pool6_cidr) == "fd44::/48" and t.block_size6 == 122
+    assert [(str(lk.a.address6), str(lk.b.address6)) for lk in t.links] == [
+        ("fd77:0:0:1::1/64", "fd77:0:0:1::2/64"), ("fd77:0:0:2::1/64", "fd77:0:0:2::2/64")]
+    assert str(t.fabric_address6("n2")) == "fd77:0:0:2::2/64"
+    assert all(s.ipv6 for s in t.sessions())
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in resources.lab_resources(t)}
+    assert docs[("IPPool", "default-v6")]["spec"] == {"cidr": "fd44::/48", "blockSize": 122}
+    assert docs[("Node", "n2")]["spec"]["bgp"]["ipv6Address"] == "fd77:0:0:2::2/64"
+    for d in docs.values():
+        model.parse_document(d)
+
+
+def test_an_ipv4_lab_has_no_ipv6_anywhere() -> None:
+    t = topology.parse(minimal())
+    assert not t.dual_stack and t.fabric_address6("n1") is None
+    assert not any(s.ipv6 for s in t.sessions())
+    docs = resources.lab_resources(t)
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "IPPool"] == ["default"]
+    assert all("ipv6Address" not in d["spec"]["bgp"] for d in docs if d["kind"] == "Node")
+
+
+def test_given_ipv6_link_addresses_are_kept() -> None:
+    doc = dual(**{"l3fabric.fabric6-cidr": "fd55::/32", "l3fabric.block-size6": 120})
+    doc["topology"]["links"][0]["ipv6"] = ["fd99::1/126", "fd99::2/126"]
+    t = topology.parse(doc)
+    assert (str(t.links[0].a.address6), str(t.links[0].b.address6)) == ("fd99::1/126",
+                                                                          "fd99::2/126")
+    assert str(t.links[1].b.address6) == "fd55:0:0:2::2/64" and t.block_size6 == 120
+
+
+@pytest.mark.parametrize(("labels", "link", "message"), [
+    ({"l3fabric.pool6-cidr": "10.0.0.0/8"}, None, "pool6-cidr"),
+    ({"l3fabric.pool6-cidr": "fd44::/48", "l3fabric.fabric6-cidr": "fd44::/48"}, None,
+     "must not overlap"),
+    ({"l3fabric.pool6-cidr": "fd44::/48", "l3fabric.fabric6-cidr": "fd55::/56"}, None,
+     "/48 or larger"),
+    ({"l3fabric.pool6-cidr": "fd44::/48", "l3fabric.block-size6": 40}, None, "block size"),
+    ({"l3fabric.fabric6-cidr": "fd55::/48"}, None, "needs l3fabric.pool6-cidr"),
+    ({}, ["fd99::1/64", "fd99::2/64"], "need l3fabric.pool6-cidr"),
+    ({"l3fabric.pool6-cidr": "fd44::/48"}, ["fd99::1/64", "fd98::2/64"], "one subnet"),
+    ({"l3fabric.pool6-cidr": "fd44::/48"}, ["fd99::1/64"], "one address per endpoint"),
+])
+def test_invalid_ipv6_plans_are_rejected_with_a_reason(labels: dict[str, Any],
+                                                       link: list[str] | None,
+                                                       message: str) -> None:
+    doc = minimal()
+    doc["topology"]["nodes"]["mgmt"]["labels"].update(labels)
+    if link is not None:
+        doc["topology"]["links"][0]["ipv6"] = link
+    with pytest.raises(TopologyError, match=re.escape(message)):
+        topology.parse(doc)
