@@ -19,7 +19,10 @@ so are replies (``ct state established,related``), ``lo``, ICMPv6 neighbour disc
 and pod traffic, which the pod policy owns. A named port in a host endpoint rule matches
 nothing (a named port belongs to a pod) and is logged.
 
-Owned here: `HostPlan` (`host_plan`, from the cluster state), and its renderings for
+Owned here: `HostPlan` (`host_plan`, from the resources; `plan_of_state`, from the
+agent's cluster state through a `HostPlanner` per node, which keeps the plan between
+applies and the members of the selectors its rules use, so that an apply reads the pods
+changed since the last one, never every pod of the cluster), and its renderings for
 nftables (`nft_commands`: one transaction that replaces table ``inet l3fabric-host``)
 and for iptables (`iptables_filter`, `ipset_script`: chains ``fabhep-*`` in ``filter``,
 hooked first in ``INPUT``, ``OUTPUT`` and ``FORWARD``, and ipsets ``fabhep4-…``/
@@ -34,14 +37,16 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from datastore import model
 from datastore.calico_selector import Selector
 from felix_like.owned import HOST_IF_PREFIX
 from felix_like.policy.program import ipset_members
+from felix_like.state import ChangeLog, ClusterState
 
 log = logging.getLogger(__name__)
 
@@ -119,11 +124,34 @@ def _order(g: model.GlobalNetworkPolicy) -> tuple[int, float, str]:
     return (1, 0.0, g.metadata.name) if o is None else (0, o, g.metadata.name)
 
 
+NAMESPACE_LABEL = "projectcalico.org/namespace"
+
+
+def endpoint_labels(w: model.WorkloadEndpoint) -> Mapping[str, str]:
+    """What a selector in a host endpoint rule matches a pod on: its labels and its
+    namespace as ``projectcalico.org/namespace``."""
+    return {**w.spec.labels, NAMESPACE_LABEL: w.metadata.namespace or ""}
+
+
+def _held(w: model.WorkloadEndpoint) -> tuple[str, ...]:
+    return tuple(str(n) for n in w.spec.ip_networks)
+
+
+def _expected(h: model.HostEndpoint) -> tuple[str, ...]:
+    return tuple(str(a) for a in h.spec.expected_ips)
+
+
+class Addresses(Protocol):
+    """Who holds which addresses, for selectors in rules: pods and host endpoints (their
+    ``expectedIPs``). Asked only when a rule has a selector."""
+
+    def of(self, sel: Selector) -> tuple[str, ...]: ...
+
+
 @dataclass
 class _Addresses:
-    """Who holds which addresses, for selectors in rules: pods (with their namespace as
-    ``projectcalico.org/namespace``) and host endpoints (their ``expectedIPs``). Read only
-    when a rule has a selector: a plan without one costs nothing per pod."""
+    """`Addresses` by one pass over every pod of the cluster, on the first selector asked
+    (`host_plan`: the plan from the resources alone)."""
 
     endpoints: Iterable[model.WorkloadEndpoint]
     host_endpoints: Iterable[model.HostEndpoint]
@@ -132,14 +160,8 @@ class _Addresses:
 
     def _all(self) -> list[tuple[Mapping[str, str], tuple[str, ...]]]:
         if self._holders is None:
-            self._holders = []
-            for w in self.endpoints:
-                labels = {**w.spec.labels,
-                          "projectcalico.org/namespace": w.metadata.namespace or ""}
-                self._holders.append((labels, tuple(str(n) for n in w.spec.ip_networks)))
-            for h in self.host_endpoints:
-                self._holders.append((h.metadata.labels,
-                                      tuple(str(a) for a in h.spec.expected_ips)))
+            self._holders = [(endpoint_labels(w), _held(w)) for w in self.endpoints]
+            self._holders += [(h.metadata.labels, _expected(h)) for h in self.host_endpoints]
         return self._holders
 
     def of(self, sel: Selector) -> tuple[str, ...]:
@@ -151,7 +173,7 @@ class _Addresses:
         return hit
 
 
-def _entity(side: str, ent: model.EntityRule, v: int, addrs: _Addresses,
+def _entity(side: str, ent: model.EntityRule, v: int, addrs: Addresses,
             where: str) -> tuple[list[AddrMatch], list[PortMatch]] | None:
     """The matches of one side in family ``v``; None when the side can match nothing."""
     a: list[AddrMatch] = []
@@ -186,7 +208,7 @@ def _entity(side: str, ent: model.EntityRule, v: int, addrs: _Addresses,
     return a, p
 
 
-def render_rule(r: model.Rule, where: str, addrs: _Addresses) -> list[HostRule]:
+def render_rule(r: model.Rule, where: str, addrs: Addresses) -> list[HostRule]:
     """A GlobalNetworkPolicy rule as host rules (one per family when addresses differ)."""
     verdict = r.action.lower()
     proto = None if r.protocol is None else (
@@ -214,18 +236,15 @@ def render_rule(r: model.Rule, where: str, addrs: _Addresses) -> list[HostRule]:
     return out
 
 
-def host_plan(node: str, host_endpoints: Iterable[model.HostEndpoint],
-              policies: Iterable[model.GlobalNetworkPolicy],
-              endpoints: Iterable[model.WorkloadEndpoint],
-              config: model.FelixConfigurationSpec) -> HostPlan:
-    """The plan of ``node``: its host endpoints' chains and the failsafe ports."""
-    heps = list(host_endpoints)
-    local = sorted((h for h in heps if h.spec.node == node and h.spec.interface_name),
-                   key=lambda h: (h.spec.interface_name == "*", h.metadata.name))
-    if not local:
-        return HostPlan()
+def _local(node: str, heps: Iterable[model.HostEndpoint]) -> list[model.HostEndpoint]:
+    """``node``'s host endpoints that name an interface, the named interfaces first."""
+    return sorted((h for h in heps if h.spec.node == node and h.spec.interface_name),
+                  key=lambda h: (h.spec.interface_name == "*", h.metadata.name))
+
+
+def _plan(local: list[model.HostEndpoint], policies: Iterable[model.GlobalNetworkPolicy],
+          config: model.FelixConfigurationSpec, addrs: Addresses) -> HostPlan:
     gnps = sorted(policies, key=_order)
-    addrs = _Addresses(endpoints, heps)
     out: list[EndpointChains] = []
     for h in local:
         selected = [g for g in gnps if g.spec.selector.matches(h.metadata.labels)
@@ -250,8 +269,152 @@ def host_plan(node: str, host_endpoints: Iterable[model.HostEndpoint],
                     tuple(out))
 
 
-def plan_of_state(state: Any, node: str) -> HostPlan:
-    """`host_plan` of a `felix_like.state.ClusterState`, or of a mapping key -> value."""
+def host_plan(node: str, host_endpoints: Iterable[model.HostEndpoint],
+              policies: Iterable[model.GlobalNetworkPolicy],
+              endpoints: Iterable[model.WorkloadEndpoint],
+              config: model.FelixConfigurationSpec) -> HostPlan:
+    """The plan of ``node``: its host endpoints' chains and the failsafe ports, from the
+    resources alone (a rule's selector reads every pod of ``endpoints``)."""
+    heps = list(host_endpoints)
+    local = _local(node, heps)
+    if not local:
+        return HostPlan()
+    return _plan(local, policies, config, _Addresses(endpoints, heps))
+
+
+@dataclass
+class _Indexed:
+    """`Addresses` from `HostPlanner`'s membership index: a selector already in it costs
+    its members; one not yet in it is filled by one pass over the cluster's pods (shared
+    by every selector missing in the same calculation)."""
+
+    members: dict[Selector, dict[str, model.WorkloadEndpoint]]
+    endpoints: Mapping[str, model.WorkloadEndpoint]
+    host_endpoints: Iterable[model.HostEndpoint]
+    scans: int = 0
+    _holders: list[tuple[str, Mapping[str, str], model.WorkloadEndpoint]] | None = None
+    _cache: dict[Selector, tuple[str, ...]] = field(default_factory=dict)
+
+    def _all(self) -> list[tuple[str, Mapping[str, str], model.WorkloadEndpoint]]:
+        if self._holders is None:
+            self.scans += 1
+            self._holders = [(k, endpoint_labels(w), w) for k, w in self.endpoints.items()]
+        return self._holders
+
+    def of(self, sel: Selector) -> tuple[str, ...]:
+        hit = self._cache.get(sel)
+        if hit is None:
+            members = self.members.get(sel)
+            if members is None:
+                members = {k: w for k, labels, w in self._all() if sel.matches(labels)}
+                self.members[sel] = members
+            hit = tuple(a for w in members.values() for a in _held(w))
+            hit += tuple(a for h in self.host_endpoints if sel.matches(h.metadata.labels)
+                         for a in _expected(h))
+            self._cache[sel] = hit
+        return hit
+
+    @property
+    def used(self) -> set[Selector]:
+        return set(self._cache)
+
+
+@dataclass(eq=False)
+class HostPlanner:
+    """The host plan of one node of one `ClusterState`, kept between applies: an apply
+    costs the pods that changed since the last one, not the cluster's pods.
+
+    Owned: the last plan; the inputs it was made of (the cluster's host endpoints and
+    GlobalNetworkPolicies, compared by identity: O(their number), no pod; the default
+    FelixConfiguration); a `ChangeLog` of the state's policy inputs; and, for each selector
+    the plan's rules use, the pods it matches (key -> endpoint), kept up to date from the
+    log. A changed pod is matched against those selectors only; the plan is made again
+    only when an input or a used selector's members (or their addresses) changed.
+
+    Invariant (a unit test holds it on random changes): `plan` equals `host_plan` of the
+    same state. A node with no host endpoint keeps no log and no index (the early return).
+    Selectors a plan stops using leave the index when it is made again; one coming into
+    use is filled by a pass over the cluster's pods (a policy or host endpoint change).
+    """
+
+    node: str
+    scans: int = 0  # passes over every pod of the cluster, for tests and the benchmark
+    _heps: dict[str, model.HostEndpoint] = field(default_factory=dict)
+    _local: list[model.HostEndpoint] = field(default_factory=list)
+    _gnps: dict[str, model.GlobalNetworkPolicy] = field(default_factory=dict)
+    _config: model.FelixConfiguration | None = None
+    _log: ChangeLog | None = None
+    _members: dict[Selector, dict[str, model.WorkloadEndpoint]] = field(default_factory=dict)
+    _plan: HostPlan | None = None
+
+    def plan(self, state: ClusterState) -> HostPlan:
+        if state.host_endpoints != self._heps:  # identical values compare in C, no pod read
+            self._heps = dict(state.host_endpoints)
+            self._local = _local(self.node, self._heps.values())
+            self._plan = None
+        if not self._local:
+            self._log, self._members, self._plan = None, {}, None
+            return HostPlan()
+        if self._log is None:  # the log first: a change while the index fills is in it
+            self._log, self._members, self._plan = state.policy_log(), {}, None
+        changed = self._log.take()
+        if state.global_policies != self._gnps:
+            self._gnps = dict(state.global_policies)
+            self._plan = None
+        config = state.felix_configs.get("default")
+        if config is not self._config:
+            self._config, self._plan = config, None
+        if self._members and changed:
+            self._follow(state, changed)
+        if self._plan is None:
+            addrs = _Indexed(self._members, state.endpoints, self._heps.values())
+            self._plan = _plan(self._local, self._gnps.values(), state.felix_config(), addrs)
+            self.scans += addrs.scans
+            used = addrs.used
+            self._members = {s: m for s, m in self._members.items() if s in used}
+        return self._plan
+
+    def _follow(self, state: ClusterState, changed: Iterable[str]) -> None:
+        """Each changed key (any policy input; pods are the ones that matter) against the
+        selectors in use: the plan goes when a member comes, goes or changes addresses."""
+        for key in changed:
+            new = state.endpoints.get(key)
+            if new is None:  # gone, or no pod
+                for members in self._members.values():
+                    if members.pop(key, None) is not None:
+                        self._plan = None
+                continue
+            labels = endpoint_labels(new)
+            for sel, members in self._members.items():
+                old = members.get(key)
+                if sel.matches(labels):
+                    if old is not new:
+                        members[key] = new
+                        if old is None or old.spec.ip_networks != new.spec.ip_networks:
+                            self._plan = None
+                elif old is not None:
+                    del members[key]
+                    self._plan = None
+
+
+# One planner per (state, node): the agent's manager calls `plan_of_state` on every apply
+# with the same state; the planners go with their state.
+_planners: weakref.WeakKeyDictionary[ClusterState, dict[str, HostPlanner]] = (
+    weakref.WeakKeyDictionary())
+
+
+def planner_of(state: ClusterState, node: str) -> HostPlanner:
+    """The `HostPlanner` of ``node`` that `plan_of_state` uses for ``state``."""
+    by_node = _planners.setdefault(state, {})
+    planner = by_node.get(node)
+    if planner is None:
+        planner = by_node[node] = HostPlanner(node)
+    return planner
+
+
+def plan_of_state(state: ClusterState | Mapping[str, Any], node: str) -> HostPlan:
+    """`host_plan` of a `felix_like.state.ClusterState` (through its `HostPlanner`: an
+    apply reads the pods changed since the last one), or of a mapping key -> value."""
     if isinstance(state, Mapping):
         values = list(state.values())
         configs = [v.spec for v in values if isinstance(v, model.FelixConfiguration)
@@ -261,10 +424,7 @@ def plan_of_state(state: Any, node: str) -> HostPlan:
                           and not isinstance(v, model.StagedGlobalNetworkPolicy)],
                          [v for v in values if isinstance(v, model.WorkloadEndpoint)],
                          configs[0] if configs else model.FelixConfigurationSpec())
-    if not any(h.spec.node == node for h in state.host_endpoints.values()):
-        return HostPlan()
-    return host_plan(node, state.host_endpoints.values(), state.global_policies.values(),
-                     state.endpoints.values(), state.felix_config())
+    return planner_of(state, node).plan(state)
 
 
 def chain_name(ep: str, direction: str) -> str:

@@ -3,11 +3,13 @@ renderings for nftables and iptables (pure)."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
 
 from datastore import keys, model
+from felix_like.policy import hostep
 from felix_like.policy.hostep import (
     HostPlan,
     chain_name,
@@ -180,3 +182,187 @@ def test_explain_a_host_endpoint() -> None:
     other = {f["direction"]: f for f in explain(state, "hep/n1-all", "10.97.0.2",
                                                 "9/udp")["flows"]}
     assert "gnp/p ingress[1] Deny" in other["ingress, to the host"]["reason"]
+
+
+# --- the plan kept between applies (HostPlanner) ---------------------------------------------
+
+
+def pod(name: str, node: str, ns: str, ips: tuple[str, ...],
+        **labels: str) -> model.WorkloadEndpoint:
+    return model.WorkloadEndpoint.from_dict({
+        "apiVersion": API, "kind": "WorkloadEndpoint",
+        "metadata": {"name": f"{name}.eth0", "namespace": ns},
+        "spec": {"node": node, "namespace": ns, "pod": name, "endpoint": "eth0",
+                 "containerID": f"c-{name}", "ipNetworks": [f"{ip}/{128 if ':' in ip else 32}"
+                                                           for ip in ips],
+                 "labels": labels}})
+
+
+def put_pod(st: ClusterState, w: model.WorkloadEndpoint) -> str:
+    key = model.key_for(w)
+    st.put(key, w)
+    return key
+
+
+def straight(st: ClusterState, node: str) -> HostPlan:
+    """The plan from the resources alone: every pod of the cluster read."""
+    return host_plan(node, st.host_endpoints.values(), st.global_policies.values(),
+                     st.endpoints.values(), st.felix_config())
+
+
+RULE_SELECTORS = ("app == 'a0'", "app == 'a1' || role == 'node'",
+                  "projectcalico.org/namespace == 'ns1'", "has(tier)", "app == 'none'",
+                  "tier == 'db' && app != 'a2'")
+
+
+def random_gnp(rnd: random.Random, name: str) -> model.GlobalNetworkPolicy:
+    def entity() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if rnd.random() < 0.6:
+            out["selector"] = rnd.choice(RULE_SELECTORS)
+        if rnd.random() < 0.2:
+            out["notSelector"] = rnd.choice(RULE_SELECTORS)
+        if rnd.random() < 0.2:
+            out["nets"] = [rnd.choice(["10.0.0.0/8", "10.244.0.0/16", "fd00::/8"])]
+        return out
+
+    def rules() -> list[dict[str, Any]]:
+        return [{"action": rnd.choice(["Allow", "Deny", "Pass", "Log"]),
+                 "source": entity(), "destination": entity()}
+                for _ in range(rnd.randint(0, 2))]
+
+    return gnp(name, order=rnd.randint(0, 5), applyOnForward=rnd.random() < 0.5,
+               selector=rnd.choice(["role == 'node'", "all()", "zone == 'a'"]),
+               types=["Ingress", "Egress"], ingress=rules(), egress=rules())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_kept_plan_equals_the_plan_from_the_resources(seed: int) -> None:
+    rnd = random.Random(seed)
+    st = ClusterState()
+    nodes = ["n1", "n2", "n3"]
+    pods: list[str] = []
+    serial = 0
+
+    def a_pod() -> model.WorkloadEndpoint:
+        nonlocal serial
+        serial += 1
+        ips = [f"10.244.{serial // 250}.{serial % 250 + 1}"]
+        if rnd.random() < 0.3:
+            ips.append(f"fd44::{serial:x}")
+        labels = {k: v for k, v in (("app", rnd.choice(["a0", "a1", "a2"])),
+                                    ("tier", rnd.choice(["web", "db"])),
+                                    ("role", "node")) if rnd.random() < 0.6}
+        return pod(f"p{serial}", rnd.choice(nodes), rnd.choice(["ns0", "ns1"]),
+                   tuple(ips), **labels)
+
+    for _ in range(20):
+        pods.append(put_pod(st, a_pod()))
+    for step in range(50):
+        what = rnd.random()
+        if what < 0.3:
+            pods.append(put_pod(st, a_pod()))
+        elif what < 0.45 and pods:
+            st.remove(pods.pop(rnd.randrange(len(pods))))
+        elif what < 0.6 and pods:  # relabelled or readdressed in place
+            key = rnd.choice(pods)
+            old = st.endpoints[key]
+            new = a_pod()
+            st.put(key, pod(old.spec.pod, old.spec.node, old.metadata.namespace or "",
+                            tuple(str(n.network_address) for n in (
+                                new if rnd.random() < 0.5 else old).spec.ip_networks),
+                            **new.spec.labels))
+        elif what < 0.75:
+            g = random_gnp(rnd, f"g{rnd.randint(0, 4)}")
+            if rnd.random() < 0.2:
+                st.remove(model.key_for(g))
+            else:
+                st.put(model.key_for(g), g)
+        elif what < 0.9:
+            node = rnd.choice(nodes)
+            name = f"{node}-{rnd.choice(['all', 'eth0'])}"
+            h = hep(name, node, "*" if name.endswith("all") else "eth0",
+                    (f"10.98.{nodes.index(node)}.{rnd.randint(1, 9)}",),
+                    **({"role": "node"} if rnd.random() < 0.7 else {"zone": "a"}))
+            if rnd.random() < 0.2:
+                st.remove(keys.host_endpoint(name))
+            else:
+                st.put(keys.host_endpoint(name), h)
+        else:
+            ports = [] if rnd.random() < 0.5 else [{"protocol": "TCP", "port": 22}]
+            st.put(keys.felix_config(), model.FelixConfiguration.from_dict({
+                "apiVersion": API, "kind": "FelixConfiguration",
+                "metadata": {"name": "default"}, "spec": {"failsafeInboundHostPorts": ports}}))
+        for node in ("n1", "n2"):
+            kept, fresh = plan_of_state(st, node), straight(st, node)
+            assert kept == fresh, (seed, step, node)
+            assert nft_commands(kept) == nft_commands(fresh)
+
+
+def counting_labels(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every pod whose labels the plan reads, by pod name, from now on."""
+    seen: list[str] = []
+    real = hostep.endpoint_labels
+
+    def counted(w: model.WorkloadEndpoint) -> Any:
+        seen.append(w.spec.pod)
+        return real(w)
+
+    monkeypatch.setattr(hostep, "endpoint_labels", counted)
+    return seen
+
+
+def cluster_with_a_web_rule(pods: int) -> ClusterState:
+    st = ClusterState()
+    st.put(keys.host_endpoint("n1-all"), hep("n1-all", "n1", role="node"))
+    st.put(keys.global_policy("p"), gnp("p", selector="role == 'node'", ingress=[
+        {"action": "Allow", "source": {"selector": "app == 'web'"}}, {"action": "Deny"}]))
+    for i in range(pods):
+        put_pod(st, pod(f"db{i}", f"n{i % 7 + 2}", "prod", (f"10.244.9.{i + 1}",), app="db"))
+    return st
+
+
+def test_a_pod_a_host_rule_selects_changes_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    st = cluster_with_a_web_rule(50)
+    assert plan_of_state(st, "n1").endpoints[0].rules("in")[0].verdict == "deny"
+    seen = counting_labels(monkeypatch)
+    key = put_pod(st, pod("web-1", "n5", "prod", ("10.244.1.5",), app="web"))
+    allow = plan_of_state(st, "n1").endpoints[0].rules("in")[0]
+    assert (allow.verdict, allow.addrs[0].nets) == ("allow", ("10.244.1.5/32",))
+    moved = pod("web-1", "n5", "prod", ("10.244.1.6",), app="web")
+    st.put(key, moved)
+    assert plan_of_state(st, "n1").endpoints[0].rules("in")[0].addrs[0].nets == (
+        "10.244.1.6/32",)
+    st.remove(key)
+    assert plan_of_state(st, "n1").endpoints[0].rules("in")[0].verdict == "deny"
+    assert seen == ["web-1", "web-1"]  # the pod itself, never the 50 others
+    assert plan_of_state(st, "n1") == straight(st, "n1")
+
+
+def test_a_pod_no_host_rule_selects_reads_only_that_pod(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    st = cluster_with_a_web_rule(200)
+    before = plan_of_state(st, "n1")
+    assert hostep.planner_of(st, "n1").scans == 1  # the selector's members, filled once
+    seen = counting_labels(monkeypatch)
+    put_pod(st, pod("db-new", "n3", "prod", ("10.244.8.1",), app="db"))
+    after = plan_of_state(st, "n1")
+    assert after is before  # nothing recomputed
+    assert seen == ["db-new"] and hostep.planner_of(st, "n1").scans == 1
+    seen.clear()
+    straight(st, "n1")
+    assert len(seen) == 201  # what each apply read before: every pod of the cluster
+
+
+def test_a_node_without_host_endpoint_reads_no_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    st = cluster_with_a_web_rule(20)
+    seen = counting_labels(monkeypatch)
+    put_pod(st, pod("web-1", "n2", "prod", ("10.244.1.5",), app="web"))
+    assert plan_of_state(st, "n2") == HostPlan()
+    assert seen == []
+    # Its host endpoint arrives: the plan follows, from the pods as they are now.
+    st.put(keys.host_endpoint("n2-all"), hep("n2-all", "n2", role="node"))
+    rules = plan_of_state(st, "n2").endpoints[0].rules("in")
+    assert rules[0].addrs[0].nets == ("10.244.1.5/32",)
+    st.remove(keys.host_endpoint("n2-all"))
+    assert plan_of_state(st, "n2") == HostPlan()
