@@ -40,7 +40,7 @@ import logging
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from datastore import model
 from datastore.calico_selector import Selector
@@ -141,15 +141,26 @@ def _expected(h: model.HostEndpoint) -> tuple[str, ...]:
     return tuple(str(a) for a in h.spec.expected_ips)
 
 
-class Addresses(Protocol):
+class Addresses:
     """Who holds which addresses, for selectors in rules: pods and host endpoints (their
-    ``expectedIPs``). Asked only when a rule has a selector."""
+    ``expectedIPs``). Asked only when a rule has a selector; each (selector, family) is
+    merged once per plan, however many rules name it."""
 
-    def of(self, sel: Selector) -> tuple[str, ...]: ...
+    def __init__(self) -> None:
+        self._nets: dict[tuple[Selector, int], tuple[str, ...]] = {}
+
+    def of(self, sel: Selector) -> tuple[str, ...]:
+        raise NotImplementedError
+
+    def nets(self, sel: Selector, version: int) -> tuple[str, ...]:
+        hit = self._nets.get((sel, version))
+        if hit is None:
+            hit = self._nets[sel, version] = _merged(self.of(sel), version)
+        return hit
 
 
 @dataclass
-class _Addresses:
+class _Addresses(Addresses):
     """`Addresses` by one pass over every pod of the cluster, on the first selector asked
     (`host_plan`: the plan from the resources alone)."""
 
@@ -157,6 +168,9 @@ class _Addresses:
     host_endpoints: Iterable[model.HostEndpoint]
     _holders: list[tuple[Mapping[str, str], tuple[str, ...]]] | None = None
     _cache: dict[Selector, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        Addresses.__init__(self)
 
     def _all(self) -> list[tuple[Mapping[str, str], tuple[str, ...]]]:
         if self._holders is None:
@@ -180,12 +194,12 @@ def _entity(side: str, ent: model.EntityRule, v: int, addrs: Addresses,
     if ent.namespace_selector is not None:
         log.debug("%s: namespaceSelector matches pods only", where)
     if ent.selector is not None:
-        nets = _merged(addrs.of(ent.selector), v)
+        nets = addrs.nets(ent.selector, v)
         if not nets:
             return None
         a.append(AddrMatch(side, nets))
     if ent.not_selector is not None:
-        nets = _merged(addrs.of(ent.not_selector), v)
+        nets = addrs.nets(ent.not_selector, v)
         if nets:
             a.append(AddrMatch(side, nets, True))
     if ent.nets:
@@ -283,7 +297,7 @@ def host_plan(node: str, host_endpoints: Iterable[model.HostEndpoint],
 
 
 @dataclass
-class _Indexed:
+class _Indexed(Addresses):
     """`Addresses` from `HostPlanner`'s membership index: a selector already in it costs
     its members; one not yet in it is filled by one pass over the cluster's pods (shared
     by every selector missing in the same calculation)."""
@@ -294,6 +308,9 @@ class _Indexed:
     scans: int = 0
     _holders: list[tuple[str, Mapping[str, str], model.WorkloadEndpoint]] | None = None
     _cache: dict[Selector, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        Addresses.__init__(self)
 
     def _all(self) -> list[tuple[str, Mapping[str, str], model.WorkloadEndpoint]]:
         if self._holders is None:
