@@ -512,10 +512,15 @@ def _anti_spoof(wep: model.WorkloadEndpoint) -> list[Rule]:
     for v in (4, 6):
         nets = tuple(str(n) for n in wep.spec.ip_networks if n.version == v)
         if v == 6:
-            # Neighbour discovery to the host from the link-local address.
-            for t in (133, 135, 136):
-                rules.append(Rule((Proto(58), Icmp(6, t), Addr("src", 6, nets=("fe80::/10",))),
-                                  RETURN, "neighbour discovery"))
+            # Neighbour discovery to the node, before any policy: from the link-local
+            # address, or from one of the pod's own (a neighbour advertisement answering
+            # the node's solicitation comes from the solicited address). A policy that
+            # denied it would cut the node off from the pod's MAC address.
+            # One rule per source (a single prefix each: no extra ipset per pod).
+            for src in (("fe80::/10",), nets):
+                for t in (133, 135, 136) if src else ():
+                    rules.append(Rule((Proto(58), Icmp(6, t), Addr("src", 6, nets=src)),
+                                      RETURN, "neighbour discovery"))
         if nets:
             rules.append(Rule((Addr("src", v, nets=nets, negate=True),), DROP,
                               "anti-spoofing: not the pod's address"))

@@ -12,6 +12,7 @@ own node only.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -112,6 +113,28 @@ def test_a_policy_closes_both_addresses_of_a_dual_stack_pod(
     assert not ping(a_ns, b6) and not ping(a_ns, b4)
     assert ping(c_ns, b6) and ping(c_ns, b4), "b must stay open to c"
 
+
+def test_a_dual_stack_pod_whose_egress_is_denied_still_answers_over_ipv6(
+        two_nodes: tuple[Node, Node], netns: Callable[[str], str], etcd: EmbeddedEtcd) -> None:
+    """A NetworkPolicy that denies all of a pod's egress must not deny its neighbour
+    discovery: the node solicits the pod's IPv6 address, and the pod answers (and
+    solicits the node's) from that address. Dropped, the node never learns the pod's MAC
+    and connections to the pod fail over IPv6 only (ARP is not IP: IPv4 keeps working).
+    Found by the chaos soak."""
+    n1, n2 = two_nodes
+    a_ns, b_ns = netns("pa"), netns("pb")
+    a4, _ = add_pod(n1, a_ns, "a", {"role": "client"})
+    sh("etcdctl", "--endpoints", etcd.endpoint, "put", "/l3fabric/v1/policies/default/isolate-b",
+       json.dumps({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                   "metadata": {"name": "isolate-b", "namespace": "default"},
+                   "spec": {"podSelector": {"matchLabels": {"role": "db"}},
+                            "policyTypes": ["Egress"]}}))
+    b4, b6 = add_pod(n2, b_ns, "b", {"role": "db"})
+    deadline = time.monotonic() + 20
+    while ping(b_ns, a4):  # the policy is in force on n2 (b's own IPv4 egress is closed)
+        assert time.monotonic() < deadline, "the policy never closed b's egress"
+    assert ping(a_ns, b4), "a must reach b over IPv4 (replies are not egress)"
+    assert ping(a_ns, b6), "a must reach b over IPv6 (the node must resolve b's address)"
 
 
 def test_ipv6_blocks_cross_a_bird_tor_configured_by_tor_config(

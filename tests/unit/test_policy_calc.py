@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from datastore import model
 from felix_like.policy.explain import Conn, decide
-from felix_like.policy.interp import ICMP, SCTP, TCP, UDP, Interpreter, Packet
+from felix_like.policy.interp import ICMP, ICMPV6, SCTP, TCP, UDP, Interpreter, Packet
 from felix_like.policy.ruleset import PolicyInputs, Ruleset, calculate
 
 NODE = "n1"
@@ -42,12 +42,13 @@ def iface(pod: str) -> str:
 
 
 def wep(ns: str, pod: str, ip: str, labels: dict[str, str] | None = None, node: str = NODE,
-        ports: list[dict[str, Any]] | None = None) -> model.WorkloadEndpoint:
+        ports: list[dict[str, Any]] | None = None, extra: list[str] | None = None
+        ) -> model.WorkloadEndpoint:
     res = model.parse_document({
         "apiVersion": "l3fabric.io/v1", "kind": "WorkloadEndpoint",
         "metadata": {"name": f"{pod}.eth0", "namespace": ns},
         "spec": {"node": node, "pod": pod, "endpoint": "eth0", "containerID": f"c-{pod}",
-                 "ipNetworks": [f"{ip}/32"], "hostInterface": iface(f"{ns}/{pod}"),
+                 "ipNetworks": [f"{ip}/32", *(extra or [])], "hostInterface": iface(f"{ns}/{pod}"),
                  "labels": labels or {}, "ports": ports or []}})
     assert isinstance(res, model.WorkloadEndpoint)
     return res
@@ -305,6 +306,28 @@ def test_anti_spoofing_and_unknown_interface() -> None:
     # The semantic evaluator says the same about a spoofed source.
     assert not decide(world(""), Conn(ip("frontend"), OUTSIDE, TCP, 80,
                                       src_ep=PODS["db"])).allowed
+
+
+def test_neighbour_discovery_of_an_ipv6_pod_passes_its_egress_policy() -> None:
+    """A pod answers the node's neighbour solicitation from its own address: a policy
+    that denies its egress must not drop that answer, or the node loses the pod's MAC and
+    IPv6 connections to the pod fail (ARP is not IP, so IPv4 has no such gap)."""
+    pod = wep("default", "v6", "10.244.1.50", extra=["fd44::50/128"])
+    rs = calculate(world(DEFAULT_DENY_EGRESS, pods={**PODS, "v6": pod}))
+    it = Interpreter(rs)
+    v6_if = it.locate("10.244.1.50")
+    assert v6_if is not None
+    gw, ll = "fe80::ecee:eeff:feee:eeee", "fe80::1"
+    for src in ("fd44::50", ll):
+        for t in (133, 135, 136):
+            nd = Packet(src, gw, ICMPV6, None, None, icmp_type=t, iif=v6_if)
+            assert it.evaluate(nd, "input").allowed, (src, t)
+    # Policy still holds for everything else, and a spoofed source is still dropped.
+    assert not it.evaluate(Packet("fd44::50", "fd44::99", TCP, 80, iif=v6_if)).allowed
+    assert not it.evaluate(Packet("fd44::50", gw, ICMPV6, None, None, icmp_type=128,
+                                  iif=v6_if), "input").allowed
+    assert not it.evaluate(Packet("fd44::51", gw, ICMPV6, None, None, icmp_type=136,
+                                  iif=v6_if), "input").allowed
 
 
 def test_sets_shared_and_pod_add_changes_elements_only() -> None:
