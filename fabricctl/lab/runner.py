@@ -9,7 +9,8 @@ What it makes, for lab ``L`` (all recorded in the state file *before* being made
   route is all it has), one veth per fabric link with the planned address,
   ``net.ipv4.ip_forward=1`` and the node's other ``sysctls`` — inside the namespace; in a
   dual-stack lab each link also has its IPv6 addresses (no duplicate detection: the plan
-  has no duplicates) and IPv6 forwarding is on, in the lab's namespaces only;
+  has no duplicates, and kept when the link goes down) and IPv6 forwarding is on, in the
+  lab's namespaces only;
 * BIRD in every router namespace, an agent (``fabric-agent``) in every node namespace,
   each in its own session, logging under the lab directory;
 * pods (``lab pod add``): ``clab-L-pod-<ns>-<pod>``, wired by the real CNI plugin, as
@@ -277,6 +278,9 @@ def _wire(state: LabState, topo: Topology, progress: Progress) -> None:
         sysctls["net.ipv4.ip_forward"] = "1"  # routers and nodes forward, inside the lab only
         if topo.dual_stack:
             sysctls["net.ipv6.conf.all.forwarding"] = "1"
+            # A link taken down keeps its static IPv6 addresses, as a server's network
+            # configuration keeps them (the kernel's default flushes them; IPv4's stay).
+            sysctls["net.ipv6.conf.all.keep_addr_on_down"] = "1"
         args = [f"{k}={v}" for k, v in sorted(sysctls.items())]
         sh(*in_netns(netns_name(topo.name, n.name), "sysctl", "-q", "-w", *args))
 

@@ -146,6 +146,12 @@ def test_a_dual_stack_leaf_spine_lab_routes_both_families_across_racks(
             p = runner.sh(*runner.in_netns(a["netns"], "ping", "-c2", "-i0.2", "-W2", dst),
                           check=False)
             assert p.returncode == 0, f"{a['pod']} -> {dst}: {p.stdout}"
+        # A flap of the node's link keeps its IPv6 address (the next hop it announces).
+        node1 = f"clab-{topo.name}-node1"
+        runner.sh("ip", "-n", node1, "link", "set", "eth1", "down")
+        runner.sh("ip", "-n", node1, "link", "set", "eth1", "up")
+        addrs = runner.sh("ip", "-n", node1, "-6", "addr", "show", "dev", "eth1").stdout
+        assert str(topo.fabric_address6("node1")) in addrs, addrs
     finally:
         problems = runner.down(st)
     assert problems == []

@@ -25,7 +25,7 @@ from .policy_eval import Pod as EvalPod
 from .policy_eval import World
 from .prober import TCP_PORT, UDP_PORT, Probe, Prober
 
-POD_NET = ipaddress.ip_network("10.244.0.0/16")
+POD_NETS = (ipaddress.ip_network("10.244.0.0/16"), ipaddress.ip_network("fd44::/48"))
 
 
 @dataclass
@@ -140,7 +140,9 @@ def check_endpoints(lab: SoakLab, objs: dict[str, Any], live: list[PodView],
 
 
 def _kernel_routes(ns: str, proto: str) -> list[str]:
-    return [ln for ln in sh("ip", "-n", ns, "route", "show", "proto", proto).splitlines()
+    """Routes of protocol ``proto``, IPv4 then IPv6 (a /32 or /128 is shown bare)."""
+    return [ln for fam in ("-4", "-6")
+            for ln in sh("ip", "-n", ns, fam, "route", "show", "proto", proto).splitlines()
             if ln.strip()]
 
 
@@ -166,7 +168,7 @@ def check_node_state(lab: SoakLab, objs: dict[str, Any], live: list[PodView],
         local = sorted(ln.split()[0] for ln in r80 if not ln.startswith("blackhole"))
         blackholes = [ln for ln in r80 if ln.startswith("blackhole")]
         want_local = sorted(f"{ip}" for p in mine for ip in p.ips)
-        if [r.removesuffix("/32") for r in local] != want_local:
+        if sorted(r.removesuffix("/32").removesuffix("/128") for r in local) != want_local:
             out.append(f"{node}: local routes {local}, live pods {want_local}")
         r81 = _kernel_routes(ns, "81")
         # Elements of the policy sets: any pod address must be a live pod's.
@@ -212,7 +214,22 @@ def check_node_state(lab: SoakLab, objs: dict[str, Any], live: list[PodView],
     return out
 
 
-_ADDR = re.compile(r"(?<![\d.])(10\.244\.\d{1,3}\.\d{1,3})(?![\d.])")
+# A pod address of either family, not a prefix (``/len`` after it); IPv6 in any notation
+# (conntrack's file writes every group in full).
+_ADDR = re.compile(r"(?<![\w.:])(\d{1,3}(?:\.\d{1,3}){3}|[0-9a-f]{1,4}(?::[0-9a-f]{0,4}){2,7})"
+                   r"(?![\w.:/])")
+
+
+def _pod_addresses(text: str) -> set[str]:
+    out = set()
+    for m in _ADDR.findall(text):
+        try:
+            a = ipaddress.ip_address(m)
+        except ValueError:
+            continue
+        if any(a in net for net in POD_NETS):
+            out.add(str(a))
+    return out
 
 
 def _set_elements(ns: str) -> set[str]:
@@ -220,18 +237,16 @@ def _set_elements(ns: str) -> set[str]:
     # Only set elements (`elements = { … }`), not rule literals.
     found: set[str] = set()
     for m in re.finditer(r"elements = \{([^}]*)\}", text):
-        found |= set(_ADDR.findall(m.group(1)))
+        found |= _pod_addresses(m.group(1))
     for name in sh("ip", "netns", "exec", ns, "ipset", "list", "-n").split():
         if name.startswith("fab"):
             members = sh("ip", "netns", "exec", ns, "ipset", "list", name)
-            body = members.split("Members:", 1)[-1]
-            found |= set(_ADDR.findall(body))
-    return {a for a in found if ipaddress.ip_address(a) in POD_NET}
+            found |= _pod_addresses(members.split("Members:", 1)[-1])
+    return found
 
 
 def _conntrack_pod_addresses(ns: str) -> set[str]:
-    text = sh("ip", "netns", "exec", ns, "cat", "/proc/net/nf_conntrack")
-    return {a for a in _ADDR.findall(text) if ipaddress.ip_address(a) in POD_NET}
+    return _pod_addresses(sh("ip", "netns", "exec", ns, "cat", "/proc/net/nf_conntrack"))
 
 
 def _metrics(text: str) -> dict[str, float]:

@@ -6,8 +6,11 @@ crash. What differs from ``fabricctl lab up``, and is owned here:
 
 * etcd is three members, each in a namespace of its own (``clab-L-etcd<i>``) on the
   management bridge, so a member can be killed, or cut off by taking its bridge port down;
-* two pools inside the lab's pod range (``10.244.0.0/17`` and ``10.244.128.0/17``), so
-  one can be disabled while pods keep getting addresses from the other;
+* dual-stack (the topology's ``l3fabric.pool6-cidr``): IPv6 link addresses, BIRD carrying
+  IPv6 on every session, and every pod gets an address of each family;
+* two IPv4 pools inside the lab's pod range (``10.244.0.0/17`` and ``10.244.128.0/17``),
+  so one can be disabled while pods keep getting addresses from the other, and one IPv6
+  pool (``fd44::/48``);
 * the agents are started here: node1 and node3 on nftables, node2 and node4 on iptables,
   each with the three members as endpoints.
 
@@ -40,6 +43,7 @@ PREFIX = "/l3fabric/v1/"
 API = "l3fabric.io/v1"
 ETCD_IPS = ("172.20.21.21", "172.20.21.22", "172.20.21.23")
 POOLS = {"pa": "10.244.0.0/17", "pb": "10.244.128.0/17"}
+POOL6 = ("p6", "fd44::/48")
 BACKENDS = {"node1": "nftables", "node2": "iptables", "node3": "nftables",
             "node4": "iptables"}
 NAMESPACES = {"sa": {"team": "a"}, "sb": {"team": "b"}}
@@ -160,7 +164,7 @@ class SoakLab:
         return [str(runner.BIN_DIR / "fabric-agent"), "--node", node,
                 "--etcd-endpoints", self.endpoints, "--socket", self.agent_socket(node),
                 "--metrics-addr", f"{self.mgmt_ip(node)}:9091",
-                "--node-ip", str(self.topo.fabric_address(node)),
+                *runner.node_ip_args(self.topo, node),
                 "--policy-backend", BACKENDS[node]]
 
     def start_agent(self, node: str) -> None:
@@ -227,6 +231,7 @@ def build(state_home: Path, progress: Any = _quiet, wait: float = 90) -> SoakLab
     os.environ["XDG_STATE_HOME"] = str(state_home)
     doc = yaml.safe_load((REPO / "containerlab/leaf-spine.clab.yml").read_text())
     doc["name"] = f"s{uuid.uuid4().hex[:5]}"
+    doc["topology"]["nodes"]["mgmt"]["labels"]["l3fabric.pool6-cidr"] = POOL6[1]
     path = state_home / f"{doc['name']}.clab.yml"
     state_home.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(doc))
@@ -270,10 +275,10 @@ def build(state_home: Path, progress: Any = _quiet, wait: float = 90) -> SoakLab
             raise runner.LabError("etcd cluster not writable after 30 s")
         progress("resources: pools, BGP, nodes, peers, namespaces")
         pairs = [(k, v) for k, v in encoded(topo) if "/ippools/" not in k]
-        for name, cidr in POOLS.items():
+        for name, cidr, size in [*((n, c, 26) for n, c in POOLS.items()), (*POOL6, 122)]:
             pairs.append((f"{PREFIX}config/ippools/{name}", json.dumps(
                 {"apiVersion": API, "kind": "IPPool", "metadata": {"name": name},
-                 "spec": {"cidr": cidr, "blockSize": 26}})))
+                 "spec": {"cidr": cidr, "blockSize": size}})))
         for ns_name, labels in NAMESPACES.items():
             pairs.append((f"{PREFIX}namespaces/{ns_name}", json.dumps(
                 {"apiVersion": API, "kind": "Namespace",

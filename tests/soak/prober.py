@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import resource
 import selectors
 import socket
 import threading
@@ -59,6 +60,11 @@ class Probe:
 
 class Prober:
     def __init__(self) -> None:
+        # A batch of probes holds one socket each, beside four per pod: allow 4,096.
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if 0 <= soft < 4096:
+            resource.setrlimit(resource.RLIMIT_NOFILE,
+                               (4096 if hard < 0 else min(4096, hard), hard))
         self._sel = selectors.DefaultSelector()
         self._lock = threading.Lock()
         self._pods: dict[str, list[socket.socket]] = {}
@@ -76,6 +82,9 @@ class Prober:
             t = socket.socket(family, socket.SOCK_STREAM)
             u = socket.socket(family, socket.SOCK_DGRAM)
         t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:  # beside the IPv4 pair on the same ports
+            for s in (t, u):
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         any_addr = "::" if family == socket.AF_INET6 else "0.0.0.0"
         t.bind((any_addr, TCP_PORT))
         t.listen(128)
@@ -132,7 +141,7 @@ class Prober:
 
     # -- probes ------------------------------------------------------------------------------
 
-    def run(self, probes: Iterable[Probe], timeout: float = 1.0, batch: int = 300
+    def run(self, probes: Iterable[Probe], timeout: float = 1.0, batch: int = 1000
             ) -> dict[Probe, bool]:
         """Each probe's outcome: TCP connected, or UDP answered, within ``timeout``."""
         todo = list(probes)

@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -125,7 +126,7 @@ class Soak:
         conf: dict[str, Any] = {
             "cniVersion": "1.0.0", "name": "l3fabric", "type": "l3fabric",
             "agentSocket": self.lab.agent_socket(pod.node), "mtu": 0,
-            "ipam": {"type": "l3fabric-ipam"},
+            "ipam": {"type": "l3fabric-ipam", "assign_ipv4": True, "assign_ipv6": True},
         }
         if command == "ADD":
             conf["args"] = {"cni": {"labels": [{"key": k, "value": v}
@@ -206,6 +207,7 @@ class Soak:
                         res = json.loads(out)
                         pod.ips = [str(i["address"]).split("/")[0] for i in res["ips"]]
                         self.prober.serve(pod.key, pod.netns)
+                        self.prober.serve(pod.key, pod.netns, socket.AF_INET6)
                         pod.state = "live"
                         self.event(f"ADD {key} ok: {pod.ips}")
                         dup = [o.key for o in self.pods.values() if o is not pod
