@@ -37,7 +37,6 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
-import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -414,24 +413,11 @@ class HostPlanner:
                     self._plan = None
 
 
-# One planner per (state, node): the agent's manager calls `plan_of_state` on every apply
-# with the same state; the planners go with their state.
-_planners: weakref.WeakKeyDictionary[ClusterState, dict[str, HostPlanner]] = (
-    weakref.WeakKeyDictionary())
-
-
-def planner_of(state: ClusterState, node: str) -> HostPlanner:
-    """The `HostPlanner` of ``node`` that `plan_of_state` uses for ``state``."""
-    by_node = _planners.setdefault(state, {})
-    planner = by_node.get(node)
-    if planner is None:
-        planner = by_node[node] = HostPlanner(node)
-    return planner
-
-
-def plan_of_state(state: ClusterState | Mapping[str, Any], node: str) -> HostPlan:
-    """`host_plan` of a `felix_like.state.ClusterState` (through its `HostPlanner`: an
-    apply reads the pods changed since the last one), or of a mapping key -> value."""
+def plan_of_state(state: ClusterState | Mapping[str, Any], node: str,
+                  planner: HostPlanner | None = None) -> HostPlan:
+    """`host_plan` of a `felix_like.state.ClusterState`, through ``planner`` (the caller's,
+    kept between applies: an apply reads the pods changed since the last one; without
+    one, a planner for this call), or of a mapping key -> value."""
     if isinstance(state, Mapping):
         values = list(state.values())
         configs = [v.spec for v in values if isinstance(v, model.FelixConfiguration)
@@ -441,7 +427,7 @@ def plan_of_state(state: ClusterState | Mapping[str, Any], node: str) -> HostPla
                           and not isinstance(v, model.StagedGlobalNetworkPolicy)],
                          [v for v in values if isinstance(v, model.WorkloadEndpoint)],
                          configs[0] if configs else model.FelixConfigurationSpec())
-    return planner_of(state, node).plan(state)
+    return (planner or HostPlanner(node)).plan(state)
 
 
 def chain_name(ep: str, direction: str) -> str:

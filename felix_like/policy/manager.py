@@ -177,6 +177,8 @@ class PolicyManager:
         # And so does host endpoint policy (felix_like.policy.hostep).
         self.hosts = hosts if hosts is not None or impl is not None else HostEndpointManager(
             backend, netns)
+        # The node's host plan, kept between applies (the pods changed since the last one).
+        self.host_planner = hostep.HostPlanner(node)
         self.forget_flows = forget or forget_flows
         self._fixed_hosts = list(host_addresses) if host_addresses is not None else None
         self.host_addresses = self._read_hosts()
@@ -221,7 +223,7 @@ class PolicyManager:
         if self.nat is not None:
             self.nat.apply(natout.plan_of_state(self.state, self.host_addresses))
         if self.hosts is not None:
-            self.hosts.apply(hostep.plan_of_state(self.state, self.node))
+            self.hosts.apply(hostep.plan_of_state(self.state, self.node, self.host_planner))
         # Local endpoints that went, and any endpoint's address released anywhere: a
         # remote pod's flow through this node (a local client's egress) must not reach
         # the next pod given that address either.
@@ -263,6 +265,7 @@ class PolicyManager:
         """Make the next apply calculate the ruleset from the complete state (after a
         fresh etcd snapshot: seconds of CPU at 1,000 nodes, so not every resync)."""
         self.calc.reset()
+        self.host_planner = hostep.HostPlanner(self.node)
 
     def cleanup(self) -> None:
         """Remove everything this manager's backend owns in the namespace."""

@@ -12,6 +12,7 @@ from datastore import keys, model
 from felix_like.policy import hostep
 from felix_like.policy.hostep import (
     HostPlan,
+    HostPlanner,
     chain_name,
     host_plan,
     ipset_script,
@@ -241,6 +242,7 @@ def test_the_kept_plan_equals_the_plan_from_the_resources(seed: int) -> None:
     rnd = random.Random(seed)
     st = ClusterState()
     nodes = ["n1", "n2", "n3"]
+    planners = {n: HostPlanner(n) for n in nodes}  # as each node's manager keeps it
     pods: list[str] = []
     serial = 0
 
@@ -294,7 +296,7 @@ def test_the_kept_plan_equals_the_plan_from_the_resources(seed: int) -> None:
                 "apiVersion": API, "kind": "FelixConfiguration",
                 "metadata": {"name": "default"}, "spec": {"failsafeInboundHostPorts": ports}}))
         for node in ("n1", "n2"):
-            kept, fresh = plan_of_state(st, node), straight(st, node)
+            kept, fresh = planners[node].plan(st), straight(st, node)
             assert kept == fresh, (seed, step, node)
             assert nft_commands(kept) == nft_commands(fresh)
 
@@ -324,31 +326,33 @@ def cluster_with_a_web_rule(pods: int) -> ClusterState:
 
 def test_a_pod_a_host_rule_selects_changes_the_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     st = cluster_with_a_web_rule(50)
-    assert plan_of_state(st, "n1").endpoints[0].rules("in")[0].verdict == "deny"
+    n1 = HostPlanner("n1")
+    assert n1.plan(st).endpoints[0].rules("in")[0].verdict == "deny"
     seen = counting_labels(monkeypatch)
     key = put_pod(st, pod("web-1", "n5", "prod", ("10.244.1.5",), app="web"))
-    allow = plan_of_state(st, "n1").endpoints[0].rules("in")[0]
+    allow = n1.plan(st).endpoints[0].rules("in")[0]
     assert (allow.verdict, allow.addrs[0].nets) == ("allow", ("10.244.1.5/32",))
     moved = pod("web-1", "n5", "prod", ("10.244.1.6",), app="web")
     st.put(key, moved)
-    assert plan_of_state(st, "n1").endpoints[0].rules("in")[0].addrs[0].nets == (
+    assert n1.plan(st).endpoints[0].rules("in")[0].addrs[0].nets == (
         "10.244.1.6/32",)
     st.remove(key)
-    assert plan_of_state(st, "n1").endpoints[0].rules("in")[0].verdict == "deny"
+    assert n1.plan(st).endpoints[0].rules("in")[0].verdict == "deny"
     assert seen == ["web-1", "web-1"]  # the pod itself, never the 50 others
-    assert plan_of_state(st, "n1") == straight(st, "n1")
+    assert n1.plan(st) == straight(st, "n1")
 
 
 def test_a_pod_no_host_rule_selects_reads_only_that_pod(
         monkeypatch: pytest.MonkeyPatch) -> None:
     st = cluster_with_a_web_rule(200)
-    before = plan_of_state(st, "n1")
-    assert hostep.planner_of(st, "n1").scans == 1  # the selector's members, filled once
+    n1 = HostPlanner("n1")
+    before = n1.plan(st)
+    assert n1.scans == 1  # the selector's members, filled once
     seen = counting_labels(monkeypatch)
     put_pod(st, pod("db-new", "n3", "prod", ("10.244.8.1",), app="db"))
-    after = plan_of_state(st, "n1")
+    after = n1.plan(st)
     assert after is before  # nothing recomputed
-    assert seen == ["db-new"] and hostep.planner_of(st, "n1").scans == 1
+    assert seen == ["db-new"] and n1.scans == 1
     seen.clear()
     straight(st, "n1")
     assert len(seen) == 201  # what each apply read before: every pod of the cluster
@@ -356,13 +360,14 @@ def test_a_pod_no_host_rule_selects_reads_only_that_pod(
 
 def test_a_node_without_host_endpoint_reads_no_pod(monkeypatch: pytest.MonkeyPatch) -> None:
     st = cluster_with_a_web_rule(20)
+    n2 = HostPlanner("n2")
     seen = counting_labels(monkeypatch)
     put_pod(st, pod("web-1", "n2", "prod", ("10.244.1.5",), app="web"))
-    assert plan_of_state(st, "n2") == HostPlan()
+    assert n2.plan(st) == HostPlan()
     assert seen == []
     # Its host endpoint arrives: the plan follows, from the pods as they are now.
     st.put(keys.host_endpoint("n2-all"), hep("n2-all", "n2", role="node"))
-    rules = plan_of_state(st, "n2").endpoints[0].rules("in")
+    rules = n2.plan(st).endpoints[0].rules("in")
     assert rules[0].addrs[0].nets == ("10.244.1.5/32",)
     st.remove(keys.host_endpoint("n2-all"))
-    assert plan_of_state(st, "n2") == HostPlan()
+    assert n2.plan(st) == HostPlan()
