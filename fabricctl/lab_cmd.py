@@ -193,7 +193,8 @@ def cmd_status(args: argparse.Namespace) -> int:
           + (f"  [{data['etcd_error']}]" if data["etcd_error"] else ""))
     print()
     table(["NODE", "ROLE", "AS", "RACK", "MGMT", "FABRIC", "PROCESS", "STATE", "BLOCKS"],
-          [[n["name"], n["role"], n["asn"], n["rack"], n["mgmt_ip"], n["fabric_ip"],
+          [[n["name"], n["role"], n["asn"], n["rack"], n["mgmt_ip"],
+            " ".join(a for a in (n["fabric_ip"], n.get("fabric_ip6")) if a),
             n["process"], ("running" if n["running"] else "DOWN")
             + (" ready" if n.get("ready") else ""), n.get("blocks", [])]
            for n in data["nodes"]])

@@ -669,6 +669,7 @@ def status(state: LabState) -> dict[str, Any]:
             "name": name, "role": info.get("role"), "asn": n.asn if n else None,
             "rack": n.rack if n else None, "mgmt_ip": info.get("mgmt_ip"),
             "fabric_ip": str(topo.fabric_address(name) or "") if topo else "",
+            "fabric_ip6": str(topo.fabric_address6(name) or "") if topo else "",
             "process": proc.what.split()[0] if proc else "",
             "running": bool(proc and proc.alive()),
         }

@@ -146,6 +146,8 @@ def test_a_dual_stack_leaf_spine_lab_routes_both_families_across_racks(
             p = runner.sh(*runner.in_netns(a["netns"], "ping", "-c2", "-i0.2", "-W2", dst),
                           check=False)
             assert p.returncode == 0, f"{a['pod']} -> {dst}: {p.stdout}"
+        row = next(n for n in runner.status(st)["nodes"] if n["name"] == "node1")
+        assert row["fabric_ip6"] == str(topo.fabric_address6("node1")) != ""
         # A flap of the node's link keeps its IPv6 address (the next hop it announces).
         node1 = f"clab-{topo.name}-node1"
         runner.sh("ip", "-n", node1, "link", "set", "eth1", "down")
