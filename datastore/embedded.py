@@ -55,6 +55,9 @@ class EmbeddedEtcd:
     name: str = "l3fabric"
     proc: subprocess.Popen[bytes] | None = None
     owns_data_dir: bool = False
+    # The ports were picked free here (`temporary`): another process may take one between
+    # the pick and etcd's bind, so `start` picks again when etcd finds one in use.
+    picked_ports: bool = False
     extra_args: tuple[str, ...] = ()
     # "https" for a TLS client port; the server's --cert-file etc. go in extra_args, and
     # ssl_context (CA + client cert when etcd asks for one) is what the health probe uses.
@@ -66,7 +69,7 @@ class EmbeddedEtcd:
         """A member with free ports and a throw-away data dir (removed by stop())."""
         d = Path(tempfile.mkdtemp(prefix="l3fabric-etcd-"))
         return cls(data_dir=d, client_port=free_port(host), peer_port=free_port(host),
-                   host=host, owns_data_dir=True)
+                   host=host, owns_data_dir=True, picked_ports=True)
 
     @property
     def endpoint(self) -> str:
@@ -104,6 +107,17 @@ class EmbeddedEtcd:
         ]
 
     def start(self, ready_timeout: float = 15.0) -> None:
+        for attempt in range(3):
+            try:
+                return self._start(ready_timeout)
+            except EmbeddedEtcdError:
+                lost_race = self.picked_ports and attempt < 2 and (
+                    b"address already in use" in self.log_path.read_bytes()[-2000:])
+                if not lost_race:
+                    raise
+                self.client_port, self.peer_port = free_port(self.host), free_port(self.host)
+
+    def _start(self, ready_timeout: float) -> None:
         if shutil.which("etcd") is None:
             raise EmbeddedEtcdError("etcd is not installed (Debian package etcd-server)")
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -130,10 +130,16 @@ def test_a_dual_stack_pod_whose_egress_is_denied_still_answers_over_ipv6(
                    "spec": {"podSelector": {"matchLabels": {"role": "db"}},
                             "policyTypes": ["Egress"]}}))
     b4, b6 = add_pod(n2, b_ns, "b", {"role": "db"})
-    deadline = time.monotonic() + 20
-    while ping(b_ns, a4):  # the policy is in force on n2 (b's own IPv4 egress is closed)
+    deadline = time.monotonic() + 40
+    # Routes first (IPv4 only: nothing may resolve b's IPv6 address before the check)...
+    while not ping(a_ns, b4):
+        assert time.monotonic() < deadline, "a never reached b over IPv4 (replies are not egress)"
+    while not any(p.startswith("fd44:") for p in bgp_routes(n1.ns, "-6")):
+        assert time.monotonic() < deadline, "n1 never learned n2's IPv6 block"
+        time.sleep(0.2)
+    # ...then the policy in force on n2: b's own IPv4 egress is closed.
+    while ping(b_ns, a4):
         assert time.monotonic() < deadline, "the policy never closed b's egress"
-    assert ping(a_ns, b4), "a must reach b over IPv4 (replies are not egress)"
     assert ping(a_ns, b6), "a must reach b over IPv6 (the node must resolve b's address)"
 
 
