@@ -522,11 +522,12 @@ def _cni_bin(state: LabState) -> Path:
 
 
 def cni_request(lab: str, command: str, agent_socket: str, ns: str, pod: str, netns: str,
-                labels: dict[str, str], cni_path: str, ipv6: bool = False
-                ) -> tuple[dict[str, Any], dict[str, str]]:
+                labels: dict[str, str], cni_path: str, ipv6: bool = False,
+                container: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """The network config and environment of one CNI call for pod ``ns/pod`` (namespace
     ``/var/run/netns/<netns>`` where the plugin runs), as a runtime on the node sends them;
-    ``ipv6``: a dual-stack lab's, whose pods get an address of each family."""
+    ``ipv6``: a dual-stack lab's, whose pods get an address of each family; ``container``:
+    the container ID (by default one per lab pod, ``lab-<lab>-<ns>-<pod>``)."""
     ipam: dict[str, Any] = {"type": "l3fabric-ipam"}
     if ipv6:
         ipam.update(assign_ipv4=True, assign_ipv6=True)
@@ -536,7 +537,7 @@ def cni_request(lab: str, command: str, agent_socket: str, ns: str, pod: str, ne
     }
     if labels:
         conf["args"] = {"cni": {"labels": [{"key": k, "value": v} for k, v in labels.items()]}}
-    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": f"lab-{lab}-{ns}-{pod}",
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": container or f"lab-{lab}-{ns}-{pod}",
            "CNI_NETNS": f"/var/run/netns/{netns}" if netns else "", "CNI_IFNAME": "eth0",
            "CNI_PATH": cni_path,
            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod}",

@@ -110,6 +110,27 @@ def check_ipam(lab: SoakLab) -> list[str]:
     return []
 
 
+def check_etcd_members(lab: SoakLab) -> list[str]:
+    """The members hold the same data: each member's hash of its keyspace at a revision
+    every member has applied (`etcdctl endpoint hashkv --rev`). Members that apply the same
+    log differently answer reads differently, and no client of etcd can be right then."""
+    eps = [m.endpoint for m in lab.members]
+    try:
+        status = json.loads(lab.etcdctl("endpoint", "status", "-w", "json",
+                                        endpoints=",".join(eps)))
+        rev = min(int(r["Status"]["header"]["revision"]) for r in status)
+        if len(status) < len(eps):
+            return [f"etcd: {len(status)} of {len(eps)} members answer endpoint status"]
+        got = json.loads(lab.etcdctl("endpoint", "hashkv", "--rev", str(rev), "-w", "json",
+                                     endpoints=",".join(eps)))
+        hashes = {r["Endpoint"]: r["HashKV"]["hash"] for r in got}
+    except (ValueError, KeyError, TypeError) as e:
+        return [f"etcd: cannot compare the members' data ({type(e).__name__}: {e})"]
+    if len(set(hashes.values())) > 1 or len(hashes) < len(eps):
+        return [f"etcd: the members' data differ at revision {rev}: hashkv {hashes}"]
+    return []
+
+
 # -- endpoints and leftovers -----------------------------------------------------------------
 
 

@@ -6,6 +6,8 @@ One JSON request per stdin line, one JSON reply per stdout line:
 * ``{"op": "put", "key": K, "value": V}``, ``{"op": "delete", "key": K}``
 * ``{"op": "cas", "key": K, "value": V, "mod": R}`` (replace only if unchanged since R)
 * ``{"op": "delete_prefix", "prefix": P}``
+* ``{"op": "alarm_nospace"}``: raise the NOSPACE alarm on every member, as etcd does when
+  a member's database reaches its quota
 
 Every request is bounded (4 s); a failure is ``{"error": "..."}``, never a traceback:
 etcd being down is what the soak does to it.
@@ -17,6 +19,9 @@ import asyncio
 import json
 import sys
 from typing import Any
+from urllib.parse import urlsplit
+
+import aetcd
 
 from datastore.client import Datastore, EtcdConfig
 
@@ -38,6 +43,12 @@ async def _one(ds: Datastore, req: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True}
     if op == "cas":
         await ds.update(str(req["key"]), str(req["value"]).encode(), int(req["mod"]))
+        return {"ok": True}
+    if op == "alarm_nospace":
+        u = urlsplit(ds.config.endpoints[0])
+        async with aetcd.Client(host=u.hostname or "", port=u.port or 2379,
+                                timeout=2.0) as c:
+            await c.create_alarm(0)  # 0: every member
         return {"ok": True}
     return {"error": f"unknown op {op!r}"}
 

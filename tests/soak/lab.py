@@ -47,7 +47,7 @@ POOL6 = ("p6", "fd44::/48")
 BACKENDS = {"node1": "nftables", "node2": "iptables", "node3": "nftables",
             "node4": "iptables"}
 NAMESPACES = {"sa": {"team": "a"}, "sb": {"team": "b"}}
-ETCD_QUOTA = 48 * 1024 * 1024  # small, so the soak can fill it ("disk full")
+ETCD_QUOTA = 48 * 1024 * 1024  # small, so the soak fills a good part of it ("disk full")
 
 
 def _quiet(_: str) -> None:

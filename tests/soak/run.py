@@ -41,6 +41,7 @@ from .checker import (
     PodView,
     check_addresses,
     check_endpoints,
+    check_etcd_members,
     check_ipam,
     check_node_state,
     check_reach,
@@ -48,7 +49,7 @@ from .checker import (
     expected_reach,
     rss_kib,
 )
-from .lab import NAMESPACES, POOLS, PREFIX, SoakLab, build
+from .lab import ETCD_QUOTA, NAMESPACES, POOLS, PREFIX, SoakLab, build
 from .prober import Prober
 
 CONVERGE = 30.0  # N: every invariant holds within this many seconds of a settle start
@@ -56,6 +57,7 @@ FAULTS = ("agent_kill9", "agent_restart", "exabgp_kill9", "bird_restart", "link_
           "etcd_member_kill", "etcd_leader_kill", "etcd_outage", "etcd_partition",
           "etcd_quota", "cni_add_killed")
 JUNK = f"{PREFIX}soak/junk/"  # where etcd_quota fills the cluster (no agent watches it)
+FILL_MB = ETCD_QUOTA // 2 // 1_000_000  # half the quota, in 1 MB values
 MIN_PODS, MAX_PODS = 10, 40
 MEMORY_RUN = 300.0  # RSS growth is judged in runs this long or longer
 
@@ -123,19 +125,12 @@ class Soak:
     # -- pods ----------------------------------------------------------------------------------
 
     def _cni_argv(self, command: str, pod: Pod) -> tuple[list[str], str]:
-        conf: dict[str, Any] = {
-            "cniVersion": "1.0.0", "name": "l3fabric", "type": "l3fabric",
-            "agentSocket": self.lab.agent_socket(pod.node), "mtu": 0,
-            "ipam": {"type": "l3fabric-ipam", "assign_ipv4": True, "assign_ipv6": True},
-        }
-        if command == "ADD":
-            conf["args"] = {"cni": {"labels": [{"key": k, "value": v}
-                                               for k, v in pod.labels.items()]}}
-        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": pod.container,
-               "CNI_NETNS": f"/var/run/netns/{pod.netns}", "CNI_IFNAME": "eth0",
-               "CNI_PATH": str(self.cni_bin),
-               "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE={pod.ns};K8S_POD_NAME={pod.name}",
-               "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        # Labels go with the ADD only, as a runtime sends them; the container ID is the
+        # soak's own, so a retried ADD (its shim killed) and the DEL name the same one.
+        conf, env = runner.cni_request(
+            self.lab.topo.name, command, self.lab.agent_socket(pod.node), pod.ns, pod.name,
+            pod.netns, pod.labels if command == "ADD" else {}, str(self.cni_bin), ipv6=True,
+            container=pod.container)
         argv = runner.in_netns(runner.netns_name(self.lab.topo.name, pod.node), "env", "-i",
                                *[f"{k}={v}" for k, v in env.items()],
                                str(self.cni_bin / "l3fabric"))
@@ -405,14 +400,34 @@ class Soak:
                   heal, "every etcd member killed")
 
     def fill_etcd(self) -> str:
-        """Disk full: write 1 MB values until etcd refuses them (its NOSPACE alarm)."""
+        """Disk full: 1 MB values fill half the quota (real data for the recovery to
+        compact and defragment), then the NOSPACE alarm is raised on every member, as a
+        member reaching its quota raises it. From then on every member refuses every write
+        with "database space exceeded", which is what the agents and the shims must
+        survive.
+
+        The soak does not write on until the quota is hit: etcd checks the quota when each
+        member applies a write, against that member's own database file, and the files of
+        three members differ in size (compactions and defragmentations land at different
+        moments). At the limit one member applies a write the others refuse, and from then
+        on the members' revisions differ and so do their answers: a compare-and-swap that
+        succeeds on one fails on another. Seed 777 met it (stale WorkloadEndpoints read
+        back from one member, duplicate addresses). It is etcd's failure, not one l3fabric
+        can survive; docs/operations.md tells operators to keep headroom under the quota."""
         assert self.lab.etcd is not None
         blob = "x" * 1_000_000
-        for i in range(120):
+        written = 0
+        for i in range(FILL_MB):
             res = self.lab.etcd.call("put", key=f"{JUNK}{i}", value=blob, timeout=20)
             if not res.get("ok"):
-                return f"etcd filled to its quota after {i} MB ({res.get('error', '')[:80]})"
-        return "etcd filled with 120 MB without reaching its quota"
+                return f"etcd refused a 1 MB value after {i} MB ({res.get('error', '')[:80]})"
+            written += 1
+        res = self.lab.etcd.call("alarm_nospace", timeout=20)
+        if not res.get("ok"):
+            return f"etcd filled with {written} MB; raising NOSPACE failed: {res.get('error')}"
+        probe = self.lab.etcd.call("put", key=f"{JUNK}probe", value="x", timeout=20)
+        return (f"etcd filled with {written} MB, NOSPACE raised: a put now answers "
+                f"{(probe.get('error') or 'ok')[:80]}")
 
     def free_etcd(self) -> None:
         """The operator's recovery: delete, compact, defragment every member, disarm."""
@@ -502,6 +517,7 @@ class Soak:
         out += check_endpoints(self.lab, objs, live, self.deleted)
         out += check_node_state(self.lab, objs, live, self.deleted)
         out += check_ipam(self.lab)
+        out += check_etcd_members(self.lab)
         expected = expected_reach(objs, live)
         if not out:
             wrong = check_reach(self.prober, expected)

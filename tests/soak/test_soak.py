@@ -87,3 +87,28 @@ def test_a_short_flap_of_a_nodes_link_does_not_keep_its_leaf_session_down(lab: o
     time.sleep(1.5)
     runner.sh("ip", "-n", ns, "link", "set", "eth1", "up")
     assert wait_established(20), f"leaf1's session with node2 after the flap: {session()}"
+
+
+def test_the_disk_full_fault_refuses_writes_on_every_member_and_they_stay_equal(
+        lab: object) -> None:
+    """The soak's `etcd_quota` fault raises the NOSPACE alarm rather than writing into the
+    quota, where etcd 3.4's per-member check let members diverge (seed 777); and the
+    checker's members-agree invariant holds on equal members and speaks when one is
+    missing."""
+    from soak.checker import check_etcd_members
+    from soak.lab import PREFIX, SoakLab
+
+    assert isinstance(lab, SoakLab) and lab.etcd is not None
+    assert check_etcd_members(lab) == []
+    assert lab.etcd.call("put", key=f"{PREFIX}soak/junk/a", value="x").get("ok")
+    assert lab.etcd.call("alarm_nospace", timeout=20).get("ok")
+    refused = lab.etcd.call("put", key=f"{PREFIX}soak/junk/b", value="x")
+    assert "database space exceeded" in refused.get("error", ""), refused
+    assert "NOSPACE" in lab.etcdctl("alarm", "list")
+    lab.etcdctl("alarm", "disarm")
+    assert lab.etcd.call("put", key=f"{PREFIX}soak/junk/b", value="x").get("ok")
+    assert check_etcd_members(lab) == []
+
+    lab.kill_member(lab.members[2])
+    problems = check_etcd_members(lab)
+    assert problems and problems[0].startswith("etcd:"), problems
