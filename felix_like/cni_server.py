@@ -8,6 +8,11 @@ answer ``{"exit", "stdout", "stderr"}``, ended by our close.
 Failure mode: a handler that raises is answered with CNI error 11 naming the exception,
 never with a dropped connection (the shim would say the agent is unreachable, which is
 not true) — except when the agent is stopping, when closing is the honest answer.
+
+Stopping: the listener closes first, then the calls in flight get `STOP_GRACE` seconds to
+finish, and the ones still running are cancelled and awaited. Only then does the agent
+close what they use (the etcd client, the netlink thread), so no call, nor the undo of a
+failed ADD, runs on a closed resource.
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[str, dict[str, str], str], Awaitable[tuple[int, str, str]]]
 
+STOP_GRACE = 5.0  # seconds a call in flight has to finish when the agent stops
+
 
 class CniServer:
     def __init__(self, path: str, handler: Handler) -> None:
         self.path = path
         self.handler = handler
         self._server: asyncio.AbstractServer | None = None
+        self._calls: set[asyncio.Task[Any]] = set()  # connections being served
 
     async def start(self) -> None:
         p = Path(self.path)
@@ -51,16 +59,32 @@ class CniServer:
         os.replace(tmp, p)
         log.info("serving CNI requests on %s", self.path)
 
-    async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await self._server.wait_closed()
-            self._server = None
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        """No new calls; the calls in flight finish within ``grace`` seconds or are
+        cancelled (the runtime retries them); returns when none runs any more."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         with contextlib.suppress(FileNotFoundError):
             Path(self.path).unlink()
+        calls = {t for t in self._calls if not t.done() and t is not asyncio.current_task()}
+        if calls:
+            _, late = await asyncio.wait(calls, timeout=grace)
+            if late:
+                log.info("stopping: %d CNI call(s) still running after %.0f s, cancelled",
+                         len(late), grace)
+                for t in late:
+                    t.cancel()
+                await asyncio.wait(late, timeout=grace)
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
         answer: dict[str, Any]
         stdin = ""
         try:

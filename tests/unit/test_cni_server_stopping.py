@@ -105,3 +105,59 @@ async def test_a_request_cancelled_twice_by_the_shutdown_logs_no_traceback(
     finally:
         await server.stop()
     assert _tracebacks_and_errors(caplog) == []
+
+
+async def test_a_call_in_flight_finishes_before_stop_returns(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The agent closes its etcd client and its netlink thread after the CNI server's
+    stop: a call in flight (an ADD and, if it fails, its undo) must be over by then. Seen
+    in the soak: an ADD cancelled by the closing etcd client undid its endpoint through the
+    netlink thread already shut down ("cannot schedule new futures after shutdown")."""
+    resource_open = True
+    used_closed: list[str] = []
+
+    async def slow(plugin: str, env: dict[str, str], stdin: str) -> tuple[int, str, str]:
+        await asyncio.sleep(0.3)
+        if not resource_open:
+            used_closed.append(env.get("CNI_COMMAND", ""))
+        return 0, "{}", ""
+
+    caplog.set_level(logging.INFO)
+    server = CniServer(str(tmp_path / "s.sock"), slow)
+    await server.start()
+    reader, writer = await _send(server.path, "ADD")
+    await asyncio.sleep(0.05)  # the call is being served
+    await server.stop()
+    resource_open = False  # what the agent closes next
+    answer = shim.decode_message(await reader.read())
+    writer.close()
+    assert answer["exit"] == 0
+    await asyncio.sleep(0.4)
+    assert used_closed == []
+    assert not Path(server.path).exists()
+    assert _tracebacks_and_errors(caplog) == []
+
+
+async def test_a_call_that_outlives_the_grace_is_cancelled_and_over_when_stop_returns(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A call still running after the grace is cancelled; its cleanup has run when stop
+    returns, and the runtime sees the connection close (it retries)."""
+    cleaned = asyncio.Event()
+
+    async def stuck(plugin: str, env: dict[str, str], stdin: str) -> tuple[int, str, str]:
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            cleaned.set()
+        return 0, "{}", ""
+
+    caplog.set_level(logging.INFO)
+    server = CniServer(str(tmp_path / "s.sock"), stuck)
+    await server.start()
+    reader, writer = await _send(server.path, "DEL")
+    await asyncio.sleep(0.05)
+    await asyncio.wait_for(server.stop(grace=0.2), 5)
+    assert cleaned.is_set()
+    assert await reader.read() == b""
+    writer.close()
+    assert _tracebacks_and_errors(caplog) == []
