@@ -342,6 +342,28 @@ class Agent:
 
         self._route_retry = asyncio.get_running_loop().call_later(self._route_backoff, due)
 
+    async def _forget_pending_flows(self) -> None:
+        """At the stop, after the last CNI call: the flows of local pods deleted since the
+        last policy apply that succeeded go now, not at an apply this process will not
+        run (the next process never knows those pods)."""
+        policy = self.policy
+        if policy is None:
+            return
+        gone, self._gone_addresses = self._gone_addresses, set()
+        complete = self.syncer.in_sync
+        policy.set_state(self.cluster)
+
+        def forget() -> int:
+            policy.forget_addresses(gone)
+            return policy.forget_pending_flows(complete)
+
+        try:
+            n = await asyncio.wait_for(self._in_netlink(forget), 10)
+            if n:
+                log.info("stopping: %d conntrack entries of deleted pods deleted", n)
+        except Exception as e:
+            log.warning("stopping: cannot delete the flows of deleted pods: %s", e)
+
     async def _apply_policy(self, st: ClusterState) -> bool:
         """Converge the policy dataplane; only from a complete snapshot (the first apply
         after a start rewrites every chain, so a partial one would cut running pods)."""
@@ -653,6 +675,7 @@ class Agent:
                     await t
             if self.cni_server is not None:
                 await self.cni_server.stop()
+            await self._forget_pending_flows()
             if self.ipam is not None:  # a block claim in the background finishes first
                 with contextlib.suppress(Exception):
                     await self.ipam.aclose()

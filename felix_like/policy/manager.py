@@ -244,6 +244,20 @@ class PolicyManager:
                       self.last_commands, len(rs.endpoints), len(rs.chains), len(rs.sets),
                       self.last_apply_seconds * 1000)
 
+    def forget_pending_flows(self, state_complete: bool = True) -> int:
+        """Delete now the flows the next apply would delete, without applying (the agent
+        is stopping). A pod deleted just before the stop, whose apply failed (a stop
+        signal kills the backend's child processes with the agent), must not leave its
+        flows to the next process, which never knows the pod was there. The rules stay
+        as they are; the next process's first apply is a full converge.
+        ``state_complete``: False when the state is not a complete snapshot; then only
+        the addresses named to `forget_addresses` go, not those missing from the state."""
+        gone = self._also_gone | self.calc.take_released()
+        if state_complete and self.ruleset is not None:
+            gone |= gone_addresses(self.ruleset, self.calculate())
+        self._also_gone = set()
+        return self.forget_flows(self.netns, gone) if gone else 0
+
     def forget_addresses(self, nets: Iterable[str]) -> None:
         """The flows of these addresses (CIDRs of a local endpoint that is gone) are
         deleted at the next apply, whatever this manager saw of the endpoint."""
