@@ -350,8 +350,7 @@ class Agent:
         if policy is None:
             return
         gone, self._gone_addresses = self._gone_addresses, set()
-        complete = self.syncer.in_sync
-        policy.set_state(self.cluster)
+        complete = self.syncer.in_sync  # the state the last apply handed the policy
 
         def forget() -> int:
             policy.forget_addresses(gone)

@@ -227,8 +227,7 @@ class PolicyManager:
         # Local endpoints that went, and any endpoint's address released anywhere: a
         # remote pod's flow through this node (a local client's egress) must not reach
         # the next pod given that address either.
-        gone = gone_addresses(self.ruleset, rs) | self.calc.take_released() | self._also_gone
-        self._also_gone = set()
+        gone = self._take_gone(rs)
         self.ruleset = rs
         if gone:
             try:
@@ -252,11 +251,19 @@ class PolicyManager:
         as they are; the next process's first apply is a full converge.
         ``state_complete``: False when the state is not a complete snapshot; then only
         the addresses named to `forget_addresses` go, not those missing from the state."""
-        gone = self._also_gone | self.calc.take_released()
-        if state_complete and self.ruleset is not None:
-            gone |= gone_addresses(self.ruleset, self.calculate())
-        self._also_gone = set()
+        after = self.calculate() if state_complete and self.ruleset is not None else None
+        gone = self._take_gone(after)
         return self.forget_flows(self.netns, gone) if gone else 0
+
+    def _take_gone(self, after: Ruleset | None) -> set[str]:
+        """The addresses whose flows go, taken once: the local endpoints of the last
+        ruleset that ``after`` no longer has (None: not compared), the addresses released
+        anywhere, and those named to `forget_addresses`."""
+        gone = self.calc.take_released() | self._also_gone
+        self._also_gone = set()
+        if after is not None:
+            gone |= gone_addresses(self.ruleset, after)
+        return gone
 
     def forget_addresses(self, nets: Iterable[str]) -> None:
         """The flows of these addresses (CIDRs of a local endpoint that is gone) are

@@ -413,20 +413,18 @@ class Soak:
         on the members' revisions differ and so do their answers: a compare-and-swap that
         succeeds on one fails on another. Seed 777 met it (stale WorkloadEndpoints read
         back from one member, duplicate addresses). It is etcd's failure, not one l3fabric
-        can survive; docs/operations.md tells operators to keep headroom under the quota."""
+        can survive; docs/install.md ("Space") tells operators to keep headroom."""
         assert self.lab.etcd is not None
         blob = "x" * 1_000_000
-        written = 0
         for i in range(FILL_MB):
             res = self.lab.etcd.call("put", key=f"{JUNK}{i}", value=blob, timeout=20)
             if not res.get("ok"):
                 return f"etcd refused a 1 MB value after {i} MB ({res.get('error', '')[:80]})"
-            written += 1
         res = self.lab.etcd.call("alarm_nospace", timeout=20)
         if not res.get("ok"):
-            return f"etcd filled with {written} MB; raising NOSPACE failed: {res.get('error')}"
+            return f"etcd filled with {FILL_MB} MB; raising NOSPACE failed: {res.get('error')}"
         probe = self.lab.etcd.call("put", key=f"{JUNK}probe", value="x", timeout=20)
-        return (f"etcd filled with {written} MB, NOSPACE raised: a put now answers "
+        return (f"etcd filled with {FILL_MB} MB, NOSPACE raised: a put now answers "
                 f"{(probe.get('error') or 'ok')[:80]}")
 
     def free_etcd(self) -> None:
